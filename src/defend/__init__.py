@@ -1,0 +1,27 @@
+"""defend: attack and harden deep networks for medical imaging.
+
+Notebook entry points::
+
+    import defend
+    est = defend.load_estimator("runs/demo/recon-unet.pt")      # an ART estimator
+    x, y = defend.load_arrays("runs/demo/data", "recon", "val", 8)  # its input format
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["load_arrays", "load_estimator"]
+
+
+def __getattr__(name: str) -> Any:  # lazy: `import defend` stays cheap
+    if name == "load_estimator":
+        from defend.estimators import load_estimator
+
+        return load_estimator
+    if name == "load_arrays":
+        from defend.data import load_arrays
+
+        return load_arrays
+    raise AttributeError(f"module 'defend' has no attribute '{name}'")

@@ -1,0 +1,1 @@
+"""Hallucination detectors for reconstruction models (planned: see docs/design.md)."""

@@ -1,0 +1,255 @@
+"""Models for the three tasks, built by name from a JSON-able config.
+
+``build_model(task, config)`` with ``config = {"name": ..., **kwargs}``:
+
+| task  | names                                    | call                                   |
+|-------|------------------------------------------|----------------------------------------|
+| recon | ``unet``, ``varnet``                     | ``model(masked_kspace, mask) -> (B, h, w)`` |
+| seg   | ``"ARCH"`` / ``"ARCH/ENCODER"`` (smp)    | ``model(x) -> logits (B, K, H, W)``    |
+| cls   | torchvision names (``resnet18``, ...)    | ``model(x) -> logits (B, classes)``    |
+
+``load_weights`` loads raw state dicts, including fastMRI's leaderboard files, into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from defend.errors import CheckpointError, DefendError
+from defend.models.cls import build_cls_model
+from defend.models.recon import ReconUnet, ReconVarNet, zero_filled
+from defend.models.seg import DEFAULT_SEG_NAME, SMALL_SEG_KWARGS, build_seg_model, parse_seg_name
+
+__all__ = [
+    "RECON_DEFAULTS",
+    "ReconUnet",
+    "ReconVarNet",
+    "build_cls_model",
+    "build_model",
+    "build_seg_model",
+    "default_model_config",
+    "load_weights",
+    "zero_filled",
+]
+
+TASKS = ("recon", "seg", "cls")
+
+#: Default keyword arguments of the reconstruction models (tiny: for synthetic 32-64 px data).
+RECON_DEFAULTS: dict[str, dict[str, Any]] = {
+    "unet": {"chans": 16, "num_pool_layers": 3, "drop_prob": 0.0},
+    "varnet": {"num_cascades": 4, "sens_chans": 4, "sens_pools": 2, "chans": 8, "pools": 2},
+}
+_RECON_CLASSES: dict[str, type[nn.Module]] = {"unet": ReconUnet, "varnet": ReconVarNet}
+
+#: Prefixes that wrappers (DataParallel, Lightning modules, our own wrappers) put on keys.
+_PREFIXES = ("module.", "model.", "unet.", "varnet.", "net.")
+#: Keys under which training scripts nest the state dict.
+_NESTING = ("state_dict", "model_state_dict", "model", "net")
+
+
+def _check_task(task: str) -> str:
+    if task not in TASKS:
+        raise DefendError(f"unknown task '{task}'; valid: {', '.join(TASKS)}")
+    return task
+
+
+def build_model(task: str, config: Mapping[str, Any]) -> nn.Module:
+    """Build a randomly initialised model from ``{"name": ..., **kwargs}``.
+
+    Args:
+        task: ``recon``, ``seg`` or ``cls``.
+        config: the model config, as :func:`default_model_config` returns and checkpoints store
+            (``model_config``). Keys other than ``name`` are the model's keyword arguments.
+
+    Returns:
+        The model (on the CPU, in training mode).
+
+    Raises:
+        DefendError: unknown task, model name or keyword argument.
+    """
+    _check_task(task)
+    kwargs = dict(config)
+    name = kwargs.pop("name", None)
+    if not isinstance(name, str):
+        raise DefendError(f"model config for task '{task}' needs a 'name' (got {dict(config)})")
+    if task == "recon":
+        cls = _RECON_CLASSES.get(name.lower())
+        if cls is None:
+            raise DefendError(
+                f"unknown reconstruction model '{name}'; valid: {', '.join(_RECON_CLASSES)}"
+            )
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise DefendError(f"model config for recon '{name}': {exc}") from None
+    if task == "seg":
+        return build_seg_model(name, **kwargs)
+    try:
+        return build_cls_model(name, **kwargs)
+    except TypeError as exc:
+        raise DefendError(f"model config for cls '{name}': {exc}") from None
+
+
+def _shape(data_info: Mapping[str, Any], key: str) -> tuple[int, ...] | None:
+    value = data_info.get(key)
+    return None if value is None else tuple(int(v) for v in value)
+
+
+def _num_classes(data_info: Mapping[str, Any], default: int) -> int:
+    classes = data_info.get("classes", data_info.get("num_classes"))
+    if isinstance(classes, Sequence) and not isinstance(classes, str):
+        return len(classes)
+    if classes is not None:
+        return int(classes)
+    return default
+
+
+def default_model_config(task: str, name: str | None = None, **data_info: Any) -> dict[str, Any]:
+    """The full, JSON-able model config with defaults filled in from the data.
+
+    Args:
+        task: ``recon``, ``seg`` or ``cls``.
+        name: model name (recon: ``unet`` (default) or ``varnet``; seg: ``"ARCH/ENCODER"``,
+            default the small ``"Unet/resnet18"``; cls: torchvision name, default ``resnet18``).
+        **data_info: what is known about the data (a checkpoint's ``data`` dict fits; other keys
+            are ignored): ``input_shape`` (recon ``(coils, H, W, 2)``, seg/cls ``(C, H, W)``),
+            ``target_shape`` (recon ``(h, w)``, seg ``(K, H, W)``), ``classes`` (list of names
+            or a count), ``in_channels``, ``num_classes``.
+
+    Returns:
+        ``{"name": ..., **kwargs}`` for :func:`build_model`. Recon: ``crop`` is ``[h, w]`` when
+        the target size differs from the k-space size, else ``None``. Seg: ``in_channels`` and
+        ``classes``. Cls: ``in_channels`` and ``num_classes``.
+    """
+    _check_task(task)
+    input_shape = _shape(data_info, "input_shape")
+    target_shape = _shape(data_info, "target_shape")
+    if task == "recon":
+        key = (name or "unet").lower()
+        if key not in RECON_DEFAULTS:
+            raise DefendError(
+                f"unknown reconstruction model '{name}'; valid: {', '.join(RECON_DEFAULTS)}"
+            )
+        crop = None
+        if input_shape is not None and target_shape is not None:
+            kspace_hw = tuple(input_shape[-3:-1])
+            target_hw = tuple(target_shape[-2:])
+            if target_hw != kspace_hw:
+                crop = list(target_hw)
+        return {"name": key, **RECON_DEFAULTS[key], "crop": crop}
+
+    in_channels = int(
+        data_info.get("in_channels") or (input_shape[0] if input_shape is not None else 1)
+    )
+    if task == "seg":
+        classes = int(target_shape[0]) if target_shape is not None else _num_classes(data_info, 1)
+        if name is None:
+            extra = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL_SEG_KWARGS.items()}
+            return {
+                "name": DEFAULT_SEG_NAME,
+                **extra,
+                "in_channels": in_channels,
+                "classes": classes,
+            }
+        parse_seg_name(name)
+        return {"name": name, "in_channels": in_channels, "classes": classes}
+    return {
+        "name": name or "resnet18",
+        "in_channels": in_channels,
+        "num_classes": _num_classes(data_info, 2),
+    }
+
+
+# --------------------------------------------------------------------------------- weights
+
+
+def _unnest(state_dict: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
+    obj: Any = state_dict
+    for _ in range(4):
+        if not isinstance(obj, Mapping):
+            break
+        if obj and all(torch.is_tensor(v) for v in obj.values()):
+            return dict(obj)
+        inner = next((obj[k] for k in _NESTING if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    raise CheckpointError(f"{source}: not a state dict (expected a dict of tensors)")
+
+
+def _prefix_variants(state_dict: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The state dict and its versions with common leading wrapper prefixes stripped."""
+    variants = [state_dict]
+    current = state_dict
+    while True:
+        prefix = next((p for p in _PREFIXES if all(k.startswith(p) for k in current)), None)
+        if prefix is None:
+            return variants
+        current = {k[len(prefix) :]: v for k, v in current.items()}
+        variants.append(current)
+
+
+def load_weights(
+    model: nn.Module, state_dict: Mapping[str, Any], source: str = "weights"
+) -> nn.Module:
+    """Load a raw state dict into ``model`` (in place), tolerating wrapper prefixes.
+
+    Tries the model itself, then its wrapped fastMRI module (``model.unet`` / ``model.varnet``),
+    each with the keys as given and with common leading prefixes (``module.``, ``model.``,
+    ``unet.``, ``varnet.``) stripped; a dict nesting the weights under ``state_dict`` (Lightning,
+    defend checkpoints) is unwrapped first. So fastMRI's leaderboard files load:
+    ``unet/*_leaderboard_state_dict.pt`` into ``ReconUnet(chans=256, num_pool_layers=4)`` and
+    ``varnet/*_leaderboard_state_dict.pt`` into ``ReconVarNet(num_cascades=12, sens_chans=8,
+    sens_pools=4, chans=18, pools=4)``.
+
+    Args:
+        model: the model to load into.
+        state_dict: the weights (a state dict, or a dict holding one under ``state_dict``).
+        source: the file (or other origin) named in error messages.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        CheckpointError: not a state dict, keys that fit none of the candidates (how many are
+            missing / unexpected for the closest one), or the first shape mismatch.
+    """
+    weights = _unnest(state_dict, source)
+    targets: list[tuple[str, nn.Module]] = [("", model)]
+    for attr in ("unet", "varnet"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            targets.append((attr + ".", inner))
+    variants = _prefix_variants(weights)
+
+    best: tuple[int, set[str], set[str]] | None = None
+    for _, target in targets:
+        expected = target.state_dict()
+        for variant in variants:
+            missing = set(expected) - set(variant)
+            unexpected = set(variant) - set(expected)
+            if not missing and not unexpected:
+                for key, param in expected.items():
+                    found = tuple(variant[key].shape)
+                    if found != tuple(param.shape):
+                        raise CheckpointError(
+                            f"{source}: shape mismatch for '{key}': file {found} vs model "
+                            f"{tuple(param.shape)} (weights of another model config?)"
+                        )
+                target.load_state_dict(variant, strict=True)
+                return model
+            score = len(missing) + len(unexpected)
+            if best is None or score < best[0]:
+                best = (score, missing, unexpected)
+    assert best is not None
+    _, missing, unexpected = best
+    example_m = f" e.g. '{sorted(missing)[0]}'" if missing else ""
+    example_u = f" e.g. '{sorted(unexpected)[0]}'" if unexpected else ""
+    raise CheckpointError(
+        f"{source}: weights do not fit the {type(model).__name__} model: "
+        f"{len(missing)} missing keys{example_m}, {len(unexpected)} unexpected keys{example_u}"
+    )

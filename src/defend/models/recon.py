@@ -1,0 +1,190 @@
+"""MRI reconstruction models: fastMRI's U-Net and VarNet behind one interface.
+
+Both models take the (masked) multi-coil k-space and the sampling mask and return a magnitude
+image in the units of fastMRI's targets (root-sum-of-squares of the coil images):
+
+    model(masked_kspace (B, coils, H, W, 2), mask (B or 1, 1, 1, W, 1) bool) -> (B, h, w)
+
+They apply the mask themselves before anything else, so k-space that was not sampled never
+reaches the network: the gradient of any loss with respect to it is exactly zero. ``h, w`` is
+the ``crop`` size if one is given (fastMRI's reconstruction size), else ``H, W``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import fastmri
+import torch
+from fastmri.data.transforms import center_crop
+from fastmri.models import Unet, VarNet
+from torch import nn
+
+__all__ = ["ReconUnet", "ReconVarNet", "as_kspace_mask", "zero_filled"]
+
+
+def _as_crop(crop: Sequence[int] | None) -> tuple[int, int] | None:
+    if crop is None:
+        return None
+    crop = tuple(int(c) for c in crop)
+    if len(crop) != 2 or min(crop) <= 0:
+        raise ValueError(f"crop must be two positive ints (h, w), got {crop}")
+    return crop  # type: ignore[return-value]
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """``sqrt(x)`` for ``x >= 0`` whose gradient at ``x == 0`` is 0 instead of ``inf``."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), 0.0)
+
+
+def zero_filled(masked_kspace: torch.Tensor, crop: Sequence[int] | None = None) -> torch.Tensor:
+    """Zero-filled reconstruction: centred inverse FFT, magnitude, root-sum-of-squares.
+
+    The values are those of ``fastmri.rss(fastmri.complex_abs(fastmri.ifft2c(k)), dim=1)``;
+    the gradient is 0 (not NaN) at pixels whose magnitude is exactly zero.
+
+    Args:
+        masked_kspace: k-space with unsampled entries set to zero, shape
+            ``(B, coils, H, W, 2)`` (real and imaginary parts in the last dimension), in raw
+            k-space units.
+        crop: optional ``(h, w)`` centre crop of the image (fastMRI's reconstruction size).
+
+    Returns:
+        The magnitude image, shape ``(B, h, w)`` (``(B, H, W)`` without ``crop``), in the
+        units of fastMRI's ``reconstruction_rss`` targets.
+    """
+    if masked_kspace.ndim != 5 or masked_kspace.shape[-1] != 2:
+        raise ValueError(
+            f"expected k-space of shape (B, coils, H, W, 2), got {tuple(masked_kspace.shape)}"
+        )
+    # rss(complex_abs(.)) over coils in one square root, with a zero (not NaN) gradient where a
+    # pixel is exactly zero (phantoms with symmetric structure have such pixels)
+    image = _safe_sqrt(fastmri.ifft2c(masked_kspace).square().sum(dim=(1, -1)))
+    crop = _as_crop(crop)
+    if crop is not None and tuple(image.shape[-2:]) != crop:
+        image = center_crop(image, crop)
+    return image
+
+
+def as_kspace_mask(mask: torch.Tensor, kspace: torch.Tensor) -> torch.Tensor:
+    """A column mask in the ``(B or 1, 1, 1, W, 1)`` bool layout that broadcasts on k-space.
+
+    Args:
+        mask: sampling mask, shape ``(B or 1, 1, 1, W, 1)`` or a dataset sample's
+            ``(1, 1, W, 1)`` (any dtype; non-zero means sampled).
+        kspace: the k-space it applies to, shape ``(B, coils, H, W, 2)``.
+
+    Returns:
+        ``mask`` as a bool tensor of shape ``(B or 1, 1, 1, W, 1)`` on ``kspace``'s device.
+    """
+    width = kspace.shape[-2]
+    if mask.ndim not in (4, 5) or mask.shape[-2] != width or mask.numel() != mask.shape[0] * width:
+        raise ValueError(
+            f"expected a mask of shape (B, 1, 1, {width}, 1) or (1, 1, {width}, 1), "
+            f"got {tuple(mask.shape)}"
+        )
+    mask = mask.reshape(mask.shape[0], 1, 1, width, 1)
+    if mask.dtype != torch.bool:
+        mask = mask != 0
+    return mask.to(kspace.device)
+
+
+class ReconUnet(nn.Module):
+    """fastMRI's image-domain U-Net on the zero-filled reconstruction.
+
+    As in fastMRI's leaderboard setup: the zero-filled magnitude image is normalised per sample
+    (mean / standard deviation over its pixels, as ``normalize_instance`` with eps ``1e-11``),
+    clamped to +-6, passed through the U-Net, and scaled back (``out * std + mean``), so the
+    output is in the units of the target and scaling the k-space by ``c`` scales the output by
+    ``c`` (up to the clamp).
+
+    Args:
+        chans: channels of the first U-Net convolution (fastMRI leaderboard: 256).
+        num_pool_layers: U-Net down-/up-sampling layers (leaderboard: 4).
+        drop_prob: dropout probability.
+        crop: ``(h, w)`` centre crop of the image before the U-Net, or ``None``.
+    """
+
+    eps = 1e-11
+    clamp = 6.0
+
+    def __init__(
+        self,
+        chans: int = 16,
+        num_pool_layers: int = 3,
+        drop_prob: float = 0.0,
+        crop: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        self.crop = _as_crop(crop)
+        self.unet = Unet(1, 1, chans=chans, num_pool_layers=num_pool_layers, drop_prob=drop_prob)
+
+    def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            masked_kspace: k-space, shape ``(B, coils, H, W, 2)``, raw units (it is masked
+                again here, so unmasked k-space gives the same result).
+            mask: sampling mask, bool, shape ``(B or 1, 1, 1, W, 1)``.
+
+        Returns:
+            The reconstruction, shape ``(B, h, w)``, in the units of the target image.
+        """
+        kspace = masked_kspace * as_kspace_mask(mask, masked_kspace)
+        image = zero_filled(kspace, self.crop)
+        mean = image.mean(dim=(-2, -1), keepdim=True)
+        std = _safe_sqrt(image.var(dim=(-2, -1), keepdim=True))  # finite gradient at std 0
+        x = ((image - mean) / (std + self.eps)).clamp(-self.clamp, self.clamp)
+        out = self.unet(x.unsqueeze(1)).squeeze(1)
+        return out * std + mean
+
+
+class ReconVarNet(nn.Module):
+    """fastMRI's end-to-end variational network (learned sensitivities + unrolled cascades).
+
+    Args:
+        num_cascades: unrolled cascades (fastMRI leaderboard: 12).
+        sens_chans: channels of the sensitivity-map U-Net (leaderboard: 8).
+        sens_pools: pooling layers of the sensitivity-map U-Net (leaderboard: 4).
+        chans: channels of each cascade's U-Net (leaderboard: 18).
+        pools: pooling layers of each cascade's U-Net (leaderboard: 4).
+        crop: ``(h, w)`` centre crop of the output, or ``None``.
+    """
+
+    def __init__(
+        self,
+        num_cascades: int = 4,
+        sens_chans: int = 4,
+        sens_pools: int = 2,
+        chans: int = 8,
+        pools: int = 2,
+        crop: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        self.crop = _as_crop(crop)
+        self.varnet = VarNet(
+            num_cascades=num_cascades,
+            sens_chans=sens_chans,
+            sens_pools=sens_pools,
+            chans=chans,
+            pools=pools,
+        )
+
+    def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            masked_kspace: k-space, shape ``(B, coils, H, W, 2)``, raw units (masked again here).
+            mask: sampling mask, bool, shape ``(B or 1, 1, 1, W, 1)``; a single mask is
+                expanded to the batch (VarNet finds each sample's low frequencies from it).
+
+        Returns:
+            The root-sum-of-squares reconstruction, shape ``(B, h, w)``, in the units of the
+            target image.
+        """
+        mask = as_kspace_mask(mask, masked_kspace)
+        if mask.shape[0] != masked_kspace.shape[0]:
+            mask = mask.expand(masked_kspace.shape[0], -1, -1, -1, -1)
+        out = self.varnet(masked_kspace * mask, mask, num_low_frequencies=None)
+        if self.crop is not None and tuple(out.shape[-2:]) != self.crop:
+            out = center_crop(out, self.crop)
+        return out

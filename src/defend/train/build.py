@@ -1,0 +1,96 @@
+"""From a data folder and a model name to a trained checkpoint: what ``defend train`` runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from defend.data import Acquisition, load_dataset
+from defend.device import seed_everything
+from defend.io import load_weights_file
+from defend.models import build_model, default_model_config, load_weights
+from defend.train.loop import TrainConfig, fit
+from defend.train.tasks import get_task
+
+
+def describe_data(task: str, dataset: Dataset, acquisition: Acquisition | None) -> dict[str, Any]:
+    """Shapes and labels a checkpoint needs to rebuild its estimator, from the first sample."""
+    sample = dataset[0]
+    info: dict[str, Any] = {"input_shape": list(sample["input"].shape)}
+    if task == "recon":
+        info["target_shape"] = list(sample["target"].shape)
+        info["acquisition"] = (acquisition or Acquisition()).to_dict()
+    elif task == "seg":
+        info["classes"] = int(sample["target"].shape[0])
+    else:
+        info["classes"] = list(dataset.classes)
+    return info
+
+
+def model_data_args(task: str, info: dict[str, Any]) -> dict[str, Any]:
+    """The data-dependent arguments of :func:`defend.models.default_model_config`."""
+    if task == "recon":
+        return {"input_shape": info["input_shape"], "target_shape": info["target_shape"]}
+    if task == "seg":
+        return {"in_channels": info["input_shape"][0], "classes": info["classes"]}
+    return {"in_channels": info["input_shape"][0], "num_classes": len(info["classes"])}
+
+
+def train_model(
+    task: str,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: str | None = None,
+    model_options: dict[str, Any] | None = None,
+    config: TrainConfig | None = None,
+    acquisition: Acquisition | None = None,
+    weights: str | os.PathLike | None = None,
+    resume: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """Train a ``task`` model on ``data_dir``'s train split, validating on its val split.
+
+    Args:
+        task: ``recon``, ``seg`` or ``cls``.
+        data_dir: a folder of ``defend data synth`` or real data (see :mod:`defend.data`).
+        out: checkpoint path (the best epoch goes beside it as ``NAME.best.pt``).
+        model: model name (recon ``unet`` / ``varnet``; seg ``ARCH/ENCODER``; cls
+            ``resnet18`` / ``resnet50``); ``None`` for the task's default.
+        model_options: overrides of the model config (e.g. ``{"chans": 32}``).
+        config: optimisation settings.
+        acquisition: k-space sampling for recon (default: 4x equispaced, 8 % centre).
+        weights: a local weight file to start from (e.g. a fastMRI leaderboard state dict).
+        resume: continue an interrupted run found at ``out``.
+
+    Returns:
+        The per-epoch history of training loss and validation metrics.
+    """
+    config = config or TrainConfig()
+    seed_everything(config.seed)
+    acquisition = acquisition or Acquisition() if task == "recon" else None
+    task_spec = get_task(task)
+    data_dir = Path(data_dir)
+    train_set = load_dataset(task, data_dir, "train", train=True, acquisition=acquisition)
+    val_set = load_dataset(task, data_dir, "val", train=False, acquisition=acquisition)
+    info = describe_data(task, train_set, acquisition)
+    model_config = default_model_config(task, model, **model_data_args(task, info))
+    model_config.update(model_options or {})
+    net = build_model(task, model_config)
+    if weights is not None:
+        load_weights(net, load_weights_file(weights), str(weights))
+    return fit(
+        task_spec,
+        net,
+        train_set,
+        val_set,
+        config,
+        Path(out),
+        meta={"model_config": model_config, "data": info},
+        resume=resume,
+        log=log,
+    )

@@ -1,0 +1,163 @@
+"""What differs between the three tasks: forward pass, training loss, validation metrics.
+
+A :class:`Task` is everything the shared training loop (:mod:`defend.train.loop`) needs to
+know about reconstruction, segmentation or classification. Batches are dicts (see
+``docs/design.md``): ``batch["input"]`` is what a model and an attack see.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segmentation_models_pytorch import losses as smp_losses
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from defend.errors import DefendError
+from defend.metrics import dice_iou, recon_metrics
+
+Batch = dict
+
+
+class Task:
+    """Base class: one task's forward pass, loss and validation metrics."""
+
+    name: str = ""
+    #: validation metric that selects the best checkpoint (higher is better)
+    monitor: str = ""
+    #: whether bf16 autocast is safe for this task's model (FFTs are not)
+    amp_safe: bool = True
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch["input"])
+
+    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of a batch's prediction."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        """Validation metrics over batches already on the model's device."""
+        raise NotImplementedError
+
+
+class ReconTask(Task):
+    """MRI reconstruction from masked k-space.
+
+    Loss: L1 between prediction and target, both divided by the volume's ``max_value``, so
+    that raw fastMRI units (~1e-4) and the synthetic unit-scale data train alike.
+    Metrics: fastMRI's SSIM / PSNR / NMSE per volume (``fname``), for the model and for the
+    zero-filled baseline.
+    """
+
+    name = "recon"
+    monitor = "ssim"
+    amp_safe = False
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch["input"], batch["mask"])
+
+    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        scale = batch["max_value"].to(pred.dtype).view(-1, 1, 1)
+        return F.l1_loss(pred / scale, batch["target"] / scale)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        from defend.models.recon import zero_filled
+
+        volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for batch in batches:
+            pred = self.forward(model, batch).float()
+            target = batch["target"]
+            zf = zero_filled(batch["input"] * batch["mask"], crop=tuple(target.shape[-2:]))
+            for i, fname in enumerate(batch["fname"]):
+                vol = volumes[fname]
+                vol["slice"].append(int(batch["slice_num"][i]))
+                vol["gt"].append(target[i].cpu().numpy())
+                vol["pred"].append(pred[i].cpu().numpy())
+                vol["zf"].append(zf[i].cpu().numpy())
+        scores: dict[str, list[float]] = defaultdict(list)
+        for vol in volumes.values():
+            order = np.argsort(vol["slice"])
+            gt = np.stack(vol["gt"])[order]
+            for key, prefix in (("pred", ""), ("zf", "zf_")):
+                for metric, value in recon_metrics(gt, np.stack(vol[key])[order]).items():
+                    scores[prefix + metric].append(value)
+        return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+class SegTask(Task):
+    """Multi-label segmentation with per-pixel sigmoid outputs.
+
+    Loss: the seed paper's training loss, Dice + Focal (smp, multilabel, from logits).
+    Metrics: Dice and IoU at threshold 0.5 over (image, label) pairs with a non-empty ground
+    truth, as the seed paper reports them.
+    """
+
+    name = "seg"
+    monitor = "dice"
+
+    def __init__(self) -> None:
+        self.dice = smp_losses.DiceLoss("multilabel", from_logits=True)
+        self.focal = smp_losses.FocalLoss("multilabel")
+
+    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        pred = pred.float()
+        return self.dice(pred, batch["target"]) + self.focal(pred, batch["target"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        dices, ious, losses = [], [], []
+        for batch in batches:
+            pred = self.forward(model, batch).float()
+            losses.append(float(self.loss(pred, batch)))
+            dice, iou, nonempty = dice_iou(pred, batch["target"])
+            dices.append(dice[nonempty])
+            ious.append(iou[nonempty])
+        dice_all, iou_all = torch.cat(dices), torch.cat(ious)
+        return {
+            "dice": float(dice_all.mean()) if dice_all.numel() else float("nan"),
+            "iou": float(iou_all.mean()) if iou_all.numel() else float("nan"),
+            "loss": float(np.mean(losses)),
+        }
+
+
+class ClsTask(Task):
+    """Image classification. Loss: cross-entropy. Metrics: accuracy and AUROC."""
+
+    name = "cls"
+    monitor = "accuracy"
+
+    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(pred.float(), batch["target"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        probs, labels = [], []
+        for batch in batches:
+            probs.append(torch.softmax(self.forward(model, batch).float(), dim=1).cpu())
+            labels.append(batch["target"].cpu())
+        p, y = torch.cat(probs).numpy(), torch.cat(labels).numpy()
+        metrics = {"accuracy": float((p.argmax(1) == y).mean())}
+        if len(np.unique(y)) > 1:
+            if p.shape[1] == 2:
+                metrics["auroc"] = float(roc_auc_score(y, p[:, 1]))
+            else:
+                metrics["auroc"] = float(
+                    roc_auc_score(y, p, multi_class="ovr", labels=list(range(p.shape[1])))
+                )
+        return metrics
+
+
+TASKS: dict[str, type[Task]] = {"recon": ReconTask, "seg": SegTask, "cls": ClsTask}
+
+
+def get_task(name: str) -> Task:
+    """The :class:`Task` called ``name`` (``recon``, ``seg`` or ``cls``)."""
+    if name not in TASKS:
+        raise DefendError(f"unknown task '{name}': choose one of {', '.join(TASKS)}")
+    return TASKS[name]()

@@ -1,0 +1,121 @@
+"""The shared training loop: learning, checkpoints, resume, adversary hook, errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from defend.errors import CheckpointError, DefendError
+from defend.io import load_checkpoint, load_weights_file, save_checkpoint
+from defend.train import ClsTask, TrainConfig, best_path, fit
+
+
+class Blobs(Dataset):
+    """Two Gaussian classes in 8-d: a task a linear model learns in a few epochs."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+        self.x = torch.randn(n, 8, generator=g) + 2.0 * (self.y[:, None].float() - 0.5)
+        self.classes = ["a", "b"]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input": self.x[i], "target": self.y[i]}
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 2))
+
+
+META = {"model_config": {"name": "mlp"}, "data": {"input_shape": [8], "classes": ["a", "b"]}}
+
+
+def run(tmp_path, epochs: int, name: str = "m.pt", **kw):
+    config = TrainConfig(epochs=epochs, batch_size=16, lr=1e-2, progress=False)
+    model = make_model()
+    out = tmp_path / name
+    history = fit(
+        ClsTask(), model, Blobs(128, 0), Blobs(64, 1), config, out, meta=META, log=lambda s: None, **kw
+    )
+    return model, history, out
+
+
+def test_fit_learns_and_writes_checkpoint(tmp_path):
+    _, history, out = run(tmp_path, epochs=4)
+    assert history[-1]["accuracy"] > 0.8
+    assert history[-1]["auroc"] > 0.85
+    ckpt = load_checkpoint(out, "cls")
+    assert ckpt["epoch"] == 4 and ckpt["model_config"] == META["model_config"]
+    assert set(ckpt["metrics"]) == {"accuracy", "auroc"}
+    assert best_path(out).exists()
+    torch.load(out, weights_only=True)  # plain tensors and primitives only
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    straight, _, _ = run(tmp_path, epochs=3, name="a.pt")
+    run(tmp_path, epochs=1, name="b.pt")  # "interrupted" after one epoch
+    resumed, history, _ = run(tmp_path, epochs=3, name="b.pt")
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for p, q in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_same_seed_same_numbers(tmp_path):
+    _, h1, _ = run(tmp_path, epochs=2, name="a.pt")
+    _, h2, _ = run(tmp_path, epochs=2, name="b.pt")
+    assert h1 == h2
+
+
+def test_adversary_hook_sees_eval_mode_and_replaces_input(tmp_path):
+    calls = []
+
+    def adversary(model, batch):
+        calls.append(model.training)
+        return {**batch, "input": batch["input"] + 0.5}
+
+    run(tmp_path, epochs=1, adversary=adversary)
+    assert calls and not any(calls)
+
+
+def test_checkpoint_errors(tmp_path):
+    _, _, out = run(tmp_path, epochs=1)
+    with pytest.raises(CheckpointError, match="'cls' checkpoint, expected 'seg'"):
+        load_checkpoint(out, "seg")
+    raw = tmp_path / "raw.pt"
+    torch.save(make_model().state_dict(), raw)
+    with pytest.raises(CheckpointError, match="not a defend checkpoint"):
+        load_checkpoint(raw)
+    pickled = tmp_path / "pickled.pt"
+    with open(pickled, "wb") as f:
+        pickle.dump({"model": make_model()}, f)
+    with pytest.raises(CheckpointError, match="not a plain state dict"):
+        load_weights_file(pickled)
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(out.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="trunc.pt"):
+        load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_refuses_another_model_config(tmp_path):
+    _, _, out = run(tmp_path, epochs=1)
+    ckpt = load_checkpoint(out)
+    save_checkpoint(out, {**ckpt, "model_config": {"name": "other"}})
+    with pytest.raises(CheckpointError, match="another model config"):
+        run(tmp_path, epochs=2)
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(DefendError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(DefendError, match="lr"):
+        TrainConfig(lr=-1.0)
