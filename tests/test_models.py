@@ -128,7 +128,9 @@ def test_seg_default_is_small_and_outputs_logits():
     assert build_model("seg", default_model_config("seg", in_channels=1, classes=3)) is not None
 
 
-@pytest.mark.parametrize("name", ["Unet/vgg16", "Unet/efficientnet-b0", "FPN", "unetplusplus/resnet18"])
+@pytest.mark.parametrize(
+    "name", ["Unet/vgg16", "Unet/efficientnet-b0", "FPN", "unetplusplus/resnet18"]
+)
 def test_seg_models_by_name_run(name):
     torch.manual_seed(0)
     model = build_seg_model(name, in_channels=3, classes=2).eval()
@@ -190,7 +192,8 @@ def test_default_model_configs_are_json_and_build():
         "drop_prob": 0.0,
         "crop": [32, 32],
     }
-    same = default_model_config("recon", "varnet", input_shape=[2, 32, 32, 2], target_shape=[32, 32])
+    info = {"input_shape": [2, 32, 32, 2], "target_shape": [32, 32]}
+    same = default_model_config("recon", "varnet", **info)
     assert same["crop"] is None and same["num_cascades"] == 4
     seg = default_model_config("seg", input_shape=(1, 32, 32), target_shape=(3, 32, 32))
     assert seg["in_channels"] == 1 and seg["classes"] == 3 and seg["encoder_depth"] == 3
@@ -240,7 +243,8 @@ def test_load_weights_bare_fastmri_unet_and_wrappers(tmp_path):
     # a ReconUnet's own state dict loads directly
     source = ReconUnet(chans=8, num_pool_layers=2)
     target = load_weights(ReconUnet(chans=8, num_pool_layers=2), source.state_dict(), "x")
-    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value)
 
 
 def test_load_weights_bare_fastmri_varnet():

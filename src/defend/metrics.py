@@ -48,7 +48,7 @@ def recon_metrics(gt: np.ndarray, pred: np.ndarray, maxval: float | None = None)
     pred = np.asarray(pred, dtype=np.float64)
     maxval = float(gt.max()) if maxval is None else float(maxval)
     return {
-        "ssim": float(evaluate.ssim(gt, pred, maxval)),
+        "ssim": float(np.asarray(evaluate.ssim(gt, pred, maxval)).item()),
         "psnr": float(evaluate.psnr(gt, pred, maxval)),
         "nmse": float(evaluate.nmse(gt, pred)),
     }

@@ -74,7 +74,10 @@ def load_estimator(
 
         if "acquisition" not in data:
             raise CheckpointError(f"{source}: recon checkpoint data lacks acquisition")
-        mask = Acquisition.from_dict(data["acquisition"]).eval_mask(input_shape[-2])
+        try:
+            mask = Acquisition.from_dict(data["acquisition"]).eval_mask(input_shape[-2])
+        except DefendError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
         return ReconEstimator(model, mask, input_shape, device=device)
     if task == "seg":
         return SegEstimator(model, input_shape, device=device)

@@ -61,10 +61,16 @@ def zero_filled(masked_kspace: torch.Tensor, crop: Sequence[int] | None = None) 
     # rss(complex_abs(.)) over coils in one square root, with a zero (not NaN) gradient where a
     # pixel is exactly zero (phantoms with symmetric structure have such pixels)
     image = _safe_sqrt(fastmri.ifft2c(masked_kspace).square().sum(dim=(1, -1)))
+    return _crop(image, crop)
+
+
+def _crop(image: torch.Tensor, crop: Sequence[int] | None) -> torch.Tensor:
     crop = _as_crop(crop)
-    if crop is not None and tuple(image.shape[-2:]) != crop:
-        image = center_crop(image, crop)
-    return image
+    if crop is None or tuple(image.shape[-2:]) == crop:
+        return image
+    if crop[0] > image.shape[-2] or crop[1] > image.shape[-1]:
+        raise ValueError(f"crop {crop} is larger than the image {tuple(image.shape[-2:])}")
+    return center_crop(image, crop)
 
 
 def as_kspace_mask(mask: torch.Tensor, kspace: torch.Tensor) -> torch.Tensor:
@@ -185,6 +191,4 @@ class ReconVarNet(nn.Module):
         if mask.shape[0] != masked_kspace.shape[0]:
             mask = mask.expand(masked_kspace.shape[0], -1, -1, -1, -1)
         out = self.varnet(masked_kspace * mask, mask, num_low_frequencies=None)
-        if self.crop is not None and tuple(out.shape[-2:]) != self.crop:
-            out = center_crop(out, self.crop)
-        return out
+        return _crop(out, self.crop)

@@ -76,8 +76,15 @@ def train_model(
     task_spec = get_task(task)
     data_dir = Path(data_dir)
     train_set = load_dataset(task, data_dir, "train", train=True, acquisition=acquisition)
-    val_set = load_dataset(task, data_dir, "val", train=False, acquisition=acquisition)
     info = describe_data(task, train_set, acquisition)
+    val_set = load_dataset(
+        task,
+        data_dir,
+        "val",
+        acquisition=acquisition,
+        classes=info["classes"] if task == "seg" else None,
+        channels=info["input_shape"][0] if task != "recon" else None,
+    )
     model_config = default_model_config(task, model, **model_data_args(task, info))
     model_config.update(model_options or {})
     net = build_model(task, model_config)
