@@ -251,7 +251,7 @@ def attack_dgde(
     patience: int = typer.Option(200, help="Generations without progress before stopping."),
     max_queries: int = typer.Option(20000, help="Query budget per image."),
     noise_max: float = typer.Option(1.0, help="Largest noise magnitude (fraction of range)."),
-    saturate: bool = typer.Option(False, help="Push kept pixels to the range's ends."),
+    noise: str = typer.Option("uniform", help="uniform (the seed) or salt_pepper."),
     seed: int = SEED,
     batch_size: int = typer.Option(8, help="Images attacked together."),
 ) -> None:
@@ -259,7 +259,7 @@ def attack_dgde(
     _run_attack("dgde", checkpoint, data, out, split, n, {
         "population": population, "F": f, "CR": cr, "max_iter": max_iter,
         "patience": patience, "max_queries": max_queries, "noise_max": noise_max,
-        "saturate": saturate, "seed": seed, "batch_size": batch_size,
+        "noise": noise, "seed": seed, "batch_size": batch_size,
     })
 
 

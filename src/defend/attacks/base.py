@@ -26,6 +26,14 @@ def estimator_device(estimator: Any) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
+def clip_range(estimator: Any, default: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The estimator's valid input range ``(lo, hi)``; ``default`` (or unbounded) if it has none."""
+    clip = getattr(estimator, "clip_values", None)
+    if clip is None:
+        return default or (-float("inf"), float("inf"))
+    return float(np.min(clip[0])), float(np.max(clip[1]))
+
+
 class TorchAttack(EvasionAttack):
     """Base of the toolkit's attacks: batching, devices, seeding and per-sample reports.
 

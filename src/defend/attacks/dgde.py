@@ -28,7 +28,7 @@ import torch
 from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator
 
-from defend.attacks.base import TorchAttack
+from defend.attacks.base import TorchAttack, clip_range
 from defend.errors import DefendError
 
 
@@ -46,13 +46,14 @@ class DGDE(TorchAttack):
         max_iter: DE generations at most.
         patience: stop an image after this many generations without a smaller solution.
         max_queries: query budget per image (noise phase included).
-        saturate: push the kept pixels to the end of the valid range in their noise's
-            direction (off: the seed's plain noise values).
+        noise: ``"uniform"`` (the seed: uniform noise on every pixel, magnitude rising to
+            ``noise_max`` of the range) or ``"salt_pepper"`` (pixels set to the range's ends,
+            density rising to ``noise_max``): fewer, stronger pixels to start DE from.
     """
 
     attack_params = TorchAttack.attack_params + [
         "noise_max", "noise_levels", "noise_tries", "population", "F", "CR",
-        "max_iter", "patience", "max_queries", "saturate",
+        "max_iter", "patience", "max_queries", "noise",
     ]
     _estimator_requirements = (BaseEstimator, ClassifierMixin)
 
@@ -68,7 +69,7 @@ class DGDE(TorchAttack):
         max_iter: int = 1000,
         patience: int = 200,
         max_queries: int = 20_000,
-        saturate: bool = False,
+        noise: str = "uniform",
         batch_size: int = 8,
         seed: int = 0,
         verbose: bool = False,
@@ -82,7 +83,7 @@ class DGDE(TorchAttack):
         self.max_iter = max_iter
         self.patience = patience
         self.max_queries = max_queries
-        self.saturate = saturate
+        self.noise = noise
         super().__init__(estimator, batch_size=batch_size, seed=seed, verbose=verbose)
         self._check_params()
 
@@ -93,6 +94,8 @@ class DGDE(TorchAttack):
         for name in ("noise_levels", "noise_tries", "max_iter", "patience"):
             if getattr(self, name) < 1:
                 raise DefendError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.noise not in ("uniform", "salt_pepper"):
+            raise DefendError(f"noise must be uniform or salt_pepper, got '{self.noise}'")
         if self.population < 4:
             raise DefendError(f"population must be >= 4 (DE mutation), got {self.population}")
         if not 0 < self.F <= 2:
@@ -126,6 +129,21 @@ class DGDE(TorchAttack):
             return out
         return torch.softmax(out, dim=1)
 
+    def _noise(
+        self, x: torch.Tensor, tries: int, level: float, lo: float, hi: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """``tries`` noise perturbations per image (N, tries, C, H, W), inside [lo, hi]."""
+        n, c, h, w = x.shape
+        x = x[:, None]
+        if self.noise == "uniform":
+            noise = torch.rand((n, tries, c, h, w), generator=generator, device=x.device) * 2 - 1
+            return (x + noise * level * (hi - lo)).clamp(lo, hi) - x
+        hit = torch.rand((n, tries, 1, h, w), generator=generator, device=x.device) < level
+        salt = torch.rand((n, tries, c, h, w), generator=generator, device=x.device) < 0.5
+        extreme = torch.where(salt, hi, lo).to(x.dtype)
+        return torch.where(hit, extreme - x, torch.zeros_like(extreme))
+
     # ------------------------------------------------------------------ attack
     def _generate_batch(
         self,
@@ -138,8 +156,7 @@ class DGDE(TorchAttack):
             raise DefendError(f"expected images (N, C, H, W), got {tuple(x.shape)}")
         b, c, h, w = x.shape
         device = x.device
-        lo, hi = getattr(self.estimator, "clip_values", None) or (0.0, 1.0)
-        lo, hi = float(np.min(lo)), float(np.max(hi))
+        lo, hi = clip_range(self.estimator, default=(0.0, 1.0))
         clean = self.probabilities(x)
         queries = torch.ones(b, device=device)
         if y is None:
@@ -160,9 +177,7 @@ class DGDE(TorchAttack):
             rows = (~found & (queries + t <= self.max_queries)).nonzero().squeeze(1)
             if len(rows) == 0:
                 break
-            noise = (torch.rand((len(rows), t, c, h, w), generator=generator, device=device) * 2 - 1)
-            noise = noise * level * (hi - lo)
-            candidate = (x[rows, None] + noise).clamp(lo, hi) - x[rows, None]
+            candidate = self._noise(x[rows], t, float(level), lo, hi, generator)
             probs = self.probabilities((x[rows, None] + candidate).flatten(0, 1)).view(len(rows), t, -1)
             queries[rows] += t
             fooled = probs.argmax(-1) != labels[rows, None]
@@ -173,8 +188,6 @@ class DGDE(TorchAttack):
             noise_level[rows[hit]] = float(level)
             found[rows[hit]] = True
         noise_success = found.clone()
-        if self.saturate:
-            delta = torch.where(delta > 0, hi - x, torch.where(delta < 0, lo - x, delta))
 
         # 2. decrease-group differential evolution over subsets of the support
         pixels = h * w

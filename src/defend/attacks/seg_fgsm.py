@@ -12,38 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
-from segmentation_models_pytorch import losses as smp_losses
 
-from defend.attacks.base import TorchAttack
+from defend.attacks.base import TorchAttack, clip_range
 from defend.errors import DefendError
+from defend.losses import SEG_LOSSES, seg_loss
 from defend.metrics import dice_iou
 
-LOSSES = ("bce", "dice", "dicefocal", "training")
-
-
-def per_sample_loss(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample segmentation losses (B,), each sample scored on its own.
-
-    Args:
-        name: ``bce``, ``dice`` (smp DiceLoss, multilabel) or ``dicefocal`` (Dice + Focal,
-            the seed paper's training loss).
-        logits: (B, K, H, W) per-pixel logits.
-        target: (B, K, H, W) masks in {0, 1}.
-    """
-    if name == "bce":
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    dice = smp_losses.DiceLoss("multilabel", from_logits=True)
-    focal = smp_losses.FocalLoss("multilabel")
-    losses = []
-    for i in range(len(logits)):
-        pred, tgt = logits[i : i + 1], target[i : i + 1]
-        value = dice(pred, tgt)
-        if name == "dicefocal":
-            value = value + focal(pred, tgt)
-        losses.append(value)
-    return torch.stack(losses)
+LOSSES = (*SEG_LOSSES, "training")
 
 
 class SegmentationFGSM(TorchAttack):
@@ -125,7 +101,7 @@ class SegmentationFGSM(TorchAttack):
             grad = self.estimator.loss_gradient(x, target)
             return torch.full((len(x),), float("nan"), device=x.device), torch.as_tensor(grad)
         x = x.detach().requires_grad_(True)
-        loss = per_sample_loss(self.loss, self._forward(x).float(), target)
+        loss = seg_loss(self.loss, self._forward(x).float(), target)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         return loss.detach(), grad
 
@@ -136,7 +112,7 @@ class SegmentationFGSM(TorchAttack):
         generator: torch.Generator,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        lo, hi = getattr(self.estimator, "clip_values", None) or (-float("inf"), float("inf"))
+        lo, hi = clip_range(self.estimator)
         with torch.no_grad():
             clean_logits = self._forward(x).float()
         prediction = (torch.sigmoid(clean_logits) > self.threshold).float()
@@ -165,8 +141,8 @@ class SegmentationFGSM(TorchAttack):
         report = self._scores(clean_logits, adv_logits, reference)
         report["linf"] = (x_adv - x).abs().flatten(1).amax(1)
         if self.loss != "training":
-            report["loss_clean"] = per_sample_loss(self.loss, clean_logits, target)
-            report["loss_adv"] = per_sample_loss(self.loss, adv_logits, target)
+            report["loss_clean"] = seg_loss(self.loss, clean_logits, target)
+            report["loss_adv"] = seg_loss(self.loss, adv_logits, target)
         return x_adv.detach(), report
 
     def _scores(

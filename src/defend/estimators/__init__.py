@@ -80,7 +80,10 @@ def load_estimator(
             raise CheckpointError(f"{source}: {exc}") from None
         return ReconEstimator(model, mask, input_shape, device=device)
     if task == "seg":
-        return SegEstimator(model, input_shape, device=device)
+        from defend.losses import dicefocal_training_loss
+
+        # the estimator's loss is the training loss, as for ART's classifiers
+        return SegEstimator(model, input_shape, device=device, loss=dicefocal_training_loss)
     classes = data.get("classes")
     if classes is None:
         nb_classes = int(ckpt["model_config"].get("num_classes", 2))
