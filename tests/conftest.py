@@ -20,7 +20,7 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
-    synthesize(out, size=32, coils=2, volumes=6, slices=6, seed=0, progress=False)
+    synthesize(out, size=32, coils=2, volumes=10, slices=6, seed=0, progress=False)
     return out
 
 
@@ -31,10 +31,11 @@ def _train(
     model: str | None,
     epochs: int,
     lr: float,
+    batch_size: int = 8,
     **options,
 ) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / f"{task}-{model or 'default'}.pt"
-    config = TrainConfig(epochs=epochs, batch_size=8, lr=lr, progress=False)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, progress=False)
     train_model(
         task, synth_dir, out, model=model, model_options=options, config=config, log=lambda s: None
     )
@@ -58,4 +59,4 @@ def seg_ckpt(synth_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cls_ckpt(synth_dir, tmp_path_factory) -> Path:
-    return _train(synth_dir, tmp_path_factory, "cls", None, 4, 1e-3)
+    return _train(synth_dir, tmp_path_factory, "cls", None, 6, 1e-3, batch_size=4)

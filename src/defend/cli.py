@@ -26,8 +26,6 @@ data_app = typer.Typer(help="Built-in synthetic data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 TASKS = ("recon", "seg", "cls")
-DEFAULT_EPOCHS = {"recon": 8, "seg": 12, "cls": 8}
-DEFAULT_LR = {"recon": 1e-3, "seg": 3e-3, "cls": 1e-3}
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -70,7 +68,7 @@ def train(
     model: str = typer.Option(
         None, help="recon: unet|varnet; seg: ARCH/ENCODER (smp); cls: resnet18|resnet50."
     ),
-    epochs: int = typer.Option(None, help="Epochs (default: recon 8, seg 12, cls 8)."),
+    epochs: int = typer.Option(None, help="Epochs (default: per task and model)."),
     batch_size: int = typer.Option(8, help="Batch size."),
     lr: float = typer.Option(None, help="Learning rate (AdamW, cosine schedule)."),
     seed: int = typer.Option(0, help="Random seed."),
@@ -86,14 +84,15 @@ def train(
 ) -> None:
     """Train a reconstruction, segmentation or classification model."""
     from defend.data import Acquisition
-    from defend.train import TrainConfig, train_model
+    from defend.train import TrainConfig, default_schedule, train_model
 
     if task not in TASKS:
         raise DefendError(f"unknown task '{task}': choose one of {', '.join(TASKS)}")
+    default_epochs, default_lr = default_schedule(task, model)
     config = TrainConfig(
-        epochs=epochs or DEFAULT_EPOCHS[task],
+        epochs=epochs or default_epochs,
         batch_size=batch_size,
-        lr=lr or DEFAULT_LR[task],
+        lr=lr or default_lr,
         seed=seed,
         device=device,
         num_workers=workers,
@@ -251,7 +250,7 @@ def attack_dgde(
     patience: int = typer.Option(200, help="Generations without progress before stopping."),
     max_queries: int = typer.Option(20000, help="Query budget per image."),
     noise_max: float = typer.Option(1.0, help="Largest noise magnitude (fraction of range)."),
-    noise: str = typer.Option("uniform", help="uniform (the seed) or salt_pepper."),
+    noise: str = typer.Option("salt_pepper", help="salt_pepper or uniform (the seed's)."),
     seed: int = SEED,
     batch_size: int = typer.Option(8, help="Images attacked together."),
 ) -> None:
@@ -284,7 +283,7 @@ def demo(
 ) -> None:
     """The main job on the built-in data: synthesise it, then train every default model."""
     from defend.data import synthesize
-    from defend.train import TrainConfig, train_model
+    from defend.train import TrainConfig, default_schedule, train_model
 
     data = out / "data"
     if not (data / "dataset.json").exists():
@@ -294,9 +293,8 @@ def demo(
     for task, model in (("recon", "unet"), ("recon", "varnet"), ("seg", None), ("cls", None)):
         name = f"{task}-{model}" if model else task
         typer.echo(f"== training {name}")
-        config = TrainConfig(
-            epochs=DEFAULT_EPOCHS[task], lr=DEFAULT_LR[task], seed=seed, device=device
-        )
+        epochs, lr = default_schedule(task, model)
+        config = TrainConfig(epochs=epochs, lr=lr, seed=seed, device=device)
         history = train_model(
             task, data, out / f"{name}.pt", model=model, config=config, log=typer.echo
         )

@@ -69,7 +69,7 @@ class DGDE(TorchAttack):
         max_iter: int = 1000,
         patience: int = 200,
         max_queries: int = 20_000,
-        noise: str = "uniform",
+        noise: str = "salt_pepper",
         batch_size: int = 8,
         seed: int = 0,
         verbose: bool = False,

@@ -1,6 +1,6 @@
 """Training: one loop (:func:`fit`) for all tasks, with a per-batch adversary hook."""
 
-from defend.train.build import train_model
+from defend.train.build import default_schedule, train_model
 from defend.train.loop import Adversary, TrainConfig, best_path, evaluate, fit
 from defend.train.tasks import ClsTask, ReconTask, SegTask, Task, get_task
 
@@ -12,6 +12,7 @@ __all__ = [
     "Task",
     "TrainConfig",
     "best_path",
+    "default_schedule",
     "evaluate",
     "fit",
     "get_task",
