@@ -33,9 +33,9 @@ def objective(est, x, x_adv, attack):
     m = region_mask(y0.shape[-2:], attack.region, attack.region_size).numpy()
     rng = (y0.max((1, 2)) - y0.min((1, 2)))[:, None, None]
     target = y0 + attack.alpha * rng * m
-    return ((y - target) ** 2 * m).sum((1, 2)) / m.sum() + ((y - y0) ** 2 * (1 - m)).sum(
-        (1, 2)
-    ) / (1 - m).sum()
+    return ((y - target) ** 2 * m).sum((1, 2)) / m.sum() + ((y - y0) ** 2 * (1 - m)).sum((1, 2)) / (
+        1 - m
+    ).sum()
 
 
 def test_attack_hallucinates_in_region_within_budget(unet, kspace):
@@ -52,8 +52,17 @@ def test_attack_hallucinates_in_region_within_budget(unet, kspace):
     np.testing.assert_array_equal(delta[..., 1], 0)
     unsampled = ~unet.mask.cpu().numpy().reshape(-1)
     np.testing.assert_array_equal(delta[..., unsampled, :], 0)
-    for key in ("recon_psnr", "recon_ssim", "recon_nrmse", "input_psnr", "input_region_ssim",
-                "recon_region_psnr", "l2_rel", "l2_rel_coil_max", "iterations"):
+    for key in (
+        "recon_psnr",
+        "recon_ssim",
+        "recon_nrmse",
+        "input_psnr",
+        "input_region_ssim",
+        "recon_region_psnr",
+        "l2_rel",
+        "l2_rel_coil_max",
+        "iterations",
+    ):
         assert key in r and np.all(np.isfinite(r[key])), key
 
 

@@ -8,8 +8,8 @@ import torch
 
 import defend
 from defend.attacks import SegmentationFGSM
-from defend.estimators import SegEstimator
 from defend.errors import DefendError
+from defend.estimators import SegEstimator
 from defend.losses import seg_loss
 from defend.models import build_model, default_model_config
 

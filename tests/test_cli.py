@@ -30,8 +30,19 @@ def defend_main(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_data_synth(tmp_path):
-    out = invoke("data", "synth", tmp_path / "d", "--size", "32", "--coils", "2", "--volumes", "3",
-                 "--slices", "2")
+    out = invoke(
+        "data",
+        "synth",
+        tmp_path / "d",
+        "--size",
+        "32",
+        "--coils",
+        "2",
+        "--volumes",
+        "3",
+        "--slices",
+        "2",
+    )
     assert "wrote" in out
     assert len(list((tmp_path / "d" / "train").glob("*.h5"))) >= 1
     assert (tmp_path / "d" / "seg" / "val" / "images").is_dir()
@@ -40,13 +51,16 @@ def test_data_synth(tmp_path):
 
 def test_train_resume_and_info(synth_dir, tmp_path):
     ckpt = tmp_path / "cls.pt"
-    out = invoke("train", "cls", "--data", synth_dir, "--out", ckpt, "--epochs", "1",
-                 "--no-progress")
+    out = invoke(
+        "train", "cls", "--data", synth_dir, "--out", ckpt, "--epochs", "1", "--no-progress"
+    )
     assert "accuracy" in out and ckpt.exists()
-    assert "already trained" in invoke("train", "cls", "--data", synth_dir, "--out", ckpt,
-                                       "--epochs", "1", "--no-progress")
-    assert "resuming after epoch 1" in invoke("train", "cls", "--data", synth_dir, "--out", ckpt,
-                                              "--epochs", "2", "--no-progress")
+    assert "already trained" in invoke(
+        "train", "cls", "--data", synth_dir, "--out", ckpt, "--epochs", "1", "--no-progress"
+    )
+    assert "resuming after epoch 1" in invoke(
+        "train", "cls", "--data", synth_dir, "--out", ckpt, "--epochs", "2", "--no-progress"
+    )
     info = invoke("info", ckpt)
     assert "task      cls" in info and "epoch     2" in info
 
@@ -57,9 +71,24 @@ def read_rows(folder):
 
 
 def test_attack_hallucination(unet_ckpt, synth_dir, tmp_path):
-    out = invoke("attack", "hallucination", "--checkpoint", unet_ckpt, "--data", synth_dir,
-                 "--out", tmp_path, "--n", "2", "--max-iter", "5", "--region", "square",
-                 "--region-size", "6")
+    out = invoke(
+        "attack",
+        "hallucination",
+        "--checkpoint",
+        unet_ckpt,
+        "--data",
+        synth_dir,
+        "--out",
+        tmp_path,
+        "--n",
+        "2",
+        "--max-iter",
+        "5",
+        "--region",
+        "square",
+        "--region-size",
+        "6",
+    )
     assert "strength" in out and "recon_ssim" in out
     rows = read_rows(tmp_path)
     assert len(rows) == 2 and float(rows[0]["strength"]) > 0
@@ -69,15 +98,43 @@ def test_attack_hallucination(unet_ckpt, synth_dir, tmp_path):
 
 
 def test_attack_seg_fgsm(seg_ckpt, synth_dir, tmp_path):
-    out = invoke("attack", "seg-fgsm", "--checkpoint", seg_ckpt, "--data", synth_dir, "--out",
-                 tmp_path, "--n", "3", "--eps", "0.02", "--loss", "training")
+    out = invoke(
+        "attack",
+        "seg-fgsm",
+        "--checkpoint",
+        seg_ckpt,
+        "--data",
+        synth_dir,
+        "--out",
+        tmp_path,
+        "--n",
+        "3",
+        "--eps",
+        "0.02",
+        "--loss",
+        "training",
+    )
     assert "dice_adv" in out
     assert len(read_rows(tmp_path)) == 3 and (tmp_path / "figure.png").exists()
 
 
 def test_attack_dgde(cls_ckpt, synth_dir, tmp_path):
-    out = invoke("attack", "dgde", "--checkpoint", cls_ckpt, "--data", synth_dir, "--out",
-                 tmp_path, "--n", "2", "--max-iter", "5", "--max-queries", "300")
+    out = invoke(
+        "attack",
+        "dgde",
+        "--checkpoint",
+        cls_ckpt,
+        "--data",
+        synth_dir,
+        "--out",
+        tmp_path,
+        "--n",
+        "2",
+        "--max-iter",
+        "5",
+        "--max-queries",
+        "300",
+    )
     assert "pixels_pct" in out
     assert len(read_rows(tmp_path)) == 2 and (tmp_path / "figure.png").exists()
 
@@ -99,10 +156,38 @@ def test_bad_input_is_one_line(args, message):
 
 
 def test_attack_errors_are_one_line(seg_ckpt, unet_ckpt, synth_dir, tmp_path):
-    wrong_task = defend_main("attack", "hallucination", "--checkpoint", seg_ckpt, "--data",
-                             synth_dir, "--out", tmp_path)
+    wrong_task = defend_main(
+        "attack", "hallucination", "--checkpoint", seg_ckpt, "--data", synth_dir, "--out", tmp_path
+    )
     assert wrong_task.returncode == 2 and "expected 'recon'" in wrong_task.stderr
-    bad_eps = defend_main("attack", "hallucination", "--checkpoint", unet_ckpt, "--data",
-                          synth_dir, "--out", tmp_path, "--eps", "-1")
+    bad_eps = defend_main(
+        "attack",
+        "hallucination",
+        "--checkpoint",
+        unet_ckpt,
+        "--data",
+        synth_dir,
+        "--out",
+        tmp_path,
+        "--eps",
+        "-1",
+    )
     assert bad_eps.returncode == 2 and "eps must be > 0" in bad_eps.stderr
     assert "Traceback" not in wrong_task.stderr + bad_eps.stderr
+
+
+def test_demo_quick_runs_everything_and_resumes(tmp_path):
+    out = invoke("demo", tmp_path / "run", "--quick", "--n", "2")
+    for name in ("recon-unet", "recon-varnet", "seg", "cls"):
+        assert (tmp_path / "run" / f"{name}.pt").exists()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["attacks"]) == {
+        "hallucination/recon-unet",
+        "hallucination/recon-varnet",
+        "seg-fgsm/seg/bce",
+        "seg-fgsm/seg/training",
+        "dgde/cls",
+    }
+    assert "strength" in out and "zf_ssim" in out
+    again = invoke("demo", tmp_path / "run", "--quick", "--n", "2")
+    assert again.count("already trained") == 4

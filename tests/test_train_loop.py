@@ -43,7 +43,15 @@ def run(tmp_path, epochs: int, name: str = "m.pt", **kw):
     model = make_model()
     out = tmp_path / name
     history = fit(
-        ClsTask(), model, Blobs(128, 0), Blobs(64, 1), config, out, meta=META, log=lambda s: None, **kw
+        ClsTask(),
+        model,
+        Blobs(128, 0),
+        Blobs(64, 1),
+        config,
+        out,
+        meta=META,
+        log=lambda s: None,
+        **kw,
     )
     return model, history, out
 

@@ -140,7 +140,7 @@ def _run_attack(
 
 
 def _pair(value: str | None, what: str) -> tuple[int, int] | None:
-    """"60x4" or "8" -> (4, 60) / (8, 8): width x height as on screen, returned (h, w)."""
+    """ "60x4" or "8" -> (4, 60) / (8, 8): width x height as on screen, returned (h, w)."""
     if value is None:
         return None
     try:
@@ -179,7 +179,9 @@ def attack_hallucination(
     part: str = typer.Option("real", help="real (as the paper) or complex."),
     region: str = typer.Option("line", help="line or square."),
     region_size: str = typer.Option(None, help="WxH or N pixels (default: the paper's, scaled)."),
-    region_center: str = typer.Option(None, help="XxY pixel position of the centre (default: image centre)."),
+    region_center: str = typer.Option(
+        None, help="XxY pixel position of the centre (default: image centre)."
+    ),
     region_mask: Path = typer.Option(None, help="A .npy or image file with the region mask."),
     alpha: float = typer.Option(0.3, help="Target contrast, fraction of the image range."),
     weight_inside: float = typer.Option(1.0, help="Loss weight inside the region."),
@@ -192,14 +194,32 @@ def attack_hallucination(
     if region_mask is not None:
         mask = _read_mask(region_mask)
     center = _pair(region_center, "region-center")
-    _run_attack("hallucination", checkpoint, data, out, split, n, {
-        "eps": eps, "eps_mode": eps_mode, "norm": norm, "step": step, "max_iter": max_iter,
-        "patience": patience, "part": part, "region": region,
-        "region_size": _pair(region_size, "region-size"),
-        "region_center": center,
-        "region_mask": mask, "alpha": alpha, "weight_inside": weight_inside,
-        "weight_outside": weight_outside, "seed": seed, "batch_size": batch_size,
-    })
+    _run_attack(
+        "hallucination",
+        checkpoint,
+        data,
+        out,
+        split,
+        n,
+        {
+            "eps": eps,
+            "eps_mode": eps_mode,
+            "norm": norm,
+            "step": step,
+            "max_iter": max_iter,
+            "patience": patience,
+            "part": part,
+            "region": region,
+            "region_size": _pair(region_size, "region-size"),
+            "region_center": center,
+            "region_mask": mask,
+            "alpha": alpha,
+            "weight_inside": weight_inside,
+            "weight_outside": weight_outside,
+            "seed": seed,
+            "batch_size": batch_size,
+        },
+    )
 
 
 def _read_mask(path: Path):
@@ -230,10 +250,23 @@ def attack_seg_fgsm(
     batch_size: int = BATCH,
 ) -> None:
     """FGSM / PGD against a segmentation model (seed 001)."""
-    _run_attack("seg-fgsm", checkpoint, data, out, split, n, {
-        "eps": eps, "loss": loss, "target": target, "max_iter": max_iter, "step": step,
-        "seed": seed, "batch_size": batch_size,
-    })
+    _run_attack(
+        "seg-fgsm",
+        checkpoint,
+        data,
+        out,
+        split,
+        n,
+        {
+            "eps": eps,
+            "loss": loss,
+            "target": target,
+            "max_iter": max_iter,
+            "step": step,
+            "seed": seed,
+            "batch_size": batch_size,
+        },
+    )
 
 
 @attack_app.command("dgde")
@@ -255,15 +288,32 @@ def attack_dgde(
     batch_size: int = typer.Option(8, help="Images attacked together."),
 ) -> None:
     """DGDE: black-box few-pixel differential evolution on a classifier (seed 002)."""
-    _run_attack("dgde", checkpoint, data, out, split, n, {
-        "population": population, "F": f, "CR": cr, "max_iter": max_iter,
-        "patience": patience, "max_queries": max_queries, "noise_max": noise_max,
-        "noise": noise, "seed": seed, "batch_size": batch_size,
-    })
+    _run_attack(
+        "dgde",
+        checkpoint,
+        data,
+        out,
+        split,
+        n,
+        {
+            "population": population,
+            "F": f,
+            "CR": cr,
+            "max_iter": max_iter,
+            "patience": patience,
+            "max_queries": max_queries,
+            "noise_max": noise_max,
+            "noise": noise,
+            "seed": seed,
+            "batch_size": batch_size,
+        },
+    )
 
 
 @app.command("info")
-def info(checkpoint: Path = typer.Argument(..., help="A checkpoint written by defend train.")) -> None:
+def info(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by defend train."),
+) -> None:
     """Print a checkpoint's task, model, data and validation metrics."""
     from defend.io import load_checkpoint
 
@@ -280,28 +330,15 @@ def demo(
     out: Path = typer.Argument(Path("runs/demo"), help="Folder for data and checkpoints."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    n: int = typer.Option(4, help="Test samples per attack."),
+    quick: bool = typer.Option(False, help="Smoke run: 32 px data, 1 epoch, short attacks."),
 ) -> None:
-    """The main job on the built-in data: synthesise it, then train every default model."""
-    from defend.data import synthesize
-    from defend.train import TrainConfig, default_schedule, train_model
+    """The main job on the built-in data: synthesise it, train every model, attack each."""
+    from defend.demo import format_demo, run_demo
 
-    data = out / "data"
-    if not (data / "dataset.json").exists():
-        typer.echo(f"synthesising data into {data} ...")
-        synthesize(data, seed=seed)
-    results = {}
-    for task, model in (("recon", "unet"), ("recon", "varnet"), ("seg", None), ("cls", None)):
-        name = f"{task}-{model}" if model else task
-        typer.echo(f"== training {name}")
-        epochs, lr = default_schedule(task, model)
-        config = TrainConfig(epochs=epochs, lr=lr, seed=seed, device=device)
-        history = train_model(
-            task, data, out / f"{name}.pt", model=model, config=config, log=typer.echo
-        )
-        results[name] = history[-1]
-    typer.echo("== summary (validation split)")
-    for name, metrics in results.items():
-        typer.echo(f"{name:14s} {_format_metrics(metrics)}")
+    summary = run_demo(out, seed=seed, device=device, n=n, quick=quick, log=typer.echo)
+    typer.echo(f"== summary ({out / 'summary.json'})")
+    typer.echo(format_demo(summary))
 
 
 def main() -> None:

@@ -85,7 +85,10 @@ def image_similarity(
         a_px, b_px = a[region], b[region]
         rows, cols = np.nonzero(region)
         box = []
-        for lo_i, hi_i, n in ((rows.min(), rows.max(), a.shape[0]), (cols.min(), cols.max(), a.shape[1])):
+        for lo_i, hi_i, n in (
+            (rows.min(), rows.max(), a.shape[0]),
+            (cols.min(), cols.max(), a.shape[1]),
+        ):
             grow = max(0, 7 - (hi_i - lo_i + 1))
             start = max(0, min(lo_i - grow // 2, n - max(7, hi_i - lo_i + 1)))
             box.append(slice(start, min(n, start + max(7, hi_i - lo_i + 1))))

@@ -71,7 +71,8 @@ def plot_hallucination(
             axes[i, 2].set_title(f"strength {s['strength']:.2f}", fontsize=7)
             axes[i, 3].set_title(f"input PSNR {s['input_psnr']:.1f} dB", fontsize=7)
     for ax, title in zip(
-        axes[0], ("clean recon", "adversarial recon", "difference", "zero-filled input diff"),
+        axes[0],
+        ("clean recon", "adversarial recon", "difference", "zero-filled input diff"),
         strict=True,
     ):
         ax.set_title(title + ("\n" + ax.get_title() if ax.get_title() else ""), fontsize=8)
@@ -113,7 +114,8 @@ def plot_segmentation(
             axes[i, 1].set_title(f"Dice {scores[i]['dice_clean']:.2f}", fontsize=7)
             axes[i, 2].set_title(f"Dice {scores[i]['dice_adv']:.2f}", fontsize=7)
     for ax, title in zip(
-        axes[0], ("truth", "clean prediction", "adversarial prediction", "perturbation"),
+        axes[0],
+        ("truth", "clean prediction", "adversarial prediction", "perturbation"),
         strict=True,
     ):
         ax.set_title(title + ("\n" + ax.get_title() if ax.get_title() else ""), fontsize=8)
@@ -144,9 +146,7 @@ def plot_pixels(
             s = scores[i]
             label = classes[int(s["label"])] if classes else int(s["label"])
             axes[i, 0].set_title(f"{label}: p={s['p_true_clean']:.2f}", fontsize=8)
-            axes[i, 1].set_title(
-                f"{len(rows)} px, p(true)={s['p_true']:.2f}", fontsize=8
-            )
+            axes[i, 1].set_title(f"{len(rows)} px, p(true)={s['p_true']:.2f}", fontsize=8)
     return _save(fig, path)
 
 

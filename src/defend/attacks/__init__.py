@@ -20,4 +20,11 @@ ATTACKS = {
     "dgde": (DGDE, "cls"),
 }
 
-__all__ = ["ATTACKS", "DGDE", "HallucinationAttack", "SegmentationFGSM", "TorchAttack", "region_mask"]
+__all__ = [
+    "ATTACKS",
+    "DGDE",
+    "HallucinationAttack",
+    "SegmentationFGSM",
+    "TorchAttack",
+    "region_mask",
+]

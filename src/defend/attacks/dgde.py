@@ -52,8 +52,16 @@ class DGDE(TorchAttack):
     """
 
     attack_params = TorchAttack.attack_params + [
-        "noise_max", "noise_levels", "noise_tries", "population", "F", "CR",
-        "max_iter", "patience", "max_queries", "noise",
+        "noise_max",
+        "noise_levels",
+        "noise_tries",
+        "population",
+        "F",
+        "CR",
+        "max_iter",
+        "patience",
+        "max_queries",
+        "noise",
     ]
     _estimator_requirements = (BaseEstimator, ClassifierMixin)
 
@@ -103,7 +111,9 @@ class DGDE(TorchAttack):
         if not 0 <= self.CR <= 1:
             raise DefendError(f"CR must be in [0, 1], got {self.CR}")
         if self.max_queries < 1:
-            raise DefendError(f"max_queries must be >= 1 (the query budget), got {self.max_queries}")
+            raise DefendError(
+                f"max_queries must be >= 1 (the query budget), got {self.max_queries}"
+            )
 
     # ------------------------------------------------------------------ black box
     def _direct_model(self) -> torch.nn.Module | None:
@@ -130,7 +140,12 @@ class DGDE(TorchAttack):
         return torch.softmax(out, dim=1)
 
     def _noise(
-        self, x: torch.Tensor, tries: int, level: float, lo: float, hi: float,
+        self,
+        x: torch.Tensor,
+        tries: int,
+        level: float,
+        lo: float,
+        hi: float,
         generator: torch.Generator,
     ) -> torch.Tensor:
         """``tries`` noise perturbations per image (N, tries, C, H, W), inside [lo, hi]."""
@@ -165,23 +180,30 @@ class DGDE(TorchAttack):
             labels = (y.argmax(1) if y.ndim == 2 else y).long()
 
         def true_prob(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return probs.gather(-1, labels[rows].view(-1, *[1] * (probs.ndim - 1))
-                                .expand(*probs.shape[:-1], 1)).squeeze(-1)
+            return probs.gather(
+                -1, labels[rows].view(-1, *[1] * (probs.ndim - 1)).expand(*probs.shape[:-1], 1)
+            ).squeeze(-1)
 
         # 1. random noise of rising magnitude until the label flips
         delta = torch.zeros_like(x)
         found = torch.zeros(b, dtype=torch.bool, device=device)
         noise_level = torch.full((b,), float("nan"), device=device)
         t = self.noise_tries
-        for level in np.linspace(self.noise_max / self.noise_levels, self.noise_max, self.noise_levels):
+        for level in np.linspace(
+            self.noise_max / self.noise_levels, self.noise_max, self.noise_levels
+        ):
             rows = (~found & (queries + t <= self.max_queries)).nonzero().squeeze(1)
             if len(rows) == 0:
                 break
             candidate = self._noise(x[rows], t, float(level), lo, hi, generator)
-            probs = self.probabilities((x[rows, None] + candidate).flatten(0, 1)).view(len(rows), t, -1)
+            probs = self.probabilities((x[rows, None] + candidate).flatten(0, 1)).view(
+                len(rows), t, -1
+            )
             queries[rows] += t
             fooled = probs.argmax(-1) != labels[rows, None]
-            score = torch.where(fooled, true_prob(probs, rows), torch.full_like(fooled, 2.0, dtype=probs.dtype))
+            score = torch.where(
+                fooled, true_prob(probs, rows), torch.full_like(fooled, 2.0, dtype=probs.dtype)
+            )
             pick = score.argmin(1)
             hit = fooled.any(1)
             delta[rows[hit]] = candidate[hit, pick[hit]]
@@ -191,7 +213,7 @@ class DGDE(TorchAttack):
 
         # 2. decrease-group differential evolution over subsets of the support
         pixels = h * w
-        support = (delta != 0).any(1).flatten(1) & found[:, None]          # (B, P)
+        support = (delta != 0).any(1).flatten(1) & found[:, None]  # (B, P)
         initial_pixels = support.sum(1).float()
         genes = torch.rand((b, self.population, pixels), generator=generator, device=device)
 
@@ -212,8 +234,12 @@ class DGDE(TorchAttack):
         iterations = torch.zeros(b, device=device)
         n = self.population
         for _ in range(self.max_iter):
-            active = (found & (queries + 2 * n <= self.max_queries) & (stale < self.patience)
-                      & (support.sum(1) > 1))
+            active = (
+                found
+                & (queries + 2 * n <= self.max_queries)
+                & (stale < self.patience)
+                & (support.sum(1) > 1)
+            )
             rows = active.nonzero().squeeze(1)
             if len(rows) == 0:
                 break
@@ -221,10 +247,10 @@ class DGDE(TorchAttack):
             g = genes[rows]
             # three distinct partners per individual: random permutations of the others
             order = torch.rand((len(rows), n, n), generator=generator, device=device)
-            order[:, torch.arange(n), torch.arange(n)] = 2.0   # never pick yourself
+            order[:, torch.arange(n), torch.arange(n)] = 2.0  # never pick yourself
             a, bb, cc = order.argsort(-1)[..., :3].unbind(-1)
-            take = lambda idx: g.gather(1, idx[..., None].expand(-1, -1, pixels))  # noqa: E731
-            mutant = (take(a) + self.F * (take(bb) - take(cc))).clamp(0, 1)
+            ga, gb, gc = (g.gather(1, i[..., None].expand(-1, -1, pixels)) for i in (a, bb, cc))
+            mutant = (ga + self.F * (gb - gc)).clamp(0, 1)
             cross = torch.rand(g.shape, generator=generator, device=device) < self.CR
             forced = torch.randint(0, pixels, (len(rows), n, 1), generator=generator, device=device)
             cross.scatter_(-1, forced, True)

@@ -237,7 +237,9 @@ class HallucinationAttack(TorchAttack):
         value_range = (y0.flatten(1).amax(1) - y0.flatten(1).amin(1)).view(-1, 1, 1)
         target = y0 + self.alpha * value_range * inside
         weight = self.weight_inside * inside / inside.flatten(1).sum(1).view(-1, 1, 1) + (
-            self.weight_outside * (1 - inside) / (1 - inside).flatten(1).sum(1).clamp_min(1).view(-1, 1, 1)
+            self.weight_outside
+            * (1 - inside)
+            / (1 - inside).flatten(1).sum(1).clamp_min(1).view(-1, 1, 1)
         )
 
         budget = self._budget(x, sampled)
@@ -294,15 +296,20 @@ class HallucinationAttack(TorchAttack):
         intended = self.alpha * value_range
         report: dict[str, Any] = {
             "strength": (change * inside).flatten(1).sum(1) / inside.flatten(1).sum(1) / intended,
-            "error_outside": ((change.square() * outside).flatten(1).sum(1)
-                              / outside.flatten(1).sum(1).clamp_min(1)).sqrt() / value_range,
+            "error_outside": (
+                (change.square() * outside).flatten(1).sum(1)
+                / outside.flatten(1).sum(1).clamp_min(1)
+            ).sqrt()
+            / value_range,
         }
         delta = x_adv - x
         magnitude = (x * sampled).square().sum(-1).sqrt().flatten(1).amax(1)
         report["linf"] = delta.abs().flatten(1).amax(1)
         report["linf_rel"] = report["linf"] / magnitude
         report["l2_rel"] = delta.flatten(1).norm(dim=1) / (x * sampled).flatten(1).norm(dim=1)
-        coil_rel = delta.flatten(2).norm(dim=2) / (x * sampled).flatten(2).norm(dim=2).clamp_min(1e-30)
+        coil_rel = delta.flatten(2).norm(dim=2) / (x * sampled).flatten(2).norm(dim=2).clamp_min(
+            1e-30
+        )
         report["l2_rel_coil_max"] = coil_rel.amax(1)
 
         crop = tuple(y0.shape[-2:])

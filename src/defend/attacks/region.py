@@ -1,4 +1,4 @@
-"""Target regions for hallucination attacks: image-domain masks of a line, a square, or any image."""
+"""Target regions of hallucination attacks: a line, a square, or any mask image."""
 
 from __future__ import annotations
 

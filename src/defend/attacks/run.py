@@ -140,7 +140,10 @@ def _figure(
         clean, adv = estimator.predict(x), estimator.predict(x_adv)
         mask = torch.as_tensor(estimator.mask).float()
         crop = tuple(clean.shape[-2:])
-        zf = [zero_filled(torch.as_tensor(k) * mask.view(1, 1, 1, -1, 1), crop).numpy() for k in (x, x_adv)]
+        zf = [
+            zero_filled(torch.as_tensor(k) * mask.view(1, 1, 1, -1, 1), crop).numpy()
+            for k in (x, x_adv)
+        ]
         region = attack._regions(crop, len(x), torch.device("cpu")).numpy()
         plots.plot_hallucination(path, clean, adv, zf[0], zf[1], region, rows)
     elif name == "seg-fgsm":

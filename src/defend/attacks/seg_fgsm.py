@@ -40,7 +40,12 @@ class SegmentationFGSM(TorchAttack):
     """
 
     attack_params = TorchAttack.attack_params + [
-        "eps", "loss", "target", "max_iter", "step", "threshold",
+        "eps",
+        "loss",
+        "target",
+        "max_iter",
+        "step",
+        "threshold",
     ]
     _estimator_requirements = (BaseEstimator, LossGradientsMixin)
 

@@ -16,7 +16,6 @@ from defend.models import build_model, default_model_config, load_weights
 from defend.train.loop import TrainConfig, fit
 from defend.train.tasks import get_task
 
-
 #: (epochs, learning rate) that train each default model on the built-in 64 px data within
 #: a few CPU minutes; VarNet's cascades start slowly and want more steps at a higher rate.
 SCHEDULES: dict[str, tuple[int, float]] = {

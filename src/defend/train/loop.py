@@ -121,7 +121,9 @@ def fit(
     meta = dict(meta or {})
     device = pick_device(config.device)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     history: list[dict[str, float]] = []
     best: dict[str, float] | None = None
     start = 0
