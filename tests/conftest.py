@@ -54,7 +54,7 @@ def varnet_ckpt(synth_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def seg_ckpt(synth_dir, tmp_path_factory) -> Path:
-    return _train(synth_dir, tmp_path_factory, "seg", None, 4, 3e-3)
+    return _train(synth_dir, tmp_path_factory, "seg", None, 5, 3e-3, batch_size=4)
 
 
 @pytest.fixture(scope="session")

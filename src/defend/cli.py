@@ -341,6 +341,52 @@ def demo(
     typer.echo(format_demo(summary))
 
 
+bench_app = typer.Typer(help="Benchmarks: attack wall time against model time and ART.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("attacks")
+def bench_attacks_command(
+    run_dir: Path = typer.Argument(Path("runs/demo"), help="Folder `defend demo` wrote."),
+    n: int = typer.Option(4, help="Samples per task, attacked as one batch."),
+    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    split: str = typer.Option("test", help="Data split the samples come from."),
+    iters: int = typer.Option(20, help="Iterations of the gradient attacks and ART's PGD."),
+    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
+    pixel_th: str = typer.Option("1,5,20", help="PixelAttack pixel counts, comma-separated."),
+    pixel_max_iter: int = typer.Option(5, help="PixelAttack's DE generations per pixel count."),
+    dgde_patience: int = typer.Option(50, help="DGDE generations without progress to stop."),
+    dgde_max_queries: int = typer.Option(3000, help="DGDE's query budget per image."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    threads: int = typer.Option(
+        1, help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a "
+        "shared CPU stable."
+    ),
+) -> None:
+    """Time each attack against its floor of pure model time and against ART's attacks."""
+    from defend.bench import bench_attacks, format_bench, jsonable
+    from defend.io import write_json
+
+    try:
+        ths = [int(t) for t in pixel_th.split(",") if t.strip()]
+    except ValueError:
+        raise DefendError(f"--pixel-th expects integers like 1,5,20, got '{pixel_th}'") from None
+    if not ths or min(ths) < 1:
+        raise DefendError(f"--pixel-th expects positive integers, got '{pixel_th}'")
+    result = bench_attacks(
+        run_dir, n=n, split=split, iters=iters, repeats=repeats, pixel_th=ths,
+        pixel_max_iter=pixel_max_iter,
+        dgde_params={"patience": dgde_patience, "max_queries": dgde_max_queries},
+        device=device, threads=threads or None, log=typer.echo,
+    )
+    typer.echo("")
+    typer.echo(format_bench(result))
+    if out is not None:
+        write_json(out, jsonable(result))
+        typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     """Console entry point: run the app, one-line errors instead of tracebacks."""
     try:

@@ -26,6 +26,13 @@ def estimator_device(estimator: Any) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
+def differentiable(estimator: Any) -> bool:
+    """Whether an estimator exposes a torch ``forward`` we can differentiate (defend's do)."""
+    return hasattr(estimator, "forward") and isinstance(
+        getattr(estimator, "model", None), torch.nn.Module
+    )
+
+
 def clip_range(estimator: Any, default: tuple[float, float] | None = None) -> tuple[float, float]:
     """The estimator's valid input range ``(lo, hi)``; ``default`` (or unbounded) if it has none."""
     clip = getattr(estimator, "clip_values", None)

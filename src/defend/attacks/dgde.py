@@ -129,7 +129,10 @@ class DGDE(TorchAttack):
         """Class probabilities (N, classes) of images x (N, C, H, W): the attack's only signal."""
         model = self._direct_model()
         if model is not None:
+            was_training = model.training
+            model.eval()  # as ART's predict: batch-norm statistics, no dropout
             out = model(x)
+            model.train(was_training)
             out = out[-1] if isinstance(out, list | tuple) else out
         else:
             out = torch.as_tensor(self.estimator.predict(x.cpu().numpy()), device=x.device)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
-from defend.attacks.base import TorchAttack
+from defend.attacks.base import TorchAttack, differentiable
 from defend.attacks.region import as_region, region_mask
 from defend.errors import DefendError
 from defend.metrics import image_similarity
@@ -52,7 +52,7 @@ class HallucinationAttack(TorchAttack):
         estimator: an ART estimator with loss gradients whose input is masked k-space
             (B, coils, H, W, 2) and output an image (B, h, w): ``defend``'s
             ``ReconEstimator`` (U-Net or VarNet), or any other (its loss is then assumed to be
-            a squared error, see :meth:`_loss_and_grad`).
+            a squared error, see :meth:`_score`).
         eps: perturbation budget: l-inf per real component, or l2 per coil.
         eps_mode: ``"relative"`` (l-inf: fraction of the sample's max |k| over sampled
             entries; l2: fraction of each coil's k-space norm) or ``"absolute"`` (raw units).
@@ -155,33 +155,39 @@ class HallucinationAttack(TorchAttack):
     # ------------------------------------------------------------------ model access
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         est = self.estimator
-        if hasattr(est, "forward") and isinstance(getattr(est, "model", None), torch.nn.Module):
+        if differentiable(est):
             with torch.no_grad():
                 return est.forward(x)
         return torch.as_tensor(est.predict(x.cpu().numpy()), device=x.device)
 
-    def _loss_and_grad(
-        self, x: torch.Tensor, weight: torch.Tensor, goal: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample loss ``sum weight * (f(x) - goal)^2`` and its gradient in x.
+    def _score(
+        self, x: torch.Tensor, weight: torch.Tensor, goal: torch.Tensor, gradient: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per-sample loss ``sum weight * (f(x) - goal)^2``, the prediction f(x), its gradient.
 
         ``defend`` estimators are differentiated directly (one forward and backward). Any
         other ART estimator is reached through ``predict`` and ``loss_gradient``: for a
         squared-error loss, the gradient towards ``t' = f - weight * (f - goal)`` is
         proportional to the weighted loss's gradient, so the step direction is exact.
+        With ``gradient=False`` only the forward pass runs.
         """
         est = self.estimator
-        if hasattr(est, "forward") and isinstance(getattr(est, "model", None), torch.nn.Module):
+        direct = hasattr(est, "forward") and isinstance(
+            getattr(est, "model", None), torch.nn.Module
+        )
+        if direct and gradient:
             x = x.detach().requires_grad_(True)
-            residual = est.forward(x) - goal
-            loss = (weight * residual.square()).flatten(1).sum(1)
+            pred = est.forward(x)
+            loss = (weight * (pred - goal).square()).flatten(1).sum(1)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-            return loss.detach(), grad
+            return loss.detach(), pred.detach(), grad
         pred = self._predict(x)
+        loss = (weight * (pred - goal).square()).flatten(1).sum(1)
+        if not gradient:
+            return loss, pred, None
         proxy = pred - weight * (pred - goal)
         grad = est.loss_gradient(x.cpu().numpy(), proxy.cpu().numpy())
-        loss = (weight * (pred - goal).square()).flatten(1).sum(1)
-        return loss, torch.as_tensor(grad, device=x.device)
+        return loss, pred, torch.as_tensor(grad, device=x.device)
 
     # ------------------------------------------------------------------ budget
     def _budget(self, x: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
@@ -249,15 +255,22 @@ class HallucinationAttack(TorchAttack):
             noise = torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1
             delta = self._project(noise * step * movable, budget)
         best_loss = torch.full((n,), float("inf"), device=x.device)
-        best_delta = delta.clone()
+        best_delta, best_pred = delta.clone(), y0.clone()
         since = torch.zeros(n, dtype=torch.long, device=x.device)
         active = torch.ones(n, dtype=torch.bool, device=x.device)
         iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-        for _ in range(self.max_iter):
-            loss, grad = self._loss_and_grad(x + delta, weight, target)
+
+        def keep_best(loss: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+            nonlocal best_loss, best_delta, best_pred
             improved = loss < best_loss
             best_loss = torch.where(improved, loss, best_loss)
             best_delta = torch.where(improved.view(-1, 1, 1, 1, 1), delta, best_delta)
+            best_pred = torch.where(improved.view(-1, 1, 1), pred, best_pred)
+            return improved
+
+        for _ in range(self.max_iter):
+            loss, pred, grad = self._score(x + delta, weight, target)
+            improved = keep_best(loss, pred)
             since = torch.where(improved, 0, since + 1)
             if self.patience:
                 active &= since < self.patience
@@ -266,14 +279,11 @@ class HallucinationAttack(TorchAttack):
             iterations += active
             moved = delta - step * self._direction(grad * movable) * movable
             delta = torch.where(active.view(-1, 1, 1, 1, 1), self._project(moved, budget), delta)
-        else:  # the last update has not been scored yet
-            loss, _ = self._loss_and_grad(x + delta, weight, target)
-            improved = loss < best_loss
-            best_loss = torch.where(improved, loss, best_loss)
-            best_delta = torch.where(improved.view(-1, 1, 1, 1, 1), delta, best_delta)
+        else:  # the last update has not been scored yet: a forward pass, no gradient
+            keep_best(*self._score(x + delta, weight, target, gradient=False)[:2])
 
         x_adv = x + best_delta
-        report = self._report(x, x_adv, y0, region, value_range.view(-1), sampled)
+        report = self._report(x, x_adv, y0, best_pred, region, value_range.view(-1), sampled)
         report["loss"] = best_loss
         report["iterations"] = iterations.float()
         return x_adv, report
@@ -284,12 +294,12 @@ class HallucinationAttack(TorchAttack):
         x: torch.Tensor,
         x_adv: torch.Tensor,
         y0: torch.Tensor,
+        y_adv: torch.Tensor,
         region: torch.Tensor,
         value_range: torch.Tensor,
         sampled: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Per-sample hallucination strength, collateral error, image metrics, norms."""
-        y_adv = self._predict(x_adv)
         inside = region.to(y0.dtype)
         outside = 1 - inside
         change = y_adv - y0

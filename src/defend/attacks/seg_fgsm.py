@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
-from defend.attacks.base import TorchAttack, clip_range
+from defend.attacks.base import TorchAttack, clip_range, differentiable
 from defend.errors import DefendError
 from defend.losses import SEG_LOSSES, seg_loss
 from defend.metrics import dice_iou
@@ -85,10 +85,7 @@ class SegmentationFGSM(TorchAttack):
             raise DefendError(f"step must be > 0, got {self.step}")
         if not 0 < self.threshold < 1:
             raise DefendError(f"threshold must be in (0, 1), got {self.threshold}")
-        differentiable = hasattr(self.estimator, "forward") and isinstance(
-            getattr(self.estimator, "model", None), torch.nn.Module
-        )
-        if self.loss != "training" and not differentiable:
+        if self.loss != "training" and not differentiable(self.estimator):
             raise DefendError(
                 f"loss '{self.loss}' needs a defend estimator; use loss='training' for others"
             )

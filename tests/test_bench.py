@@ -1,0 +1,132 @@
+"""The attack benchmark's functions on tiny models: structure and sane ratios, no timing goals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from defend.bench import (
+    bench_attacks,
+    bench_suite,
+    count_forward_rows,
+    format_bench,
+    interleaved,
+    jsonable,
+)
+from defend.cli import app
+from defend.errors import DefendError
+from defend.estimators import ReconEstimator, SegEstimator, make_classifier
+from defend.models.recon import ReconUnet
+
+SIZE = 16
+
+
+class MeanClassifier(nn.Module):
+    """Two classes by mean intensity around 0.5: a few extreme pixels flip it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(40.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.mean((1, 2, 3)) - 0.5) * self.scale
+        return torch.stack([z, -z], 1)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> dict:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    mask = np.zeros(SIZE, dtype=bool)
+    mask[::4] = True                                  # equispaced, 4x
+    mask[SIZE // 2 - 2 : SIZE // 2 + 2] = True        # fully sampled centre
+    unet = ReconEstimator(
+        ReconUnet(chans=4, num_pool_layers=2), mask.reshape(1, 1, 1, SIZE, 1),
+        (2, SIZE, SIZE, 2), device="cpu",
+    )
+    kspace = rng.normal(size=(2, 2, SIZE, SIZE, 2)).astype(np.float32)
+    kspace *= mask.reshape(1, 1, 1, SIZE, 1)
+    seg = SegEstimator(nn.Conv2d(1, 1, 3, padding=1), (1, SIZE, SIZE), device="cpu")
+    seg_x = rng.random((2, 1, SIZE, SIZE)).astype(np.float32)
+    classifier = make_classifier(MeanClassifier(), (1, 8, 8), 2, device="cpu")
+    offsets = np.array([0.02, -0.02], dtype=np.float32).reshape(2, 1, 1, 1)
+    cls_x = (0.5 + offsets + 0.01 * rng.random((2, 1, 8, 8))).astype(np.float32)
+    return {
+        "unet": unet, "varnet": unet, "recon_x": kspace,
+        "seg": seg, "seg_x": seg_x, "seg_y": (seg_x > 0.5).astype(np.float32),
+        "classifier": classifier, "cls_x": cls_x,
+    }
+
+
+def positive(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_bench_suite_structure_and_ratios(tiny):
+    result = bench_suite(
+        **tiny, iters=2, repeats=1, pixel_th=(1,), pixel_max_iter=1,
+        dgde_params={"population": 4, "max_iter": 3, "patience": 2, "noise_levels": 3,
+                     "noise_tries": 2},
+    )
+    names = [row["name"] for row in result["floors"]]
+    assert names == ["hallucination/unet", "hallucination/varnet", "seg-fgsm (PGD)", "dgde"]
+    for row in result["floors"]:
+        for key in ("attack_s", "floor_s", "ratio"):
+            assert positive(row[key]), (row["name"], key, row[key])
+        assert len(row["ratios"]) == 1 and row["goal"] == 1.15 and isinstance(row["met"], bool)
+        assert isinstance(row["floor"], str) and row["floor"]
+    assert "queries" in result["floors"][-1]["floor"]
+
+    pgd = result["art_pgd"]
+    for key in ("ours_s", "art_s", "ratio"):
+        assert positive(pgd[key]), key
+    assert math.isfinite(pgd["strength_ours"]) and math.isfinite(pgd["strength_art"])
+    # same budget for both; two steps of eps / 10 cannot leave it
+    assert pgd["linf_ours"] <= pgd["params"]["eps"] * (1 + 1e-5)
+    assert pgd["linf_art"] <= pgd["params"]["eps"] * (1 + 1e-5)
+    assert pgd["strength_ours"] == pytest.approx(pgd["strength_ours_report"], rel=1e-4, abs=1e-6)
+
+    pix = result["art_pixel"]
+    dgde = pix["dgde"]
+    assert 0 <= dgde["success"] <= 1 and dgde["forwards_per_image"] > 0
+    assert dgde["forwards_per_image"] >= dgde["queries_per_image"]  # + the bench's own checks
+    (row,) = pix["pixel_attack"]
+    assert row["th"] == 1 and 0 <= row["success"] <= 1
+    assert row["forwards_per_image"] > 0
+    for r in (row, pix["search"], pix["projected_defaults"]):
+        assert positive(r["speedup"]) and positive(r["s_per_image"])
+    assert set(pix["goals"]) == {"success", "pixels", "speed"}
+
+    text = format_bench(result)
+    for part in ("1. Attack wall time", "2. HallucinationAttack vs ART", "3. DGDE vs ART",
+                 "hallucination/varnet", "goal"):
+        assert part in text
+    json.dumps(jsonable(result), allow_nan=False)  # strict JSON
+
+
+def test_forward_counter_and_interleaving():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with count_forward_rows(model) as counter:
+        model(torch.zeros(3, 4))
+        model[0](torch.zeros(2, 4))  # ART's wrapper calls a Sequential's layers one by one
+    assert counter[0] == 5
+    model(torch.zeros(1, 4))
+    assert counter[0] == 5  # the hook is gone after the block
+    order: list[str] = []
+    times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3,
+                        torch.device("cpu"))
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
+
+
+def test_missing_run_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(DefendError, match="defend demo"):
+        bench_attacks(tmp_path / "nowhere")
+    result = CliRunner().invoke(app, ["bench", "attacks", "--help"])
+    assert result.exit_code == 0 and "--pixel-th" in result.output
