@@ -39,6 +39,15 @@ class MeanClassifier(nn.Module):
         return torch.stack([z, -z], 1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: threads only add synchronisation (and stall on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny() -> dict:
     torch.manual_seed(0)

@@ -47,6 +47,7 @@ from defend.attacks.base import estimator_device
 from defend.errors import DefendError
 
 __all__ = [
+    "BENCH_DGDE",
     "FLOOR_GOAL",
     "PIXEL_SPEEDUP_GOAL",
     "art_pgd_vs_hallucination",
@@ -58,6 +59,7 @@ __all__ = [
     "hallucination_strength",
     "hallucination_vs_floor",
     "interleaved",
+    "jsonable",
     "seg_pgd_vs_floor",
     "timed",
 ]
