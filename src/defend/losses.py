@@ -42,6 +42,12 @@ def seg_loss(name: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return torch.stack(losses)
 
 
+def dicefocal_batch_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice + Focal over the whole batch (smp's reduction): what ``defend train seg`` minimises."""
+    logits, target = logits.float(), target.float()
+    return _DICE(logits, target) + _FOCAL(logits, target)
+
+
 def dicefocal_training_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample Dice + Focal: the loss a ``defend train seg`` checkpoint was trained on."""
     return seg_loss("dicefocal", logits, target)

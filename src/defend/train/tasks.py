@@ -13,11 +13,11 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch import losses as smp_losses
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from defend.errors import DefendError
+from defend.losses import dicefocal_batch_loss
 from defend.metrics import dice_iou, recon_metrics
 
 Batch = dict
@@ -101,13 +101,8 @@ class SegTask(Task):
     name = "seg"
     monitor = "dice"
 
-    def __init__(self) -> None:
-        self.dice = smp_losses.DiceLoss("multilabel", from_logits=True)
-        self.focal = smp_losses.FocalLoss("multilabel")
-
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
-        pred = pred.float()
-        return self.dice(pred, batch["target"]) + self.focal(pred, batch["target"])
+        return dicefocal_batch_loss(pred, batch["target"])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
