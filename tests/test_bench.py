@@ -53,11 +53,13 @@ def tiny() -> dict:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     mask = np.zeros(SIZE, dtype=bool)
-    mask[::4] = True                                  # equispaced, 4x
-    mask[SIZE // 2 - 2 : SIZE // 2 + 2] = True        # fully sampled centre
+    mask[::4] = True  # equispaced, 4x
+    mask[SIZE // 2 - 2 : SIZE // 2 + 2] = True  # fully sampled centre
     unet = ReconEstimator(
-        ReconUnet(chans=4, num_pool_layers=2), mask.reshape(1, 1, 1, SIZE, 1),
-        (2, SIZE, SIZE, 2), device="cpu",
+        ReconUnet(chans=4, num_pool_layers=2),
+        mask.reshape(1, 1, 1, SIZE, 1),
+        (2, SIZE, SIZE, 2),
+        device="cpu",
     )
     kspace = rng.normal(size=(2, 2, SIZE, SIZE, 2)).astype(np.float32)
     kspace *= mask.reshape(1, 1, 1, SIZE, 1)
@@ -67,9 +69,14 @@ def tiny() -> dict:
     offsets = np.array([0.02, -0.02], dtype=np.float32).reshape(2, 1, 1, 1)
     cls_x = (0.5 + offsets + 0.01 * rng.random((2, 1, 8, 8))).astype(np.float32)
     return {
-        "unet": unet, "varnet": unet, "recon_x": kspace,
-        "seg": seg, "seg_x": seg_x, "seg_y": (seg_x > 0.5).astype(np.float32),
-        "classifier": classifier, "cls_x": cls_x,
+        "unet": unet,
+        "varnet": unet,
+        "recon_x": kspace,
+        "seg": seg,
+        "seg_x": seg_x,
+        "seg_y": (seg_x > 0.5).astype(np.float32),
+        "classifier": classifier,
+        "cls_x": cls_x,
     }
 
 
@@ -79,9 +86,18 @@ def positive(value: float) -> bool:
 
 def test_bench_suite_structure_and_ratios(tiny):
     result = bench_suite(
-        **tiny, iters=2, repeats=1, pixel_th=(1,), pixel_max_iter=1,
-        dgde_params={"population": 4, "max_iter": 3, "patience": 2, "noise_levels": 3,
-                     "noise_tries": 2},
+        **tiny,
+        iters=2,
+        repeats=1,
+        pixel_th=(1,),
+        pixel_max_iter=1,
+        dgde_params={
+            "population": 4,
+            "max_iter": 3,
+            "patience": 2,
+            "noise_levels": 3,
+            "noise_tries": 2,
+        },
     )
     names = [row["name"] for row in result["floors"]]
     assert names == ["hallucination/unet", "hallucination/varnet", "seg-fgsm (PGD)", "dgde"]
@@ -113,8 +129,13 @@ def test_bench_suite_structure_and_ratios(tiny):
     assert set(pix["goals"]) == {"success", "pixels", "speed"}
 
     text = format_bench(result)
-    for part in ("1. Attack wall time", "2. HallucinationAttack vs ART", "3. DGDE vs ART",
-                 "hallucination/varnet", "goal"):
+    for part in (
+        "1. Attack wall time",
+        "2. HallucinationAttack vs ART",
+        "3. DGDE vs ART",
+        "hallucination/varnet",
+        "goal",
+    ):
         assert part in text
     json.dumps(jsonable(result), allow_nan=False)  # strict JSON
 
@@ -128,8 +149,9 @@ def test_forward_counter_and_interleaving():
     model(torch.zeros(1, 4))
     assert counter[0] == 5  # the hook is gone after the block
     order: list[str] = []
-    times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3,
-                        torch.device("cpu"))
+    times = interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3, torch.device("cpu")
+    )
     assert order == ["a", "b", "b", "a", "a", "b"]
     assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
 

@@ -173,7 +173,8 @@ def _hallucination_goal(
     value_range = (y0.flatten(1).amax(1) - y0.flatten(1).amin(1)).view(-1, 1, 1)
     target = y0 + attack.alpha * value_range * inside
     weight = attack.weight_inside * inside / inside.flatten(1).sum(1).view(-1, 1, 1) + (
-        attack.weight_outside * (1 - inside)
+        attack.weight_outside
+        * (1 - inside)
         / (1 - inside).flatten(1).sum(1).clamp_min(1).view(-1, 1, 1)
     )
     return y0, region, value_range.view(-1), target, weight
@@ -268,8 +269,15 @@ def art_pgd_vs_hallucination(
     magnitude = np.sqrt((x**2).sum(-1)).reshape(len(x), -1).max(1)
     eps = float(eps_rel * np.median(magnitude))
     ours = HallucinationAttack(
-        estimator, eps=eps, eps_mode="absolute", step=step, max_iter=max_iter, patience=0,
-        random_start=False, region=region, batch_size=len(x),
+        estimator,
+        eps=eps,
+        eps_mode="absolute",
+        step=step,
+        max_iter=max_iter,
+        patience=0,
+        random_start=False,
+        region=region,
+        batch_size=len(x),
     )
     region_np = ours._regions(tuple(estimator.predict(x[:1]).shape[-2:]), len(x), device)
     region_np = region_np.float().cpu().numpy()
@@ -277,21 +285,35 @@ def art_pgd_vs_hallucination(
     def art_target() -> np.ndarray:
         """ART's ``y``: the hallucination target, built from the clean output as ours does."""
         y0 = estimator.predict(x, batch_size=len(x))
-        value_range = (y0.reshape(len(x), -1).max(1) - y0.reshape(len(x), -1).min(1))
+        value_range = y0.reshape(len(x), -1).max(1) - y0.reshape(len(x), -1).min(1)
         return y0 + ours.alpha * value_range.reshape(-1, 1, 1) * region_np
 
     sampled = np.asarray(torch.as_tensor(estimator.mask).float().cpu()).reshape(1, 1, 1, -1, 1)
     parts = np.array([1.0, 0.0] if ours.part == "real" else [1.0, 1.0])
     mask = (sampled * parts).astype(np.float32)
     art = ProjectedGradientDescent(
-        estimator, norm=np.inf, eps=eps, eps_step=step * eps, max_iter=max_iter, targeted=True,
-        num_random_init=0, batch_size=len(x), verbose=False,
+        estimator,
+        norm=np.inf,
+        eps=eps,
+        eps_step=step * eps,
+        max_iter=max_iter,
+        targeted=True,
+        num_random_init=0,
+        batch_size=len(x),
+        verbose=False,
     )
     own = {k: getattr(ours, k) for k in ours.attack_params}
     warm_ours = HallucinationAttack(estimator, **{**own, "max_iter": 1})
     warm_art = ProjectedGradientDescent(
-        estimator, norm=np.inf, eps=eps, eps_step=step * eps, max_iter=1, targeted=True,
-        num_random_init=0, batch_size=len(x), verbose=False,
+        estimator,
+        norm=np.inf,
+        eps=eps,
+        eps_step=step * eps,
+        max_iter=1,
+        targeted=True,
+        num_random_init=0,
+        batch_size=len(x),
+        verbose=False,
     )
     warm_ours.generate(x)
     warm_art.generate(x, y=art_target(), mask=mask)
@@ -322,11 +344,16 @@ def art_pgd_vs_hallucination(
         "linf_ours": linf["ours"],
         "linf_art": linf["art"],
         "params": {
-            "eps": eps, "eps_rel": eps_rel, "eps_step": step * eps, "max_iter": max_iter,
-            "batch_size": len(x), "norm": "inf", "perturbed": f"{ours.part} part, sampled entries",
+            "eps": eps,
+            "eps_rel": eps_rel,
+            "eps_step": step * eps,
+            "max_iter": max_iter,
+            "batch_size": len(x),
+            "norm": "inf",
+            "perturbed": f"{ours.part} part, sampled entries",
             "art": "ProjectedGradientDescent(norm=inf, targeted=True, num_random_init=0), "
-                   "y = hallucination target image (its clean forward pass timed with ART), "
-                   "mask = perturbed entries",
+            "y = hallucination target image (its clean forward pass timed with ART), "
+            "mask = perturbed entries",
         },
     }
 
@@ -461,8 +488,11 @@ def dgde_vs_floor_and_pixel_attack(
         with count_forward_rows(model) as counter:
             seconds, x_adv = timed(lambda: attack.generate(xt), device)
         times["attack"].append(seconds)
-        dgde_out.update(x_adv=x_adv.cpu().numpy(), forwards=counter[0],
-                        report={k: v.copy() for k, v in attack.report.items()})
+        dgde_out.update(
+            x_adv=x_adv.cpu().numpy(),
+            forwards=counter[0],
+            report={k: v.copy() for k, v in attack.report.items()},
+        )
 
     def run_floor() -> None:
         queries = int(dgde_out["report"]["queries"].sum())
@@ -479,7 +509,9 @@ def dgde_vs_floor_and_pixel_attack(
             seconds.append(s)
             forwards.append(counter[0])
         pixel_runs[int(th)] = {
-            "x_adv": np.concatenate(adv), "seconds": seconds, "forwards": forwards,
+            "x_adv": np.concatenate(adv),
+            "seconds": seconds,
+            "forwards": forwards,
         }
         log(f"   PixelAttack th={th}: {sum(seconds) / n:.2f} s/image")
 
@@ -489,8 +521,10 @@ def dgde_vs_floor_and_pixel_attack(
         # in every repeat)
         for step in (run_dgde, run_floor) if r % 2 == 0 else (run_floor, run_dgde):
             step()
-        log(f"   repeat {r + 1}/{repeats}: DGDE {times['attack'][-1]:.2f} s, "
-            f"floor {times['floor'][-1]:.2f} s")
+        log(
+            f"   repeat {r + 1}/{repeats}: DGDE {times['attack'][-1]:.2f} s, "
+            f"floor {times['floor'][-1]:.2f} s"
+        )
         if r < len(ths):
             run_pixel(ths[r])
     for th in ths[repeats:]:
@@ -532,8 +566,8 @@ def dgde_vs_floor_and_pixel_attack(
         row.update(name=f"PixelAttack th={th}", th=th, speedup=row["s_per_image"] / dgde_s)
         rows.append(row)
     # the search over pixel counts a user needs for a minimal count: every th on every image
-    success = np.array([r["success_each"] for r in rows], dtype=bool)       # (th, n)
-    pixels = np.array([r["pixels_each"] for r in rows], dtype=np.float64)   # NaN: failed
+    success = np.array([r["success_each"] for r in rows], dtype=bool)  # (th, n)
+    pixels = np.array([r["pixels_each"] for r in rows], dtype=np.float64)  # NaN: failed
     best = np.where(success.any(0), np.nanmin(np.where(success, pixels, np.inf), 0), np.nan)
     search_s = float(sum(np.mean(pixel_runs[t]["seconds"]) for t in ths))
     search = {
@@ -556,7 +590,7 @@ def dgde_vs_floor_and_pixel_attack(
         "s_per_image": default_forwards * s_per_forward,
         "speedup": default_forwards * s_per_forward / dgde_s,
         "basis": "ART's DE population x (max_iter + 1) per pixel count, the 7 counts its "
-                 "binary search tries when nothing succeeds, times the measured s per forward",
+        "binary search tries when nothing succeeds, times the measured s per forward",
     }
     pixels_met = math.isnan(search["pixels"]) or (
         not math.isnan(dgde_row["pixels"]) and dgde_row["pixels"] < search["pixels"]
@@ -567,20 +601,30 @@ def dgde_vs_floor_and_pixel_attack(
         "search": search,
         "projected_defaults": projected,
         "params": {
-            "images": n, "labels": "the model's own (y=None for both)",
+            "images": n,
+            "labels": "the model's own (y=None for both)",
             "pixel_attack": f"PixelAttack(th, es=1 (differential evolution; es=0 needs cma), "
-                            f"max_iter={pixel_max_iter})",
+            f"max_iter={pixel_max_iter})",
             "dgde": {k: getattr(attack, k) for k in params},
             "forwards": "images through the model, counted by a forward hook",
         },
         "goals": {
-            "success": {"dgde": dgde_row["success"], "art": search["success"],
-                        "met": bool(dgde_row["success"] >= search["success"])},
-            "pixels": {"dgde": dgde_row["pixels"], "art": search["pixels"],
-                       "met": bool(pixels_met and dgde_row["success"] >= search["success"])},
-            "speed": {"speedup": search["speedup"], "goal": PIXEL_SPEEDUP_GOAL,
-                      "met": bool(search["speedup"] >= PIXEL_SPEEDUP_GOAL),
-                      "against": "the search row: PixelAttack s/image summed over the th tried"},
+            "success": {
+                "dgde": dgde_row["success"],
+                "art": search["success"],
+                "met": bool(dgde_row["success"] >= search["success"]),
+            },
+            "pixels": {
+                "dgde": dgde_row["pixels"],
+                "art": search["pixels"],
+                "met": bool(pixels_met and dgde_row["success"] >= search["success"]),
+            },
+            "speed": {
+                "speedup": search["speedup"],
+                "goal": PIXEL_SPEEDUP_GOAL,
+                "met": bool(search["speedup"] >= PIXEL_SPEEDUP_GOAL),
+                "against": "the search row: PixelAttack s/image summed over the th tried",
+            },
         },
     }
     return floor_row, comparison
@@ -645,22 +689,33 @@ def bench_suite(
     for name, est in (("unet", unet), ("varnet", varnet)):
         if est is None or recon_x is None:
             continue
-        result["floors"].append(stage(
-            f"HallucinationAttack on the {name}: {iters} iterations vs its floor",
-            lambda est=est, name=name: hallucination_vs_floor(
-                est, recon_x, max_iter=iters, repeats=repeats, name=f"hallucination/{name}"),
-        ))
+        result["floors"].append(
+            stage(
+                f"HallucinationAttack on the {name}: {iters} iterations vs its floor",
+                lambda est=est, name=name: hallucination_vs_floor(
+                    est, recon_x, max_iter=iters, repeats=repeats, name=f"hallucination/{name}"
+                ),
+            )
+        )
     if seg is not None and seg_x is not None:
-        result["floors"].append(stage(
-            f"SegmentationFGSM PGD: {iters} iterations vs its floor",
-            lambda: seg_pgd_vs_floor(seg, seg_x, seg_y, max_iter=iters, repeats=repeats),
-        ))
+        result["floors"].append(
+            stage(
+                f"SegmentationFGSM PGD: {iters} iterations vs its floor",
+                lambda: seg_pgd_vs_floor(seg, seg_x, seg_y, max_iter=iters, repeats=repeats),
+            )
+        )
     if classifier is not None and cls_x is not None:
         floor_row, comparison = stage(
             "DGDE vs its floor, and vs ART PixelAttack",
             lambda: dgde_vs_floor_and_pixel_attack(
-                classifier, cls_x, repeats=repeats, dgde_params=dgde_params,
-                pixel_th=pixel_th, pixel_max_iter=pixel_max_iter, log=log),
+                classifier,
+                cls_x,
+                repeats=repeats,
+                dgde_params=dgde_params,
+                pixel_th=pixel_th,
+                pixel_max_iter=pixel_max_iter,
+                log=log,
+            ),
         )
         result["floors"].append(floor_row)
         result["art_pixel"] = comparison
@@ -732,20 +787,39 @@ def bench_attacks(
         cls_all, _ = load_arrays(data, "cls", split, None)
         cls_x = cls_all[_balanced(cls_all, est["cls"].predict(cls_all).argmax(1), n)]
         result = bench_suite(
-            unet=est["recon-unet"], varnet=est["recon-varnet"], recon_x=recon_x,
-            seg=est["seg"], seg_x=seg_x, seg_y=seg_y, classifier=est["cls"], cls_x=cls_x,
-            iters=iters, repeats=repeats, pixel_th=pixel_th, pixel_max_iter=pixel_max_iter,
-            dgde_params=dgde_params, log=log,
+            unet=est["recon-unet"],
+            varnet=est["recon-varnet"],
+            recon_x=recon_x,
+            seg=est["seg"],
+            seg_x=seg_x,
+            seg_y=seg_y,
+            classifier=est["cls"],
+            cls_x=cls_x,
+            iters=iters,
+            repeats=repeats,
+            pixel_th=pixel_th,
+            pixel_max_iter=pixel_max_iter,
+            dgde_params=dgde_params,
+            log=log,
         )
         used_threads = torch.get_num_threads()
     dev = estimator_device(est["recon-unet"])
     result["config"] = {
-        "run_dir": str(run_dir), "split": split, "n": n, "iters": iters, "repeats": repeats,
-        "device": str(dev), "threads": used_threads, "torch": torch.__version__,
+        "run_dir": str(run_dir),
+        "split": split,
+        "n": n,
+        "iters": iters,
+        "repeats": repeats,
+        "device": str(dev),
+        "threads": used_threads,
+        "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-        "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "pixel_th": list(pixel_th), "pixel_max_iter": pixel_max_iter,
-        "recon_input": list(recon_x.shape), "seg_input": list(seg_x.shape),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "pixel_th": list(pixel_th),
+        "pixel_max_iter": pixel_max_iter,
+        "recon_input": list(recon_x.shape),
+        "seg_input": list(seg_x.shape),
         "cls_input": list(cls_x.shape),
         "seconds": time.perf_counter() - start,
     }
@@ -777,8 +851,9 @@ def format_bench(result: dict[str, Any]) -> str:
         lines.append("")
     if result["floors"]:
         lines.append("1. Attack wall time over its floor of pure model time")
-        lines.append(f"   {'attack':24s} {'attack s':>9s} {'floor s':>9s} {'ratio':>7s} "
-                     f"{'goal':>7s}  met")
+        lines.append(
+            f"   {'attack':24s} {'attack s':>9s} {'floor s':>9s} {'ratio':>7s} {'goal':>7s}  met"
+        )
         for row in result["floors"]:
             lines.append(
                 f"   {row['name']:24s} {row['attack_s']:9.3f} {row['floor_s']:9.3f} "
@@ -787,8 +862,10 @@ def format_bench(result: dict[str, Any]) -> str:
         lines.append("   floors:")
         for row in result["floors"]:
             lines.append(f"   - {row['name']}: {row['floor']}")
-        lines.append("   ratio = median over repeats of attack time / floor time (each pair "
-                     "measured back to back)")
+        lines.append(
+            "   ratio = median over repeats of attack time / floor time (each pair "
+            "measured back to back)"
+        )
         lines.append("")
     pgd = result.get("art_pgd")
     if pgd:
@@ -800,26 +877,40 @@ def format_bench(result: dict[str, Any]) -> str:
             f"{p['perturbed']})"
         )
         lines.append(f"   {'attack':24s} {'wall s':>9s} {'strength':>9s} {'linf':>9s}")
-        lines.append(f"   {'HallucinationAttack':24s} {pgd['ours_s']:9.3f} "
-                     f"{pgd['strength_ours']:9.3f} {pgd['linf_ours']:9.3g}")
-        lines.append(f"   {'ART PGD (numpy path)':24s} {pgd['art_s']:9.3f} "
-                     f"{pgd['strength_art']:9.3f} {pgd['linf_art']:9.3g}")
-        lines.append(f"   ratio ours / ART {pgd['ratio']:.3f} "
-                     f"(ART / ours {1 / pgd['ratio']:.2f}x), "
-                     f"goal < 1 (ours faster): {_yes(pgd['met'])}")
-        lines.append("   strength = mean change inside the region / intended change "
-                     "(alpha x clean range); 1 = feature fully inserted")
+        lines.append(
+            f"   {'HallucinationAttack':24s} {pgd['ours_s']:9.3f} "
+            f"{pgd['strength_ours']:9.3f} {pgd['linf_ours']:9.3g}"
+        )
+        lines.append(
+            f"   {'ART PGD (numpy path)':24s} {pgd['art_s']:9.3f} "
+            f"{pgd['strength_art']:9.3f} {pgd['linf_art']:9.3g}"
+        )
+        lines.append(
+            f"   ratio ours / ART {pgd['ratio']:.3f} "
+            f"(ART / ours {1 / pgd['ratio']:.2f}x), "
+            f"goal < 1 (ours faster): {_yes(pgd['met'])}"
+        )
+        lines.append(
+            "   strength = mean change inside the region / intended change "
+            "(alpha x clean range); 1 = feature fully inserted"
+        )
         lines.append("")
     pix = result.get("art_pixel")
     if pix:
         prm = pix["params"]
-        lines.append(f"3. DGDE vs ART PixelAttack (same classifier, same {prm['images']} images, "
-                     f"{prm['labels']})")
-        lines.append(f"   {'attack':34s} {'success':>7s} {'pixels':>7s} {'fwd/img':>8s} "
-                     f"{'s/img':>8s} {'ART/DGDE':>9s}")
+        lines.append(
+            f"3. DGDE vs ART PixelAttack (same classifier, same {prm['images']} images, "
+            f"{prm['labels']})"
+        )
+        lines.append(
+            f"   {'attack':34s} {'success':>7s} {'pixels':>7s} {'fwd/img':>8s} "
+            f"{'s/img':>8s} {'ART/DGDE':>9s}"
+        )
         d = pix["dgde"]
-        lines.append(f"   {d['name']:34s} {d['success']:7.2f} {_fmt(d['pixels'], '7.1f'):>7s} "
-                     f"{d['forwards_per_image']:8.0f} {d['s_per_image']:8.2f} {'':>9s}")
+        lines.append(
+            f"   {d['name']:34s} {d['success']:7.2f} {_fmt(d['pixels'], '7.1f'):>7s} "
+            f"{d['forwards_per_image']:8.0f} {d['s_per_image']:8.2f} {'':>9s}"
+        )
         for row in [*pix["pixel_attack"], pix["search"]]:
             lines.append(
                 f"   {row['name']:34s} {row['success']:7.2f} {_fmt(row['pixels'], '7.1f'):>7s} "
@@ -827,20 +918,30 @@ def format_bench(result: dict[str, Any]) -> str:
                 f"{row['speedup']:8.1f}x"
             )
         proj = pix["projected_defaults"]
-        lines.append(f"   {'(projected) ART defaults, th=None':34s} {'':>7s} {'':>7s} "
-                     f"{proj['forwards_per_image']:8.0f} {proj['s_per_image']:8.0f} "
-                     f"{proj['speedup']:8.0f}x")
+        lines.append(
+            f"   {'(projected) ART defaults, th=None':34s} {'':>7s} {'':>7s} "
+            f"{proj['forwards_per_image']:8.0f} {proj['s_per_image']:8.0f} "
+            f"{proj['speedup']:8.0f}x"
+        )
         g = pix["goals"]
-        lines.append(f"   goal success DGDE >= ART: {g['success']['dgde']:.2f} vs "
-                     f"{g['success']['art']:.2f}: {_yes(g['success']['met'])}")
-        lines.append(f"   goal fewer pixels at equal or better success: "
-                     f"{_fmt(g['pixels']['dgde'], '.1f')} vs {_fmt(g['pixels']['art'], '.1f')}: "
-                     f"{_yes(g['pixels']['met'])}")
-        lines.append(f"   goal >= {g['speed']['goal']:.0f}x faster per image "
-                     f"({g['speed']['against']}): {g['speed']['speedup']:.1f}x: "
-                     f"{_yes(g['speed']['met'])}")
-        lines.append(f"   {prm['pixel_attack']}; pixels = mean over successes of pixels that "
-                     f"differ; fwd/img = {prm['forwards']}")
+        lines.append(
+            f"   goal success DGDE >= ART: {g['success']['dgde']:.2f} vs "
+            f"{g['success']['art']:.2f}: {_yes(g['success']['met'])}"
+        )
+        lines.append(
+            f"   goal fewer pixels at equal or better success: "
+            f"{_fmt(g['pixels']['dgde'], '.1f')} vs {_fmt(g['pixels']['art'], '.1f')}: "
+            f"{_yes(g['pixels']['met'])}"
+        )
+        lines.append(
+            f"   goal >= {g['speed']['goal']:.0f}x faster per image "
+            f"({g['speed']['against']}): {g['speed']['speedup']:.1f}x: "
+            f"{_yes(g['speed']['met'])}"
+        )
+        lines.append(
+            f"   {prm['pixel_attack']}; pixels = mean over successes of pixels that "
+            f"differ; fwd/img = {prm['forwards']}"
+        )
         lines.append(f"   projected row: {proj['basis']} (not measured)")
         lines.append("")
     if cfg:

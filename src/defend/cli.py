@@ -341,8 +341,9 @@ def demo(
     typer.echo(format_demo(summary))
 
 
-bench_app = typer.Typer(help="Benchmarks: attack wall time against model time and ART.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: attack wall time against model time and ART.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -360,8 +361,9 @@ def bench_attacks_command(
     dgde_max_queries: int = typer.Option(3000, help="DGDE's query budget per image."),
     device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     threads: int = typer.Option(
-        1, help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a "
-        "shared CPU stable."
+        1,
+        help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a "
+        "shared CPU stable.",
     ),
 ) -> None:
     """Time each attack against its floor of pure model time and against ART's attacks."""
@@ -375,10 +377,17 @@ def bench_attacks_command(
     if not ths or min(ths) < 1:
         raise DefendError(f"--pixel-th expects positive integers, got '{pixel_th}'")
     result = bench_attacks(
-        run_dir, n=n, split=split, iters=iters, repeats=repeats, pixel_th=ths,
+        run_dir,
+        n=n,
+        split=split,
+        iters=iters,
+        repeats=repeats,
+        pixel_th=ths,
         pixel_max_iter=pixel_max_iter,
         dgde_params={"patience": dgde_patience, "max_queries": dgde_max_queries},
-        device=device, threads=threads or None, log=typer.echo,
+        device=device,
+        threads=threads or None,
+        log=typer.echo,
     )
     typer.echo("")
     typer.echo(format_bench(result))
