@@ -165,19 +165,9 @@ def _hallucination_goal(
     attack: HallucinationAttack, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the attack aims at, as it computes it: ``(y0, region, range, target, weight)``."""
-    est = attack.estimator
     with torch.no_grad():
-        y0 = est.forward(x)
-    region = attack._regions(tuple(y0.shape[-2:]), len(x), x.device)
-    inside = region.to(y0.dtype)
-    value_range = (y0.flatten(1).amax(1) - y0.flatten(1).amin(1)).view(-1, 1, 1)
-    target = y0 + attack.alpha * value_range * inside
-    weight = attack.weight_inside * inside / inside.flatten(1).sum(1).view(-1, 1, 1) + (
-        attack.weight_outside
-        * (1 - inside)
-        / (1 - inside).flatten(1).sum(1).clamp_min(1).view(-1, 1, 1)
-    )
-    return y0, region, value_range.view(-1), target, weight
+        y0 = attack.estimator.forward(x)
+    return (y0, *attack.goal(y0))
 
 
 def hallucination_strength(

@@ -219,7 +219,32 @@ class HallucinationAttack(TorchAttack):
         else:
             region = region_mask(shape, self.region, self.region_size, self.region_center)
         region = region.to(device)
-        return region.expand(n, *shape) if region.ndim == 2 else region
+        return region.expand(n, *shape) if region.ndim == 2 or len(region) == 1 else region
+
+    def goal(
+        self, y0: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the attack aims at, given the clean reconstructions y0 (N, h, w).
+
+        Returns:
+            ``(region, value_range, target, weight)``: the (N, h, w) bool region, the (N,)
+            range max - min of each y0, the (N, h, w) target image
+            ``y0 + alpha * range * region``, and the (N, h, w) per-pixel loss weights
+            (``weight_inside`` spread over the region, ``weight_outside`` over the rest).
+        """
+        n = len(y0)
+        region = self._regions(tuple(y0.shape[-2:]), n, y0.device)
+        if len(region) != n:
+            raise DefendError(f"{len(region)} region masks for a batch of {n} samples")
+        inside = region.to(y0.dtype)
+        value_range = y0.flatten(1).amax(1) - y0.flatten(1).amin(1)
+        target = y0 + self.alpha * value_range.view(-1, 1, 1) * inside
+        weight = self.weight_inside * inside / inside.flatten(1).sum(1).view(-1, 1, 1) + (
+            self.weight_outside
+            * (1 - inside)
+            / (1 - inside).flatten(1).sum(1).clamp_min(1).view(-1, 1, 1)
+        )
+        return region, value_range, target, weight
 
     def _generate_batch(
         self,
@@ -236,17 +261,7 @@ class HallucinationAttack(TorchAttack):
         if self.part == "real":
             movable = sampled * torch.tensor([1.0, 0.0], device=x.device)
         y0 = self._predict(x)
-        region = self._regions(tuple(y0.shape[-2:]), n, x.device)
-        if self.region_mask is not None and len(region) not in (1, n) and region.ndim == 3:
-            raise DefendError(f"{len(region)} region masks for a batch of {n} samples")
-        inside = region.to(y0.dtype)
-        value_range = (y0.flatten(1).amax(1) - y0.flatten(1).amin(1)).view(-1, 1, 1)
-        target = y0 + self.alpha * value_range * inside
-        weight = self.weight_inside * inside / inside.flatten(1).sum(1).view(-1, 1, 1) + (
-            self.weight_outside
-            * (1 - inside)
-            / (1 - inside).flatten(1).sum(1).clamp_min(1).view(-1, 1, 1)
-        )
+        region, value_range, target, weight = self.goal(y0)
 
         budget = self._budget(x, sampled)
         step = self.step * budget
@@ -283,7 +298,7 @@ class HallucinationAttack(TorchAttack):
             keep_best(*self._score(x + delta, weight, target, gradient=False)[:2])
 
         x_adv = x + best_delta
-        report = self._report(x, x_adv, y0, best_pred, region, value_range.view(-1), sampled)
+        report = self._report(x, x_adv, y0, best_pred, region, value_range, sampled)
         report["loss"] = best_loss
         report["iterations"] = iterations.float()
         return x_adv, report
