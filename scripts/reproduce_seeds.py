@@ -18,8 +18,7 @@ import numpy as np
 
 import defend
 from defend.attacks import DGDE, HallucinationAttack, SegmentationFGSM
-from defend.data import Acquisition
-from defend.io import load_checkpoint, write_json, write_text
+from defend.io import write_json, write_text
 from defend.plots import plot_sweep
 from defend.train import TrainConfig, default_schedule, train_model
 
@@ -44,8 +43,7 @@ def hallucination(run: Path, n: int, max_iter: int, figures: Path) -> tuple[str,
     for model in ("unet", "varnet"):
         ckpt = run / f"recon-{model}.pt"
         est = defend.load_estimator(ckpt)
-        acquisition = Acquisition.from_dict(load_checkpoint(ckpt)["data"]["acquisition"])
-        x, _ = defend.load_arrays(run / "data", "recon", "test", n, acquisition=acquisition)
+        x, _ = defend.load_arrays(run / "data", "recon", "test", n, checkpoint=ckpt)
         series = {"strength": [], "recon SSIM": [], "input PSNR / 50 dB": []}
         for norm, eps in HALLUCINATION_SWEEP:
             attack = HallucinationAttack(
@@ -124,7 +122,7 @@ def segmentation(run: Path, n: int, figures: Path) -> tuple[str, dict]:
         ("UnetPlusPlus/resnet18", ensure_second_seg(run)),
     ):
         est = defend.load_estimator(ckpt)
-        x, y = defend.load_arrays(run / "data", "seg", "test", None)
+        x, y = defend.load_arrays(run / "data", "seg", "test", None, checkpoint=ckpt)
         keep = y.reshape(len(y), -1).any(1)  # the paper scores slices with a mask
         x, y = x[keep][:n], y[keep][:n]
         series = {}
@@ -162,7 +160,7 @@ def segmentation(run: Path, n: int, figures: Path) -> tuple[str, dict]:
 
 def dgde(run: Path, n: int, max_queries: int) -> tuple[str, dict]:
     est = defend.load_estimator(run / "cls.pt")
-    x, y = defend.load_arrays(run / "data", "cls", "test", None)
+    x, y = defend.load_arrays(run / "data", "cls", "test", None, checkpoint=run / "cls.pt")
     correct = np.flatnonzero(est.predict(x).argmax(1) == y)
     pick = np.concatenate([correct[y[correct] == c][: n // 2] for c in (0, 1)])
     x, y = x[pick], y[pick]
@@ -173,7 +171,7 @@ def dgde(run: Path, n: int, max_queries: int) -> tuple[str, dict]:
         attack.generate(x, y)
         seconds = (time.perf_counter() - start) / len(x)
         r = attack.report
-        ok = r["success"].astype(bool)
+        ok = r["success"] == 1  # NaN (misclassified clean) is not a success
         px = r["pixels"][ok]
         for label in ("all", 0, 1):
             sel = np.ones_like(ok) if label == "all" else (r["label"] == label)
@@ -183,8 +181,8 @@ def dgde(run: Path, n: int, max_queries: int) -> tuple[str, dict]:
                     noise,
                     label,
                     int(sel.sum()),
-                    float(r["noise_success"][sel].mean()),
-                    float(r["success"][sel].mean()),
+                    float(np.nanmean(r["noise_success"][sel])),
+                    float(np.nanmean(r["success"][sel])),
                     float(p.mean()) if p.size else float("nan"),
                     float(p.min()) if p.size else float("nan"),
                     float(p.max()) if p.size else float("nan"),

@@ -100,3 +100,74 @@ def test_same_seed_same_result(seg, lesions):
 def test_invalid_parameters(seg, params, message):
     with pytest.raises(DefendError, match=message):
         SegmentationFGSM(seg, **params)
+
+
+def test_training_loss_is_the_loss_the_checkpoint_was_trained_with(seg, seg_ckpt, lesions):
+    """loss='training' scores each sample with the task's training loss, as fit() minimised it."""
+    from defend.io import load_checkpoint
+    from defend.tasks import get_task
+
+    x, y = lesions
+    task = get_task("seg")
+    assert load_checkpoint(seg_ckpt)["loss"] == task.loss_name
+    with torch.no_grad():
+        logits = seg.model(torch.as_tensor(x))
+    trained = task.loss(logits, {"target": torch.as_tensor(y)}).numpy()  # (B,): fit's mean
+    attack = SegmentationFGSM(seg, eps=0.03, loss="training")
+    x_adv = attack.generate(x, y)
+    np.testing.assert_allclose(attack.report["loss_clean"], trained, rtol=1e-5)
+    np.testing.assert_allclose(seg.compute_loss(x, y, reduction="none"), trained, rtol=1e-5)
+    assert np.all(attack.report["loss_adv"] > attack.report["loss_clean"])
+    # the training loss is not BCE: the two attacks differ
+    bce = SegmentationFGSM(seg, eps=0.03, loss="bce").generate(x, y)
+    assert np.abs(bce - x_adv).max() > 0
+
+
+def test_hand_built_estimator_trains_and_attacks_with_dicefocal(lesions):
+    torch.manual_seed(0)
+    model = build_model("seg", default_model_config("seg", None, in_channels=1, classes=1))
+    x, y = lesions
+    est = SegEstimator(model, x.shape[1:])
+    training = SegmentationFGSM(est, eps=0.03, loss="training").generate(x, y)
+    dicefocal = SegmentationFGSM(est, eps=0.03, loss="dicefocal").generate(x, y)
+    bce = SegmentationFGSM(est, eps=0.03, loss="bce").generate(x, y)
+    np.testing.assert_array_equal(training, dicefocal)
+    assert np.abs(training - bce).max() > 0
+
+
+@pytest.mark.parametrize("loss", ["dice", "dicefocal", "training"])
+def test_empty_targets_are_attacked_and_counted(seg, synth_dir, loss):
+    x, y = defend.load_arrays(synth_dir, "seg", "test", None)
+    empty = ~y.reshape(len(y), -1).any(1)
+    assert empty.sum() >= 2
+    xe, ye = x[empty][:3], y[empty][:3]
+    attack = SegmentationFGSM(seg, eps=0.03, loss=loss)
+    x_adv = attack.generate(
+        np.concatenate([xe, x[~empty][:1]]), np.concatenate([ye, y[~empty][:1]])
+    )
+    r = attack.report
+    np.testing.assert_array_equal(r["empty_target"], [1] * len(xe) + [0])
+    assert np.all(np.abs(x_adv[: len(xe)] - xe).reshape(len(xe), -1).max(1) > 0)
+    assert np.all(r["loss_adv"] > r["loss_clean"])
+    assert np.all(np.isnan(r["dice_clean"][: len(xe)]))  # Dice is scored on non-empty masks
+    assert np.all(np.isfinite(r["false_fg_adv"][: len(xe)]))
+
+
+def test_fgsm_honours_step(seg, lesions):
+    x, y = lesions
+    x_adv = SegmentationFGSM(seg, eps=0.04, step=0.5, loss="bce").generate(x, y)
+    np.testing.assert_allclose(np.abs(x_adv - x).max(), 0.02, rtol=1e-5)
+
+
+def test_dice_diff_is_nan_not_inf_when_clean_dice_is_zero():
+    torch.manual_seed(0)
+    model = build_model("seg", default_model_config("seg", None, in_channels=1, classes=1))
+    model.segmentation_head[0].bias.data.fill_(-50.0)  # predicts nothing: clean Dice 0
+    est = SegEstimator(model, (1, 32, 32))
+    x = torch.rand(2, 1, 32, 32).numpy()
+    y = np.zeros((2, 1, 32, 32), np.float32)
+    y[:, :, 10:20, 10:20] = 1
+    attack = SegmentationFGSM(est, eps=0.01, loss="bce")
+    attack.generate(x, y)
+    np.testing.assert_array_equal(attack.report["dice_clean"], 0)
+    assert np.all(np.isnan(attack.report["dice_diff"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +12,18 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+import defend.bench.floors as floors
+import defend.io
+from defend.attacks import DGDE, HallucinationAttack
 from defend.bench import (
     bench_attacks,
     bench_suite,
     count_forward_rows,
     format_bench,
+    hallucination_strength,
     interleaved,
     jsonable,
+    seg_pgd_vs_floor,
 )
 from defend.cli import app
 from defend.errors import DefendError
@@ -161,3 +167,59 @@ def test_missing_run_dir_is_a_clear_error(tmp_path):
         bench_attacks(tmp_path / "nowhere")
     result = CliRunner().invoke(app, ["bench", "attacks", "--help"])
     assert result.exit_code == 0 and "--pixel-th" in result.output
+
+
+def test_strength_is_the_attacks_own(tiny):
+    """The bench's strength of any perturbation: HallucinationAttack.effect in goal's region."""
+    attack = HallucinationAttack(tiny["unet"], max_iter=2, patience=0, batch_size=2)
+    x = tiny["recon_x"]
+    x_adv = attack.generate(x)
+    strength = hallucination_strength(attack, x, x_adv)
+    assert strength.shape == (len(x),)
+    np.testing.assert_allclose(strength, attack.report["strength"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(hallucination_strength(attack, x, x), 0, atol=1e-6)
+
+
+def test_seg_floor_attacks_the_prediction_without_masks(tiny):
+    row = seg_pgd_vs_floor(tiny["seg"], tiny["seg_x"], None, max_iter=1, repeats=1)
+    assert positive(row["attack_s"]) and positive(row["floor_s"]) and "BCE" in row["floor"]
+
+
+def test_bench_dgde_follows_dgde(tiny, monkeypatch):
+    """A benchmark setting DGDE no longer takes is dropped; the rest are DGDE's defaults."""
+    monkeypatch.setattr(floors, "BENCH_DGDE", {"population": 6, "retired_option": 1})
+    attack, params = floors.bench_dgde(tiny["classifier"], 2, {"patience": 3})
+    assert params == {"population": 6, "batch_size": 2, "patience": 3}
+    assert attack.max_queries == DGDE(tiny["classifier"]).max_queries
+
+
+def test_jsonable_is_the_io_one():
+    assert jsonable is defend.io.jsonable
+
+
+def test_bench_attacks_command_on_a_demo_folder(
+    tmp_path, synth_dir, unet_ckpt, varnet_ckpt, seg_ckpt, cls_ckpt
+):
+    """`defend bench attacks` end to end on a folder laid out as `defend demo` writes it."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "data").symlink_to(synth_dir)
+    for name, ckpt in (
+        ("recon-unet", unet_ckpt),
+        ("recon-varnet", varnet_ckpt),
+        ("seg", seg_ckpt),
+        ("cls", cls_ckpt),
+    ):
+        (run_dir / f"{name}.pt").symlink_to(Path(ckpt))
+    out = tmp_path / "bench.json"
+    args = ["bench", "attacks", str(run_dir), "--n", "2", "--iters", "1", "--repeats", "1"]
+    args += ["--pixel-th", "1", "--pixel-max-iter", "1", "--dgde-patience", "2"]
+    args += ["--dgde-max-queries", "100", "--device", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for part in ("1. Attack wall time", "2. HallucinationAttack vs ART", "3. DGDE vs ART", "total"):
+        assert part in result.output
+    saved = json.loads(out.read_text())
+    assert saved["config"]["n"] == 2 and saved["config"]["pixel_th"] == [1]
+    assert [row["name"] for row in saved["floors"]][-1] == "dgde"
+    assert saved["art_pixel"]["params"]["dgde"]["max_queries"] == 100

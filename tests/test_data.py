@@ -542,3 +542,150 @@ def test_load_arrays_skips_other_shapes(synth, tmp_path):
         x, y = load_arrays(tmp_path, "recon", "val", n=None)
     assert x.shape == (SLICES, COILS, SIZE, SIZE, 2) and y.shape == (SLICES, SIZE, SIZE)
     assert any("zz_small.h5" in str(w.message) for w in caught)
+
+
+# --------------------------------------------------------------------------- class map, indices
+
+
+def _cls_split(root: Path, counts: dict[str, int], seed: int = 0, size: int = 8) -> Path:
+    """``root/<class>/<i>.png`` grayscale images, ``counts[class]`` of each."""
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            _png(root / name / f"{name}{i}.png", rng.integers(0, 256, (size, size), dtype=np.uint8))
+    return root
+
+
+def test_cls_split_with_one_class_keeps_training_indices(tmp_path):
+    """Item 5: a split holding only lesion/ labels it 1 (its index in the training split)."""
+    data = tmp_path / "data"
+    _cls_split(data / "cls" / "train", {"healthy": 2, "lesion": 2})
+    _cls_split(data / "cls" / "test", {"lesion": 3}, seed=1)
+    train = ClsFolder(data / "cls" / "train")
+    assert train.classes == ["healthy", "lesion"] and train.targets == [0, 0, 1, 1]
+    test = ClsFolder(data / "cls" / "test", classes=train.classes)
+    assert test.classes == ["healthy", "lesion"] and test.class_to_idx["lesion"] == 1
+    assert test.targets == [1, 1, 1] and int(test[2]["target"]) == 1
+    ds = load_dataset("cls", data, "test", classes=train.classes, channels=3)
+    assert ds.targets == [1, 1, 1] and ds[0]["input"].shape == (3, 8, 8)
+    # index = position in the list, not the sorted order
+    assert ClsFolder(data / "cls" / "test", classes=["lesion", "healthy"]).targets == [0, 0, 0]
+    # an empty class folder is a class this split lacks: allowed with the training classes
+    (data / "cls" / "test" / "healthy").mkdir()
+    (data / "cls" / "test" / ".ipynb_checkpoints").mkdir()  # hidden folders are no class
+    assert ClsFolder(data / "cls" / "test", classes=train.classes).targets == [1, 1, 1]
+    with pytest.raises(DataError) as exc:
+        ClsFolder(data / "cls" / "test")  # its own map: an empty class is an error
+    _one_line(exc, "healthy")
+
+
+def test_cls_unknown_class_folder_is_one_line_error(tmp_path):
+    root = _cls_split(tmp_path / "test", {"lesion": 1, "tumour": 1})
+    with pytest.raises(DataError) as exc:
+        ClsFolder(root, classes=["healthy", "lesion"])
+    message = _one_line(exc, "tumour")
+    assert "healthy" in message and "lesion" in message
+    for bad in ([], ["a", "a"], "healthy", [1, 2]):
+        with pytest.raises(DataError):
+            ClsFolder(root, classes=bad)
+
+
+def test_train_model_validates_with_training_class_map(tmp_path, monkeypatch):
+    """The val split (lesion only, RGB) is read with the training split's classes and channels."""
+    import defend.train.build as build
+
+    data = tmp_path / "data"
+    _cls_split(data / "cls" / "train", {"healthy": 2, "lesion": 2})
+    (data / "cls" / "val" / "lesion").mkdir(parents=True)
+    rgb = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    _png(data / "cls" / "val" / "lesion" / "v0.png", rgb)
+    seen: dict = {}
+
+    def fake_fit(task, net, train_set, val_set, config, out, meta, resume, log):
+        seen.update(val=val_set, meta=meta)
+        return []
+
+    monkeypatch.setattr(build, "fit", fake_fit)
+    build.train_model("cls", data, tmp_path / "cls.pt", log=lambda s: None)
+    val = seen["val"]
+    assert val.classes == ["healthy", "lesion"] and val.targets == [1]
+    assert val.channels == 1 and val[0]["input"].shape == (1, 8, 8)
+    assert seen["meta"]["data"]["classes"] == ["healthy", "lesion"]
+    assert seen["meta"]["data"]["input_shape"] == [1, 8, 8]
+
+
+def test_load_arrays_checkpoint_gives_training_map(tmp_path, synth):
+    from defend.io import save_checkpoint
+
+    data = tmp_path / "data"
+    _cls_split(data / "cls" / "test", {"lesion": 3})
+    ckpt = {"task": "cls", "data": {"classes": ["healthy", "lesion"], "input_shape": [3, 8, 8]}}
+    path = save_checkpoint(tmp_path / "cls.pt", ckpt)
+    for source in (ckpt, path, str(path)):
+        x, y = load_arrays(data, "cls", "test", None, checkpoint=source)
+        assert y.tolist() == [1, 1, 1] and x.shape == (3, 3, 8, 8)
+    x, y = load_arrays(data, "cls", "test", checkpoint=ckpt, classes=["healthy", "lesion"])
+    assert y.tolist() == [1, 1, 1]
+    with pytest.raises(DefendError, match="contradicts"):
+        load_arrays(data, "cls", "test", checkpoint=ckpt, classes=["lesion"])
+    with pytest.raises(DefendError, match="contradicts"):
+        load_arrays(data, "cls", "test", checkpoint=ckpt, channels=1)
+    with pytest.raises(DefendError, match="acquisition does not apply"):
+        load_arrays(data, "cls", "test", checkpoint=ckpt, acquisition=Acquisition())
+    with pytest.raises(DefendError, match="acquisition does not apply"):
+        load_arrays(data, "cls", "test", acquisition=Acquisition())
+    with pytest.raises(DefendError, match="'cls' checkpoint"):
+        load_arrays(synth, "seg", "test", checkpoint=path)
+    with pytest.raises(DefendError, match="lacks"):
+        load_arrays(data, "cls", "test", checkpoint={"task": "cls", "data": {}})
+    # seg: the label count and channels
+    seg_ckpt = {"task": "seg", "data": {"classes": 2, "input_shape": [3, SIZE, SIZE]}}
+    x, y = load_arrays(synth, "seg", "test", 2, checkpoint=seg_ckpt)
+    assert x.shape == (2, 3, SIZE, SIZE) and y.shape == (2, 2, SIZE, SIZE)
+    assert (y[:, 1] == 0).all()
+    # recon: the acquisition
+    acq = Acquisition(center_fraction=0.04, acceleration=8)
+    recon_ckpt = {"task": "recon", "data": {"acquisition": acq.to_dict()}}
+    x, _ = load_arrays(synth, "recon", "test", 2, checkpoint=recon_ckpt)
+    assert np.array_equal(x, load_arrays(synth, "recon", "test", 2, acquisition=acq)[0])
+    assert not np.array_equal(x, load_arrays(synth, "recon", "test", 2)[0])
+    with pytest.raises(DefendError, match="contradicts"):
+        load_arrays(synth, "recon", "test", 2, checkpoint=recon_ckpt, acquisition=Acquisition())
+    with pytest.raises(DefendError, match="does not apply to recon"):
+        load_arrays(synth, "recon", "test", 2, checkpoint=recon_ckpt, channels=1)
+
+
+def test_load_arrays_indices(synth, tmp_path):
+    ds = load_dataset("recon", synth, "train")
+    x, y = load_arrays(synth, "recon", "train", indices=[5, 0, 5])
+    assert x.shape == (3, COILS, SIZE, SIZE, 2) and y.shape == (3, SIZE, SIZE)
+    for row, index in enumerate([5, 0, 5]):
+        assert np.array_equal(x[row], ds[index]["input"].numpy())
+        assert np.array_equal(y[row], ds[index]["target"].numpy())
+    # n is ignored with indices; numpy integer arrays work
+    x2, _ = load_arrays(synth, "recon", "train", n=1, indices=np.array([5, 0, 5]))
+    assert np.array_equal(x, x2)
+    # shards over indices give the same rows as one call
+    full_x, full_y = load_arrays(synth, "cls", "val", None)
+    parts = [load_arrays(synth, "cls", "val", indices=range(i, len(full_x), 3)) for i in range(3)]
+    for i, (px, py) in enumerate(parts):
+        assert np.array_equal(px, full_x[i::3]) and np.array_equal(py, full_y[i::3])
+    for bad in ([len(ds)], [-1], [], [0.5], [True], "01"):
+        with pytest.raises(DefendError) as exc:
+            load_arrays(synth, "recon", "train", indices=bad)
+        assert "\n" not in str(exc.value)
+    with pytest.raises(DefendError, match=f"{len(ds)}"):
+        load_arrays(synth, "recon", "train", indices=[0, len(ds) + 3])
+    # a sample of another shape: skipped with a warning by n, an error (naming it) by indices
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for p in (synth / "val").glob("*.h5"):
+        (folder / p.name).write_bytes(p.read_bytes())
+    kspace, target = _multicoil(slices=2, coils=COILS, size=16)
+    write_h5(folder / "zz_small.h5", kspace, target)
+    with pytest.raises(DataError) as exc:
+        load_arrays(tmp_path, "recon", "val", indices=[0, SLICES + 1])
+    assert "zz_small.h5 slice 1" in _one_line(exc, f"#{SLICES + 1}")
+    x, _ = load_arrays(tmp_path, "recon", "val", indices=[SLICES + 1, SLICES])
+    assert x.shape == (2, COILS, 16, 16, 2)

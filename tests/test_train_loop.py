@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, load_weights_file, save_checkpoint
-from defend.train import ClsTask, TrainConfig, best_path, fit
+from defend.tasks import ClsTask
+from defend.train import TrainConfig, best_path, fit
 
 
 class Blobs(Dataset):
@@ -127,3 +128,32 @@ def test_bad_config_is_a_clear_error():
         TrainConfig(epochs=0)
     with pytest.raises(DefendError, match="lr"):
         TrainConfig(lr=-1.0)
+
+
+class NanFirstTask(ClsTask):
+    """Validation accuracy NaN in the first epoch (as Dice with no non-empty mask), then real."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def evaluate(self, model, batches):
+        metrics = super().evaluate(model, batches)
+        self.calls += 1
+        return {**metrics, "accuracy": float("nan")} if self.calls == 1 else metrics
+
+
+def test_nan_validation_metric_does_not_freeze_the_best_checkpoint(tmp_path):
+    config = TrainConfig(epochs=3, batch_size=16, lr=1e-2, progress=False)
+    out = tmp_path / "nan.pt"
+    fit(
+        NanFirstTask(),
+        make_model(),
+        Blobs(128, 0),
+        Blobs(64, 1),
+        config,
+        out,
+        meta=META,
+        log=lambda s: None,
+    )
+    best = load_checkpoint(best_path(out))
+    assert best["epoch"] > 1 and best["metrics"]["accuracy"] == best["metrics"]["accuracy"]

@@ -25,8 +25,6 @@ app = typer.Typer(
 data_app = typer.Typer(help="Built-in synthetic data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-TASKS = ("recon", "seg", "cls")
-
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
     """``["chans=32", "crop=[320,320]"]`` -> ``{"chans": 32, "crop": [320, 320]}``."""
@@ -84,10 +82,10 @@ def train(
 ) -> None:
     """Train a reconstruction, segmentation or classification model."""
     from defend.data import Acquisition
+    from defend.tasks import check_task
     from defend.train import TrainConfig, default_schedule, train_model
 
-    if task not in TASKS:
-        raise DefendError(f"unknown task '{task}': choose one of {', '.join(TASKS)}")
+    check_task(task)
     default_epochs, default_lr = default_schedule(task, model)
     config = TrainConfig(
         epochs=epochs or default_epochs,
@@ -128,13 +126,11 @@ attack_app = typer.Typer(help="Run an attack against a checkpoint.", no_args_is_
 app.add_typer(attack_app, name="attack")
 
 
-def _run_attack(
-    name: str, checkpoint: Path, data: Path, out: Path, split: str, n: int, params: dict
-) -> None:
+def _run_attack(name: str, common: dict[str, Any], params: dict) -> None:
     from defend.attacks.run import format_summary, run_attack
 
     params = {k: v for k, v in params.items() if v is not None}
-    result = run_attack(name, checkpoint, data, out, split=split, n=n, params=params)
+    result = run_attack(name, **common, params=params)
     typer.echo(format_summary(result["summary"]))
     typer.echo(f"wrote {', '.join(result['files'].values())}")
 
@@ -160,7 +156,24 @@ OUT = typer.Option(..., help="Output folder for metrics.csv, metrics.json, figur
 SPLIT = typer.Option("test", help="Data split to attack.")
 N = typer.Option(16, help="Number of samples to attack.")
 SEED = typer.Option(0, help="Attack seed.")
-BATCH = typer.Option(16, help="Samples attacked together.")
+BATCH = typer.Option(16, help="Samples attacked together (results do not depend on it).")
+DEVICE = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present).")
+SAVE = typer.Option(False, help="Also write OUT/adversarial.npz (x, x_adv, y, indices).")
+
+
+def _common(
+    checkpoint: Path, data: Path, out: Path, split: str, n: int, device: str | None, save: bool
+) -> dict[str, Any]:
+    """The keyword arguments every attack command passes to ``run_attack``."""
+    return {
+        "checkpoint": checkpoint,
+        "data_dir": data,
+        "out": out,
+        "split": split,
+        "n": n,
+        "device": device,
+        "save_adversarial": save,
+    }
 
 
 @attack_app.command("hallucination")
@@ -188,6 +201,8 @@ def attack_hallucination(
     weight_outside: float = typer.Option(1.0, help="Loss weight outside the region."),
     seed: int = SEED,
     batch_size: int = BATCH,
+    device: str = DEVICE,
+    save_adversarial: bool = SAVE,
 ) -> None:
     """Masked iterative FGSM in k-space: make a reconstruction hallucinate (seed 000)."""
     mask = None
@@ -196,11 +211,7 @@ def attack_hallucination(
     center = _pair(region_center, "region-center")
     _run_attack(
         "hallucination",
-        checkpoint,
-        data,
-        out,
-        split,
-        n,
+        _common(checkpoint, data, out, split, n, device, save_adversarial),
         {
             "eps": eps,
             "eps_mode": eps_mode,
@@ -229,7 +240,10 @@ def _read_mask(path: Path):
     if not path.is_file():
         raise DefendError(f"{path}: no such region mask file")
     try:
-        return np.load(path) if path.suffix == ".npy" else np.asarray(Image.open(path)) > 0
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with Image.open(path) as image:
+            return np.asarray(image) > 0
     except (OSError, ValueError, UnidentifiedImageError) as exc:
         raise DefendError(f"{path}: unreadable region mask ({exc})") from None
 
@@ -245,18 +259,18 @@ def attack_seg_fgsm(
     loss: str = typer.Option("bce", help="bce, dice, dicefocal or training."),
     target: str = typer.Option("auto", help="truth, prediction or auto."),
     max_iter: int = typer.Option(1, help="1: FGSM; more: PGD with random start."),
-    step: float = typer.Option(None, help="PGD step, fraction of eps (default 2.5/max_iter)."),
+    step: float = typer.Option(
+        None, help="Step, fraction of eps (default: 1 for FGSM, 2.5/max_iter for PGD)."
+    ),
     seed: int = SEED,
     batch_size: int = BATCH,
+    device: str = DEVICE,
+    save_adversarial: bool = SAVE,
 ) -> None:
     """FGSM / PGD against a segmentation model (seed 001)."""
     _run_attack(
         "seg-fgsm",
-        checkpoint,
-        data,
-        out,
-        split,
-        n,
+        _common(checkpoint, data, out, split, n, device, save_adversarial),
         {
             "eps": eps,
             "loss": loss,
@@ -285,16 +299,16 @@ def attack_dgde(
     noise_max: float = typer.Option(1.0, help="Largest noise magnitude (fraction of range)."),
     noise: str = typer.Option("salt_pepper", help="salt_pepper or uniform (the seed's)."),
     seed: int = SEED,
-    batch_size: int = typer.Option(8, help="Images attacked together."),
+    batch_size: int = typer.Option(
+        8, help="Images attacked together (results do not depend on it)."
+    ),
+    device: str = DEVICE,
+    save_adversarial: bool = SAVE,
 ) -> None:
     """DGDE: black-box few-pixel differential evolution on a classifier (seed 002)."""
     _run_attack(
         "dgde",
-        checkpoint,
-        data,
-        out,
-        split,
-        n,
+        _common(checkpoint, data, out, split, n, device, save_adversarial),
         {
             "population": population,
             "F": f,

@@ -9,6 +9,7 @@ Checkpoints are plain dicts of tensors and primitives and load with
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from defend.errors import CheckpointError
@@ -46,15 +48,29 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    """Write ``obj`` as strict JSON (NaN and infinities become ``null``), atomically."""
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
+    return write_text(path, text + "\n")
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values: numpy / torch values as Python ones, paths as strings,
+    NaN and infinities as None (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray | torch.Tensor):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:

@@ -1,15 +1,23 @@
-"""The attack base shared by every ``defend`` attack.
+"""The attack base shared by every ``defend`` attack, and the per-sample randomness it uses.
 
 :class:`TorchAttack` is an ART :class:`~art.attacks.EvasionAttack` that does the
 bookkeeping once: numpy <-> torch at the ART boundary only (torch inputs stay on the
-estimator's device), batching with an optional progress bar, a seeded generator so the same
-seed gives the same result, and a per-sample report (``attack.report``) that the CLI writes
-as CSV/JSON. A subclass implements :meth:`TorchAttack._generate_batch` on torch tensors.
+estimator's device), batching with an optional progress bar, per-sample randomness, and a
+per-sample report (``attack.report``) that the CLI writes as CSV/JSON. A subclass implements
+:meth:`TorchAttack._generate_batch` on torch tensors.
+
+**Reproducible whatever the batching.** Every sample draws its random numbers from its own
+generator, seeded from ``(seed, sample index)`` (:class:`SampleRNG`), and each sample's
+computation depends on no other sample of its batch. So the same seed gives the same
+adversarial example for sample ``i`` whatever the batch size, and whether the data set is
+attacked in one process or split across many (pass each shard's global ``indices``).
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +27,8 @@ from tqdm.auto import tqdm
 
 from defend.errors import DefendError
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
 
 def estimator_device(estimator: Any) -> torch.device:
     """The torch device an ART estimator computes on (CPU if it does not say)."""
@@ -26,11 +36,64 @@ def estimator_device(estimator: Any) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
+def _identity_preprocessing(estimator: Any) -> bool:
+    """Whether ART applies nothing to inputs and outputs (identity standardisation at most)."""
+    if getattr(estimator, "postprocessing_defences", None):
+        return False
+    for op in getattr(estimator, "preprocessing_operations", None) or []:
+        mean, std = getattr(op, "mean", None), getattr(op, "std", None)
+        if mean is None or std is None:
+            return False  # a defence or another preprocessor
+        if not (np.all(np.asarray(mean) == 0) and np.all(np.asarray(std) == 1)):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode for a block (as ART's ``predict``), then restore its mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def torch_forward(estimator: Any) -> Forward | None:
+    """The estimator's prediction as a differentiable torch function, or None if it has none.
+
+    The one place that decides whether an attack may call the model directly (on torch
+    tensors on the estimator's device, with autograd) instead of going through ART's numpy
+    ``predict`` / ``loss_gradient``:
+
+    * ``defend``'s estimators (:class:`~defend.estimators.TorchEstimator`): their ``forward``.
+    * ART's ``PyTorchClassifier`` whose preprocessing is the identity (no defences, mean 0,
+      std 1) and without post-processing: its torch ``model`` (run in eval mode, as ART's
+      ``predict`` does), returning logits. Exact: ART would compute the same numbers.
+    * anything else: None (black box: numpy ``predict`` only).
+    """
+    model = getattr(estimator, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return None
+    if callable(getattr(estimator, "forward", None)):
+        return estimator.forward
+    from art.estimators.pytorch import PyTorchEstimator
+
+    if not isinstance(estimator, PyTorchEstimator) or not _identity_preprocessing(estimator):
+        return None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with eval_mode(model):
+            out = model(x)
+        return out[-1] if isinstance(out, list | tuple) else out
+
+    return forward
+
+
 def differentiable(estimator: Any) -> bool:
-    """Whether an estimator exposes a torch ``forward`` we can differentiate (defend's do)."""
-    return hasattr(estimator, "forward") and isinstance(
-        getattr(estimator, "model", None), torch.nn.Module
-    )
+    """Whether an attack can differentiate the estimator directly (:func:`torch_forward`)."""
+    return torch_forward(estimator) is not None
 
 
 def clip_range(estimator: Any, default: tuple[float, float] | None = None) -> tuple[float, float]:
@@ -41,13 +104,81 @@ def clip_range(estimator: Any, default: tuple[float, float] | None = None) -> tu
     return float(np.min(clip[0])), float(np.max(clip[1]))
 
 
+def sample_seed(seed: int, index: int) -> int:
+    """Seed of sample ``index``'s generator: a hash of ``(seed, index)`` (numpy SeedSequence)."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(index)]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+class SampleRNG:
+    """One torch generator per sample, seeded from ``(seed, sample index)``.
+
+    Draws are made row by row, so a sample's random numbers depend only on its own seed and
+    on how many draws *it* has made, not on which other samples share the batch or are still
+    active. Every ``rows`` argument selects samples by position in this batch.
+
+    Args:
+        seed: the attack's seed.
+        indices: the samples' global indices (N,).
+        device: where the numbers are drawn.
+    """
+
+    def __init__(self, seed: int, indices: Sequence[int], device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.indices = [int(i) for i in indices]
+        self.generators = [
+            torch.Generator(device=self.device).manual_seed(sample_seed(seed, i))
+            for i in self.indices
+        ]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def _rows(self, rows: torch.Tensor | Sequence[int] | None) -> list[int]:
+        if rows is None:
+            return list(range(len(self.generators)))
+        return [int(r) for r in (rows.tolist() if torch.is_tensor(rows) else rows)]
+
+    def _draw(self, draw: Callable[..., torch.Tensor], rows: Any, shape: Sequence[int], **kw):
+        picked = self._rows(rows)
+        shape = tuple(int(s) for s in shape)
+        if not picked:
+            return torch.empty((0, *shape), device=self.device, **kw)
+        return torch.stack(
+            [draw(shape, generator=self.generators[r], device=self.device, **kw) for r in picked]
+        )
+
+    def rand(self, shape: Sequence[int], rows: Any = None) -> torch.Tensor:
+        """Uniform [0, 1) numbers ``(len(rows), *shape)``."""
+        return self._draw(torch.rand, rows, shape)
+
+    def randn(self, shape: Sequence[int], rows: Any = None) -> torch.Tensor:
+        """Standard normal numbers ``(len(rows), *shape)``."""
+        return self._draw(torch.randn, rows, shape)
+
+    def randint(self, high: int, shape: Sequence[int], rows: Any = None) -> torch.Tensor:
+        """Integers in ``[0, high)``, ``(len(rows), *shape)``."""
+        return self._draw(lambda s, **kw: torch.randint(0, high, s, **kw), rows, shape)
+
+    def subset(self, rows: slice) -> SampleRNG:
+        """The generators of ``rows`` (shared, not copied: draws advance them here too)."""
+        sub = SampleRNG.__new__(SampleRNG)
+        sub.device, sub.indices, sub.generators = (
+            self.device,
+            self.indices[rows],
+            self.generators[rows],
+        )
+        return sub
+
+
 class TorchAttack(EvasionAttack):
-    """Base of the toolkit's attacks: batching, devices, seeding and per-sample reports.
+    """Base of the toolkit's attacks: batching, devices, per-sample seeding and reports.
 
     Args:
         estimator: the ART estimator to attack.
-        batch_size: samples attacked together (one batched forward/backward per step).
-        seed: seed of the attack's random generator; the same seed gives the same result.
+        batch_size: samples attacked together (one batched forward/backward per step). The
+            result does not depend on it.
+        seed: seed of the per-sample generators; the same seed gives the same result.
         verbose: show a progress bar over batches.
     """
 
@@ -70,12 +201,25 @@ class TorchAttack(EvasionAttack):
     def device(self) -> torch.device:
         return estimator_device(self.estimator)
 
-    def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> np.ndarray:
+    def generate(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor | None = None,
+        *,
+        seed: int | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
         """Adversarial examples for ``x`` (numpy in, numpy out; torch in, torch out).
 
         Args:
             x: inputs in the estimator's format, e.g. masked k-space (N, coils, H, W, 2).
             y: per-attack targets (ground truth images, masks or labels); see the subclass.
+            seed: this call's seed (default: the attack's ``seed``); adversarial training
+                passes a fresh one per batch so random starts differ between batches.
+            indices: (N,) global indices of the samples, which seed their generators
+                (default ``0..N-1``); a shard of a data set passes its own, so that the
+                shards together give exactly the result of one run over the whole set.
 
         After the call, ``self.report`` maps metric names to (N,) arrays, one row a sample.
         """
@@ -89,19 +233,25 @@ class TorchAttack(EvasionAttack):
                 raise DefendError(f"x has {len(xt)} samples but y has {len(yt)}")
         if len(xt) == 0:
             raise DefendError("x holds no samples")
-        generator = torch.Generator(device=device).manual_seed(self.seed)
+        if indices is None:
+            indices = range(len(xt))
+        indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+        if len(indices) != len(xt):
+            raise DefendError(f"x has {len(xt)} samples but indices has {len(indices)}")
+        rng = SampleRNG(self.seed if seed is None else seed, indices, device)
         outs: list[torch.Tensor] = []
         reports: list[dict[str, torch.Tensor]] = []
         starts = range(0, len(xt), self.batch_size)
         for start in tqdm(starts, desc=type(self).__name__, disable=not self.verbose):
             sl = slice(start, start + self.batch_size)
+            rows = torch.arange(len(xt), device=device)[sl]
             x_adv, report = self._generate_batch(
-                xt[sl], None if yt is None else yt[sl], generator, **kwargs
+                xt[sl], None if yt is None else yt[sl], rng.subset(sl), rows, **kwargs
             )
             outs.append(x_adv.detach())
             reports.append({k: torch.as_tensor(v).detach().cpu() for k, v in report.items()})
         self.report = {
-            k: torch.cat([r[k].reshape(-1) for r in reports]).numpy() for k in reports[0]
+            k: torch.cat([r[k].reshape(-1).double() for r in reports]).numpy() for k in reports[0]
         }
         x_adv = torch.cat(outs)
         return x_adv.cpu().numpy() if as_numpy else x_adv
@@ -110,14 +260,19 @@ class TorchAttack(EvasionAttack):
         """``self.report`` as one dict per sample (for CSV / JSON)."""
         keys = list(self.report)
         n = len(next(iter(self.report.values()))) if keys else 0
-        return [{k: self.report[k][i].item() for k in keys} for i in range(n)]
+        return [{k: float(self.report[k][i]) for k in keys} for i in range(n)]
 
     @abc.abstractmethod
     def _generate_batch(
         self,
         x: torch.Tensor,
         y: torch.Tensor | None,
-        generator: torch.Generator,
+        rng: SampleRNG,
+        rows: torch.Tensor,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Attack one batch on the estimator's device: ``(x_adv, per-sample report)``."""
+        """Attack one batch on the estimator's device: ``(x_adv, per-sample report)``.
+
+        ``rng`` holds the batch's per-sample generators; ``rows`` (B,) are the samples'
+        positions in the ``x`` given to :meth:`generate` (to pick per-sample options).
+        """

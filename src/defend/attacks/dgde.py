@@ -28,7 +28,7 @@ import torch
 from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator
 
-from defend.attacks.base import TorchAttack, clip_range
+from defend.attacks.base import SampleRNG, TorchAttack, clip_range, torch_forward
 from defend.errors import DefendError
 
 
@@ -116,24 +116,17 @@ class DGDE(TorchAttack):
             )
 
     # ------------------------------------------------------------------ black box
-    def _direct_model(self) -> torch.nn.Module | None:
-        """The torch model when the classifier is a PyTorchClassifier without preprocessing."""
-        est = self.estimator
-        model = getattr(est, "model", None)
-        if isinstance(model, torch.nn.Module) and not getattr(est, "preprocessing_operations", []):
-            return model
-        return None
-
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, classes) of images x (N, C, H, W): the attack's only signal."""
-        model = self._direct_model()
-        if model is not None:
-            was_training = model.training
-            model.eval()  # as ART's predict: batch-norm statistics, no dropout
-            out = model(x)
-            model.train(was_training)
-            out = out[-1] if isinstance(out, list | tuple) else out
+        """Class probabilities (N, classes) of images x (N, C, H, W): the attack's only signal.
+
+        Computed on the device without a host copy where the classifier's torch model gives
+        exactly ART's prediction (:func:`defend.attacks.base.torch_forward`), else through
+        ART's numpy ``predict``.
+        """
+        forward = torch_forward(self.estimator)
+        if forward is not None:
+            out = forward(x)
         else:
             out = torch.as_tensor(self.estimator.predict(x.cpu().numpy()), device=x.device)
         out = out.float()
@@ -149,16 +142,17 @@ class DGDE(TorchAttack):
         level: float,
         lo: float,
         hi: float,
-        generator: torch.Generator,
+        rng: SampleRNG,
+        rows: torch.Tensor,
     ) -> torch.Tensor:
         """``tries`` noise perturbations per image (N, tries, C, H, W), inside [lo, hi]."""
         n, c, h, w = x.shape
         x = x[:, None]
         if self.noise == "uniform":
-            noise = torch.rand((n, tries, c, h, w), generator=generator, device=x.device) * 2 - 1
+            noise = rng.rand((tries, c, h, w), rows) * 2 - 1
             return (x + noise * level * (hi - lo)).clamp(lo, hi) - x
-        hit = torch.rand((n, tries, 1, h, w), generator=generator, device=x.device) < level
-        salt = torch.rand((n, tries, c, h, w), generator=generator, device=x.device) < 0.5
+        hit = rng.rand((tries, 1, h, w), rows) < level
+        salt = rng.rand((tries, c, h, w), rows) < 0.5
         extreme = torch.where(salt, hi, lo).to(x.dtype)
         return torch.where(hit, extreme - x, torch.zeros_like(extreme))
 
@@ -167,7 +161,8 @@ class DGDE(TorchAttack):
         self,
         x: torch.Tensor,
         y: torch.Tensor | None,
-        generator: torch.Generator,
+        rng: SampleRNG,
+        rows: torch.Tensor,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if x.ndim != 4:
@@ -181,6 +176,8 @@ class DGDE(TorchAttack):
             labels = clean.argmax(1)
         else:
             labels = (y.argmax(1) if y.ndim == 2 else y).long()
+        # only images the model gets right can be attacked; the others are reported apart
+        correct = clean.argmax(1) == labels
 
         def true_prob(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             return probs.gather(
@@ -190,15 +187,16 @@ class DGDE(TorchAttack):
         # 1. random noise of rising magnitude until the label flips
         delta = torch.zeros_like(x)
         found = torch.zeros(b, dtype=torch.bool, device=device)
+        done = ~correct  # found, or never to be attacked
         noise_level = torch.full((b,), float("nan"), device=device)
         t = self.noise_tries
         for level in np.linspace(
             self.noise_max / self.noise_levels, self.noise_max, self.noise_levels
         ):
-            rows = (~found & (queries + t <= self.max_queries)).nonzero().squeeze(1)
+            rows = (~done & (queries + t <= self.max_queries)).nonzero().squeeze(1)
             if len(rows) == 0:
                 break
-            candidate = self._noise(x[rows], t, float(level), lo, hi, generator)
+            candidate = self._noise(x[rows], t, float(level), lo, hi, rng, rows)
             probs = self.probabilities((x[rows, None] + candidate).flatten(0, 1)).view(
                 len(rows), t, -1
             )
@@ -212,13 +210,14 @@ class DGDE(TorchAttack):
             delta[rows[hit]] = candidate[hit, pick[hit]]
             noise_level[rows[hit]] = float(level)
             found[rows[hit]] = True
+            done[rows[hit]] = True
         noise_success = found.clone()
 
         # 2. decrease-group differential evolution over subsets of the support
         pixels = h * w
         support = (delta != 0).any(1).flatten(1) & found[:, None]  # (B, P)
         initial_pixels = support.sum(1).float()
-        genes = torch.rand((b, self.population, pixels), generator=generator, device=device)
+        genes = rng.rand((self.population, pixels))
 
         def score(rows: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
             """Fitness (len(rows), NP): pixel count if adversarial, else P + 1 + p_true."""
@@ -249,13 +248,13 @@ class DGDE(TorchAttack):
             iterations[rows] += 1
             g = genes[rows]
             # three distinct partners per individual: random permutations of the others
-            order = torch.rand((len(rows), n, n), generator=generator, device=device)
+            order = rng.rand((n, n), rows)
             order[:, torch.arange(n), torch.arange(n)] = 2.0  # never pick yourself
             a, bb, cc = order.argsort(-1)[..., :3].unbind(-1)
             ga, gb, gc = (g.gather(1, i[..., None].expand(-1, -1, pixels)) for i in (a, bb, cc))
             mutant = (ga + self.F * (gb - gc)).clamp(0, 1)
-            cross = torch.rand(g.shape, generator=generator, device=device) < self.CR
-            forced = torch.randint(0, pixels, (len(rows), n, 1), generator=generator, device=device)
+            cross = rng.rand((n, pixels), rows) < self.CR
+            forced = rng.randint(pixels, (n, 1), rows)
             cross.scatter_(-1, forced, True)
             child = torch.where(cross, mutant, g)
             child_fitness = score(rows, child)
@@ -276,10 +275,12 @@ class DGDE(TorchAttack):
         final = self.probabilities(x_adv)
         queries += 1
         success = final.argmax(1) != labels
-        count = torch.where(success, support.sum(1).float(), torch.full_like(queries, float("nan")))
+        nan = torch.full_like(queries, float("nan"))
+        count = torch.where(success & correct, support.sum(1).float(), nan)
         return x_adv, {
-            "success": success.float(),
-            "noise_success": noise_success.float(),
+            "success": torch.where(correct, success.float(), nan),
+            "clean_correct": correct.float(),
+            "noise_success": torch.where(correct, noise_success.float(), nan),
             "noise_level": noise_level,
             "pixels": count,
             "pixels_pct": 100 * count / pixels,

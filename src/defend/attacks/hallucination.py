@@ -22,27 +22,32 @@ import numpy as np
 import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
-from defend.attacks.base import TorchAttack, differentiable
+from defend.attacks.base import SampleRNG, TorchAttack, torch_forward
 from defend.attacks.region import as_region, region_mask
 from defend.errors import DefendError
 from defend.metrics import image_similarity
-from defend.models.recon import zero_filled
+from defend.models.recon import acquired_columns, zero_filled
 
 
 def sampled_columns(x: torch.Tensor, estimator: Any) -> torch.Tensor:
-    """Which k-space entries were acquired: the estimator's mask, else non-zero columns of x.
+    """Which k-space columns were measured: acquired in x and in the estimator's mask.
+
+    A column that is exactly zero over all coils and rows was not acquired (fastMRI's
+    padding columns, or columns the data set's mask left out): the attack never touches it.
 
     Args:
         x: masked k-space (B, coils, H, W, 2).
 
     Returns:
-        bool (B or 1, 1, 1, W, 1).
+        bool (B, 1, 1, W, 1).
     """
+    sampled = acquired_columns(x)
     mask = getattr(estimator, "mask", None)
     if mask is not None:
         mask = torch.as_tensor(mask, device=x.device)
-        return mask.reshape(mask.shape[0] if mask.ndim == 5 else 1, 1, 1, x.shape[-2], 1) != 0
-    return (x.abs().sum(dim=(1, 2, 4), keepdim=True) > 0).transpose(1, 2)
+        mask = mask.reshape(mask.shape[0] if mask.ndim == 5 else 1, 1, 1, x.shape[-2], 1) != 0
+        sampled = sampled & mask
+    return sampled
 
 
 class HallucinationAttack(TorchAttack):
@@ -154,11 +159,11 @@ class HallucinationAttack(TorchAttack):
 
     # ------------------------------------------------------------------ model access
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        est = self.estimator
-        if differentiable(est):
+        forward = torch_forward(self.estimator)
+        if forward is not None:
             with torch.no_grad():
-                return est.forward(x)
-        return torch.as_tensor(est.predict(x.cpu().numpy()), device=x.device)
+                return forward(x)
+        return torch.as_tensor(self.estimator.predict(x.cpu().numpy()), device=x.device)
 
     def _score(
         self, x: torch.Tensor, weight: torch.Tensor, goal: torch.Tensor, gradient: bool = True
@@ -172,22 +177,29 @@ class HallucinationAttack(TorchAttack):
         With ``gradient=False`` only the forward pass runs.
         """
         est = self.estimator
-        direct = hasattr(est, "forward") and isinstance(
-            getattr(est, "model", None), torch.nn.Module
-        )
-        if direct and gradient:
+        forward = torch_forward(est)
+        if forward is not None and gradient:
             x = x.detach().requires_grad_(True)
-            pred = est.forward(x)
-            loss = (weight * (pred - goal).square()).flatten(1).sum(1)
+            pred = forward(x)
+            loss = self.attack_loss(pred, goal, weight)
             (grad,) = torch.autograd.grad(loss.sum(), x)
             return loss.detach(), pred.detach(), grad
         pred = self._predict(x)
-        loss = (weight * (pred - goal).square()).flatten(1).sum(1)
+        loss = self.attack_loss(pred, goal, weight)
         if not gradient:
             return loss, pred, None
         proxy = pred - weight * (pred - goal)
         grad = est.loss_gradient(x.cpu().numpy(), proxy.cpu().numpy())
         return loss, pred, torch.as_tensor(grad, device=x.device)
+
+    @staticmethod
+    def attack_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The loss the attack minimises, per sample (B,): ``sum weight * (pred - target)^2``.
+
+        Args:
+            pred: (B, h, w) reconstructions; target, weight: (B, h, w) from :meth:`goal`.
+        """
+        return (weight * (pred - target).square()).flatten(1).sum(1)
 
     # ------------------------------------------------------------------ budget
     def _budget(self, x: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
@@ -206,6 +218,27 @@ class HallucinationAttack(TorchAttack):
         norms = delta.flatten(2).norm(dim=2).view_as(budget).clamp_min(1e-30)
         return delta * (budget / norms).clamp(max=1.0)
 
+    def initial_delta(
+        self, movable: torch.Tensor, budget: torch.Tensor, rng: SampleRNG
+    ) -> torch.Tensor:
+        """The random start: uniform noise of one step per entry (l-inf, as the paper), or a
+        random direction of one step's l2 norm per coil (l2); zero outside ``movable``.
+
+        Args:
+            movable: (B, coils, H, W, 2) 0/1: the entries the attack may change.
+            budget: the absolute budget from :meth:`_budget`.
+            rng: the batch's per-sample generators.
+
+        Returns:
+            (B, coils, H, W, 2) perturbation inside the budget.
+        """
+        step = self.step * budget
+        if self.norm == "inf":
+            noise = rng.rand(movable.shape[1:]) * 2 - 1
+            return self._project(noise * step * movable, budget)
+        noise = rng.randn(movable.shape[1:]) * movable
+        return self._project(self._direction(noise) * step, budget)
+
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "inf":
             return grad.sign()
@@ -213,18 +246,38 @@ class HallucinationAttack(TorchAttack):
         return grad / norms
 
     # ------------------------------------------------------------------ attack
-    def _regions(self, shape: tuple[int, int], n: int, device: torch.device) -> torch.Tensor:
+    def regions(
+        self, shape: tuple[int, int], n: int, device: torch.device, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The (n, h, w) bool target regions of ``n`` samples.
+
+        Args:
+            shape: (h, w) of the reconstruction.
+            n: number of samples.
+            device: where the masks go.
+            rows: (n,) positions of the samples in the ``x`` given to ``generate``, which
+                select per-sample masks of an (N, h, w) ``region_mask``; None: the first n.
+        """
         if self.region_mask is not None:
             region = as_region(self.region_mask, shape)
         else:
             region = region_mask(shape, self.region, self.region_size, self.region_center)
         region = region.to(device)
-        return region.expand(n, *shape) if region.ndim == 2 or len(region) == 1 else region
+        if region.ndim == 2 or len(region) == 1:
+            return region.reshape(1, *shape).expand(n, *shape)
+        rows = torch.arange(n) if rows is None else rows.cpu()
+        if int(rows.max()) >= len(region):
+            raise DefendError(f"{len(region)} region masks for {int(rows.max()) + 1} samples")
+        return region[rows.to(region.device)]
 
     def goal(
-        self, y0: torch.Tensor
+        self, y0: torch.Tensor, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the attack aims at, given the clean reconstructions y0 (N, h, w).
+
+        Args:
+            y0: (N, h, w) clean reconstructions.
+            rows: (N,) the samples' positions in ``generate``'s ``x`` (see :meth:`regions`).
 
         Returns:
             ``(region, value_range, target, weight)``: the (N, h, w) bool region, the (N,)
@@ -232,10 +285,7 @@ class HallucinationAttack(TorchAttack):
             ``y0 + alpha * range * region``, and the (N, h, w) per-pixel loss weights
             (``weight_inside`` spread over the region, ``weight_outside`` over the rest).
         """
-        n = len(y0)
-        region = self._regions(tuple(y0.shape[-2:]), n, y0.device)
-        if len(region) != n:
-            raise DefendError(f"{len(region)} region masks for a batch of {n} samples")
+        region = self.regions(tuple(y0.shape[-2:]), len(y0), y0.device, rows)
         inside = region.to(y0.dtype)
         value_range = y0.flatten(1).amax(1) - y0.flatten(1).amin(1)
         target = y0 + self.alpha * value_range.view(-1, 1, 1) * inside
@@ -250,7 +300,8 @@ class HallucinationAttack(TorchAttack):
         self,
         x: torch.Tensor,
         y: torch.Tensor | None,
-        generator: torch.Generator,
+        rng: SampleRNG,
+        rows: torch.Tensor,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if x.ndim != 5 or x.shape[-1] != 2:
@@ -261,14 +312,13 @@ class HallucinationAttack(TorchAttack):
         if self.part == "real":
             movable = sampled * torch.tensor([1.0, 0.0], device=x.device)
         y0 = self._predict(x)
-        region, value_range, target, weight = self.goal(y0)
+        region, value_range, target, weight = self.goal(y0, rows)
 
         budget = self._budget(x, sampled)
         step = self.step * budget
         delta = torch.zeros_like(x)
         if self.random_start:
-            noise = torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1
-            delta = self._project(noise * step * movable, budget)
+            delta = self.initial_delta(movable.expand_as(x), budget, rng)
         best_loss = torch.full((n,), float("inf"), device=x.device)
         best_delta, best_pred = delta.clone(), y0.clone()
         since = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -304,6 +354,31 @@ class HallucinationAttack(TorchAttack):
         return x_adv, report
 
     # ------------------------------------------------------------------ report
+    def effect(
+        self, y0: torch.Tensor, y_adv: torch.Tensor, region: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """How far a reconstruction moved towards the attack's goal, per sample.
+
+        Args:
+            y0: (N, h, w) clean reconstructions.
+            y_adv: (N, h, w) reconstructions of the perturbed input (any perturbation).
+            region: (N, h, w) bool target regions (:meth:`regions`).
+
+        Returns:
+            ``(strength, error_outside)``, each (N,): the mean change inside the region over
+            the intended change (``alpha`` x the range of y0; 1 = feature fully inserted), and
+            the root-mean-square change outside the region over the range of y0.
+        """
+        inside = region.to(y0.dtype)
+        outside = 1 - inside
+        change = y_adv - y0
+        value_range = y0.flatten(1).amax(1) - y0.flatten(1).amin(1)
+        mean_inside = (change * inside).flatten(1).sum(1) / inside.flatten(1).sum(1)
+        outside_rms = (
+            (change.square() * outside).flatten(1).sum(1) / outside.flatten(1).sum(1).clamp_min(1)
+        ).sqrt()
+        return mean_inside / (self.alpha * value_range), outside_rms / value_range
+
     def _report(
         self,
         x: torch.Tensor,
@@ -315,18 +390,9 @@ class HallucinationAttack(TorchAttack):
         sampled: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Per-sample hallucination strength, collateral error, image metrics, norms."""
-        inside = region.to(y0.dtype)
-        outside = 1 - inside
-        change = y_adv - y0
-        intended = self.alpha * value_range
-        report: dict[str, Any] = {
-            "strength": (change * inside).flatten(1).sum(1) / inside.flatten(1).sum(1) / intended,
-            "error_outside": (
-                (change.square() * outside).flatten(1).sum(1)
-                / outside.flatten(1).sum(1).clamp_min(1)
-            ).sqrt()
-            / value_range,
-        }
+        report: dict[str, Any] = dict(
+            zip(("strength", "error_outside"), self.effect(y0, y_adv, region), strict=True)
+        )
         delta = x_adv - x
         magnitude = (x * sampled).square().sum(-1).sqrt().flatten(1).amax(1)
         report["linf"] = delta.abs().flatten(1).amax(1)

@@ -1,7 +1,9 @@
-"""Run one attack against a checkpoint on a data split: what ``defend attack`` does.
+"""Run one attack: on arrays you hold (:func:`attack_arrays`, pure), or against a checkpoint
+on a data split with files written (:func:`run_attack`: what ``defend attack`` does).
 
-Writes ``OUT/metrics.csv`` (one row a sample), ``OUT/metrics.json`` (parameters, rows and
-summary) and ``OUT/figure.png``, and returns the summary.
+:func:`run_attack` writes ``OUT/metrics.csv`` (one row a sample), ``OUT/metrics.json``
+(parameters, rows and summary), ``OUT/figure.png`` and, if asked, ``OUT/adversarial.npz``
+(clean and adversarial inputs, targets, sample indices), each atomically.
 """
 
 from __future__ import annotations
@@ -17,36 +19,81 @@ import numpy as np
 import torch
 
 from defend.attacks import ATTACKS
+from defend.attacks.base import TorchAttack
 from defend.errors import DefendError
-from defend.io import load_checkpoint, write_json, write_text
+from defend.io import atomic_write, load_checkpoint, write_json, write_text
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean, std, min and max of every metric over samples, ignoring NaN."""
+    """Mean, std, min and max of every metric over samples, ignoring NaN, and ``n``: how many
+    samples the metric is defined for (e.g. DGDE's success: images classified right clean)."""
     summary = {}
     for key in rows[0] if rows else []:
         values = np.array([r[key] for r in rows], dtype=np.float64)
         finite = values[np.isfinite(values)]
         if finite.size == 0:
             summary[key] = {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
-            continue
-        summary[key] = {
-            "mean": float(finite.mean()),
-            "std": float(finite.std()),
-            "min": float(finite.min()),
-            "max": float(finite.max()),
-        }
+        else:
+            summary[key] = {
+                "mean": float(finite.mean()),
+                "std": float(finite.std()),
+                "min": float(finite.min()),
+                "max": float(finite.max()),
+            }
+        summary[key]["n"] = int(finite.size)
     return summary
 
 
 def format_summary(summary: dict[str, dict[str, float]]) -> str:
     """A fixed-width table of :func:`summarise`'s output."""
-    lines = [f"{'metric':24s} {'mean':>11s} {'std':>11s} {'min':>11s} {'max':>11s}"]
+    stats = ("mean", "std", "min", "max")
+    lines = [f"{'metric':24s} " + " ".join(f"{k:>11s}" for k in stats) + f" {'n':>5s}"]
     for key, s in summary.items():
-        lines.append(
-            f"{key:24s} " + " ".join(f"{s[k]:11.4g}" for k in ("mean", "std", "min", "max"))
-        )
+        values = " ".join(f"{s[k]:11.4g}" for k in stats)
+        lines.append(f"{key:24s} {values} {s.get('n', ''):>5}")
     return "\n".join(lines)
+
+
+def make_attack(name: str, estimator: Any, params: dict[str, Any] | None = None) -> TorchAttack:
+    """The attack called ``name`` (a key of :data:`defend.attacks.ATTACKS`) on ``estimator``."""
+    if name not in ATTACKS:
+        raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
+    return ATTACKS[name][0](estimator, **dict(params or {}))
+
+
+def attack_arrays(
+    estimator: Any,
+    attack: str | TorchAttack,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    params: dict[str, Any] | None = None,
+    *,
+    indices: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Attack arrays you hold with any estimator: no files, nothing loaded.
+
+    Args:
+        estimator: an ART estimator, e.g. from ``defend.load_estimator`` or wrapped by a
+            defence.
+        attack: an attack name (with ``params``) or a built attack.
+        x: inputs in the estimator's format (N, ...); y: targets or None.
+        indices: (N,) global sample indices, which seed each sample's randomness, so that
+            shards of a data set attacked apart give the same rows as one run.
+
+    Returns:
+        ``(x_adv, rows)``: adversarial inputs (N, ...) and one metrics dict per sample.
+    """
+    if isinstance(attack, str):
+        attack = make_attack(attack, estimator, params)
+    elif params:
+        raise DefendError("pass params with an attack name, not with a built attack")
+    x_adv = attack.generate(x, y, indices=indices)
+    return x_adv, attack.report_rows()
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the name
+        np.savez_compressed(f, **arrays)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -68,8 +115,9 @@ def run_attack(
     params: dict[str, Any] | None = None,
     device: str | None = None,
     figure_samples: int = 4,
+    save_adversarial: bool = False,
 ) -> dict[str, Any]:
-    """Attack ``n`` samples of ``data_dir``'s ``split`` with attack ``name``.
+    """Attack ``n`` samples of ``data_dir``'s ``split`` with attack ``name``, writing files.
 
     Args:
         name: ``hallucination``, ``seg-fgsm`` or ``dgde``.
@@ -77,33 +125,35 @@ def run_attack(
         data_dir: data folder (``defend data synth`` output or real data).
         out: output folder for metrics and figures.
         params: the attack's parameters (see its class).
+        save_adversarial: also write ``OUT/adversarial.npz`` (``x``, ``x_adv``, ``y``,
+            ``indices``), e.g. to train or test a detector.
 
     Returns:
         ``{"attack", "params", "summary", "rows", "files"}``.
     """
-    from defend.data import Acquisition, load_arrays
+    from defend.data import load_arrays
     from defend.estimators import load_estimator
 
     if name not in ATTACKS:
         raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
-    attack_cls, task = ATTACKS[name]
+    task = ATTACKS[name][1]
     ckpt = load_checkpoint(checkpoint, task)
     if n < 1:
         raise DefendError(f"--n must be >= 1, got {n}")
     estimator = load_estimator(ckpt, device=device)
-    acquisition = None
-    if task == "recon":
-        acquisition = Acquisition.from_dict(ckpt["data"]["acquisition"])
-    x, y = load_arrays(data_dir, task, split, n, acquisition=acquisition)
-    params = dict(params or {})
-    attack = attack_cls(estimator, **params)
-    x_adv = attack.generate(x, y)
-    rows = attack.report_rows()
+    attack = make_attack(name, estimator, params)  # bad parameters fail before data loads
+    x, y = load_arrays(data_dir, task, split, n, checkpoint=ckpt)
+    indices = np.arange(len(x))
+    x_adv, rows = attack_arrays(estimator, attack, x, y, indices=indices)
     summary = summarise(rows)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "metrics.csv", "json": out / "metrics.json", "figure": out / "figure.png"}
+    if save_adversarial:
+        files["adversarial"] = out / "adversarial.npz"
+        arrays = {"x": x, "x_adv": x_adv, "y": y, "indices": indices}
+        atomic_write(files["adversarial"], lambda p: _save_npz(p, arrays))
     _write_csv(files["csv"], rows)
     k = min(figure_samples, len(x))
     _figure(name, attack, estimator, x[:k], x_adv[:k], y[:k], rows[:k], ckpt, files["figure"])
@@ -144,7 +194,7 @@ def _figure(
             zero_filled(torch.as_tensor(k) * mask.view(1, 1, 1, -1, 1), crop).numpy()
             for k in (x, x_adv)
         ]
-        region = attack._regions(crop, len(x), torch.device("cpu")).numpy()
+        region = attack.regions(crop, len(x), torch.device("cpu")).numpy()
         plots.plot_hallucination(path, clean, adv, zf[0], zf[1], region, rows)
     elif name == "seg-fgsm":
         pred = [1 / (1 + np.exp(-estimator.predict(v))) > attack.threshold for v in (x, x_adv)]

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
-from defend.attacks.base import TorchAttack, clip_range, differentiable
+from defend.attacks.base import SampleRNG, TorchAttack, clip_range, differentiable, torch_forward
 from defend.errors import DefendError
+from defend.estimators.base import per_sample
 from defend.losses import SEG_LOSSES, seg_loss
 from defend.metrics import dice_iou
 
@@ -29,13 +30,18 @@ class SegmentationFGSM(TorchAttack):
         estimator: an ART estimator with loss gradients mapping images (B, C, H, W) to
             per-pixel logits (B, K, H, W), e.g. ``defend``'s ``SegEstimator``.
         eps: l-inf budget in the input's units (the seed: 0.007-0.009 on [0, 1]).
-        loss: ``"bce"``, ``"dice"``, ``"dicefocal"``, or ``"training"`` (the estimator's own
-            loss through ``loss_gradient``: for a ``defend train`` checkpoint, the training
-            loss). The first three need a ``defend`` estimator (direct autograd).
+        loss: ``"bce"``, ``"dice"``, ``"dicefocal"`` (:data:`defend.losses.SEG_LOSSES`, per
+            image), or ``"training"``: the estimator's own loss, which for a ``defend train``
+            checkpoint is the loss it was trained with (``defend.tasks.SegTask``). Any
+            per-image Dice counts an empty target too (smoothed), so samples without
+            foreground are attacked as well (towards false foreground). The first three need
+            a differentiable estimator (:func:`defend.attacks.base.torch_forward`); other
+            ART estimators are attacked through ``loss_gradient`` with ``"training"``.
         target: ``"truth"`` (y), ``"prediction"`` (the model's own thresholded output on the
             clean input) or ``"auto"`` (truth when y is given).
         max_iter: 1 for FGSM; more for PGD with a random start in the eps-ball.
-        step: PGD step as a fraction of eps (default 2.5 / max_iter, Madry et al.).
+        step: step as a fraction of eps (default: 1 for FGSM, 2.5 / max_iter for PGD as
+            Madry et al.).
         threshold: probability threshold of a foreground pixel.
     """
 
@@ -91,46 +97,77 @@ class SegmentationFGSM(TorchAttack):
             )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        forward = torch_forward(self.estimator)
+        if forward is not None:
+            return forward(x)
+        return torch.as_tensor(self.estimator.predict(x.cpu().numpy()), device=x.device)
+
+    def attack_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The per-sample loss (B,) the attack raises; ``training``: the estimator's own loss."""
+        if self.loss == "training":
+            return per_sample(self.estimator.loss(logits, target), len(logits))
+        return seg_loss(self.loss, logits.float(), target)
+
+    def _through_art(self) -> bool:
+        """Whether the loss is reached only through ART's ``loss_gradient`` (no torch path)."""
         est = self.estimator
-        if hasattr(est, "forward"):
-            return est.forward(x)
-        return torch.as_tensor(est.predict(x.cpu().numpy()), device=x.device)
+        return self.loss == "training" and (
+            torch_forward(est) is None or not callable(getattr(est, "loss", None))
+        )
 
     def _loss_and_grad(
         self, x: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.loss == "training":
-            grad = self.estimator.loss_gradient(x, target)
-            return torch.full((len(x),), float("nan"), device=x.device), torch.as_tensor(grad)
+        if self._through_art():
+            grad = self.estimator.loss_gradient(x.cpu().numpy(), target.cpu().numpy())
+            nan = torch.full((len(x),), float("nan"), device=x.device)
+            return nan, torch.as_tensor(grad, device=x.device)
         x = x.detach().requires_grad_(True)
-        loss = seg_loss(self.loss, self._forward(x).float(), target)
+        loss = self.attack_loss(self._forward(x), target)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         return loss.detach(), grad
+
+    def attack_target(self, clean_logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The masks (B, K, H, W) the attack moves away from: y, or the clean prediction.
+
+        Args:
+            clean_logits: (B, K, H, W) the model's logits on the clean input.
+            y: (B, K, H, W) ground-truth masks, or None.
+        """
+        if self.target == "truth" and y is None:
+            raise DefendError("target='truth' needs the ground-truth masks y")
+        use_truth = self.target == "truth" or (self.target == "auto" and y is not None)
+        target = y.float() if use_truth else (torch.sigmoid(clean_logits) > self.threshold).float()
+        if target.shape != clean_logits.shape:
+            raise DefendError(
+                f"masks are {tuple(target.shape)}, the model predicts {tuple(clean_logits.shape)}"
+            )
+        return target
+
+    def _step_size(self) -> float:
+        """The absolute step: ``step * eps``; default eps (FGSM) or 2.5 eps / max_iter (PGD)."""
+        if self.step is not None:
+            return self.step * self.eps
+        return self.eps if self.max_iter == 1 else 2.5 / self.max_iter * self.eps
 
     def _generate_batch(
         self,
         x: torch.Tensor,
         y: torch.Tensor | None,
-        generator: torch.Generator,
+        rng: SampleRNG,
+        rows: torch.Tensor,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         lo, hi = clip_range(self.estimator)
         with torch.no_grad():
             clean_logits = self._forward(x).float()
         prediction = (torch.sigmoid(clean_logits) > self.threshold).float()
-        if self.target == "truth" and y is None:
-            raise DefendError("target='truth' needs the ground-truth masks y")
-        use_truth = self.target == "truth" or (self.target == "auto" and y is not None)
-        target = y.float() if use_truth else prediction
-        if target.shape != clean_logits.shape:
-            raise DefendError(
-                f"masks are {tuple(target.shape)}, the model predicts {tuple(clean_logits.shape)}"
-            )
+        target = self.attack_target(clean_logits, y)
 
-        step = self.eps if self.max_iter == 1 else (self.step or 2.5 / self.max_iter) * self.eps
+        step = self._step_size()
         x_adv = x.clone()
         if self.max_iter > 1:
-            noise = torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1
+            noise = rng.rand(x.shape[1:]) * 2 - 1
             x_adv = (x + self.eps * noise).clamp(lo, hi)
         for _ in range(self.max_iter):
             _, grad = self._loss_and_grad(x_adv, target)
@@ -139,24 +176,34 @@ class SegmentationFGSM(TorchAttack):
 
         with torch.no_grad():
             adv_logits = self._forward(x_adv).float()
-        reference = y.float() if y is not None else prediction
-        report = self._scores(clean_logits, adv_logits, reference)
-        report["linf"] = (x_adv - x).abs().flatten(1).amax(1)
-        if self.loss != "training":
-            report["loss_clean"] = seg_loss(self.loss, clean_logits, target)
-            report["loss_adv"] = seg_loss(self.loss, adv_logits, target)
+            reference = y.float() if y is not None else prediction
+            report = self._scores(clean_logits, adv_logits, reference)
+            report["linf"] = (x_adv - x).abs().flatten(1).amax(1)
+            report["empty_target"] = (target.flatten(2).sum(-1) == 0).all(1).float()
+            if not self._through_art():
+                report["loss_clean"] = self.attack_loss(clean_logits, target)
+                report["loss_adv"] = self.attack_loss(adv_logits, target)
         return x_adv.detach(), report
 
     def _scores(
         self, clean: torch.Tensor, adv: torch.Tensor, reference: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Dice / IoU clean and adversarial, mean over labels with a non-empty reference."""
+        """Dice / IoU clean and adversarial, mean over labels with a non-empty reference, and
+        the foreground predicted on labels whose reference is empty (fraction of pixels)."""
         report = {}
+        empty = reference.flatten(2).sum(-1) == 0  # (B, K)
+        n_empty = empty.sum(1).float()
         for name, logits in (("clean", clean), ("adv", adv)):
             dice, iou, nonempty = dice_iou(logits, reference, self.threshold)
             count = nonempty.sum(1).float()
             nan = torch.full_like(count, float("nan"))
             report[f"dice_{name}"] = torch.where(count > 0, (dice * nonempty).sum(1) / count, nan)
             report[f"iou_{name}"] = torch.where(count > 0, (iou * nonempty).sum(1) / count, nan)
-        report["dice_diff"] = (report["dice_clean"] - report["dice_adv"]) / report["dice_clean"]
+            foreground = (torch.sigmoid(logits) > self.threshold).float().flatten(2).mean(-1)
+            false_fg = (foreground * empty).sum(1) / n_empty.clamp_min(1)
+            report[f"false_fg_{name}"] = torch.where(n_empty > 0, false_fg, nan)
+        clean_dice = report["dice_clean"]
+        report["dice_diff"] = torch.where(
+            clean_dice > 0, (clean_dice - report["dice_adv"]) / clean_dice, torch.nan
+        )
         return report

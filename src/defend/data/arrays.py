@@ -1,14 +1,23 @@
-"""One entry point per task: the dataset of a split, or its first samples as numpy arrays.
+"""One entry point per task: the dataset of a split, or chosen samples as numpy arrays.
 
 ``data_dir`` is laid out as ``defend data synth`` writes it (``data_dir/{train,val,test}/*.h5``,
 ``data_dir/seg/<split>/{images,masks}``, ``data_dir/cls/<split>/<class>``), or for one task
 alone simply ``data_dir/<split>/...``.
+
+What a model saw in training travels in its checkpoint's ``data`` dict (written by
+:func:`defend.train.train_model`): the acquisition (recon), the class names (cls) or label
+count (seg), and the input shape ``(C, H, W)`` whose ``C`` is the channel count (seg/cls).
+Readers of any other split pass ``checkpoint=`` so that they see the data the same way.
 """
 
 from __future__ import annotations
 
+import operator
+import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -16,14 +25,11 @@ from torch.utils.data import Dataset
 from defend.data.acquisition import Acquisition
 from defend.data.folders import ClsFolder, SegFolder
 from defend.data.recon import ReconDataset
-from defend.errors import DefendError
+from defend.errors import CheckpointError, DataError, DefendError
+from defend.tasks import check_task
 
-TASKS = ("recon", "seg", "cls")
-
-
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise DefendError(f"unknown task '{task}' (expected one of {', '.join(TASKS)})")
+#: what ``classes`` may be: a label count (seg) or the class names in index order (cls)
+Classes = int | Sequence[str]
 
 
 def task_root(data_dir: Path, task: str, split: str) -> Path:
@@ -32,12 +38,24 @@ def task_root(data_dir: Path, task: str, split: str) -> Path:
     recon: ``data_dir/split``; seg: ``data_dir/seg/split`` if it exists, else
     ``data_dir/split``; cls: likewise with ``cls``.
     """
-    _check_task(task)
+    check_task(task)
     data_dir = Path(data_dir)
     if task == "recon":
         return data_dir / split
     nested = data_dir / task / split
     return nested if nested.is_dir() else data_dir / split
+
+
+def _check_classes(task: str, classes: Classes | None) -> None:
+    if classes is None:
+        return
+    if task == "recon":
+        raise DefendError("classes does not apply to recon data")
+    if task == "seg":
+        if isinstance(classes, bool) or not isinstance(classes, int | np.integer):
+            raise DefendError(f"seg classes must be the number of labels (an int), got {classes!r}")
+    elif isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise DefendError(f"cls classes must be the list of class names, got {classes!r}")
 
 
 def load_dataset(
@@ -47,7 +65,7 @@ def load_dataset(
     *,
     train: bool = False,
     acquisition: Acquisition | None = None,
-    classes: int | None = None,
+    classes: Classes | None = None,
     channels: int | None = None,
 ) -> Dataset:
     """The dataset of one split: :class:`ReconDataset`, :class:`SegFolder` or :class:`ClsFolder`.
@@ -58,19 +76,131 @@ def load_dataset(
         split: ``train``, ``val``, ``test`` (any sub-folder name).
         train: recon only: random masks per sample (True) or the fixed evaluation mask.
         acquisition: recon only: undersampling pattern (default ``Acquisition()``).
-        classes: seg only: number of labels (None: inferred from the masks of this split).
-        channels: seg/cls: convert images to this many channels (None: as stored).
+        classes: seg: number of labels ``K`` (None: inferred from this split's masks); cls:
+            the class names in index order, the training split's (None: this split's sorted
+            class folders). Not for recon.
+        channels: seg/cls: convert images to this many channels (None: seg as stored, cls 1
+            if all images are grayscale else 3). Not for recon.
 
     Raises:
-        DefendError: unknown task. DataError: missing or unusable data.
+        DefendError: unknown task, ``classes`` / ``channels`` for recon, ``acquisition`` for
+            seg/cls, ``classes`` of the wrong kind.
+        DataError: missing or unusable data (a cls class folder not in ``classes``).
     """
-    _check_task(task)
+    check_task(task)
+    _check_classes(task, classes)
+    if task == "recon" and channels is not None:
+        raise DefendError("channels does not apply to recon data")
+    if task != "recon" and acquisition is not None:
+        raise DefendError(f"acquisition does not apply to {task} data")
     root = task_root(data_dir, task, split)
     if task == "recon":
         return ReconDataset(root, acquisition or Acquisition(), train=train)
     if task == "seg":
-        return SegFolder(root, classes=classes, channels=channels)
-    return ClsFolder(root, channels=channels)
+        return SegFolder(root, classes=classes, channels=channels)  # type: ignore[arg-type]
+    return ClsFolder(root, classes=classes, channels=channels)  # type: ignore[arg-type]
+
+
+def checkpoint_data_args(
+    checkpoint: str | os.PathLike | Mapping[str, Any], task: str
+) -> dict[str, Any]:
+    """The data arguments a checkpoint fixes, from its ``data`` dict.
+
+    Returns:
+        recon: ``{"acquisition": Acquisition}``; seg: ``{"classes": K, "channels": C}``;
+        cls: ``{"classes": [names], "channels": C}`` (``C`` = ``data["input_shape"][0]``).
+
+    Raises:
+        CheckpointError: unreadable file, a checkpoint of another task, or one whose ``data``
+            lacks what ``task`` needs.
+    """
+    from defend.io import load_checkpoint
+
+    if isinstance(checkpoint, Mapping):
+        ckpt, source = checkpoint, "checkpoint"
+        if ckpt.get("task", task) != task:
+            raise CheckpointError(
+                f"checkpoint: a '{ckpt.get('task')}' checkpoint, expected '{task}'"
+            )
+    else:
+        ckpt, source = load_checkpoint(checkpoint, task), str(checkpoint)
+    data = ckpt.get("data")
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{source}: checkpoint lacks its data dict")
+    needed = ("acquisition",) if task == "recon" else ("classes", "input_shape")
+    missing = [k for k in needed if k not in data]
+    if missing:
+        raise CheckpointError(f"{source}: checkpoint data lacks {', '.join(missing)}")
+    try:
+        if task == "recon":
+            return {"acquisition": Acquisition.from_dict(dict(data["acquisition"]))}
+        classes = data["classes"]
+        if task == "seg":
+            classes = int(classes)
+        elif isinstance(classes, str) or not isinstance(classes, Sequence):
+            raise TypeError(f"classes {classes!r} is not a list of names")
+        else:
+            classes = [str(c) for c in classes]
+        return {"classes": classes, "channels": int(data["input_shape"][0])}
+    except (TypeError, ValueError, IndexError, DefendError) as exc:
+        raise CheckpointError(f"{source}: unusable checkpoint data ({exc})") from None
+
+
+def _merge_checkpoint(
+    task: str,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    given: dict[str, Any],
+) -> dict[str, Any]:
+    """The checkpoint's data arguments; an explicitly given one that differs is an error."""
+    fixed = checkpoint_data_args(checkpoint, task)
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in fixed:
+            raise DefendError(f"{key} does not apply to {task} data")
+        mine = fixed[key]
+        same = value == mine
+        if key == "classes" and task == "cls":
+            same = not isinstance(value, str) and list(value) == mine
+        if key == "acquisition":
+            same = isinstance(value, Acquisition) and value.to_dict() == mine.to_dict()
+        if not same:
+            raise DefendError(
+                f"{key}={value} contradicts the checkpoint, which was trained with {key}={mine}"
+            )
+    return fixed
+
+
+def _as_indices(indices: Sequence[int] | np.ndarray, size: int) -> list[int]:
+    """``indices`` as a list of ints in ``[0, size)``, or a one-line DefendError."""
+    if isinstance(indices, str | bytes) or np.ndim(indices) != 1:
+        raise DefendError(f"indices must be a 1-D sequence of dataset positions, got {indices!r}")
+    out: list[int] = []
+    for i in indices:
+        if isinstance(i, bool | np.bool_):
+            raise DefendError(f"indices must be integers, got {i!r}")
+        try:
+            out.append(operator.index(i))
+        except TypeError:
+            raise DefendError(f"indices must be integers, got {i!r}") from None
+    if not out:
+        raise DefendError("indices is empty: give at least one dataset position")
+    bad = [i for i in out if not 0 <= i < size]
+    if bad:
+        raise DefendError(
+            f"indices out of range for a split of {size} sample(s) (valid 0..{size - 1}): "
+            f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}"
+        )
+    return out
+
+
+def _where(sample: dict[str, Any], index: int) -> str:
+    where = f"#{index}"
+    if "fname" in sample:
+        where += f" {sample['fname']}"
+    if "slice_num" in sample:
+        where += f" slice {sample['slice_num']}"
+    return where
 
 
 def load_arrays(
@@ -79,50 +209,83 @@ def load_arrays(
     split: str = "val",
     n: int | None = 16,
     *,
+    indices: Sequence[int] | np.ndarray | None = None,
     acquisition: Acquisition | None = None,
+    classes: Classes | None = None,
+    channels: int | None = None,
+    checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` samples of a split (dataset order) as numpy arrays for an estimator.
+    """Samples of a split (the first ``n``, or those at ``indices``) as numpy arrays.
+
+    Args:
+        data_dir: data folder (see :func:`task_root`).
+        task: ``recon``, ``seg`` or ``cls``.
+        split: ``train``, ``val``, ``test`` (any sub-folder name).
+        n: the first ``n`` samples in dataset order; None takes all. Fewer come back if the
+            split is smaller. Ignored when ``indices`` is given.
+        indices: dataset positions (``0 .. len - 1``, repeats allowed): exactly these samples,
+            in this order, so that row ``i`` is sample ``indices[i]`` (what a shard of work
+            split across processes needs). ``n`` is then ignored.
+        acquisition: recon: the undersampling pattern (default ``Acquisition()``).
+        classes: seg: the number of labels; cls: the class names in index order (see
+            :func:`load_dataset`).
+        channels: seg/cls: the channel count images are converted to.
+        checkpoint: a ``defend train`` checkpoint (file or loaded dict): its ``data`` dict
+            supplies the acquisition (recon) or the classes and channels (seg/cls) the model
+            was trained with. Arguments given as well must agree with it.
 
     Returns:
-        ``(x, y)``:
+        ``(x, y)``, with ``N`` the number of samples:
 
-        * recon: x float32 ``(n, coils, H, W, 2)`` k-space masked with the fixed evaluation
-          mask, y float32 ``(n, h, w)`` targets;
-        * seg: x float32 ``(n, C, H, W)`` in ``[0, 1]``, y float32 ``(n, K, H, W)`` in {0, 1};
-        * cls: x float32 ``(n, C, H, W)`` in ``[0, 1]``, y int64 ``(n,)``.
+        * recon: x float32 ``(N, coils, H, W, 2)`` k-space masked with the fixed evaluation
+          mask (and fastMRI's padding), y float32 ``(N, h, w)`` targets;
+        * seg: x float32 ``(N, C, H, W)`` in ``[0, 1]``, y float32 ``(N, K, H, W)`` in {0, 1};
+        * cls: x float32 ``(N, C, H, W)`` in ``[0, 1]``, y int64 ``(N,)`` class indices.
 
-        ``n=None`` takes all samples; fewer than ``n`` come back if the split is smaller.
-        Samples whose input or target shape differs from the first one's are skipped with a
-        warning (e.g. fastMRI volumes of another k-space width).
+        Samples whose input or target shape differs from the first one's cannot be stacked:
+        with ``n`` they are skipped with a warning naming them (e.g. fastMRI volumes of another
+        k-space width); with ``indices`` that is a :class:`DataError` naming them, since the
+        rows would no longer match the positions asked for.
 
     Raises:
-        DefendError: unknown task or ``n < 1``. DataError: missing or unusable data.
+        DefendError: unknown task, ``n < 1``, an empty or out-of-range ``indices``, arguments
+            that contradict ``checkpoint``. CheckpointError: an unusable checkpoint.
+            DataError: missing or unusable data, samples of another shape at ``indices``.
     """
-    _check_task(task)
-    if n is not None and n < 1:
+    check_task(task)
+    if indices is None and n is not None and n < 1:
         raise DefendError(f"n must be >= 1 (or None for all), got {n}")
-    dataset = load_dataset(task, data_dir, split, train=False, acquisition=acquisition)
+    args: dict[str, Any] = {"acquisition": acquisition, "classes": classes, "channels": channels}
+    if checkpoint is not None:
+        args = _merge_checkpoint(task, checkpoint, args)
+    dataset = load_dataset(task, data_dir, split, train=False, **args)
+    size = len(dataset)  # type: ignore[arg-type]
+    # with n, a sample of another shape is skipped and the next one taken in its place
+    positions = range(size) if indices is None else _as_indices(indices, size)
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     skipped: list[str] = []
-    for i in range(len(dataset)):
-        if n is not None and len(xs) >= n:
+    for index in positions:
+        if indices is None and n is not None and len(xs) >= n:
             break
-        sample = dataset[i]
+        sample = dataset[index]
         x = sample["input"].numpy()
         y = sample["target"].numpy()
         if xs and (x.shape != xs[0].shape or y.shape != ys[0].shape):
-            where = sample.get("fname", str(i))
-            if "slice_num" in sample:
-                where = f"{where} slice {sample['slice_num']}"
-            skipped.append(f"{where} {x.shape}")
+            skipped.append(f"{_where(sample, index)} {x.shape}")
             continue
         xs.append(x)
         ys.append(y)
     if skipped:
+        listed = f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}"
+        if indices is not None:
+            raise DataError(
+                f"load_arrays: {len(skipped)} of the {task} samples at indices differ in shape "
+                f"from the first {xs[0].shape} and cannot be stacked: {listed}"
+            )
         warnings.warn(
             f"load_arrays: skipped {len(skipped)} {task} sample(s) whose shape differs from the "
-            f"first {xs[0].shape}: {', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}",
+            f"first {xs[0].shape}: {listed}",
             stacklevel=2,
         )
     x_arr = np.stack(xs).astype(np.float32, copy=False)

@@ -1,7 +1,8 @@
 """Image folders for segmentation and classification.
 
 * :class:`SegFolder`: ``root/images/NAME.*`` paired with ``root/masks/NAME.*`` by file stem.
-* :class:`ClsFolder`: torchvision ``ImageFolder`` layout, ``root/<class>/NAME.*``.
+* :class:`ClsFolder`: torchvision ``ImageFolder`` layout, ``root/<class>/NAME.*``, with the
+  class map of the training split (``classes``) for every other split.
 
 Images are PNG/TIFF/JPEG/BMP (read with PIL) or NPY, scaled to ``[0, 1]`` float32: uint8 / 255,
 uint16 / 65535, bool as 0/1, anything else (float, other integers) min-max per image. Every
@@ -10,6 +11,7 @@ problem with a file is a one-line :class:`~defend.errors.DataError` naming it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -288,41 +290,104 @@ def _peek_channels(path: Path) -> int:
         raise DataError(f"{path}: unreadable file ({_first_line(exc)})") from None
 
 
+def _class_folders(root: Path) -> list[str]:
+    """Names of the class folders of ``root``: its sub-folders, hidden ones left out, sorted."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_class_names(classes: Sequence[str]) -> list[str]:
+    """``classes`` as a list of distinct, non-empty folder names, or a one-line DataError."""
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise DataError(f"classes must be a list of class folder names, got {classes!r}")
+    names = list(classes)
+    if not names:
+        raise DataError("classes must name at least one class folder, got []")
+    for name in names:
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+            raise DataError(f"classes must be folder names (non-empty strings), got {name!r}")
+    if len(set(names)) != len(names):
+        raise DataError(f"classes holds a name twice: {names}")
+    return names
+
+
 class ClsFolder(Dataset):
     """Labelled images in torchvision ``ImageFolder`` layout: ``root/<class>/<image>``.
 
-    Classes are the sub-folder names in sorted order (``classes``, ``class_to_idx``). Samples
-    are dicts: ``input`` float32 ``(C, H, W)`` in ``[0, 1]``, ``target`` int64 scalar tensor,
-    ``fname``.
+    The class map comes from the training split: pass its ``classes`` (the names in index
+    order, e.g. a checkpoint's ``data["classes"]``) when reading any other split, so that a
+    split holding only some of the classes keeps their indices. Without ``classes`` the map is
+    this folder's own: its sub-folder names in sorted order, as ``ImageFolder`` makes it.
+    Samples come in ``ImageFolder`` order (class folder name, then file path) and are dicts:
+    ``input`` float32 ``(C, H, W)`` in ``[0, 1]``, ``target`` int64 scalar tensor (the class
+    index), ``fname``.
 
     Args:
-        root: the folder of class folders.
+        root: the folder of class folders (hidden folders, ``.name``, are ignored).
+        classes: the class names, index = position; a class without a folder (or without
+            images) here is allowed, a folder not in the list is an error. None: the sorted
+            sub-folder names, each of which must hold images.
         channels: 1 or 3 to convert every image; None: 1 if all images are grayscale, else 3.
 
+    Attributes:
+        classes: the class names (index order); ``class_to_idx``: name -> index;
+        samples: ``(path, index)`` per image; channels: the channel count ``C``.
+
     Raises:
-        DataError: folder missing, no class folders, a class folder without images; on access,
-            an unreadable file or NaN/Inf.
+        DataError: folder missing, no class folders, no images, a class folder not in
+            ``classes``, (without ``classes``) a class folder without images; on access, an
+            unreadable file or NaN/Inf.
     """
 
-    def __init__(self, root: Path, channels: int | None = None):
-        from torchvision.datasets import ImageFolder
+    def __init__(
+        self,
+        root: Path,
+        classes: Sequence[str] | None = None,
+        channels: int | None = None,
+    ):
+        from torchvision.datasets.folder import make_dataset
 
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: no such folder")
-        try:
-            found = ImageFolder(str(root), is_valid_file=_is_image_file)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise DataError(f"{root}: no images in class folders ({_first_line(exc)})") from None
-        if not found.samples:
-            raise DataError(f"{root}: no images")
-        self.root = root
-        self.classes: list[str] = list(found.classes)
-        self.class_to_idx: dict[str, int] = dict(found.class_to_idx)
-        self.samples: list[tuple[Path, int]] = [(Path(p), int(t)) for p, t in found.samples]
+        folders = _class_folders(root)
+        if classes is None:
+            if not folders:
+                raise DataError(f"{root}: no class folders (expected {root}/<class>/<image>)")
+            names = folders
+        else:
+            names = _check_class_names(classes)
+            unknown = [f for f in folders if f not in names]
+            if unknown:
+                raise DataError(
+                    f"{root / unknown[0]}: class folder '{unknown[0]}' is not one of the known "
+                    f"classes {names} (the training split's)"
+                )
+        class_to_idx = {name: i for i, name in enumerate(names)}
+        samples: list[tuple[Path, int]] = []
+        for name in folders:  # sorted: ImageFolder's order
+            try:
+                found = make_dataset(
+                    str(root), {name: class_to_idx[name]}, is_valid_file=_is_image_file
+                )
+            except FileNotFoundError:  # a class folder without images
+                if classes is None:
+                    raise DataError(
+                        f"{root / name}: class folder without images "
+                        f"({', '.join(IMAGE_EXTENSIONS)})"
+                    ) from None
+                continue
+            samples.extend((Path(p), int(t)) for p, t in found)
+        if not samples:
+            raise DataError(f"{root}: no images in class folders")
         if channels is None:
-            gray = all(_peek_channels(p) == 1 for p, _ in self.samples)
+            gray = all(_peek_channels(p) == 1 for p, _ in samples)
             channels = 1 if gray else 3
+        elif channels < 1:
+            raise DataError(f"channels must be >= 1, got {channels}")
+        self.root = root
+        self.classes: list[str] = names
+        self.class_to_idx: dict[str, int] = class_to_idx
+        self.samples: list[tuple[Path, int]] = samples
         self.channels = int(channels)
 
     def __len__(self) -> int:

@@ -80,10 +80,11 @@ def load_estimator(
             raise CheckpointError(f"{source}: {exc}") from None
         return ReconEstimator(model, mask, input_shape, device=device)
     if task == "seg":
-        from defend.losses import dicefocal_training_loss
+        from defend.tasks import SegTask
 
         # the estimator's loss is the training loss, as for ART's classifiers
-        return SegEstimator(model, input_shape, device=device, loss=dicefocal_training_loss)
+        loss = ckpt.get("loss", SegTask.loss_name)
+        return SegEstimator(model, input_shape, device=device, loss=loss)
     classes = data.get("classes")
     if classes is None:
         nb_classes = int(ckpt["model_config"].get("num_classes", 2))

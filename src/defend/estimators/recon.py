@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from defend.estimators.base import TorchEstimator
+from defend.models.recon import acquired_columns
 
 __all__ = ["ReconEstimator"]
 
@@ -20,7 +21,11 @@ class ReconEstimator(TorchEstimator):
 
     ``x`` is k-space ``(B, coils, H, W, 2)`` float32 in raw units (real and imaginary parts in
     the last axis); the model masks it with the estimator's fixed ``mask`` first, so unsampled
-    k-space has exactly zero gradient. Predictions and targets ``y`` are magnitude images
+    k-space has exactly zero gradient. Columns of ``x`` that are exactly zero (the data set's
+    masked k-space there: fastMRI's padding columns, never acquired) are masked out too, so
+    each sample's model input is the one the data set gives it (:func:`acquired_columns`).
+    An attack that writes into such a column (e.g. ART's PGD with a random start) makes it
+    count as acquired; defend's attacks never do. Predictions and targets ``y`` are magnitude images
     ``(B, h, w)`` in the units of the target. There are no ``clip_values``: k-space is
     unbounded, so choose ``eps`` relative to the k-space scale (e.g. a fraction of
     ``abs(x).max()``).
@@ -85,7 +90,7 @@ class ReconEstimator(TorchEstimator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct k-space ``x`` ``(B, coils, H, W, 2)`` under the fixed mask: ``(B, h, w)``."""
-        return self._model(x, self._mask)
+        return self._model(x, self._mask & acquired_columns(x))
 
     def loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample loss ``(B,)`` of reconstructions ``pred`` ``(B, h, w)`` vs images ``y``."""

@@ -6,15 +6,15 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from defend.estimators.base import TorchEstimator
+from defend.losses import SEG_LOSSES
 
 __all__ = ["SegEstimator"]
 
-BCE_TARGET_WARNING = (
-    "SegEstimator: BCE targets y lie outside [0, 1], so they are not masks; ART attacks called "
+MASK_TARGET_WARNING = (
+    "SegEstimator: targets y lie outside [0, 1], so they are not masks; ART attacks called "
     "with y=None pass predict(x), which is logits: pass the ground-truth masks, or "
     "(predict(x) > 0) to attack the model's own thresholded prediction."
 )
@@ -31,10 +31,12 @@ class SegEstimator(TorchEstimator):
         model: ``model(x (B, C, H, W)) -> logits (B, K, H, W)`` (an smp model).
         input_shape: ``(C, H, W)``.
         device: torch device (default: CUDA when available).
-        loss: ``"bce"`` (binary cross-entropy with logits, per-sample mean over labels and
-            pixels), or a callable ``(logits, y) -> losses``: per-sample ``(B,)`` values, or a
-            scalar batch mean (smp's ``DiceLoss`` / ``FocalLoss``), which is multiplied by ``B``
-            so that gradients have the same sum-over-samples semantics.
+        loss: a name of :data:`defend.losses.SEG_LOSSES` (per-sample ``(B,)``): ``"dicefocal"``
+            (the default: Dice + Focal, what ``defend train seg`` minimises), ``"bce"``
+            (binary cross-entropy with logits) or ``"dice"``; or a callable
+            ``(logits, y) -> losses``: per-sample ``(B,)`` values, or a scalar batch mean
+            (smp's ``DiceLoss`` / ``FocalLoss``), which is multiplied by ``B`` so that
+            gradients have the same sum-over-samples semantics.
         clip_values: valid input range, which attacks clip to.
     """
 
@@ -45,7 +47,7 @@ class SegEstimator(TorchEstimator):
         model: nn.Module,
         input_shape: tuple[int, ...],
         device: str | torch.device | None = None,
-        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "bce",
+        loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "dicefocal",
         clip_values: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
         super().__init__(model, input_shape, device=device, clip_values=clip_values)
@@ -53,13 +55,13 @@ class SegEstimator(TorchEstimator):
 
     @property
     def loss_function(self) -> str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The loss: ``"bce"`` or a callable."""
+        """The loss: a name of :data:`defend.losses.SEG_LOSSES` or a callable."""
         return self._loss_function
 
     @loss_function.setter
     def loss_function(self, loss: str | Callable[..., torch.Tensor]) -> None:
-        if not callable(loss) and loss != "bce":
-            raise ValueError(f"loss must be 'bce' or a callable, got {loss!r}")
+        if not callable(loss) and loss not in SEG_LOSSES:
+            raise ValueError(f"loss must be one of {tuple(SEG_LOSSES)} or a callable, got {loss!r}")
         self._loss_function = loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +75,5 @@ class SegEstimator(TorchEstimator):
         if pred.shape != y.shape:
             raise ValueError(f"target y has shape {tuple(y.shape)}, the logits {tuple(pred.shape)}")
         if bool(((y < 0) | (y > 1)).any()):
-            warnings.warn(BCE_TARGET_WARNING, RuntimeWarning, stacklevel=4)
-        bce = F.binary_cross_entropy_with_logits(pred, y, reduction="none")
-        return bce.reshape(pred.shape[0], -1).mean(dim=1)
+            warnings.warn(MASK_TARGET_WARNING, RuntimeWarning, stacklevel=4)
+        return SEG_LOSSES[self._loss_function](pred, y)

@@ -23,6 +23,7 @@ from defend.errors import CheckpointError, DefendError
 from defend.models.cls import build_cls_model
 from defend.models.recon import ReconUnet, ReconVarNet, zero_filled
 from defend.models.seg import DEFAULT_SEG_NAME, SMALL_SEG_KWARGS, build_seg_model, parse_seg_name
+from defend.tasks import check_task
 
 __all__ = [
     "RECON_DEFAULTS",
@@ -36,8 +37,6 @@ __all__ = [
     "zero_filled",
 ]
 
-TASKS = ("recon", "seg", "cls")
-
 #: Default keyword arguments of the reconstruction models (tiny: for synthetic 32-64 px data).
 RECON_DEFAULTS: dict[str, dict[str, Any]] = {
     "unet": {"chans": 16, "num_pool_layers": 3, "drop_prob": 0.0},
@@ -49,12 +48,6 @@ _RECON_CLASSES: dict[str, type[nn.Module]] = {"unet": ReconUnet, "varnet": Recon
 _PREFIXES = ("module.", "model.", "unet.", "varnet.", "net.")
 #: Keys under which training scripts nest the state dict.
 _NESTING = ("state_dict", "model_state_dict", "model", "net")
-
-
-def _check_task(task: str) -> str:
-    if task not in TASKS:
-        raise DefendError(f"unknown task '{task}'; valid: {', '.join(TASKS)}")
-    return task
 
 
 def build_model(task: str, config: Mapping[str, Any]) -> nn.Module:
@@ -71,7 +64,7 @@ def build_model(task: str, config: Mapping[str, Any]) -> nn.Module:
     Raises:
         DefendError: unknown task, model name or keyword argument.
     """
-    _check_task(task)
+    check_task(task)
     kwargs = dict(config)
     name = kwargs.pop("name", None)
     if not isinstance(name, str):
@@ -125,7 +118,7 @@ def default_model_config(task: str, name: str | None = None, **data_info: Any) -
         the target size differs from the k-space size, else ``None``. Seg: ``in_channels`` and
         ``classes``. Cls: ``in_channels`` and ``num_classes``.
     """
-    _check_task(task)
+    check_task(task)
     input_shape = _shape(data_info, "input_shape")
     target_shape = _shape(data_info, "target_shape")
     if task == "recon":

@@ -20,7 +20,7 @@ from fastmri.data.transforms import center_crop
 from fastmri.models import Unet, VarNet
 from torch import nn
 
-__all__ = ["ReconUnet", "ReconVarNet", "as_kspace_mask", "zero_filled"]
+__all__ = ["ReconUnet", "ReconVarNet", "acquired_columns", "as_kspace_mask", "zero_filled"]
 
 
 def _as_crop(crop: Sequence[int] | None) -> tuple[int, int] | None:
@@ -94,6 +94,22 @@ def as_kspace_mask(mask: torch.Tensor, kspace: torch.Tensor) -> torch.Tensor:
     if mask.dtype != torch.bool:
         mask = mask != 0
     return mask.to(kspace.device)
+
+
+def acquired_columns(kspace: torch.Tensor) -> torch.Tensor:
+    """Columns of masked k-space that hold data: not exactly zero over every coil and row.
+
+    A data set's masked k-space is exactly zero in the columns its mask left out, including
+    fastMRI's padding columns (outside ``[padding_left, padding_right)``), which were never
+    acquired; a measured column is never exactly zero.
+
+    Args:
+        kspace: (B, coils, H, W, 2) masked k-space.
+
+    Returns:
+        bool (B, 1, 1, W, 1).
+    """
+    return (kspace != 0).any(dim=-1).any(dim=-2).any(dim=1).view(len(kspace), 1, 1, -1, 1)
 
 
 class ReconUnet(nn.Module):

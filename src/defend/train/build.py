@@ -13,8 +13,8 @@ from defend.data import Acquisition, load_dataset
 from defend.device import seed_everything
 from defend.io import load_weights_file
 from defend.models import build_model, default_model_config, load_weights
+from defend.tasks import get_task
 from defend.train.loop import TrainConfig, fit
-from defend.train.tasks import get_task
 
 #: (epochs, learning rate) that train each default model on the built-in 64 px data within
 #: a few CPU minutes; VarNet's cascades start slowly and want more steps at a higher rate.
@@ -32,7 +32,15 @@ def default_schedule(task: str, model: str | None = None) -> tuple[int, float]:
 
 
 def describe_data(task: str, dataset: Dataset, acquisition: Acquisition | None) -> dict[str, Any]:
-    """Shapes and labels a checkpoint needs to rebuild its estimator, from the first sample."""
+    """Shapes and labels a checkpoint needs to rebuild its estimator, from the training split.
+
+    Returns:
+        The checkpoint's ``data`` dict: ``input_shape`` (recon ``(coils, H, W, 2)``, seg/cls
+        ``(C, H, W)`` with ``C`` the channel count every later reader converts to); recon
+        ``target_shape`` ``(h, w)`` and ``acquisition`` (:meth:`Acquisition.to_dict`); seg
+        ``classes`` the label count ``K``; cls ``classes`` the class names in index order (the
+        map every later split is read with, :class:`defend.data.ClsFolder`).
+    """
     sample = dataset[0]
     info: dict[str, Any] = {"input_shape": list(sample["input"].shape)}
     if task == "recon":
@@ -91,12 +99,14 @@ def train_model(
     data_dir = Path(data_dir)
     train_set = load_dataset(task, data_dir, "train", train=True, acquisition=acquisition)
     info = describe_data(task, train_set, acquisition)
+    # the training split fixes the label map and channels: val (and, via the checkpoint's
+    # data dict, every later reader) uses the same, even where it lacks some classes
     val_set = load_dataset(
         task,
         data_dir,
         "val",
         acquisition=acquisition,
-        classes=info["classes"] if task == "seg" else None,
+        classes=info["classes"] if task != "recon" else None,
         channels=info["input_shape"][0] if task != "recon" else None,
     )
     model_config = default_model_config(task, model, **model_data_args(task, info))
@@ -111,7 +121,7 @@ def train_model(
         val_set,
         config,
         Path(out),
-        meta={"model_config": model_config, "data": info},
+        meta={"model_config": model_config, "data": info, "loss": task_spec.loss_name},
         resume=resume,
         log=log,
     )

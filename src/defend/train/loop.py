@@ -1,6 +1,6 @@
 """The one training loop shared by reconstruction, segmentation and classification.
 
-``fit`` trains any model on any :class:`~defend.train.tasks.Task`, validates every epoch,
+``fit`` trains any model on any :class:`~defend.tasks.Task`, validates every epoch,
 and writes an atomic checkpoint after each one, so a run that is interrupted resumes where
 it stopped and gives the same numbers as one that was not. Adversarial training plugs in as
 ``adversary(model, batch) -> batch``: a per-batch step that replaces ``batch["input"]``.
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from defend.device import autocast, pick_device
 from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, save_checkpoint
-from defend.train.tasks import Batch, Task
+from defend.tasks import Batch, Task
 
 Adversary = Callable[[nn.Module, Batch], Batch]
 
@@ -65,6 +65,11 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     """Cosine-annealed learning rate at the start of ``epoch`` (0-based), stateless."""
     return base_lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def _rank(value: float) -> float:
+    """A monitored metric for comparison: NaN (e.g. no non-empty mask yet) ranks lowest."""
+    return value if math.isfinite(value) else -math.inf
 
 
 def evaluate(
@@ -172,7 +177,7 @@ def fit(
                 model.train()
             with autocast(device, amp):
                 pred = task.forward(model, batch)
-            loss = task.loss(pred, batch)
+            loss = task.loss(pred, batch).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -188,7 +193,7 @@ def fit(
         metrics = evaluate(task, model, val_set, config, device)
         record = {"epoch": epoch + 1, "train_loss": float(total) / max(steps, 1), **metrics}
         history.append(record)
-        improved = best is None or metrics[task.monitor] > best[task.monitor]
+        improved = best is None or _rank(metrics[task.monitor]) > _rank(best[task.monitor])
         if improved:
             best = record
         if out is not None:

@@ -1,8 +1,10 @@
-"""What differs between the three tasks: forward pass, training loss, validation metrics.
+"""The task registry: what differs between reconstruction, segmentation and classification.
 
-A :class:`Task` is everything the shared training loop (:mod:`defend.train.loop`) needs to
-know about reconstruction, segmentation or classification. Batches are dicts (see
-``docs/design.md``): ``batch["input"]`` is what a model and an attack see.
+A :class:`Task` holds a task's forward pass, its training loss (per sample, the one
+definition used by training, by the estimators and by attacks on "the training loss") and its
+validation metrics. :data:`TASKS` is the one list of tasks; everything else (CLI, models,
+data, training, estimators) asks it. Batches are dicts (see ``docs/design.md``):
+``batch["input"]`` is what a model and an attack see.
 """
 
 from __future__ import annotations
@@ -13,12 +15,9 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from defend.errors import DefendError
-from defend.losses import dicefocal_batch_loss
-from defend.metrics import dice_iou, recon_metrics
 
 Batch = dict
 
@@ -31,12 +30,14 @@ class Task:
     monitor: str = ""
     #: whether bf16 autocast is safe for this task's model (FFTs are not)
     amp_safe: bool = True
+    #: the name of the training loss (stored in checkpoints)
+    loss_name: str = ""
 
     def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(batch["input"])
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Scalar training loss of a batch's prediction."""
+        """Per-sample training losses (B,) of a batch's prediction; training minimises the mean."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -57,16 +58,19 @@ class ReconTask(Task):
     name = "recon"
     monitor = "ssim"
     amp_safe = False
+    loss_name = "l1"
 
     def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(batch["input"], batch["mask"])
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
         scale = batch["max_value"].to(pred.dtype).view(-1, 1, 1)
-        return F.l1_loss(pred / scale, batch["target"] / scale)
+        error = F.l1_loss(pred / scale, batch["target"] / scale, reduction="none")
+        return error.flatten(1).mean(1)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        from defend.metrics import recon_metrics
         from defend.models.recon import zero_filled
 
         volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -93,23 +97,29 @@ class ReconTask(Task):
 class SegTask(Task):
     """Multi-label segmentation with per-pixel sigmoid outputs.
 
-    Loss: the seed paper's training loss, Dice + Focal (smp, multilabel, from logits).
-    Metrics: Dice and IoU at threshold 0.5 over (image, label) pairs with a non-empty ground
-    truth, as the seed paper reports them.
+    Loss: the seed paper's training loss, Dice + Focal (:func:`defend.losses.dicefocal_loss`,
+    per image). Metrics: Dice and IoU at threshold 0.5 over (image, label) pairs with a
+    non-empty ground truth, as the seed paper reports them.
     """
 
     name = "seg"
     monitor = "dice"
+    #: the key of :data:`defend.losses.SEG_LOSSES` this task trains with
+    loss_name = "dicefocal"
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return dicefocal_batch_loss(pred, batch["target"])
+        from defend.losses import seg_loss
+
+        return seg_loss(self.loss_name, pred, batch["target"])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        from defend.metrics import dice_iou
+
         dices, ious, losses = [], [], []
         for batch in batches:
             pred = self.forward(model, batch).float()
-            losses.append(float(self.loss(pred, batch)))
+            losses.append(float(self.loss(pred, batch).mean()))
             dice, iou, nonempty = dice_iou(pred, batch["target"])
             dices.append(dice[nonempty])
             ious.append(iou[nonempty])
@@ -126,12 +136,15 @@ class ClsTask(Task):
 
     name = "cls"
     monitor = "accuracy"
+    loss_name = "cross_entropy"
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(pred.float(), batch["target"])
+        return F.cross_entropy(pred.float(), batch["target"], reduction="none")
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        from sklearn.metrics import roc_auc_score
+
         probs, labels = [], []
         for batch in batches:
             probs.append(torch.softmax(self.forward(model, batch).float(), dim=1).cpu())
@@ -148,11 +161,17 @@ class ClsTask(Task):
         return metrics
 
 
+#: the task registry: name -> :class:`Task`
 TASKS: dict[str, type[Task]] = {"recon": ReconTask, "seg": SegTask, "cls": ClsTask}
+
+
+def check_task(name: str) -> str:
+    """``name`` if it is a registered task, else a one-line :class:`DefendError`."""
+    if name not in TASKS:
+        raise DefendError(f"unknown task '{name}': choose one of {', '.join(TASKS)}")
+    return name
 
 
 def get_task(name: str) -> Task:
     """The :class:`Task` called ``name`` (``recon``, ``seg`` or ``cls``)."""
-    if name not in TASKS:
-        raise DefendError(f"unknown task '{name}': choose one of {', '.join(TASKS)}")
-    return TASKS[name]()
+    return TASKS[check_task(name)]()

@@ -1,0 +1,53 @@
+"""Attack benchmark: each attack's wall time against a floor of pure model time, and against ART.
+
+Three measurements, all taken in one process, interleaved and as the median of repeats after a
+warm-up (:mod:`defend.bench.timing`):
+
+1. **Overhead over the model** (:mod:`defend.bench.floors`): each attack's wall time over the
+   model time it cannot avoid (``iterations x`` forward + backward with the attack's own loss
+   and target for the gradient attacks; DGDE's query count in its own batch size).
+2. **HallucinationAttack vs ART's ProjectedGradientDescent** and
+3. **DGDE vs ART's PixelAttack** (:mod:`defend.bench.art`), on the same estimators and inputs.
+
+:func:`bench_attacks` runs everything on a ``defend demo`` folder; :func:`bench_suite` on
+estimators and arrays you already hold (:mod:`defend.bench.suite`); :func:`format_bench`
+prints the result (:mod:`defend.bench.report`) and :func:`defend.io.jsonable` makes it strict
+JSON.
+"""
+
+from __future__ import annotations
+
+from defend.bench.art import (
+    PIXEL_SPEEDUP_GOAL,
+    art_pgd_vs_hallucination,
+    dgde_vs_floor_and_pixel_attack,
+    hallucination_strength,
+)
+from defend.bench.floors import (
+    BENCH_DGDE,
+    FLOOR_GOAL,
+    hallucination_vs_floor,
+    seg_pgd_vs_floor,
+)
+from defend.bench.report import format_bench
+from defend.bench.suite import bench_attacks, bench_suite
+from defend.bench.timing import count_forward_rows, interleaved, timed
+from defend.io import jsonable  # re-exported: the CLI writes the result with it
+
+__all__ = [
+    "BENCH_DGDE",
+    "FLOOR_GOAL",
+    "PIXEL_SPEEDUP_GOAL",
+    "art_pgd_vs_hallucination",
+    "bench_attacks",
+    "bench_suite",
+    "count_forward_rows",
+    "dgde_vs_floor_and_pixel_attack",
+    "format_bench",
+    "hallucination_strength",
+    "hallucination_vs_floor",
+    "interleaved",
+    "jsonable",
+    "seg_pgd_vs_floor",
+    "timed",
+]

@@ -1,0 +1,140 @@
+"""The benchmark's result as text: one table per measurement, each goal with whether it is met.
+
+:func:`format_bench` prints what ``defend bench attacks`` shows; the JSON it writes is the
+result itself through :func:`defend.io.jsonable` (NaN as null).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "NO"
+
+
+def _config_lines(cfg: dict[str, Any]) -> list[str]:
+    """The run's header: folder, split, device, threads, torch, repeats."""
+    return [
+        f"defend bench attacks: {cfg['run_dir']} ({cfg['split']} split, n={cfg['n']}), "
+        f"device {cfg['device']}{' ' + cfg['gpu'] if cfg.get('gpu') else ''}, "
+        f"{cfg['threads']} torch thread(s), torch {cfg['torch']}, "
+        f"median of {cfg['repeats']} interleaved repeats after a warm-up",
+        "",
+    ]
+
+
+def _floor_lines(floors: list[dict[str, Any]]) -> list[str]:
+    """Table 1: each attack's wall time over its floor, and what each floor runs."""
+    lines = [
+        "1. Attack wall time over its floor of pure model time",
+        f"   {'attack':24s} {'attack s':>9s} {'floor s':>9s} {'ratio':>7s} {'goal':>7s}  met",
+    ]
+    for row in floors:
+        lines.append(
+            f"   {row['name']:24s} {row['attack_s']:9.3f} {row['floor_s']:9.3f} "
+            f"{row['ratio']:7.3f} {'<= ' + format(row['goal'], '.2f'):>7s}  {_yes(row['met'])}"
+        )
+    lines.append("   floors:")
+    lines += [f"   - {row['name']}: {row['floor']}" for row in floors]
+    lines += [
+        "   ratio = median over repeats of attack time / floor time (each pair "
+        "measured back to back)",
+        "",
+    ]
+    return lines
+
+
+def _pgd_lines(pgd: dict[str, Any]) -> list[str]:
+    """Table 2: HallucinationAttack against ART's ProjectedGradientDescent."""
+    p = pgd["params"]
+    return [
+        f"2. HallucinationAttack vs ART ProjectedGradientDescent ({pgd.get('model', 'recon')}, "
+        f"same k-space, batch {p['batch_size']}, {p['max_iter']} steps, "
+        f"eps {p['eps']:.4g} = {p['eps_rel']} x median max|k|, eps_step {p['eps_step']:.3g}, "
+        f"{p['perturbed']})",
+        f"   {'attack':24s} {'wall s':>9s} {'strength':>9s} {'linf':>9s}",
+        f"   {'HallucinationAttack':24s} {pgd['ours_s']:9.3f} "
+        f"{pgd['strength_ours']:9.3f} {pgd['linf_ours']:9.3g}",
+        f"   {'ART PGD (numpy path)':24s} {pgd['art_s']:9.3f} "
+        f"{pgd['strength_art']:9.3f} {pgd['linf_art']:9.3g}",
+        f"   ratio ours / ART {pgd['ratio']:.3f} (ART / ours {1 / pgd['ratio']:.2f}x), "
+        f"goal < 1 (ours faster): {_yes(pgd['met'])}",
+        "   strength = mean change inside the region / intended change "
+        "(alpha x clean range); 1 = feature fully inserted",
+        "",
+    ]
+
+
+def _pixel_table(pix: dict[str, Any]) -> list[str]:
+    """Table 3's rows: DGDE, each PixelAttack pixel count, their search, ART's defaults."""
+    d = pix["dgde"]
+    lines = [
+        f"   {'attack':34s} {'success':>7s} {'pixels':>7s} {'fwd/img':>8s} "
+        f"{'s/img':>8s} {'ART/DGDE':>9s}",
+        f"   {d['name']:34s} {d['success']:7.2f} {_fmt(d['pixels'], '7.1f'):>7s} "
+        f"{d['forwards_per_image']:8.0f} {d['s_per_image']:8.2f} {'':>9s}",
+    ]
+    for row in [*pix["pixel_attack"], pix["search"]]:
+        lines.append(
+            f"   {row['name']:34s} {row['success']:7.2f} {_fmt(row['pixels'], '7.1f'):>7s} "
+            f"{row['forwards_per_image']:8.0f} {row['s_per_image']:8.2f} "
+            f"{row['speedup']:8.1f}x"
+        )
+    proj = pix["projected_defaults"]
+    lines.append(
+        f"   {'(projected) ART defaults, th=None':34s} {'':>7s} {'':>7s} "
+        f"{proj['forwards_per_image']:8.0f} {proj['s_per_image']:8.0f} {proj['speedup']:8.0f}x"
+    )
+    return lines
+
+
+def _pixel_goal_lines(pix: dict[str, Any]) -> list[str]:
+    """Table 3's goals and footnotes."""
+    g, prm = pix["goals"], pix["params"]
+    return [
+        f"   goal success DGDE >= ART: {g['success']['dgde']:.2f} vs "
+        f"{g['success']['art']:.2f}: {_yes(g['success']['met'])}",
+        f"   goal fewer pixels at equal or better success: "
+        f"{_fmt(g['pixels']['dgde'], '.1f')} vs {_fmt(g['pixels']['art'], '.1f')}: "
+        f"{_yes(g['pixels']['met'])}",
+        f"   goal >= {g['speed']['goal']:.0f}x faster per image "
+        f"({g['speed']['against']}): {g['speed']['speedup']:.1f}x: {_yes(g['speed']['met'])}",
+        f"   {prm['pixel_attack']}; pixels = mean over successes of pixels that "
+        f"differ; fwd/img = {prm['forwards']}",
+        f"   projected row: {pix['projected_defaults']['basis']} (not measured)",
+        "",
+    ]
+
+
+def _pixel_lines(pix: dict[str, Any]) -> list[str]:
+    """Table 3: DGDE against ART's PixelAttack."""
+    prm = pix["params"]
+    title = (
+        f"3. DGDE vs ART PixelAttack (same classifier, same {prm['images']} images, "
+        f"{prm['labels']})"
+    )
+    return [title, *_pixel_table(pix), *_pixel_goal_lines(pix)]
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The benchmark's result (:func:`defend.bench.bench_attacks` / ``bench_suite``) as text
+    tables: ratios, goals, and whether each goal is met. Parts the result lacks are left out."""
+    cfg = result.get("config")
+    lines = _config_lines(cfg) if cfg else []
+    if result["floors"]:
+        lines += _floor_lines(result["floors"])
+    if result.get("art_pgd"):
+        lines += _pgd_lines(result["art_pgd"])
+    if result.get("art_pixel"):
+        lines += _pixel_lines(result["art_pixel"])
+    if cfg:
+        lines.append(f"total {cfg['seconds']:.0f} s")
+    return "\n".join(lines)
