@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -108,14 +109,29 @@ def test_attack_seg_fgsm(seg_ckpt, synth_dir, tmp_path):
         "--out",
         tmp_path,
         "--n",
-        "3",
+        "12",
         "--eps",
         "0.02",
         "--loss",
         "training",
+        "--save-adversarial",
     )
-    assert "dice_adv" in out
-    assert len(read_rows(tmp_path)) == 3 and (tmp_path / "figure.png").exists()
+    assert "dice_adv" in out and "empty_target" in out
+    rows = read_rows(tmp_path)
+    assert len(rows) == 12 and (tmp_path / "figure.png").exists()
+    # slices without a lesion have no Dice (NaN in the rows): the JSON says null, strictly
+    assert any(row["dice_clean"] == "nan" for row in rows)
+
+    def no_constants(name):
+        raise AssertionError(f"metrics.json holds {name}: not JSON")
+
+    result = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=no_constants)
+    assert any(row["dice_clean"] is None for row in result["rows"])
+    assert result["summary"]["dice_clean"]["n"] < 12 == result["summary"]["empty_target"]["n"]
+    saved = np.load(tmp_path / "adversarial.npz", allow_pickle=False)
+    assert saved["x"].shape == saved["x_adv"].shape == (12, 1, 32, 32)
+    np.testing.assert_array_equal(saved["indices"], np.arange(12))
+    assert 0 < np.abs(saved["x_adv"] - saved["x"]).max() <= 0.02 + 1e-6
 
 
 def test_attack_dgde(cls_ckpt, synth_dir, tmp_path):
@@ -173,7 +189,23 @@ def test_attack_errors_are_one_line(seg_ckpt, unet_ckpt, synth_dir, tmp_path):
         "-1",
     )
     assert bad_eps.returncode == 2 and "eps must be > 0" in bad_eps.stderr
-    assert "Traceback" not in wrong_task.stderr + bad_eps.stderr
+    pickled = tmp_path / "region.npy"
+    np.save(pickled, np.array([{"code": "runs"}], dtype=object), allow_pickle=True)
+    bad_mask = defend_main(
+        "attack",
+        "hallucination",
+        "--checkpoint",
+        unet_ckpt,
+        "--data",
+        synth_dir,
+        "--out",
+        tmp_path / "out",
+        "--region-mask",
+        pickled,
+    )
+    assert bad_mask.returncode == 2 and "unreadable region mask" in bad_mask.stderr
+    assert not (tmp_path / "out").exists()
+    assert "Traceback" not in wrong_task.stderr + bad_eps.stderr + bad_mask.stderr
 
 
 def test_demo_quick_runs_everything_and_resumes(tmp_path):

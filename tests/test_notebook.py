@@ -7,8 +7,7 @@ import pytest
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
 import defend
-from defend.data import Acquisition
-from defend.io import load_checkpoint
+from defend.attacks.run import attack_arrays
 
 
 def mse_to(est, x, y):
@@ -19,8 +18,7 @@ def mse_to(est, x, y):
 def test_art_attacks_on_recon_checkpoints(which, synth_dir, request):
     ckpt = request.getfixturevalue(which)
     est = defend.load_estimator(ckpt)
-    acquisition = Acquisition.from_dict(load_checkpoint(ckpt)["data"]["acquisition"])
-    x, y = defend.load_arrays(synth_dir, "recon", "test", 3, acquisition=acquisition)
+    x, y = defend.load_arrays(synth_dir, "recon", "test", 3, checkpoint=ckpt)
     eps = 0.01 * float(np.abs(x).max())
     for attack in (
         FastGradientMethod(est, eps=eps),
@@ -49,3 +47,17 @@ def test_art_attacks_on_seg_and_cls_checkpoints(seg_ckpt, cls_ckpt, synth_dir):
     clean_acc = (cls.predict(x).argmax(1) == y).mean()
     assert clean_acc > 0.5
     assert (cls.predict(x_adv).argmax(1) == y).mean() < clean_acc
+
+
+def test_attack_arrays_without_files(unet_ckpt, synth_dir, tmp_path, monkeypatch):
+    """The README's file-free path: defend's own attack on arrays, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    est = defend.load_estimator(unet_ckpt)
+    x, _ = defend.load_arrays(synth_dir, "recon", "test", 2, checkpoint=unet_ckpt)
+    x_adv, rows = attack_arrays(est, "hallucination", x, params={"eps": 0.02, "max_iter": 5})
+    assert x_adv.shape == x.shape and len(rows) == 2 and rows[0]["strength"] > 0
+    shard, shard_rows = attack_arrays(
+        est, "hallucination", x[1:], params={"eps": 0.02, "max_iter": 5}, indices=[1]
+    )
+    np.testing.assert_allclose(shard, x_adv[1:], atol=1e-6)
+    assert list(tmp_path.iterdir()) == []
