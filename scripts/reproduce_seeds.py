@@ -1,6 +1,7 @@
 """Reproduce the three seed papers' headline results on the built-in synthetic data.
 
     python scripts/reproduce_seeds.py runs/demo --out docs/reproduction.md
+    python scripts/reproduce_seeds.py runs/demo --sections dgde   # re-run one section
 
 RUN_DIR is what ``defend demo RUN_DIR`` writes (``data/`` and the checkpoints
 ``recon-unet.pt``, ``recon-varnet.pt``, ``seg.pt``, ``cls.pt``). A second segmentation
@@ -11,6 +12,7 @@ architecture (``seg-unetplusplus.pt``) is trained here if it is missing. The tab
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ HALLUCINATION_SWEEP = [("inf", e) for e in (0.001, 0.002, 0.005, 0.01, 0.02)] + 
     ("2", e) for e in (0.01, 0.02, 0.05, 0.1)
 ]
 SEG_EPS = [0.002, 0.004, 0.008, 0.016, 0.032]
+SECTIONS = ("hallucination", "segmentation", "dgde")
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -219,19 +222,34 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8, help="samples per experiment")
     parser.add_argument("--max-iter", type=int, default=60, help="hallucination iterations")
     parser.add_argument("--max-queries", type=int, default=4000, help="DGDE queries per image")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help="comma-separated sections to (re-)run; the others keep their last results",
+    )
     args = parser.parse_args()
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     figures = args.out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    sections = {}
-    sections["hallucination"] = hallucination(args.run, args.n, args.max_iter, figures)
-    sections["segmentation"] = segmentation(args.run, args.n, figures)
-    sections["dgde"] = dgde(args.run, args.n, args.max_queries)
-    write_json(args.out.with_suffix(".json"), {k: v[1] for k, v in sections.items()})
-    write_text(args.out.with_suffix(".tables.md"), "\n\n".join(v[0] for v in sections.values()))
-    print(f"done in {time.perf_counter() - start:.0f} s")
-    for name, (text, _) in sections.items():
-        print(f"\n## {name}\n{text}")
+    runs = {
+        "hallucination": lambda: hallucination(args.run, args.n, args.max_iter, figures),
+        "segmentation": lambda: segmentation(args.run, args.n, figures),
+        "dgde": lambda: dgde(args.run, args.n, args.max_queries),
+    }
+    json_path = args.out.with_suffix(".json")
+    results = json.loads(json_path.read_text()) if json_path.exists() else {}
+    for name in chosen:
+        start = time.perf_counter()
+        text, raw = runs[name]()
+        seconds = time.perf_counter() - start
+        results[name] = {"table": text, "rows": raw, "seconds": seconds}
+        print(f"\n## {name} ({seconds:.0f} s)\n{text}", flush=True)
+    write_json(json_path, results)
+    tables = [f"{results[k]['table']}" for k in SECTIONS if "table" in results.get(k, {})]
+    write_text(args.out.with_suffix(".tables.md"), "\n\n".join(tables) + "\n")
 
 
 if __name__ == "__main__":

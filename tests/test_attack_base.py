@@ -104,3 +104,11 @@ def test_torch_forward_decides_in_one_place(unet, cls_ckpt):
             return classifier.predict(x)
 
     assert torch_forward(BlackBox()) is None
+
+
+def test_per_sample_regions_must_match_the_samples(unet, kspace):
+    regions = np.zeros((4, 32, 32), bool)
+    regions[:, 14:17, 10:20] = True
+    attack = HallucinationAttack(unet, eps=0.02, max_iter=2, region_mask=regions)
+    with pytest.raises(defend.errors.DefendError, match="4 region masks for 2 samples"):
+        attack.generate(kspace[2:], indices=[2, 3])

@@ -157,6 +157,16 @@ class HallucinationAttack(TorchAttack):
         if self.weight_inside < 0 or self.weight_outside < 0:
             raise DefendError("weight_inside and weight_outside must be >= 0")
 
+    def generate(
+        self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | None = None, **kwargs
+    ) -> np.ndarray | torch.Tensor:
+        """See :meth:`TorchAttack.generate`; an (N, h, w) ``region_mask`` must hold one mask
+        per sample of ``x`` (a shard passes its own masks with its ``indices``)."""
+        masks = self.region_mask
+        if masks is not None and np.ndim(masks) == 3 and len(masks) not in (1, len(x)):
+            raise DefendError(f"{len(masks)} region masks for {len(x)} samples")
+        return super().generate(x, y, **kwargs)
+
     # ------------------------------------------------------------------ model access
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         forward = torch_forward(self.estimator)
@@ -266,8 +276,8 @@ class HallucinationAttack(TorchAttack):
         if region.ndim == 2 or len(region) == 1:
             return region.reshape(1, *shape).expand(n, *shape)
         rows = torch.arange(n) if rows is None else rows.cpu()
-        if int(rows.max()) >= len(region):
-            raise DefendError(f"{len(region)} region masks for {int(rows.max()) + 1} samples")
+        if len(rows) != n or int(rows.max()) >= len(region):
+            raise DefendError(f"{len(region)} region masks for {n} samples")
         return region[rows.to(region.device)]
 
     def goal(

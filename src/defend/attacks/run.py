@@ -68,6 +68,7 @@ def attack_arrays(
     y: np.ndarray | None = None,
     params: dict[str, Any] | None = None,
     *,
+    seed: int | None = None,
     indices: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[dict[str, float]]]:
     """Attack arrays you hold with any estimator: no files, nothing loaded.
@@ -77,8 +78,10 @@ def attack_arrays(
             defence.
         attack: an attack name (with ``params``) or a built attack.
         x: inputs in the estimator's format (N, ...); y: targets or None.
-        indices: (N,) global sample indices, which seed each sample's randomness, so that
-            shards of a data set attacked apart give the same rows as one run.
+        seed: this call's seed (default: the attack's ``seed`` parameter).
+        indices: (N,) global sample indices, which seed each sample's randomness with
+            ``seed``, so that shards of a data set attacked apart give the same rows as one
+            run (default ``0..N-1``).
 
     Returns:
         ``(x_adv, rows)``: adversarial inputs (N, ...) and one metrics dict per sample.
@@ -87,7 +90,7 @@ def attack_arrays(
         attack = make_attack(attack, estimator, params)
     elif params:
         raise DefendError("pass params with an attack name, not with a built attack")
-    x_adv = attack.generate(x, y, indices=indices)
+    x_adv = attack.generate(x, y, seed=seed, indices=indices)
     return x_adv, attack.report_rows()
 
 
@@ -142,10 +145,10 @@ def run_attack(
         raise DefendError(f"--n must be >= 1, got {n}")
     estimator = load_estimator(ckpt, device=device)
     attack = make_attack(name, estimator, params)  # bad parameters fail before data loads
-    x, y = load_arrays(data_dir, task, split, n, checkpoint=ckpt)
-    indices = np.arange(len(x))
+    x, y, indices = load_arrays(data_dir, task, split, n, checkpoint=ckpt, return_indices=True)
     x_adv, rows = attack_arrays(estimator, attack, x, y, indices=indices)
-    summary = summarise(rows)
+    rows = [{"index": int(i), **row} for i, row in zip(indices, rows, strict=True)]
+    summary = summarise([{k: v for k, v in row.items() if k != "index"} for row in rows])
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

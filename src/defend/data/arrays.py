@@ -214,7 +214,8 @@ def load_arrays(
     classes: Classes | None = None,
     channels: int | None = None,
     checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    return_indices: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Samples of a split (the first ``n``, or those at ``indices``) as numpy arrays.
 
     Args:
@@ -233,6 +234,8 @@ def load_arrays(
         checkpoint: a ``defend train`` checkpoint (file or loaded dict): its ``data`` dict
             supplies the acquisition (recon) or the classes and channels (seg/cls) the model
             was trained with. Arguments given as well must agree with it.
+        return_indices: also return the (N,) int64 dataset positions of the rows (with ``n``,
+            skipped samples leave gaps): ``(x, y, positions)``.
 
     Returns:
         ``(x, y)``, with ``N`` the number of samples:
@@ -260,13 +263,32 @@ def load_arrays(
         args = _merge_checkpoint(task, checkpoint, args)
     dataset = load_dataset(task, data_dir, split, train=False, **args)
     size = len(dataset)  # type: ignore[arg-type]
-    # with n, a sample of another shape is skipped and the next one taken in its place
-    positions = range(size) if indices is None else _as_indices(indices, size)
+    if indices is None:  # a sample of another shape is skipped and the next one taken
+        xs, ys, used = _collect(dataset, range(size), n, task, strict=False)
+    else:
+        xs, ys, used = _collect(dataset, _as_indices(indices, size), None, task, strict=True)
+    x_arr = np.stack(xs).astype(np.float32, copy=False)
+    y_dtype = np.int64 if task == "cls" else np.float32
+    y_arr = np.stack(ys).astype(y_dtype, copy=False)
+    if return_indices:
+        return x_arr, y_arr, np.asarray(used, dtype=np.int64)
+    return x_arr, y_arr
+
+
+def _collect(
+    dataset: Dataset, positions: Sequence[int], n: int | None, task: str, strict: bool
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Inputs, targets and dataset positions of up to ``n`` samples of one shape.
+
+    Samples whose shape differs from the first one's are skipped with a warning, or with
+    ``strict`` refused with a :class:`DataError` naming them.
+    """
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
+    used: list[int] = []
     skipped: list[str] = []
     for index in positions:
-        if indices is None and n is not None and len(xs) >= n:
+        if n is not None and len(xs) >= n:
             break
         sample = dataset[index]
         x = sample["input"].numpy()
@@ -276,9 +298,10 @@ def load_arrays(
             continue
         xs.append(x)
         ys.append(y)
+        used.append(int(index))
     if skipped:
         listed = f"{', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}"
-        if indices is not None:
+        if strict:
             raise DataError(
                 f"load_arrays: {len(skipped)} of the {task} samples at indices differ in shape "
                 f"from the first {xs[0].shape} and cannot be stacked: {listed}"
@@ -286,9 +309,6 @@ def load_arrays(
         warnings.warn(
             f"load_arrays: skipped {len(skipped)} {task} sample(s) whose shape differs from the "
             f"first {xs[0].shape}: {listed}",
-            stacklevel=2,
+            stacklevel=3,
         )
-    x_arr = np.stack(xs).astype(np.float32, copy=False)
-    y_dtype = np.int64 if task == "cls" else np.float32
-    y_arr = np.stack(ys).astype(y_dtype, copy=False)
-    return x_arr, y_arr
+    return xs, ys, used

@@ -24,11 +24,15 @@ class ReconEstimator(TorchEstimator):
     k-space has exactly zero gradient. Columns of ``x`` that are exactly zero (the data set's
     masked k-space there: fastMRI's padding columns, never acquired) are masked out too, so
     each sample's model input is the one the data set gives it (:func:`acquired_columns`).
-    An attack that writes into such a column (e.g. ART's PGD with a random start) makes it
-    count as acquired; defend's attacks never do. Predictions and targets ``y`` are magnitude images
-    ``(B, h, w)`` in the units of the target. There are no ``clip_values``: k-space is
-    unbounded, so choose ``eps`` relative to the k-space scale (e.g. a fraction of
-    ``abs(x).max()``).
+    The model's input therefore depends on which columns are exactly zero: a perturbation
+    written into such a column (any additive noise over all of k-space) makes it count as
+    acquired and changes a VarNet's output discontinuously. defend's attacks perturb only
+    ``defend.attacks.hallucination.sampled_columns(x, estimator)``; noise-based defences must
+    do the same. Gradients at such columns are exactly zero.
+
+    Predictions and targets ``y`` are magnitude images ``(B, h, w)`` in the units of the
+    target. There are no ``clip_values``: k-space is unbounded, so choose ``eps`` relative to
+    the k-space scale (e.g. a fraction of ``abs(x).max()``).
 
     Args:
         model: ``model(kspace (B, coils, H, W, 2), mask (1, 1, 1, W, 1) bool) -> (B, h, w)``
