@@ -290,12 +290,14 @@ def attack_dgde(
     out: Path = OUT,
     split: str = SPLIT,
     n: int = N,
-    population: int = typer.Option(20, help="DE population per image."),
+    population: int = typer.Option(8, help="DE population per image."),
     f: float = typer.Option(0.5, "--F", help="DE mutation factor."),
     cr: float = typer.Option(0.7, "--CR", help="DE crossover probability."),
-    max_iter: int = typer.Option(1000, help="DE generations at most."),
-    patience: int = typer.Option(200, help="Generations without progress before stopping."),
-    max_queries: int = typer.Option(20000, help="Query budget per image."),
+    max_iter: int = typer.Option(20, help="DE generations at most (0: no DE)."),
+    patience: int = typer.Option(2, help="Generations without progress before stopping."),
+    max_queries: int = typer.Option(2000, help="Query budget per image."),
+    prune: bool = typer.Option(True, help="Batched greedy pruning after DE."),
+    prune_groups: int = typer.Option(12, help="Pixel groups tried per pruning round."),
     noise_max: float = typer.Option(1.0, help="Largest noise magnitude (fraction of range)."),
     noise: str = typer.Option("salt_pepper", help="salt_pepper or uniform (the seed's)."),
     seed: int = SEED,
@@ -316,6 +318,8 @@ def attack_dgde(
             "max_iter": max_iter,
             "patience": patience,
             "max_queries": max_queries,
+            "prune": prune,
+            "prune_groups": prune_groups,
             "noise_max": noise_max,
             "noise": noise,
             "seed": seed,
@@ -371,8 +375,12 @@ def bench_attacks_command(
     repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
     pixel_th: str = typer.Option("1,5,20", help="PixelAttack pixel counts, comma-separated."),
     pixel_max_iter: int = typer.Option(5, help="PixelAttack's DE generations per pixel count."),
-    dgde_patience: int = typer.Option(50, help="DGDE generations without progress to stop."),
-    dgde_max_queries: int = typer.Option(3000, help="DGDE's query budget per image."),
+    dgde_patience: int = typer.Option(
+        None, help="DGDE generations without progress to stop (default: DGDE's)."
+    ),
+    dgde_max_queries: int = typer.Option(
+        None, help="DGDE's query budget per image (default: DGDE's)."
+    ),
     device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     threads: int = typer.Option(
         1,
@@ -398,7 +406,11 @@ def bench_attacks_command(
         repeats=repeats,
         pixel_th=ths,
         pixel_max_iter=pixel_max_iter,
-        dgde_params={"patience": dgde_patience, "max_queries": dgde_max_queries},
+        dgde_params={
+            k: v
+            for k, v in {"patience": dgde_patience, "max_queries": dgde_max_queries}.items()
+            if v is not None
+        },
         device=device,
         threads=threads or None,
         log=typer.echo,

@@ -27,7 +27,7 @@ ATTACKS = (
     ("hallucination", "recon-varnet", {"eps": 0.005, "max_iter": 60}),
     ("seg-fgsm", "seg", {"eps": 0.008, "loss": "bce"}),
     ("seg-fgsm", "seg", {"eps": 0.008, "loss": "training"}),
-    ("dgde", "cls", {"max_queries": 3000}),
+    ("dgde", "cls", {}),
 )
 
 QUICK_DATA = {"size": 32, "coils": 2, "volumes": 4, "slices": 4}

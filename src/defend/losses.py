@@ -24,7 +24,8 @@ DICE_SMOOTH = 1.0
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with logits, mean over labels and pixels: (B,)."""
+    """Binary cross-entropy of logits (B, K, H, W) against masks (B, K, H, W), mean over
+    labels and pixels: (B,)."""
     bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
     return bce.flatten(1).mean(1)
 
@@ -45,7 +46,8 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """smp's sigmoid focal loss (gamma 2), mean over labels and pixels: (B,)."""
+    """smp's sigmoid focal loss (gamma 2) of logits (B, K, H, W) against masks (B, K, H, W),
+    mean over labels and pixels: (B,)."""
     focal = focal_loss_with_logits(logits.float(), target.float(), reduction="none")
     return focal.flatten(1).mean(1)
 

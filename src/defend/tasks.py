@@ -64,6 +64,8 @@ class ReconTask(Task):
         return model(batch["input"], batch["mask"])
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """L1 of pred (B, h, w) against ``batch["target"]`` (B, h, w), both over the volume's
+        ``max_value``, mean over pixels: (B,)."""
         scale = batch["max_value"].to(pred.dtype).view(-1, 1, 1)
         error = F.l1_loss(pred / scale, batch["target"] / scale, reduction="none")
         return error.flatten(1).mean(1)
@@ -108,6 +110,8 @@ class SegTask(Task):
     loss_name = "dicefocal"
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Dice + Focal of logits (B, K, H, W) against masks ``batch["target"]`` (B, K, H, W):
+        (B,)."""
         from defend.losses import seg_loss
 
         return seg_loss(self.loss_name, pred, batch["target"])
@@ -139,6 +143,7 @@ class ClsTask(Task):
     loss_name = "cross_entropy"
 
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Cross-entropy of logits (B, classes) against labels ``batch["target"]`` (B,): (B,)."""
         return F.cross_entropy(pred.float(), batch["target"], reduction="none")
 
     @torch.no_grad()

@@ -103,7 +103,8 @@ class SegmentationFGSM(TorchAttack):
         return torch.as_tensor(self.estimator.predict(x.cpu().numpy()), device=x.device)
 
     def attack_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The per-sample loss (B,) the attack raises; ``training``: the estimator's own loss."""
+        """The per-sample loss (B,) the attack raises, of logits (B, K, H, W) against masks
+        (B, K, H, W); ``training``: the estimator's own loss."""
         if self.loss == "training":
             return per_sample(self.estimator.loss(logits, target), len(logits))
         return seg_loss(self.loss, logits.float(), target)
