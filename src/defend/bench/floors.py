@@ -31,7 +31,7 @@ from defend.attacks import DGDE, HallucinationAttack, SegmentationFGSM
 from defend.attacks.base import estimator_device, eval_mode, torch_forward
 from defend.bench.timing import (
     as_tensor,
-    count_forward_rows,
+    forward_batches,
     interleaved,
     paired,
     timed,
@@ -215,6 +215,7 @@ class DGDETiming:
     times: dict[str, list[float]] = field(default_factory=lambda: {"attack": [], "floor": []})
     x_adv: np.ndarray | None = None
     forwards: int = 0
+    batches: list[int] = field(default_factory=list)
     report: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -227,36 +228,33 @@ class DGDETiming:
         return estimator_device(self.attack.estimator)
 
     @torch.no_grad()
-    def _floor(self, queries: int, images: torch.Tensor) -> None:
-        """``queries`` forward passes in batches of :attr:`per_batch` rows of ``images``."""
+    def _floor(self, batches: list[int], images: torch.Tensor) -> None:
+        """One forward pass per entry of ``batches``, of that many rows made of ``images``."""
         forward = model_forward(self.attack.estimator)
-        rows = images[: self.attack.batch_size].repeat_interleave(self.attack.population, 0)
-        big = rows[: self.per_batch]
-        full, rest = divmod(int(queries), self.per_batch)
-        for _ in range(full):
-            forward(big)
-        if rest:
-            forward(big[:rest])
+        most = max(batches, default=1)
+        rows = images.repeat((most + len(images) - 1) // len(images), 1, 1, 1)[:most]
+        for size in batches:
+            forward(rows[:size])
 
     def warm_up(self) -> None:
         """A short DGDE run (2 generations) and one full floor batch."""
         DGDE(self.attack.estimator, **{**self.params, "max_iter": 2}).generate(self.x)
-        self._floor(self.per_batch, self.x)
+        self._floor([self.per_batch], self.x)
 
     def run_attack(self) -> None:
         """Time DGDE once; keep its output, its report and the images it sent to the model."""
-        with count_forward_rows(self.attack.estimator.model) as counter:
+        with forward_batches(self.attack.estimator.model) as batches:
             seconds, x_adv = timed(lambda: self.attack.generate(self.x), self.device)
         self.times["attack"].append(seconds)
         self.x_adv = x_adv.cpu().numpy()
-        self.forwards = counter[0]
+        self.forwards = sum(batches)
+        self.batches = list(batches)
         self.report = {k: v.copy() for k, v in self.attack.report.items()}
 
     def run_floor(self) -> None:
-        """Time the floor once: the last run's query count, on its output images."""
+        """Time the floor once: the last run's forward passes, batch for batch, on its output."""
         images = torch.as_tensor(self.x_adv, device=self.device)
-        queries = int(self.report["queries"].sum())
-        self.times["floor"].append(timed(lambda: self._floor(queries, images), self.device)[0])
+        self.times["floor"].append(timed(lambda: self._floor(self.batches, images), self.device)[0])
 
     def repeat(self, r: int) -> None:
         """Repeat ``r``: DGDE then the floor, the order reversed every other repeat (the first
@@ -269,10 +267,9 @@ class DGDETiming:
         """The floor table's row (:func:`floor_row`) over the repeats run so far."""
         n, attack = len(self.x), self.attack
         definition = (
-            f"{int(self.report['queries'].sum())} classifier forward passes (the report's "
-            f"queries, summed over the {n} images) in batches of population x images per "
-            f"batch = {attack.population} x {attack.batch_size} = {self.per_batch}, no grad: "
-            "pure model time"
+            f"{self.forwards} classifier forward passes (the report's queries, summed over "
+            f"the {n} images: {int(self.report['queries'].sum())}) in the {len(self.batches)} "
+            "batches of the sizes the attack sent, no grad: pure model time"
         )
         params = {k: getattr(attack, k) for k in self.params}
         return floor_row("dgde", self.times, definition, params)

@@ -107,6 +107,22 @@ def count_forward_rows(model: nn.Module) -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
+def forward_batches(model: nn.Module) -> Iterator[list[int]]:
+    """Record the batch size (rows) of every forward pass through ``model`` inside the block."""
+    sizes: list[int] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if args and torch.is_tensor(args[0]):
+            sizes.append(int(args[0].shape[0]))
+
+    handle = _entry_module(model).register_forward_hook(hook)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run the block with ``threads`` torch CPU threads (None or 0: as they are)."""
     if not threads:
