@@ -39,12 +39,12 @@ def make_model(seed: int = 0) -> nn.Module:
 META = {"model_config": {"name": "mlp"}, "data": {"input_shape": [8], "classes": ["a", "b"]}}
 
 
-def run(tmp_path, epochs: int, name: str = "m.pt", **kw):
+def run(tmp_path, epochs: int, name: str = "m.pt", task=None, **kw):
     config = TrainConfig(epochs=epochs, batch_size=16, lr=1e-2, progress=False)
     model = make_model()
     out = tmp_path / name
     history = fit(
-        ClsTask(),
+        task or ClsTask(),
         model,
         Blobs(128, 0),
         Blobs(64, 1),
@@ -143,17 +143,6 @@ class NanFirstTask(ClsTask):
 
 
 def test_nan_validation_metric_does_not_freeze_the_best_checkpoint(tmp_path):
-    config = TrainConfig(epochs=3, batch_size=16, lr=1e-2, progress=False)
-    out = tmp_path / "nan.pt"
-    fit(
-        NanFirstTask(),
-        make_model(),
-        Blobs(128, 0),
-        Blobs(64, 1),
-        config,
-        out,
-        meta=META,
-        log=lambda s: None,
-    )
+    _, _, out = run(tmp_path, epochs=3, name="nan.pt", task=NanFirstTask())
     best = load_checkpoint(best_path(out))
     assert best["epoch"] > 1 and best["metrics"]["accuracy"] == best["metrics"]["accuracy"]

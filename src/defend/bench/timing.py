@@ -91,22 +91,6 @@ def _entry_module(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def count_forward_rows(model: nn.Module) -> Iterator[list[int]]:
-    """Count the images (batch rows) sent through ``model`` inside the block: ``counter[0]``."""
-    counter = [0]
-
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if args and torch.is_tensor(args[0]):
-            counter[0] += int(args[0].shape[0])
-
-    handle = _entry_module(model).register_forward_hook(hook)
-    try:
-        yield counter
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
 def forward_batches(model: nn.Module) -> Iterator[list[int]]:
     """Record the batch size (rows) of every forward pass through ``model`` inside the block."""
     sizes: list[int] = []
@@ -120,6 +104,18 @@ def forward_batches(model: nn.Module) -> Iterator[list[int]]:
         yield sizes
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def count_forward_rows(model: nn.Module) -> Iterator[list[int]]:
+    """Count the images (batch rows) sent through ``model`` inside the block: ``counter[0]``
+    (set when the block ends)."""
+    counter = [0]
+    with forward_batches(model) as sizes:
+        try:
+            yield counter
+        finally:
+            counter[0] = sum(sizes)
 
 
 @contextlib.contextmanager
