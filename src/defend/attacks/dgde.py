@@ -203,10 +203,9 @@ class DGDE(TorchAttack):
         else:
             out = torch.as_tensor(self.estimator.predict(x.cpu().numpy()), device=x.device)
         out = out.float()
-        sums = out.sum(1)
-        if bool((out >= 0).all()) and torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
-            return out
-        return torch.softmax(out, dim=1)
+        # per row, so that an image's probabilities never depend on its batch
+        is_probability = (out >= 0).all(1) & ((out.sum(1) - 1).abs() <= 1e-3)
+        return torch.where(is_probability[:, None], out, torch.softmax(out, dim=1))
 
     @torch.no_grad()
     def _query(
