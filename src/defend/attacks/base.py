@@ -16,8 +16,7 @@ attacked in one process or split across many (pass each shard's global ``indices
 from __future__ import annotations
 
 import abc
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from art.attacks.attack import EvasionAttack
 from tqdm.auto import tqdm
 
 from defend.errors import DefendError
+from defend.estimators.base import model_mode
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -47,17 +47,6 @@ def _identity_preprocessing(estimator: Any) -> bool:
         if not (np.all(np.asarray(mean) == 0) and np.all(np.asarray(std) == 1)):
             return False
     return True
-
-
-@contextlib.contextmanager
-def eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Run ``module`` in eval mode for a block (as ART's ``predict``), then restore its mode."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def torch_forward(estimator: Any) -> Forward | None:
@@ -84,7 +73,7 @@ def torch_forward(estimator: Any) -> Forward | None:
         return None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model):
+        with model_mode(model, training=False):
             out = model(x)
         return out[-1] if isinstance(out, list | tuple) else out
 

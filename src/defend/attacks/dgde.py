@@ -487,7 +487,7 @@ class DGDE(TorchAttack):
         x_adv = torch.where(st.found.view(-1, 1, 1, 1), (x + st.delta * keep).clamp(lo, hi), x)
         final = self.probabilities(x_adv)
         st.queries += 1
-        report = self._report(st, correct, final.argmax(1) != labels, h * w)
+        report = self._report(st, correct, final.argmax(1) != labels)
         all_rows = torch.arange(b, device=x.device)
         report.update(
             noise_success=torch.where(correct, noise_success.float(), math.nan),
@@ -505,7 +505,7 @@ class DGDE(TorchAttack):
 
     @staticmethod
     def _report(
-        st: _State, correct: torch.Tensor, success: torch.Tensor, pixels: int
+        st: _State, correct: torch.Tensor, success: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Success and pixel counts (B,), defined only for images classified right clean."""
         count = torch.where(success & correct, st.support.sum(1).float(), math.nan)
@@ -513,7 +513,7 @@ class DGDE(TorchAttack):
             "success": torch.where(correct, success.float(), math.nan),
             "clean_correct": correct.float(),
             "pixels": count,
-            "pixels_pct": 100 * count / pixels,
+            "pixels_pct": 100 * count / st.pixels,
             "queries": st.queries,
             "label": st.labels.float(),
         }

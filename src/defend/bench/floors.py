@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from defend.attacks import DGDE, HallucinationAttack, SegmentationFGSM
-from defend.attacks.base import estimator_device, eval_mode, torch_forward
+from defend.attacks.base import estimator_device, torch_forward
 from defend.bench.timing import (
     as_tensor,
     forward_batches,
@@ -36,6 +36,7 @@ from defend.bench.timing import (
     paired,
     timed,
 )
+from defend.errors import DefendError
 
 #: an attack's wall time over its floor of pure model time, at most
 FLOOR_GOAL = 1.15
@@ -73,18 +74,15 @@ def floor_row(
 
 
 def model_forward(estimator: Any) -> Forward:
-    """The model as the attacks call it (:func:`torch_forward`), else its torch model in eval
-    mode: the pure model time of a forward pass."""
+    """The model as the gradient attacks call it (:func:`torch_forward`): the floor's forward.
+
+    Raises:
+        DefendError: the estimator has no torch path to differentiate (a black box).
+    """
     forward = torch_forward(estimator)
-    if forward is not None:
-        return forward
-    model = estimator.model
-
-    def call(x: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model):
-            return model(x)
-
-    return call
+    if forward is None:
+        raise DefendError(f"{type(estimator).__name__}: no torch model to time a floor on")
+    return forward
 
 
 def gradient_floor(
@@ -230,7 +228,7 @@ class DGDETiming:
     @torch.no_grad()
     def _floor(self, batches: list[int], images: torch.Tensor) -> None:
         """One forward pass per entry of ``batches``, of that many rows made of ``images``."""
-        forward = model_forward(self.attack.estimator)
+        forward = self.attack.probabilities  # exactly what DGDE sends a batch through
         most = max(batches, default=1)
         rows = images.repeat((most + len(images) - 1) // len(images), 1, 1, 1)[:most]
         for size in batches:

@@ -45,7 +45,7 @@ ZERO_GRADIENT_WARNING = (
 
 
 @contextlib.contextmanager
-def _mode(model: nn.Module, training: bool) -> Iterator[None]:
+def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
     """Put ``model`` in training or eval mode for a block, then restore its previous mode."""
     was_training = model.training
     model.train(training)
@@ -219,7 +219,7 @@ class TorchEstimator(LossGradientsMixin, BaseEstimator):
         numpy_in = not torch.is_tensor(x)
         xt = self._as_input(x)
         outputs = []
-        with _mode(self._model, training_mode), torch.no_grad():
+        with model_mode(self._model, training_mode), torch.no_grad():
             for start in range(0, max(len(xt), 1), batch_size):
                 outputs.append(self.forward(xt[start : start + batch_size]))
         out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
@@ -247,7 +247,7 @@ class TorchEstimator(LossGradientsMixin, BaseEstimator):
         numpy_in = not torch.is_tensor(x)
         xt = self._as_input(x).detach().requires_grad_(True)
         yt = self._as_target(y)
-        with _mode(self._model, training_mode), torch.enable_grad():
+        with model_mode(self._model, training_mode), torch.enable_grad():
             total = self._losses(xt, yt).sum()
             (grad,) = torch.autograd.grad(total, xt, allow_unused=True)
         if grad is None:
@@ -281,7 +281,7 @@ class TorchEstimator(LossGradientsMixin, BaseEstimator):
         xt = self._as_input(x)
         yt = self._as_target(y)
         parts = []
-        with _mode(self._model, False), torch.no_grad():
+        with model_mode(self._model, False), torch.no_grad():
             for start in range(0, len(xt), batch_size):
                 stop = start + batch_size
                 parts.append(self._losses(xt[start:stop], yt[start:stop]))
@@ -321,7 +321,7 @@ class TorchEstimator(LossGradientsMixin, BaseEstimator):
         for group in self._optimizer.param_groups:
             group["lr"] = self.learning_rate
         n = len(x)
-        with _mode(self._model, True):
+        with model_mode(self._model, True):
             for _ in range(nb_epochs):
                 order = np.random.permutation(n)
                 for start in range(0, n, batch_size):
