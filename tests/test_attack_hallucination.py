@@ -150,8 +150,12 @@ def test_region_mask_image(unet, kspace):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"eps": -1.0}, "eps must be > 0"),
-        ({"eps": 0.0}, "eps must be > 0"),
+        ({"eps": -1.0}, "eps must be a finite number > 0"),
+        ({"eps": 0.0}, "eps must be a finite number > 0"),
+        ({"eps": float("inf")}, "eps must be a finite number > 0"),
+        ({"eps": float("nan")}, "eps must be a finite number > 0"),
+        ({"eps": 1e9}, "relative to the k-space norm and must be <= 1"),
+        ({"eps": float("inf"), "eps_mode": "absolute"}, "eps must be a finite number > 0"),
         ({"max_iter": 0}, "max_iter"),
         ({"norm": "1"}, "norm"),
         ({"eps_mode": "percent"}, "eps_mode"),

@@ -91,6 +91,10 @@ def test_same_seed_same_result(seg, lesions):
     ("params", "message"),
     [
         ({"eps": -0.1}, "eps"),
+        ({"eps": float("inf")}, r"eps must be in \(0, 1\]"),
+        ({"eps": float("nan")}, r"eps must be in \(0, 1\]"),
+        ({"eps": 1e9}, r"eps must be in \(0, 1\]"),
+        ({"step": float("inf")}, "step must be a finite number"),
         ({"loss": "mse"}, "unknown loss"),
         ({"target": "other"}, "target"),
         ({"max_iter": 0}, "max_iter"),

@@ -290,8 +290,12 @@ def test_recon_dataset_eval_and_train_masks(synth):
         assert (s["input"][:, :, columns] != 0).any()
     assert torch.equal(ds[2]["input"], ds[2]["input"])  # evaluation is deterministic
     train = ReconDataset(synth / "train", acq, train=True)
-    torch.manual_seed(0)
-    masks = [train[0]["mask"] for _ in range(6)]
+    masks = []
+    for epoch in range(6):  # a fresh mask per epoch, fixed by (epoch seed, file, slice)
+        train.set_epoch(epoch)
+        masks.append(train[0]["mask"])
+        torch.manual_seed(epoch)  # the global RNG plays no part
+        assert torch.equal(train[0]["mask"], masks[-1])
     assert any(not torch.equal(masks[0], m) for m in masks[1:])
     for m in masks:
         assert (train[0]["input"].shape == (COILS, SIZE, SIZE, 2)) and m.dtype == torch.bool

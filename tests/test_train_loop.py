@@ -13,6 +13,7 @@ from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, load_weights_file, save_checkpoint
 from defend.tasks import ClsTask
 from defend.train import TrainConfig, best_path, fit
+from defend.train.loop import run_config
 
 
 class Blobs(Dataset):
@@ -39,10 +40,11 @@ def make_model(seed: int = 0) -> nn.Module:
 META = {"model_config": {"name": "mlp"}, "data": {"input_shape": [8], "classes": ["a", "b"]}}
 
 
-def run(tmp_path, epochs: int, name: str = "m.pt", task=None, **kw):
+def run(tmp_path, epochs: int, name: str = "m.pt", task=None, meta_run=None, **kw):
     config = TrainConfig(epochs=epochs, batch_size=16, lr=1e-2, progress=False)
     model = make_model()
     out = tmp_path / name
+    meta = META if meta_run is None else {**META, "run": run_config(config, **meta_run)}
     history = fit(
         task or ClsTask(),
         model,
@@ -50,7 +52,7 @@ def run(tmp_path, epochs: int, name: str = "m.pt", task=None, **kw):
         Blobs(64, 1),
         config,
         out,
-        meta=META,
+        meta=meta,
         log=lambda s: None,
         **kw,
     )
@@ -68,9 +70,31 @@ def test_fit_learns_and_writes_checkpoint(tmp_path):
     torch.load(out, weights_only=True)  # plain tensors and primitives only
 
 
+class Interrupt(Exception):
+    pass
+
+
+def _stop_after_first_epoch(line: str) -> None:
+    if line.startswith("epoch 1/"):
+        raise Interrupt  # as Ctrl-C after the first epoch's checkpoint
+
+
 def test_resume_gives_the_same_weights(tmp_path):
     straight, _, _ = run(tmp_path, epochs=3, name="a.pt")
-    run(tmp_path, epochs=1, name="b.pt")  # "interrupted" after one epoch
+    config = TrainConfig(epochs=3, batch_size=16, lr=1e-2, progress=False)
+    out = tmp_path / "b.pt"
+    with pytest.raises(Interrupt):
+        fit(
+            ClsTask(),
+            make_model(),
+            Blobs(128, 0),
+            Blobs(64, 1),
+            config,
+            out,
+            meta=META,
+            log=_stop_after_first_epoch,
+        )
+    assert load_checkpoint(out)["epoch"] == 1
     resumed, history, _ = run(tmp_path, epochs=3, name="b.pt")
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for p, q in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
@@ -123,9 +147,54 @@ def test_resume_refuses_another_model_config(tmp_path):
         run(tmp_path, epochs=2)
 
 
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"seed": 1}, "seed 0 -> 1"),
+        ({"lr": 3e-2}, "lr 0.01 -> 0.03"),
+        ({"batch_size": 8}, "batch_size 16 -> 8"),
+        ({"epochs": 5}, "epochs 1 -> 5"),
+    ],
+)
+def test_resume_refuses_other_settings_naming_them(tmp_path, change, named):
+    _, _, out = run(tmp_path, epochs=1)
+    before = out.read_bytes()
+    settings = {"epochs": 1, "batch_size": 16, "lr": 1e-2, "progress": False, **change}
+    with pytest.raises(CheckpointError) as exc:
+        fit(
+            ClsTask(),
+            make_model(),
+            Blobs(128, 0),
+            Blobs(64, 1),
+            TrainConfig(**settings),
+            out,
+            meta=META,
+            log=lambda s: None,
+        )
+    assert named in str(exc.value) and "\n" not in str(exc.value)
+    assert out.read_bytes() == before  # nothing written
+
+
+def test_resume_refuses_other_data(tmp_path):
+    _, _, out = run(tmp_path, epochs=1, meta_run={"data": "a"})
+    with pytest.raises(CheckpointError, match="data a -> b"):
+        run(tmp_path, epochs=1, meta_run={"data": "b"})
+    _, history, _ = run(tmp_path, epochs=1, meta_run={"data": "a"})  # same: nothing to do
+    assert len(history) == 1
+
+
+def test_zero_epochs_evaluates_without_training(tmp_path):
+    model, history, out = run(tmp_path, epochs=0)
+    ckpt = load_checkpoint(out, "cls")
+    assert ckpt["epoch"] == 0 and history == ckpt["history"] and len(history) == 1
+    assert set(ckpt["metrics"]) == {"accuracy", "auroc"}
+    for p, q in zip(make_model().state_dict().values(), ckpt["state_dict"].values(), strict=True):
+        torch.testing.assert_close(p, q)  # the given weights, untouched
+
+
 def test_bad_config_is_a_clear_error():
     with pytest.raises(DefendError, match="epochs"):
-        TrainConfig(epochs=0)
+        TrainConfig(epochs=-1)
     with pytest.raises(DefendError, match="lr"):
         TrainConfig(lr=-1.0)
 

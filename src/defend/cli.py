@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
 from defend.errors import DefendError
+
+try:  # Typer >= 0.22 vendors Click as typer._click; earlier versions use Click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException
 
 app = typer.Typer(
     help="Attack and harden deep networks for medical imaging.",
@@ -24,6 +28,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Built-in synthetic data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+PROGRESS = typer.Option(True, help="Show progress bars.")
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -40,6 +47,20 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+def _check_model_options(task: str, model: str | None, pairs: list[str]) -> dict[str, Any]:
+    """``--set`` pairs parsed and checked against the model (one line naming the pair)."""
+    from defend.errors import ModelOptionError
+    from defend.models import check_model_options
+
+    options = _parse_options(pairs)
+    try:
+        check_model_options(task, model, options)
+    except ModelOptionError as exc:
+        pair = next(p for p in reversed(pairs) if p.partition("=")[0] == exc.key)
+        raise DefendError(f"--set {pair}: {exc.reason}") from None
+    return options
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Argument(..., help="Folder to write the data set into."),
@@ -48,14 +69,19 @@ def data_synth(
     volumes: int = typer.Option(24, help="Number of phantom volumes (split 70/15/15)."),
     slices: int = typer.Option(8, help="Slices per volume."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same bytes."),
+    progress: bool = PROGRESS,
 ) -> None:
-    """Generate MRI-like brain phantoms: fastMRI HDF5 k-space, segmentation pairs, class images."""
-    from defend.data import synthesize
+    """Generate MRI-like brain phantoms: fastMRI HDF5 k-space, segmentation pairs, class images.
 
-    start = time.perf_counter()
-    summary = synthesize(out, size=size, coils=coils, volumes=volumes, slices=slices, seed=seed)
-    typer.echo(f"wrote {out} in {time.perf_counter() - start:.1f} s")
-    typer.echo(json.dumps(summary.get("counts", summary), indent=2))
+    An interrupted run resumes when run again with the same options.
+    """
+    from defend.data import synthesize
+    from defend.data.synth import describe_synth
+
+    summary = synthesize(
+        out, size=size, coils=coils, volumes=volumes, slices=slices, seed=seed, progress=progress
+    )
+    typer.echo(describe_synth(out, summary))
 
 
 @app.command("train")
@@ -66,7 +92,11 @@ def train(
     model: str = typer.Option(
         None, help="recon: unet|varnet; seg: ARCH/ENCODER (smp); cls: resnet18|resnet50."
     ),
-    epochs: int = typer.Option(None, help="Epochs (default: per task and model)."),
+    epochs: int = typer.Option(
+        None,
+        help="Epochs (default: per task and model, see README); 0 with --weights: evaluate the "
+        "weights and write a checkpoint without training.",
+    ),
     batch_size: int = typer.Option(8, help="Batch size."),
     lr: float = typer.Option(None, help="Learning rate (AdamW, cosine schedule)."),
     seed: int = typer.Option(0, help="Random seed."),
@@ -78,19 +108,24 @@ def train(
     center_fraction: float = typer.Option(0.08, help="recon: fully sampled centre fraction."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     resume: bool = typer.Option(True, help="Resume an interrupted run found at --out."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    progress: bool = PROGRESS,
 ) -> None:
     """Train a reconstruction, segmentation or classification model."""
     from defend.data import Acquisition
+    from defend.device import pick_device
+    from defend.io import check_writable
     from defend.tasks import check_task
     from defend.train import TrainConfig, default_schedule, train_model
 
     check_task(task)
+    pick_device(device)
+    check_writable(out, "file")
+    model_options = _check_model_options(task, model, set_)
     default_epochs, default_lr = default_schedule(task, model)
     config = TrainConfig(
-        epochs=epochs or default_epochs,
+        epochs=default_epochs if epochs is None else epochs,
         batch_size=batch_size,
-        lr=lr or default_lr,
+        lr=default_lr if lr is None else lr,
         seed=seed,
         device=device,
         num_workers=workers,
@@ -104,7 +139,7 @@ def train(
         data,
         out,
         model=model,
-        model_options=_parse_options(set_),
+        model_options=model_options,
         config=config,
         acquisition=acquisition,
         weights=weights,
@@ -126,12 +161,25 @@ attack_app = typer.Typer(help="Run an attack against a checkpoint.", no_args_is_
 app.add_typer(attack_app, name="attack")
 
 
-def _run_attack(name: str, common: dict[str, Any], params: dict) -> None:
+def _run_attack(name: str, common: dict[str, Any], params: dict, progress: bool = True) -> None:
+    """Check device and output folder, run the attack, print its summary."""
     from defend.attacks.run import format_summary, run_attack
+    from defend.device import pick_device
+    from defend.io import check_writable
 
+    pick_device(common["device"])
+    check_writable(common["out"], "dir")
     params = {k: v for k, v in params.items() if v is not None}
+    params["verbose"] = progress
     result = run_attack(name, **common, params=params)
+    shapes = len(result["shapes"])
+    typer.echo(
+        f"attacked {result['attacked']} samples of {result['data_root']}"
+        + (f" ({shapes} k-space shapes)" if shapes > 1 else "")
+    )
     typer.echo(format_summary(result["summary"]))
+    for warning in result["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"wrote {', '.join(result['files'].values())}")
 
 
@@ -183,8 +231,16 @@ def attack_hallucination(
     out: Path = OUT,
     split: str = SPLIT,
     n: int = N,
-    eps: float = typer.Option(0.02, help="Budget (see --eps-mode)."),
-    eps_mode: str = typer.Option("relative", help="relative (to max |k| / coil norm) or absolute."),
+    eps: float = typer.Option(
+        0.1,
+        help="Budget, relative: about eps x the k-space norm, for either norm and any image "
+        "size (see --eps-mode).",
+    ),
+    eps_mode: str = typer.Option(
+        "relative",
+        help="relative (l2: to each coil's k-space norm; l-inf: to the RMS of the movable "
+        "entries) or absolute (raw k-space units).",
+    ),
     norm: str = typer.Option("inf", help="inf or 2 (per coil)."),
     step: float = typer.Option(0.1, help="Step size as a fraction of eps."),
     max_iter: int = typer.Option(150, help="Iterations."),
@@ -203,6 +259,7 @@ def attack_hallucination(
     batch_size: int = BATCH,
     device: str = DEVICE,
     save_adversarial: bool = SAVE,
+    progress: bool = PROGRESS,
 ) -> None:
     """Masked iterative FGSM in k-space: make a reconstruction hallucinate (seed 000)."""
     mask = None
@@ -230,6 +287,7 @@ def attack_hallucination(
             "seed": seed,
             "batch_size": batch_size,
         },
+        progress,
     )
 
 
@@ -266,6 +324,7 @@ def attack_seg_fgsm(
     batch_size: int = BATCH,
     device: str = DEVICE,
     save_adversarial: bool = SAVE,
+    progress: bool = PROGRESS,
 ) -> None:
     """FGSM / PGD against a segmentation model (seed 001)."""
     _run_attack(
@@ -280,6 +339,7 @@ def attack_seg_fgsm(
             "seed": seed,
             "batch_size": batch_size,
         },
+        progress,
     )
 
 
@@ -306,6 +366,7 @@ def attack_dgde(
     ),
     device: str = DEVICE,
     save_adversarial: bool = SAVE,
+    progress: bool = PROGRESS,
 ) -> None:
     """DGDE: black-box few-pixel differential evolution on a classifier (seed 002)."""
     _run_attack(
@@ -325,6 +386,7 @@ def attack_dgde(
             "seed": seed,
             "batch_size": batch_size,
         },
+        progress,
     )
 
 
@@ -350,11 +412,18 @@ def demo(
     device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
     n: int = typer.Option(4, help="Test samples per attack."),
     quick: bool = typer.Option(False, help="Smoke run: 32 px data, 1 epoch, short attacks."),
+    progress: bool = PROGRESS,
 ) -> None:
-    """The main job on the built-in data: synthesise it, train every model, attack each."""
+    """The main job on the built-in data: synthesise it, train every model, attack each.
+
+    An interrupted demo resumes when run again with the same options; a folder that holds a
+    demo with other settings (e.g. a --quick one) is refused.
+    """
     from defend.demo import format_demo, run_demo
 
-    summary = run_demo(out, seed=seed, device=device, n=n, quick=quick, log=typer.echo)
+    summary = run_demo(
+        out, seed=seed, device=device, n=n, quick=quick, progress=progress, log=typer.echo
+    )
     typer.echo(f"== summary ({out / 'summary.json'})")
     typer.echo(format_demo(summary))
 
@@ -390,8 +459,12 @@ def bench_attacks_command(
 ) -> None:
     """Time each attack against its floor of pure model time and against ART's attacks."""
     from defend.bench import bench_attacks, format_bench, jsonable
-    from defend.io import write_json
+    from defend.device import pick_device
+    from defend.io import check_writable, write_json
 
+    pick_device(device)
+    if out is not None:
+        check_writable(out, "file")
     try:
         ths = [int(t) for t in pixel_th.split(",") if t.strip()]
     except ValueError:
@@ -422,16 +495,53 @@ def bench_attacks_command(
         typer.echo(f"wrote {out}")
 
 
-def main() -> None:
-    """Console entry point: run the app, one-line errors instead of tracebacks."""
+#: Printed on Ctrl-C; every long command resumes where it stopped.
+INTERRUPTED = "interrupted: rerun the same command to resume"
+
+
+def _interrupted() -> NoReturn:
+    """End a progress bar left mid-line, say how to resume, exit 130 (128 + SIGINT)."""
+    typer.echo("", err=True)
+    typer.echo(INTERRUPTED, err=True)
+    sys.exit(130)
+
+
+def _show_usage_error(exc: ClickException) -> None:
+    """Print a usage error as Typer does in standalone mode (boxed with rich if present)."""
     try:
-        app()
+        from typer import rich_utils
+        from typer.core import HAS_RICH
+    except ImportError:  # pragma: no cover - older or newer Typer layouts
+        HAS_RICH = False
+    if HAS_RICH and app.rich_markup_mode is not None:
+        rich_utils.rich_format_error(exc)
+    else:
+        exc.show()
+
+
+def main() -> None:
+    """Console entry point: one-line errors instead of tracebacks, a resume hint on Ctrl-C.
+
+    Runs the app with ``standalone_mode=False``: Typer then turns Ctrl-C into a returned exit
+    code 130 (instead of exiting silently) and re-raises usage errors, which are shown as in
+    standalone mode (exit 2); ``--help`` returns 0.
+    """
+    try:
+        code = app(standalone_mode=False)
     except DefendError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
+        _interrupted()
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except ClickException as exc:
+        _show_usage_error(exc)
+        sys.exit(exc.exit_code)
+    if code == 130:
+        _interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,24 @@
 """The main job on the built-in data: synthesise it, train every default model, attack each.
 
 ``defend demo RUN_DIR`` calls :func:`run_demo`; every step resumes or is skipped when its
-output is already there, so an interrupted demo picks up where it stopped.
+output is already there, so an interrupted demo picks up where it stopped. ``RUN_DIR/demo.json``
+records the settings, so that a demo with other settings (``--quick`` against the full one)
+is refused rather than mixed into the same folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from defend.errors import DefendError
 from defend.io import write_json
+
+#: Tag of ``OUT/demo.json``.
+DEMO_FORMAT = "defend-demo-v1"
 
 #: (checkpoint name, task, model name)
 MODELS = (
@@ -23,14 +30,15 @@ MODELS = (
 
 #: (attack, checkpoint name, parameters): quick settings for a first look on a CPU
 ATTACKS = (
-    ("hallucination", "recon-unet", {"eps": 0.005, "max_iter": 60}),
-    ("hallucination", "recon-varnet", {"eps": 0.005, "max_iter": 60}),
+    ("hallucination", "recon-unet", {"max_iter": 60}),
+    ("hallucination", "recon-varnet", {"max_iter": 60}),
     ("seg-fgsm", "seg", {"eps": 0.008, "loss": "bce"}),
     ("seg-fgsm", "seg", {"eps": 0.008, "loss": "training"}),
     ("dgde", "cls", {}),
 )
 
 QUICK_DATA = {"size": 32, "coils": 2, "volumes": 4, "slices": 4}
+FULL_DATA = {"size": 64, "coils": 4, "volumes": 24, "slices": 8}
 QUICK_ATTACK = {"hallucination": {"max_iter": 5}, "dgde": {"max_queries": 300}}
 
 #: the metrics shown in the demo's summary for each attack
@@ -41,6 +49,92 @@ HEADLINE = {
 }
 
 
+def demo_settings(*, seed: int = 0, quick: bool = False) -> dict[str, Any]:
+    """What a demo run folder holds, as stored in ``OUT/demo.json``: the data and training
+    settings that ``seed`` and ``quick`` imply (not ``n`` or the device, which only change
+    the attacks, rerun every time)."""
+    from defend.train import default_schedule
+
+    training = {}
+    for name, task, model in MODELS:
+        epochs, lr = default_schedule(task, model)
+        training[name] = {"epochs": 1 if quick else epochs, "lr": lr}
+    return {
+        "format": DEMO_FORMAT,
+        "quick": quick,
+        "seed": seed,
+        "data": dict(QUICK_DATA if quick else FULL_DATA),
+        "training": training,
+    }
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    """``"--quick demo (32 px, 1 epoch)"`` / ``"full demo (64 px, 8 to 20 epochs)"``."""
+    epochs = sorted({t["epochs"] for t in settings.get("training", {}).values()}) or [0]
+    span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
+    kind = "--quick demo" if settings.get("quick") else "full demo"
+    size = settings.get("data", {}).get("size", "?")
+    return f"{kind} ({size} px, {span} epoch{'' if epochs == [1] else 's'})"
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"data.size": 32, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_demo_folder(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse a run folder that holds a demo with other settings (one line naming them).
+
+    Raises:
+        DefendError: ``OUT/demo.json`` is unreadable or records other settings.
+    """
+    path = out / "demo.json"
+    if not path.is_file():
+        _check_legacy_data(out, settings)
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise DefendError(f"{path}: unreadable; remove {out} or choose another folder") from None
+    if not isinstance(old, dict) or old == settings:
+        return
+    if old.get("quick") != settings["quick"]:
+        wanted = "--quick" if settings["quick"] else "full"
+        raise DefendError(
+            f"{out}: holds a {_describe(old)}; the {wanted} demo needs another folder or "
+            "removing it"
+        )
+    was, now = _flat(old), _flat(settings)
+    keys = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    raise DefendError(
+        f"{out}: holds a demo with {', '.join(f'{k} {was.get(k)}' for k in keys)} (you asked "
+        f"{', '.join(f'{k} {now.get(k)}' for k in keys)}); use another folder or remove it"
+    )
+
+
+def _check_legacy_data(out: Path, settings: dict[str, Any]) -> None:
+    """A folder without ``demo.json`` (an older demo): its data must fit ``settings``."""
+    try:
+        params = json.loads((out / "data" / "dataset.json").read_text())["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    wanted = {**settings["data"], "seed": settings["seed"]}
+    keys = [k for k in wanted if params.get(k) != wanted[k]]
+    if keys:
+        was = ", ".join(f"{k} {params.get(k)}" for k in keys)
+        now = ", ".join(f"{k} {wanted[k]}" for k in keys)
+        raise DefendError(
+            f"{out}: holds a demo with data of {was} (you asked {now}); use another folder or "
+            "remove it"
+        )
+
+
 def run_demo(
     out: str | os.PathLike = "runs/demo",
     *,
@@ -48,9 +142,14 @@ def run_demo(
     device: str | None = None,
     n: int = 4,
     quick: bool = False,
+    progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Synthesise data into ``out/data``, train the four default models, run the attacks.
+
+    The settings (:func:`demo_settings`) go to ``out/demo.json`` first; a folder holding a demo
+    with other settings (a ``quick`` one, another seed) is refused before anything is done,
+    and one with the same settings resumes.
 
     Args:
         out: run folder (data, checkpoints, attack outputs, ``summary.json``).
@@ -58,46 +157,71 @@ def run_demo(
         device: torch device (default: CUDA if present).
         n: test samples per attack.
         quick: a smoke run in about a minute: 32 px data, one epoch, short attacks.
+        progress: show progress bars.
 
     Returns (and writes to ``out/summary.json``) the validation metrics of each model and the
     mean headline metrics of each attack on ``n`` test samples.
+
+    Raises:
+        DefendError: a bad device, an unwritable ``out``, or one holding another demo.
     """
-    from defend.attacks.run import run_attack
     from defend.data import synthesize
-    from defend.io import load_checkpoint
-    from defend.train import TrainConfig, default_schedule, train_model
+    from defend.device import pick_device
+    from defend.io import check_writable, load_checkpoint
+    from defend.train import TrainConfig, train_model
 
     out = Path(out)
+    pick_device(device)
+    check_writable(out, "dir")
+    settings = demo_settings(seed=seed, quick=quick)
+    check_demo_folder(out, settings)
+    write_json(out / "demo.json", settings)
     data = out / "data"
     if not (data / "dataset.json").exists():
         log(f"== synthesising data into {data}")
-        size = QUICK_DATA if quick else {}
-        synthesize(data, seed=seed, **size)
+    synthesize(data, seed=seed, progress=progress, **settings["data"])  # resumes or keeps
     summary: dict[str, Any] = {"models": {}, "attacks": {}}
     for name, task, model in MODELS:
         log(f"== training {name}")
-        epochs, lr = default_schedule(task, model)
-        epochs = 1 if quick else epochs
-        config = TrainConfig(epochs=epochs, lr=lr, seed=seed, device=device)
+        schedule = settings["training"][name]
+        config = TrainConfig(**schedule, seed=seed, device=device, progress=progress)
         train_model(task, data, out / f"{name}.pt", model=model, config=config, log=log)
         summary["models"][name] = load_checkpoint(out / f"{name}.pt")["metrics"]
+    summary["attacks"] = _run_attacks(out, seed, device, n, quick, progress, log)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _run_attacks(
+    out: Path,
+    seed: int,
+    device: str | None,
+    n: int,
+    quick: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, float]]:
+    """Run :data:`ATTACKS` on the demo's checkpoints; the headline means of each."""
+    from defend.attacks.run import run_attack
+
+    means = {}
     for attack, ckpt, params in ATTACKS:
         label = f"{attack}/{ckpt}" + (f"/{params['loss']}" if "loss" in params else "")
         log(f"== attacking {label}")
+        extra = {**(QUICK_ATTACK.get(attack, {}) if quick else {}), "seed": seed}
         result = run_attack(
             attack,
             out / f"{ckpt}.pt",
-            data,
+            out / "data",
             out / "attacks" / label.replace("/", "-"),
             n=n,
-            params={**params, **(QUICK_ATTACK.get(attack, {}) if quick else {}), "seed": seed},
+            params={**params, **extra, "verbose": progress},
             device=device,
         )
-        summary["attacks"][label] = {
+        means[label] = {
             k: result["summary"][k]["mean"] for k in HEADLINE[attack] if k in result["summary"]
         }
-    write_json(out / "summary.json", summary)
-    return summary
+    return means
 
 
 def format_demo(summary: dict[str, Any]) -> str:

@@ -9,13 +9,58 @@ import random
 import numpy as np
 import torch
 
+from defend.errors import DeviceError
+
+#: Device types ``defend`` runs on.
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU (``DEFEND_DEVICE`` overrides)."""
-    device = device or os.environ.get("DEFEND_DEVICE")
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The requested device, else CUDA when present, else CPU (``DEFEND_DEVICE`` overrides).
+
+    Raises:
+        DeviceError: an unknown device (``foo``), or one this machine does not have (``cuda``
+            without CUDA, ``cuda:7`` beyond the GPU count, ``mps`` without Metal).
+    """
+    source = "--device"
+    if not device and os.environ.get("DEFEND_DEVICE"):
+        device, source = os.environ["DEFEND_DEVICE"], "DEFEND_DEVICE"
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(device, source)
+
+
+def check_device(device: str | torch.device, source: str = "--device") -> torch.device:
+    """``device`` as a :class:`torch.device`, checked against this machine.
+
+    Args:
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (or a ``torch.device``).
+        source: where the value came from, named in the message (``--device``,
+            ``DEFEND_DEVICE``).
+
+    Raises:
+        DeviceError: unknown or absent device (one line naming it).
+    """
+    spec = str(device).strip()
+    try:
+        parsed = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        where = "" if source == "--device" else f"{source}: "
+        raise DeviceError(f"{where}unknown device '{spec}' (expected cpu, cuda, cuda:N or mps)")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{source} {spec}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(
+                f"{source} {spec}: this machine has {count} CUDA device(s): cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{source} {spec}: MPS is not available on this machine")
+    return parsed
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:

@@ -12,7 +12,9 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,56 @@ from typing import Any
 import numpy as np
 import torch
 
-from defend.errors import CheckpointError
+from defend.errors import CheckpointError, OutputError
 
 CHECKPOINT_FORMAT = "defend-checkpoint-v1"
+#: How ``torch.save``'s legacy (non-zip) format starts: protocol 2 and its magic number.
+_LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
+#: Pickle opcodes that import or call Python objects (what ``weights_only=True`` refuses).
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (a broken symbolic link counts)."""
+    current = path
+    while not os.path.lexists(current) and current.parent != current:
+        current = current.parent
+    return current
+
+
+def check_writable(path: str | os.PathLike, kind: str = "file") -> Path:
+    """Refuse, before any work, an output path that cannot be written; create nothing.
+
+    Walks up from ``path`` to its first existing ancestor, which must be a writable folder;
+    ``path`` itself may exist as a folder (``kind="dir"``) or as a file (``kind="file"``).
+
+    Args:
+        path: a file to write (checkpoint, JSON) or a folder to write into.
+        kind: ``"file"`` or ``"dir"``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputError: one line naming ``path`` and what is in the way.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    path = Path(path)
+    if os.path.lexists(path):
+        if kind == "file" and path.is_dir():
+            raise OutputError(f"{path}: is a folder, expected a file name to write")
+        if kind == "dir" and not path.is_dir():
+            raise OutputError(f"{path}: is a file, not a folder")
+        folder = path if kind == "dir" else path.parent
+    else:
+        folder = _first_existing(path.parent)
+    if not folder.is_dir():
+        what = "a broken link" if not folder.exists() else "a file, not a folder"
+        raise OutputError(f"{path}: cannot be written: {folder} is {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot be written: no write permission in {folder}")
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -79,26 +128,99 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path
     return atomic_write(path, lambda p: torch.save(checkpoint, p))
 
 
-def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The Python objects a raw pickle file would import, or ``None`` if it is no pickle.
+
+    Parses opcodes only (:func:`pickletools.genops`): nothing is executed.
+    """
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str):
+                    strings = [*strings[-1:], arg]
+                if op.name == "GLOBAL" and isinstance(arg, str):
+                    found.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                    found.append(".".join(strings))
+                elif op.name in _CODE_OPCODES and not found:
+                    found.append(op.name)
+    except Exception:  # any parse failure means: not a pickle
+        return None
+    return found
+
+
+def _sniff(path: Path) -> str:
+    """``"torch"`` (a torch.save file), ``"pickle"`` (a raw pickle) or ``"other"``."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return "torch"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "torch"  # a damaged zip: let torch.load name what is wrong
+        return "torch" if any(n.endswith("/data.pkl") for n in names) else "other"
+    if head[:1] == b"\x80" and _pickle_globals(path) is not None:
+        return "pickle"
+    return "other"
+
+
+def _refused_objects(exc: BaseException) -> str:
+    """The object ``weights_only=True`` refused, from torch's many-line message."""
+    for line in str(exc).splitlines():
+        if "Unsupported global:" in line:
+            words = line.split("Unsupported global:", 1)[1].split()
+            return words[1] if len(words) > 1 and words[0] == "GLOBAL" else words[0]
+    return "objects other than tensors and primitives"
+
+
+def _refuse_pickle(path: Path, objects: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: not a plain state dict: it holds pickled Python objects ({objects}) that "
+        "could run code, so torch.load(weights_only=True) refuses it"
+    )
+
+
+def load_weights_file(path: str | os.PathLike, *, what: str = "weights") -> dict[str, Any]:
     """Load any ``.pt`` file safely (``weights_only=True``) as a dict.
 
+    Args:
+        path: the file.
+        what: ``"weights"`` or ``"checkpoint"``: the kind of file named in messages.
+
     Raises:
-        CheckpointError: the file is missing, truncated, or holds pickled objects other than
-            tensors and primitives (not a plain state dict).
+        CheckpointError: the file is missing, not a PyTorch file (random bytes, text, another
+            zip, empty), truncated, or holds pickled objects other than tensors and primitives
+            (not a plain state dict: loading it could run code).
     """
     path = Path(path)
+    noun = "checkpoint file" if what == "checkpoint" else "weight file"
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such {noun}")
+    kind = _sniff(path)
+    if kind == "pickle":
+        objects = list(dict.fromkeys(_pickle_globals(path) or []))
+        if objects:
+            more = f" and {len(objects) - 1} more" if len(objects) > 1 else ""
+            raise _refuse_pickle(path, objects[0] + more)
+    if kind != "torch":
+        raise CheckpointError(
+            f"{path}: not a defend checkpoint (not a PyTorch file)"
+            if what == "checkpoint"
+            else f"{path}: not a PyTorch weight file"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(
-            f"{path}: not a plain state dict (refused by torch.load(weights_only=True): {first})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: unreadable checkpoint ({first})") from None
+        raise _refuse_pickle(path, _refused_objects(exc)) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable {noun} ({first})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj
@@ -114,7 +236,7 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> dict[st
     Raises:
         CheckpointError: not a defend checkpoint, or one of another task.
     """
-    ckpt = load_weights_file(path)
+    ckpt = load_weights_file(path, what="checkpoint")
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: not a defend checkpoint (a raw state dict? pass it as --weights instead)"

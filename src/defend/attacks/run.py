@@ -20,8 +20,12 @@ import torch
 
 from defend.attacks import ATTACKS
 from defend.attacks.base import TorchAttack
+from defend.data.arrays import task_root
 from defend.errors import DefendError
-from defend.io import atomic_write, load_checkpoint, write_json, write_text
+from defend.io import atomic_write, check_writable, load_checkpoint, write_json, write_text
+
+#: input PSNR (dB) below which a hallucination attack's perturbation counts as visible
+VISIBLE_PSNR = 30.0
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -107,6 +111,61 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buffer.getvalue())
 
 
+def _group_params(params: dict[str, Any], positions: np.ndarray, total: int) -> dict[str, Any]:
+    """An attack's parameters for one shape group: per-sample region masks follow the rows."""
+    masks = params.get("region_mask")
+    if masks is not None and np.ndim(masks) == 3 and len(masks) == total > 1:
+        return {**params, "region_mask": np.asarray(masks)[positions]}
+    return params
+
+
+def attack_groups(
+    name: str,
+    estimator: Any,
+    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    params: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Attack every shape group of :func:`defend.data.load_groups` (fastMRI mixes k-space
+    widths and coil counts): each with the estimator for its shape, rows seeded by the
+    samples' dataset positions, so grouping does not change any sample's result.
+
+    Returns:
+        One dict per group: ``x``, ``x_adv``, ``y``, ``indices``, ``rows``, ``attack`` (the
+        built attack), ``estimator``.
+    """
+    params = dict(params or {})
+    total = sum(len(g[0]) for g in groups)
+    order = np.concatenate([g[2] for g in groups])
+    results = []
+    for x, y, positions in groups:
+        shaped = estimator.reshaped(x.shape[1:]) if hasattr(estimator, "reshaped") else estimator
+        rank = np.searchsorted(np.sort(order), positions)  # rows of this group among all
+        attack = make_attack(name, shaped, _group_params(params, rank, total))
+        x_adv, rows = attack_arrays(shaped, attack, x, y, indices=positions)
+        rows = [{"index": int(i), **row} for i, row in zip(positions, rows, strict=True)]
+        results.append(
+            {
+                "x": x,
+                "x_adv": x_adv,
+                "y": y,
+                "indices": positions,
+                "rows": rows,
+                "attack": attack,
+                "estimator": shaped,
+            }
+        )
+    return results
+
+
+def _adversarial_arrays(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """What ``adversarial.npz`` holds: ``x``, ``x_adv``, ``y``, ``indices``; with several
+    shapes one set per shape, suffixed ``_0``, ``_1``, ..."""
+    keys = ("x", "x_adv", "y", "indices")
+    if len(results) == 1:
+        return {k: results[0][k] for k in keys}
+    return {f"{k}_{g}": r[k] for g, r in enumerate(results) for k in keys}
+
+
 def run_attack(
     name: str,
     checkpoint: str | os.PathLike,
@@ -122,6 +181,9 @@ def run_attack(
 ) -> dict[str, Any]:
     """Attack ``n`` samples of ``data_dir``'s ``split`` with attack ``name``, writing files.
 
+    Every one of the ``n`` samples is attacked, whatever its shape (fastMRI mixes k-space
+    widths and coil counts: see :func:`attack_groups`).
+
     Args:
         name: ``hallucination``, ``seg-fgsm`` or ``dgde``.
         checkpoint: a ``defend train`` checkpoint of the attack's task.
@@ -129,12 +191,12 @@ def run_attack(
         out: output folder for metrics and figures.
         params: the attack's parameters (see its class).
         save_adversarial: also write ``OUT/adversarial.npz`` (``x``, ``x_adv``, ``y``,
-            ``indices``), e.g. to train or test a detector.
+            ``indices``; per shape with suffixes ``_0``, ``_1``, ... when shapes differ).
 
     Returns:
-        ``{"attack", "params", "summary", "rows", "files"}``.
+        ``{"attack", "params", "summary", "rows", "files", "attacked", "shapes", ...}``.
     """
-    from defend.data import load_arrays
+    from defend.data import load_groups
     from defend.estimators import load_estimator
 
     if name not in ATTACKS:
@@ -143,35 +205,76 @@ def run_attack(
     ckpt = load_checkpoint(checkpoint, task)
     if n < 1:
         raise DefendError(f"--n must be >= 1, got {n}")
+    check_writable(out, "dir")
     estimator = load_estimator(ckpt, device=device)
-    attack = make_attack(name, estimator, params)  # bad parameters fail before data loads
-    x, y, indices = load_arrays(data_dir, task, split, n, checkpoint=ckpt, return_indices=True)
-    x_adv, rows = attack_arrays(estimator, attack, x, y, indices=indices)
-    rows = [{"index": int(i), **row} for i, row in zip(indices, rows, strict=True)]
+    make_attack(name, estimator, params)  # bad parameters fail before data loads
+    groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)
+    results = attack_groups(name, estimator, groups, params)
+    rows = sorted((row for r in results for row in r["rows"]), key=lambda row: row["index"])
     summary = summarise([{k: v for k, v in row.items() if k != "index"} for row in rows])
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / "metrics.csv", "json": out / "metrics.json", "figure": out / "figure.png"}
-    if save_adversarial:
-        files["adversarial"] = out / "adversarial.npz"
-        arrays = {"x": x, "x_adv": x_adv, "y": y, "indices": indices}
-        atomic_write(files["adversarial"], lambda p: _save_npz(p, arrays))
-    _write_csv(files["csv"], rows)
-    k = min(figure_samples, len(x))
-    _figure(name, attack, estimator, x[:k], x_adv[:k], y[:k], rows[:k], ckpt, files["figure"])
+    files = _write_outputs(name, Path(out), results, rows, ckpt, figure_samples, save_adversarial)
+    attack = results[0]["attack"]
     result = {
         "attack": name,
         "checkpoint": str(checkpoint),
         "data": str(data_dir),
         "split": split,
+        "data_root": str(task_root(Path(data_dir), task, split)),
+        "attacked": len(rows),
+        "shapes": [list(r["x"].shape[1:]) for r in results],
         "params": {p: getattr(attack, p) for p in attack.attack_params},
         "summary": summary,
+        "warnings": attack_warnings(name, summary),
         "rows": rows,
         "files": {k: str(v) for k, v in files.items()},
     }
     write_json(files["json"], result)
     return result
+
+
+def attack_warnings(name: str, summary: dict[str, dict[str, float]]) -> list[str]:
+    """What a reader must not miss in an attack's summary (one line each)."""
+    warnings = []
+    psnr = summary.get("input_psnr", {}).get("mean", math.nan)
+    if name == "hallucination" and math.isfinite(psnr) and psnr < VISIBLE_PSNR:
+        warnings.append(
+            f"input PSNR {psnr:.1f} dB < {VISIBLE_PSNR:.0f} dB: the perturbation is visible in "
+            "the zero-filled input; lower --eps for an imperceptible attack"
+        )
+    return warnings
+
+
+def _write_outputs(
+    name: str,
+    out: Path,
+    results: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    ckpt: dict[str, Any],
+    figure_samples: int,
+    save_adversarial: bool,
+) -> dict[str, Path]:
+    """metrics.csv, figure.png (first shape group) and adversarial.npz, atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / "metrics.csv", "json": out / "metrics.json", "figure": out / "figure.png"}
+    if save_adversarial:
+        files["adversarial"] = out / "adversarial.npz"
+        arrays = _adversarial_arrays(results)
+        atomic_write(files["adversarial"], lambda p: _save_npz(p, arrays))
+    _write_csv(files["csv"], rows)
+    first = results[0]
+    k = min(figure_samples, len(first["x"]))
+    _figure(
+        name,
+        first["attack"],
+        first["estimator"],
+        first["x"][:k],
+        first["x_adv"][:k],
+        first["y"][:k],
+        first["rows"][:k],
+        ckpt,
+        files["figure"],
+    )
+    return files
 
 
 def _figure(

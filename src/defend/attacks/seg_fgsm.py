@@ -79,16 +79,16 @@ class SegmentationFGSM(TorchAttack):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not self.eps > 0:
-            raise DefendError(f"eps must be > 0, got {self.eps}")
+        if not 0 < self.eps <= 1:  # NaN fails too
+            raise DefendError(f"eps must be in (0, 1] (images are in [0, 1]), got {self.eps}")
         if self.loss not in LOSSES:
             raise DefendError(f"unknown loss '{self.loss}': choose one of {', '.join(LOSSES)}")
         if self.target not in ("truth", "prediction", "auto"):
             raise DefendError(f"target must be truth, prediction or auto, got '{self.target}'")
         if self.max_iter < 1:
             raise DefendError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.step is not None and not self.step > 0:
-            raise DefendError(f"step must be > 0, got {self.step}")
+        if self.step is not None and not 0 < self.step < float("inf"):
+            raise DefendError(f"step must be a finite number > 0, got {self.step}")
         if not 0 < self.threshold < 1:
             raise DefendError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.loss != "training" and not differentiable(self.estimator):

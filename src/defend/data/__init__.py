@@ -4,7 +4,7 @@ See ``docs/design.md`` for the sample dicts every dataset returns.
 """
 
 from defend.data.acquisition import Acquisition
-from defend.data.arrays import load_arrays, load_dataset, task_root
+from defend.data.arrays import load_arrays, load_dataset, load_groups, task_root
 from defend.data.folders import ClsFolder, SegFolder
 from defend.data.recon import ReconDataset
 from defend.data.synth import synthesize
@@ -16,6 +16,7 @@ __all__ = [
     "SegFolder",
     "load_arrays",
     "load_dataset",
+    "load_groups",
     "synthesize",
     "task_root",
 ]

@@ -12,6 +12,7 @@ Readers of any other split pass ``checkpoint=`` so that they see the data the sa
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import os
 import warnings
@@ -32,18 +33,73 @@ from defend.tasks import check_task
 Classes = int | Sequence[str]
 
 
+#: fastMRI's archive folders, ``{anatomy_}{challenge}_{split}{suffix}`` (e.g.
+#: ``multicoil_train``, ``knee_singlecoil_val``, ``brain_multicoil_test_full``)
+FASTMRI_PREFIXES = ("", "knee_", "brain_")
+FASTMRI_CHALLENGES = ("multicoil", "singlecoil")
+FASTMRI_SUFFIXES = ("", "_full")
+
+
+def fastmri_folders(data_dir: Path, split: str) -> list[Path]:
+    """The folders of ``data_dir`` named as fastMRI ships ``split`` (``multicoil_val`` ...)."""
+    names = [
+        f"{prefix}{challenge}_{split}{suffix}"
+        for prefix in FASTMRI_PREFIXES
+        for challenge in FASTMRI_CHALLENGES
+        for suffix in FASTMRI_SUFFIXES
+    ]
+    return [Path(data_dir) / name for name in names if (Path(data_dir) / name).is_dir()]
+
+
 def task_root(data_dir: Path, task: str, split: str) -> Path:
     """The folder holding ``split`` of ``task`` under ``data_dir``.
 
-    recon: ``data_dir/split``; seg: ``data_dir/seg/split`` if it exists, else
-    ``data_dir/split``; cls: likewise with ``cls``.
+    recon: ``data_dir/split``, else the one folder named as fastMRI ships the split
+    (``multicoil_train``, ``singlecoil_val``, ``knee_multicoil_test_full``, ...); seg:
+    ``data_dir/seg/split`` if it exists, else ``data_dir/split``; cls: likewise with ``cls``.
+
+    Raises:
+        DataError: (recon) several fastMRI folders fit the split (say which with ``--data``
+            pointing at a folder holding one of them).
     """
     check_task(task)
     data_dir = Path(data_dir)
     if task == "recon":
-        return data_dir / split
+        plain = data_dir / split
+        found = [] if plain.is_dir() else fastmri_folders(data_dir, split)
+        if len(found) > 1:
+            raise DataError(
+                f"{data_dir}: several folders hold the {split} split "
+                f"({', '.join(p.name for p in found)}); keep one per data folder"
+            )
+        return found[0] if found else plain
     nested = data_dir / task / split
     return nested if nested.is_dir() else data_dir / split
+
+
+def dataset_files(dataset: Dataset) -> list[Path]:
+    """The files a dataset reads, in a fixed order (recon: its HDF5 files; seg: image and mask
+    of each pair; cls: every image)."""
+    if isinstance(dataset, ReconDataset):
+        return list(dataset.files)
+    if isinstance(dataset, SegFolder):
+        return [p for pair in dataset.pairs for p in pair]
+    if isinstance(dataset, ClsFolder):
+        return [p for p, _ in dataset.samples]
+    raise DefendError(f"cannot fingerprint a {type(dataset).__name__}")
+
+
+def fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """What identifies a split's data without reading it: ``{"files": count, "sha256": ...}``
+    over each file's path below the split folder and its size in bytes (a moved copy of the
+    same data keeps its fingerprint; other, added, removed or resized files change it)."""
+    root = Path(getattr(dataset, "root", "."))
+    digest = hashlib.sha256()
+    files = dataset_files(dataset)
+    for path in files:
+        name = path.relative_to(root) if path.is_relative_to(root) else path.name
+        digest.update(f"{name}\t{path.stat().st_size}\n".encode())
+    return {"files": len(files), "sha256": digest.hexdigest()[:16]}
 
 
 def _check_classes(task: str, classes: Classes | None) -> None:
@@ -95,6 +151,11 @@ def load_dataset(
         raise DefendError(f"acquisition does not apply to {task} data")
     root = task_root(data_dir, task, split)
     if task == "recon":
+        if not root.is_dir():
+            raise DataError(
+                f"{data_dir}: no {split} split (expected {root} or a folder named as fastMRI "
+                f"ships it, e.g. {Path(data_dir) / f'multicoil_{split}'})"
+            )
         return ReconDataset(root, acquisition or Acquisition(), train=train)
     if task == "seg":
         return SegFolder(root, classes=classes, channels=channels)  # type: ignore[arg-type]
@@ -248,20 +309,17 @@ def load_arrays(
         Samples whose input or target shape differs from the first one's cannot be stacked:
         with ``n`` they are skipped with a warning naming them (e.g. fastMRI volumes of another
         k-space width); with ``indices`` that is a :class:`DataError` naming them, since the
-        rows would no longer match the positions asked for.
+        rows would no longer match the positions asked for. :func:`load_groups` returns every
+        sample, one array per shape.
 
     Raises:
         DefendError: unknown task, ``n < 1``, an empty or out-of-range ``indices``, arguments
             that contradict ``checkpoint``. CheckpointError: an unusable checkpoint.
             DataError: missing or unusable data, samples of another shape at ``indices``.
     """
-    check_task(task)
-    if indices is None and n is not None and n < 1:
-        raise DefendError(f"n must be >= 1 (or None for all), got {n}")
-    args: dict[str, Any] = {"acquisition": acquisition, "classes": classes, "channels": channels}
-    if checkpoint is not None:
-        args = _merge_checkpoint(task, checkpoint, args)
-    dataset = load_dataset(task, data_dir, split, train=False, **args)
+    dataset = _open_split(
+        data_dir, task, split, n, indices, checkpoint, acquisition, classes, channels
+    )
     size = len(dataset)  # type: ignore[arg-type]
     if indices is None:  # a sample of another shape is skipped and the next one taken
         xs, ys, used = _collect(dataset, range(size), n, task, strict=False)
@@ -273,6 +331,77 @@ def load_arrays(
     if return_indices:
         return x_arr, y_arr, np.asarray(used, dtype=np.int64)
     return x_arr, y_arr
+
+
+def _open_split(
+    data_dir: Path,
+    task: str,
+    split: str,
+    n: int | None,
+    indices: Any,
+    checkpoint: Any,
+    acquisition: Acquisition | None,
+    classes: Classes | None,
+    channels: int | None,
+) -> Dataset:
+    """The evaluation dataset of a split, after the checks :func:`load_arrays` makes."""
+    check_task(task)
+    if indices is None and n is not None and n < 1:
+        raise DefendError(f"n must be >= 1 (or None for all), got {n}")
+    args: dict[str, Any] = {"acquisition": acquisition, "classes": classes, "channels": channels}
+    if checkpoint is not None:
+        args = _merge_checkpoint(task, checkpoint, args)
+    return load_dataset(task, data_dir, split, train=False, **args)
+
+
+def load_groups(
+    data_dir: Path,
+    task: str,
+    split: str = "val",
+    n: int | None = 16,
+    *,
+    indices: Sequence[int] | np.ndarray | None = None,
+    acquisition: Acquisition | None = None,
+    classes: Classes | None = None,
+    channels: int | None = None,
+    checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Samples of a split as numpy arrays, one group per shape: none is left out.
+
+    fastMRI data mixes k-space widths and coil counts; a group holds the samples that stack.
+    Arguments as :func:`load_arrays`: the first ``n`` samples (all of them with None), or
+    exactly those at ``indices``.
+
+    Returns:
+        ``[(x, y, positions), ...]``, one tuple per shape in order of first appearance, with
+        the arrays of :func:`load_arrays` and ``positions`` the (N_g,) int64 dataset positions
+        of the group's rows.
+    """
+    dataset = _open_split(
+        data_dir, task, split, n, indices, checkpoint, acquisition, classes, channels
+    )
+    size = len(dataset)  # type: ignore[arg-type]
+    if indices is None:
+        positions = list(range(size if n is None else min(n, size)))
+    else:
+        positions = _as_indices(indices, size)
+    groups: dict[tuple, tuple[list, list, list]] = {}
+    for index in positions:
+        sample = dataset[index]
+        x, y = sample["input"].numpy(), sample["target"].numpy()
+        xs, ys, used = groups.setdefault((x.shape, y.shape), ([], [], []))
+        xs.append(x)
+        ys.append(y)
+        used.append(int(index))
+    y_dtype = np.int64 if task == "cls" else np.float32
+    return [
+        (
+            np.stack(xs).astype(np.float32, copy=False),
+            np.stack(ys).astype(y_dtype, copy=False),
+            np.asarray(used, dtype=np.int64),
+        )
+        for xs, ys, used in groups.values()
+    ]
 
 
 def _collect(

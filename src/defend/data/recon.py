@@ -9,22 +9,47 @@ instead of a traceback from deep inside h5py or fastMRI.
 from __future__ import annotations
 
 import xml.etree.ElementTree as etree
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 import torch
 from fastmri.data import SliceDataset
 from fastmri.data.mri_data import et_query
-from fastmri.data.transforms import apply_mask, to_tensor
+from fastmri.data.transforms import apply_mask, center_crop, to_tensor
 from torch.utils.data import Dataset
 
 from defend.data.acquisition import Acquisition
 from defend.errors import DataError
+from defend.models.recon import fit_crop
 
 CHALLENGES = {"singlecoil": 3, "multicoil": 4}  # challenge -> kspace ndim (with slices)
 TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
+
+
+class FileInfo(NamedTuple):
+    """What :func:`check_file` learns of one file without reading its arrays."""
+
+    slices: int
+    #: ``(coils, H, W)`` of one slice's k-space (single-coil: ``coils = 1``)
+    kspace_shape: tuple[int, int, int]
+    #: ``(h, w)`` of the stored target
+    target_shape: tuple[int, int]
+
+    def sample_shapes(self) -> tuple[tuple[int, ...], tuple[int, int]]:
+        """``(input shape (coils, H, W, 2), target shape (h, w))`` of this file's samples:
+        the target as :func:`crop_target` leaves it."""
+        coils, height, width = self.kspace_shape
+        return (coils, height, width, 2), target_crop((height, width), self.target_shape)
+
+
+def target_crop(image_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[int, int]:
+    """The size a stored target ``(h, w)`` is centre-cropped to for k-space of ``(H, W)``:
+    itself, unless the image is narrower (fastMRI's FLAIR rule, :func:`fit_crop`)."""
+    h, w = fit_crop(image_hw, target_hw)
+    return min(h, target_hw[0]), min(w, target_hw[1])
 
 
 def _first_line(exc: BaseException) -> str:
@@ -92,8 +117,8 @@ def detect_challenge(path: Path) -> str:
     )
 
 
-def check_file(path: Path, challenge: str) -> int:
-    """Validate one fastMRI HDF5 file for ``challenge``; return its number of slices.
+def check_file(path: Path, challenge: str) -> FileInfo:
+    """Validate one fastMRI HDF5 file for ``challenge``; return its slice count and shapes.
 
     Raises:
         DataError: not an HDF5 file / truncated, no ``kspace`` or wrong ndim / not complex,
@@ -134,7 +159,12 @@ def check_file(path: Path, challenge: str) -> int:
                 )
             for dset in (kspace, target):
                 _check_extent(path, dset)
-            return int(kspace.shape[0])
+            coils = 1 if ndim == 3 else int(kspace.shape[1])
+            return FileInfo(
+                slices=int(kspace.shape[0]),
+                kspace_shape=(coils, int(kspace.shape[-2]), int(kspace.shape[-1])),
+                target_shape=(int(target.shape[-2]), int(target.shape[-1])),
+            )
     except DataError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
@@ -170,13 +200,16 @@ class _ReconTransform:
         self.acquisition = acquisition
         self.train = train
         self.mask_func = acquisition.mask_func()
+        self.epoch_seed = 0
 
-    def seed(self) -> int:
-        """Mask seed: fresh per sample (train) or the acquisition's fixed seed (eval)."""
-        if self.train:
-            # drawn from torch's RNG: differs per DataLoader worker, follows torch.manual_seed
-            return int(torch.randint(0, 2**31 - 1, ()).item())
-        return self.acquisition.seed
+    def seed(self, fname: str, slice_num: int) -> int:
+        """Mask seed: the acquisition's fixed seed (eval), or (train) one drawn from the epoch
+        seed, the file name and the slice, so that a sample's mask does not depend on batch
+        size, sample order or DataLoader workers."""
+        if not self.train:
+            return self.acquisition.seed
+        entropy = [self.epoch_seed, zlib.crc32(fname.encode("utf-8")), int(slice_num)]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
     def __call__(
         self,
@@ -203,14 +236,17 @@ class _ReconTransform:
         right = min(max(int(attrs.get("padding_right", width)), left), width)
         # with the eval seed this is exactly acquisition.eval_mask(W) (same MaskFunc, same seed)
         masked, sample_mask, _ = apply_mask(
-            k, self.mask_func, seed=self.seed(), padding=(left, right)
+            k, self.mask_func, seed=self.seed(fname, slice_num), padding=(left, right)
         )
-        sample_mask = sample_mask.to(torch.bool)
         max_value = float(attrs["max"]) if "max" in attrs else float(np.max(target))
+        target_t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
+        crop = target_crop(tuple(k.shape[1:3]), tuple(target_t.shape))
+        if crop != tuple(target_t.shape):  # a volume narrower than the reconstruction size
+            target_t = center_crop(target_t, crop).contiguous()
         return {
             "input": masked,
-            "mask": sample_mask,
-            "target": torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)),
+            "mask": sample_mask.to(torch.bool),
+            "target": target_t,
             "max_value": max_value,
             "fname": fname,
             "slice_num": int(slice_num),
@@ -227,15 +263,17 @@ class ReconDataset(Dataset):
     * ``mask``: bool ``(1, 1, W, 1)``, True for sampled columns (columns outside fastMRI's
       acquired range ``[padding_left, padding_right)`` are False).
     * ``target``: float32 ``(h, w)``, ``reconstruction_rss`` (multi-coil) or
-      ``reconstruction_esc`` (single-coil) as stored.
+      ``reconstruction_esc`` (single-coil) as stored; centre-cropped to the image width for a
+      volume narrower than it (:func:`target_crop`, fastMRI's FLAIR rule).
     * ``max_value``: float, the file's ``max`` attribute (the volume's target maximum).
     * ``fname``: file name, ``slice_num``: slice index.
 
     Args:
         root: folder of ``*.h5`` files.
         acquisition: undersampling pattern.
-        train: True draws a fresh random mask per sample; False uses the fixed
-            ``acquisition.eval_mask(W)`` for every sample (deterministic evaluation).
+        train: True draws a random mask per sample, seeded by :meth:`set_epoch`, the file
+            name and the slice; False uses the fixed ``acquisition.eval_mask(W)`` for every
+            sample (deterministic evaluation).
         challenge: ``"singlecoil"``, ``"multicoil"``, or None to detect from the first file
             (k-space ndim 3 or 4).
 
@@ -261,7 +299,7 @@ class ReconDataset(Dataset):
             challenge = detect_challenge(files[0])
         elif challenge not in CHALLENGES:
             raise DataError(f"unknown challenge '{challenge}' (expected singlecoil or multicoil)")
-        self.slices_per_file = {f.name: check_file(f, challenge) for f in files}
+        self.file_info = {f.name: check_file(f, challenge) for f in files}
         self.root = root
         self.files = files
         self.challenge = challenge
@@ -277,6 +315,22 @@ class ReconDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._slices[index]
+
+    def set_epoch(self, seed: int) -> None:
+        """Seed the random training masks of one epoch (each sample's mask is drawn from
+        ``seed``, its file name and slice, whichever worker loads it)."""
+        self.transform.epoch_seed = int(seed)
+
+    def shape_keys(self) -> list[tuple[tuple[int, ...], tuple[int, int]]]:
+        """``(input shape, target shape)`` of every sample, in dataset order, from the file
+        headers: samples that can be stacked into one batch share a key (fastMRI mixes
+        k-space widths and coil counts across volumes)."""
+        return [self.file_info[Path(f).name].sample_shapes() for f, _, _ in self.raw_samples]
+
+    @property
+    def paths(self) -> list[Path]:
+        """The data files, sorted."""
+        return list(self.files)
 
     @property
     def raw_samples(self) -> list:

@@ -8,7 +8,8 @@ One set of phantom volumes (:mod:`defend.data.phantom`) feeds
 
 Layout under ``OUT``::
 
-    dataset.json                         parameters and counts
+    dataset.json                         parameters and counts (written last)
+    .synth-in-progress.json              parameters, while a run is under way or interrupted
     {train,val,test}/file_brain_AXFLAIR_synth_VVV.h5
     seg/{train,val,test}/images/NAME.png  8-bit RSS image, min-max scaled per image
     seg/{train,val,test}/masks/NAME.png   label indices (0 background, 1 lesion)
@@ -16,11 +17,12 @@ Layout under ``OUT``::
 
 ``NAME`` is ``<volume stem>_sNN`` (slice ``NN``). Volumes are split about 70/15/15 in order
 (at least one per split). The same arguments give byte-identical files; every file is written
-atomically.
+atomically, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,13 @@ from tqdm import tqdm
 
 from defend.data import phantom
 from defend.errors import DefendError
-from defend.io import atomic_write, write_json
+from defend.io import atomic_write, check_writable, write_json
 
 SPLITS = ("train", "val", "test")
 CLASSES = ("healthy", "lesion")
 FORMAT = "defend-synth-v1"
+#: Written before the first file and removed after ``dataset.json``: an interrupted run.
+MARKER = ".synth-in-progress.json"
 ACQUISITION = "AXFLAIR"
 NOISE = 0.004
 FOV_MM = 220.0
@@ -218,17 +222,164 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round((image - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
 
-def _owned_files(out: Path) -> list[Path]:
-    """Files a previous ``synthesize`` run wrote under ``out`` (matched by name pattern)."""
-    stem = f"file_brain_{ACQUISITION}_synth_*"
-    found: list[Path] = []
-    for split in SPLITS:
-        found += (out / split).glob(f"{stem}.h5")
-        for sub in ("images", "masks"):
-            found += (out / "seg" / split / sub).glob(f"{stem}.png")
-        for cls in CLASSES:
-            found += (out / "cls" / split / cls).glob(f"{stem}.png")
-    return found
+def _params(size: int, coils: int, volumes: int, slices: int, seed: int) -> dict[str, Any]:
+    """The parameters stored in ``dataset.json`` (and in the in-progress marker)."""
+    return {
+        "size": size,
+        "coils": coils,
+        "volumes": volumes,
+        "slices": slices,
+        "seed": seed,
+        "noise": NOISE,
+        "acquisition": ACQUISITION,
+    }
+
+
+def _stored_params(path: Path) -> dict[str, Any] | None:
+    """The parameters in a ``dataset.json`` or marker file of ours, else ``None``."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        return None
+    params = info.get("params")
+    return params if isinstance(params, dict) else None
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``"size 32 (you asked 64)"``; several: ``"size 32, seed 1 (you asked size 64, seed 0)"``."""
+    keys = [k for k in new if old.get(k) != new[k]] or list(new)
+    was = ", ".join(f"{k} {old.get(k)}" for k in keys)
+    if len(keys) == 1:
+        return f"{was} (you asked {new[keys[0]]})"
+    return f"{was} (you asked {', '.join(f'{k} {new[k]}' for k in keys)})"
+
+
+def _check_out(out: Path, params: dict[str, Any]) -> str:
+    """What to do with ``out``: ``"new"``, ``"resume"`` (an interrupted run with the same
+    parameters) or ``"done"`` (a complete data set with the same parameters).
+
+    Raises:
+        DefendError: ``out`` cannot be written, holds a data set (complete or interrupted) with
+            other parameters, or holds something else.
+    """
+    check_writable(out, "dir")
+    if not out.is_dir() or not any(out.iterdir()):
+        return "new"
+    for name, what, state in (
+        ("dataset.json", "a synthetic data set", "done"),
+        (MARKER, "an interrupted synth", "resume"),
+    ):
+        if (out / name).is_file():
+            old = _stored_params(out / name)
+            if old is None:
+                raise DefendError(f"{out / name}: unreadable, or not written by defend data synth")
+            if old != params:
+                raise DefendError(
+                    f"{out}: holds {what} with {_differences(old, params)}; remove it or "
+                    "choose another folder"
+                )
+            return state
+    raise DefendError(f"{out}: folder is not empty and holds no synthetic data set")
+
+
+def _slice_files(out: Path, split: str, name: str, s: int, lesion: bool) -> tuple[Path, ...]:
+    """The segmentation image, mask and classification image of slice ``s``."""
+    slice_name = f"{name}_s{s:02d}.png"
+    seg = out / "seg" / split
+    return (
+        seg / "images" / slice_name,
+        seg / "masks" / slice_name,
+        out / "cls" / split / CLASSES[int(lesion)] / slice_name,
+    )
+
+
+def _written_lesions(out: Path, split: str, name: str, slices: int) -> np.ndarray | None:
+    """The lesion masks of a volume an interrupted run wrote completely, else ``None``.
+
+    Every file is written atomically, so a file that exists is complete.
+    """
+    try:
+        with h5py.File(out / split / f"{name}.h5", "r") as f:
+            lesions = np.asarray(f["lesion_mask"][()]).astype(bool)
+    except (OSError, KeyError):
+        return None
+    if lesions.shape[0] != slices:
+        return None
+    for s in range(slices):
+        if not all(p.is_file() for p in _slice_files(out, split, name, s, lesions[s].any())):
+            return None
+    return lesions
+
+
+def _write_volume(out: Path, split: str, v: int, params: dict[str, Any]) -> np.ndarray:
+    """Generate volume ``v`` and write its HDF5 file and PNGs; returns its lesion masks."""
+    size, coils, slices, seed = (params[k] for k in ("size", "coils", "slices", "seed"))
+    rng = np.random.default_rng([seed, v])
+    image, lesions = phantom.brain_volume(rng, size, slices)
+    maps = phantom.coil_maps(rng, size, coils)
+    kspace = phantom.multicoil_kspace(rng, image, maps, noise=NOISE)
+    target = phantom.rss(phantom.ifft2c(kspace.astype(np.complex128))).astype(np.float32)
+
+    name = volume_name(v)
+    patient_id = f"synth-{seed}-{v:03d}"
+    header = ismrmrd_header(size, size, slices, coils, patient_id)
+    lesion_u8 = lesions.astype(np.uint8)
+    atomic_write(
+        out / split / f"{name}.h5",
+        lambda p: _write_h5(p, kspace, target, lesion_u8, header, patient_id),
+    )
+    for s in range(slices):
+        png = to_uint8(target[s])
+        image_path, mask_path, cls_path = _slice_files(out, split, name, s, lesions[s].any())
+        _write_png(image_path, png)
+        _write_png(mask_path, lesion_u8[s])
+        _write_png(cls_path, png)
+    return lesions
+
+
+def _info(params: dict[str, Any], summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The contents of ``dataset.json``."""
+    return {
+        "format": FORMAT,
+        "params": params,
+        "tasks": {
+            "recon": {"challenge": "multicoil", "target": "reconstruction_rss"},
+            "seg": {"classes": 1, "labels": ["lesion"]},
+            "cls": {"classes": list(CLASSES)},
+        },
+        "splits": summary,
+        "total": {
+            "volumes": params["volumes"],
+            "slices": params["volumes"] * params["slices"],
+            "lesion_slices": sum(e["lesion_slices"] for e in summary.values()),
+        },
+    }
+
+
+def _write_volumes(
+    out: Path, params: dict[str, Any], counts: dict[str, int], *, resume: bool, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """Write every volume (on ``resume``, keep those already complete); per-split counts."""
+    splits = [s for s in SPLITS for _ in range(counts[s])]
+    slices = params["slices"]
+    summary: dict[str, dict[str, Any]] = {
+        s: {"volumes": 0, "slices": 0, "lesion_slices": 0, "lesions_px": 0, "files": []}
+        for s in SPLITS
+    }
+    for v in tqdm(range(params["volumes"]), desc="synth", unit="vol", disable=not progress):
+        split, name = splits[v], volume_name(v)
+        lesions = _written_lesions(out, split, name, slices) if resume else None
+        if lesions is None:
+            lesions = _write_volume(out, split, v, params)
+        entry = summary[split]
+        entry["volumes"] += 1
+        entry["slices"] += slices
+        entry["lesion_slices"] += int(lesions.any(axis=(1, 2)).sum())
+        entry["lesions_px"] += int(lesions.sum())
+        entry["files"].append(f"{name}.h5")
+    return summary
 
 
 def synthesize(
@@ -248,9 +399,13 @@ def synthesize(
     ``reconstruction_rss`` is the root-sum-of-squares of ``ifft2c`` of the stored k-space, so
     it is exactly what fastMRI computes from the fully sampled data.
 
+    An interrupted run leaves ``OUT/.synth-in-progress.json`` (its parameters): the same call
+    again resumes it, skipping the volumes already written. A folder that holds a complete
+    data set with the same parameters is left as it is.
+
     Args:
-        out: output folder; created if missing. It must be empty or hold an earlier synthetic
-            data set (whose files are replaced).
+        out: output folder; created if missing. It must be empty, or hold a data set (complete
+            or interrupted) written with the same parameters.
         size: image size ``N`` (k-space and targets are ``N x N``), at least 16.
         coils: number of receive coils (1 still writes multi-coil files, with one coil).
         volumes: number of volumes (at least 3: one per split).
@@ -259,90 +414,54 @@ def synthesize(
         progress: show a tqdm progress bar over volumes.
 
     Returns:
-        the contents of ``OUT/dataset.json``: parameters, per-split counts and file names.
+        the contents of ``OUT/dataset.json`` (parameters, per-split counts and file names),
+        plus ``seconds`` and ``status``: ``"written"``, ``"resumed"`` or ``"existing"``.
 
     Raises:
-        DefendError: invalid parameters, or ``out`` holds something else.
+        DefendError: invalid parameters; ``out`` cannot be written, holds a data set with other
+            parameters (named in the message), or holds something else.
     """
     out = Path(out)
-    if size < 16:
-        raise DefendError(f"size must be >= 16, got {size}")
-    if coils < 1:
-        raise DefendError(f"coils must be >= 1, got {coils}")
-    if slices < 1:
-        raise DefendError(f"slices must be >= 1, got {slices}")
+    for key, value, low in (("size", size, 16), ("coils", coils, 1), ("slices", slices, 1)):
+        if value < low:
+            raise DefendError(f"{key} must be >= {low}, got {value}")
     if seed < 0:
         raise DefendError(f"seed must be >= 0, got {seed}")
     counts = split_counts(volumes)
-    if out.exists() and not out.is_dir():
-        raise DefendError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "dataset.json").is_file():
-            raise DefendError(f"{out}: folder is not empty and holds no synthetic data set")
-        for old in _owned_files(out):  # replaced below; leftovers from a larger earlier run go
-            old.unlink()
-
-    splits = [s for s in SPLITS for _ in range(counts[s])]
-    summary: dict[str, dict[str, Any]] = {
-        s: {"volumes": 0, "slices": 0, "lesion_slices": 0, "lesions_px": 0, "files": []}
-        for s in SPLITS
-    }
+    params = _params(size, coils, volumes, slices, seed)
+    state = _check_out(out, params)
+    if state == "done":
+        (out / MARKER).unlink(missing_ok=True)  # interrupted after dataset.json was written
+        return {
+            **json.loads((out / "dataset.json").read_text()),
+            "seconds": 0.0,
+            "status": "existing",
+        }
+    if state == "resume":
+        for tmp in out.rglob(".*.tmp"):  # atomic_write leftovers of a killed run
+            tmp.unlink()
+    write_json(out / MARKER, {"format": FORMAT, "params": params})
     start = time.perf_counter()
-    for v in tqdm(range(volumes), desc="synth", unit="vol", disable=not progress):
-        rng = np.random.default_rng([seed, v])
-        image, lesions = phantom.brain_volume(rng, size, slices)
-        maps = phantom.coil_maps(rng, size, coils)
-        kspace = phantom.multicoil_kspace(rng, image, maps, noise=NOISE)
-        target = phantom.rss(phantom.ifft2c(kspace.astype(np.complex128))).astype(np.float32)
-
-        split, name = splits[v], volume_name(v)
-        patient_id = f"synth-{seed}-{v:03d}"
-        header = ismrmrd_header(size, size, slices, coils, patient_id)
-        lesion_u8 = lesions.astype(np.uint8)
-        atomic_write(
-            out / split / f"{name}.h5",
-            lambda p, k=kspace, t=target, m=lesion_u8, h=header, i=patient_id: _write_h5(
-                p, k, t, m, h, i
-            ),
-        )
-        for s in range(slices):
-            slice_name = f"{name}_s{s:02d}.png"
-            png = to_uint8(target[s])
-            label = CLASSES[int(lesions[s].any())]
-            _write_png(out / "seg" / split / "images" / slice_name, png)
-            _write_png(out / "seg" / split / "masks" / slice_name, lesion_u8[s])
-            _write_png(out / "cls" / split / label / slice_name, png)
-        entry = summary[split]
-        entry["volumes"] += 1
-        entry["slices"] += slices
-        entry["lesion_slices"] += int(lesions.any(axis=(1, 2)).sum())
-        entry["lesions_px"] += int(lesions.sum())
-        entry["files"].append(f"{name}.h5")
+    summary = _write_volumes(out, params, counts, resume=state == "resume", progress=progress)
     elapsed = time.perf_counter() - start
-
-    info: dict[str, Any] = {
-        "format": FORMAT,
-        "params": {
-            "size": size,
-            "coils": coils,
-            "volumes": volumes,
-            "slices": slices,
-            "seed": seed,
-            "noise": NOISE,
-            "acquisition": ACQUISITION,
-        },
-        "tasks": {
-            "recon": {"challenge": "multicoil", "target": "reconstruction_rss"},
-            "seg": {"classes": 1, "labels": ["lesion"]},
-            "cls": {"classes": list(CLASSES)},
-        },
-        "splits": summary,
-        "total": {
-            "volumes": volumes,
-            "slices": volumes * slices,
-            "lesion_slices": sum(e["lesion_slices"] for e in summary.values()),
-        },
-    }
+    info = _info(params, summary)
     write_json(out / "dataset.json", info)
+    (out / MARKER).unlink()
     # timing is reported to the caller but kept out of the file (byte-identical reruns)
-    return {**info, "seconds": elapsed}
+    status = "resumed" if state == "resume" else "written"
+    return {**info, "seconds": elapsed, "status": status}
+
+
+def describe_synth(out: str | Path, result: dict[str, Any]) -> str:
+    """One line about what :func:`synthesize` returned, for the command line."""
+    params, splits = result["params"], result["splits"]
+    counts = " / ".join(f"{s} {splits[s]['volumes']}" for s in SPLITS)
+    what = (
+        f"{params['volumes']} volumes ({counts}), {result['total']['slices']} slices, "
+        f"{params['size']} px, {params['coils']} coil{'s' if params['coils'] != 1 else ''}"
+    )
+    details = f"details in {Path(out) / 'dataset.json'}"
+    if result.get("status") == "existing":
+        return f"{out}: already there ({what}); nothing rewritten; {details}"
+    resumed = " (resumed)" if result.get("status") == "resumed" else ""
+    return f"wrote {out}{resumed}: {what} in {result['seconds']:.1f} s; {details}"

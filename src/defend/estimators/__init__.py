@@ -75,10 +75,11 @@ def load_estimator(
         if "acquisition" not in data:
             raise CheckpointError(f"{source}: recon checkpoint data lacks acquisition")
         try:
-            mask = Acquisition.from_dict(data["acquisition"]).eval_mask(input_shape[-2])
+            acquisition = Acquisition.from_dict(data["acquisition"])
+            mask = acquisition.eval_mask(input_shape[-2])
         except DefendError as exc:
             raise CheckpointError(f"{source}: {exc}") from None
-        return ReconEstimator(model, mask, input_shape, device=device)
+        return ReconEstimator(model, mask, input_shape, device=device, acquisition=acquisition)
     if task == "seg":
         from defend.tasks import SegTask
 

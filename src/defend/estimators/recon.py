@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from defend.data.acquisition import Acquisition
 from defend.estimators.base import TorchEstimator
 from defend.models.recon import acquired_columns
 
@@ -43,6 +44,8 @@ class ReconEstimator(TorchEstimator):
         device: torch device (default: CUDA when available).
         loss: ``"mse"`` or ``"l1"`` (per-sample mean over pixels), or a callable
             ``(pred (B, h, w), y (B, h, w)) -> (B,)`` losses or a batch-mean scalar.
+        acquisition: the :class:`~defend.data.Acquisition` the mask came from; lets
+            :meth:`reshaped` build the mask of another k-space width.
     """
 
     estimator_params = TorchEstimator.estimator_params + ["mask", "loss_function"]
@@ -54,12 +57,43 @@ class ReconEstimator(TorchEstimator):
         input_shape: tuple[int, ...],
         device: str | torch.device | None = None,
         loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
+        acquisition: Acquisition | None = None,
     ) -> None:
         super().__init__(model, input_shape, device=device, clip_values=None)
         if len(self.input_shape) != 4 or self.input_shape[-1] != 2:
             raise ValueError(f"input_shape must be (coils, H, W, 2), got {self.input_shape}")
         self.mask = mask
         self.loss_function = loss
+        self.acquisition = acquisition
+
+    def reshaped(self, input_shape: tuple[int, ...]) -> ReconEstimator:
+        """This estimator (same model, loss and device) for k-space of another shape.
+
+        fastMRI data mixes k-space widths and coil counts across volumes; each shape gets the
+        acquisition's evaluation mask of its width (the one the data set applied to it).
+
+        Args:
+            input_shape: ``(coils, H, W, 2)``.
+
+        Raises:
+            ValueError: another width without an ``acquisition`` to build its mask from.
+        """
+        input_shape = tuple(int(s) for s in input_shape)
+        if input_shape == self.input_shape:
+            return self
+        width = input_shape[2]
+        if width == self.input_shape[2]:
+            mask = self._mask
+        elif self.acquisition is not None:
+            mask = self.acquisition.eval_mask(width)
+        else:
+            raise ValueError(
+                f"k-space width {width} differs from the mask's {self.input_shape[2]} and the "
+                "estimator has no acquisition to build another mask from"
+            )
+        return ReconEstimator(
+            self._model, mask, input_shape, self._device, self._loss_function, self.acquisition
+        )
 
     @property
     def mask(self) -> torch.Tensor:

@@ -13,13 +13,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from defend.errors import CheckpointError, DefendError
+from defend.errors import CheckpointError, DefendError, ModelOptionError
 from defend.models.cls import build_cls_model
 from defend.models.recon import ReconUnet, ReconVarNet, zero_filled
 from defend.models.seg import DEFAULT_SEG_NAME, SMALL_SEG_KWARGS, build_seg_model, parse_seg_name
@@ -32,6 +36,7 @@ __all__ = [
     "build_cls_model",
     "build_model",
     "build_seg_model",
+    "check_model_options",
     "default_model_config",
     "load_weights",
     "zero_filled",
@@ -62,29 +67,135 @@ def build_model(task: str, config: Mapping[str, Any]) -> nn.Module:
         The model (on the CPU, in training mode).
 
     Raises:
-        DefendError: unknown task, model name or keyword argument.
+        DefendError: unknown task, model name or keyword argument, a value of the wrong kind
+            (:class:`~defend.errors.ModelOptionError`), or one the model cannot be built with.
     """
     check_task(task)
     kwargs = dict(config)
     name = kwargs.pop("name", None)
     if not isinstance(name, str):
         raise DefendError(f"model config for task '{task}' needs a 'name' (got {dict(config)})")
-    if task == "recon":
-        cls = _RECON_CLASSES.get(name.lower())
-        if cls is None:
-            raise DefendError(
-                f"unknown reconstruction model '{name}'; valid: {', '.join(_RECON_CLASSES)}"
-            )
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise DefendError(f"model config for recon '{name}': {exc}") from None
-    if task == "seg":
-        return build_seg_model(name, **kwargs)
+    if task == "recon" and name.lower() not in _RECON_CLASSES:
+        raise DefendError(
+            f"unknown reconstruction model '{name}'; valid: {', '.join(_RECON_CLASSES)}"
+        )
+    check_model_options(task, name, kwargs)
     try:
+        if task == "recon":
+            return _RECON_CLASSES[name.lower()](**kwargs)
+        if task == "seg":
+            return build_seg_model(name, **kwargs)
         return build_cls_model(name, **kwargs)
-    except TypeError as exc:
-        raise DefendError(f"model config for cls '{name}': {exc}") from None
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DefendError(f"cannot build {task} model '{name}' with {kwargs}: {first}") from None
+
+
+def _signature_specs(
+    func: Callable[..., Any], skip: Sequence[str] = ()
+) -> dict[str, tuple[Any, Any]]:
+    """``{keyword: (default, annotation)}`` of ``func``'s named parameters."""
+    specs = {}
+    for key, param in inspect.signature(func).parameters.items():
+        if key in ("self", *skip) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = None if param.default is param.empty else param.default
+        specs[key] = (default, param.annotation)
+    return specs
+
+
+def _option_specs(task: str, name: str | None) -> tuple[str, dict[str, tuple[Any, Any]]]:
+    """The model's full name and ``{option: (default, annotation)}`` of what it accepts."""
+    config = default_model_config(task, name)
+    full_name = config.pop("name")
+    if task == "recon":
+        specs = _signature_specs(_RECON_CLASSES[full_name])
+    elif task == "seg":
+        import segmentation_models_pytorch as smp
+
+        arch, _ = parse_seg_name(full_name)
+        specs = _signature_specs(
+            smp.MODEL_ARCHITECTURES_MAPPING[arch], skip=("encoder_name", "encoder_weights")
+        )
+    else:
+        specs = _signature_specs(build_cls_model, skip=("name",))
+    for key, value in config.items():  # our defaults (e.g. the small seg model's) win
+        specs[key] = (value, specs.get(key, (None, inspect.Parameter.empty))[1])
+    return full_name, specs
+
+
+def _is_union(annotation: Any) -> bool:
+    """Whether a parameter annotation admits several types (then no kind is enforced)."""
+    if isinstance(annotation, str):
+        return "|" in annotation or annotation.startswith(("Union", "Optional", "Any"))
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) or annotation is Any
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind_error(key: str, value: Any, default: Any) -> str | None:
+    """What is wrong with ``value`` for an option whose default is ``default``, or None."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if _is_int(default):
+        if not _is_int(value):
+            return "expected an integer"
+        if default >= 1 and value < 1:
+            return "expected a positive integer"
+        return None
+    if isinstance(default, float):
+        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+            return "expected a number"
+        if "drop" in key and not 0 <= value <= 1:
+            return "expected a probability in [0, 1]"
+        return None
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "expected a string"
+    if isinstance(default, list | tuple):
+        if not isinstance(value, list | tuple):
+            return "expected a list, e.g. [64,32,16]"
+        if all(_is_int(d) for d in default) and not all(_is_int(v) and v >= 1 for v in value):
+            return "expected a list of positive integers"
+        return None
+    if isinstance(default, dict):
+        return None if isinstance(value, dict) else "expected a JSON object"
+    return None
+
+
+def check_model_options(task: str, name: str | None, options: Mapping[str, Any]) -> None:
+    """Refuse model options the model does not take or whose values are of the wrong kind.
+
+    A value must fit the type of the option's default: an integer for an integer default
+    (positive where the default is), a number for a float (a probability for ``*drop*``
+    options), true/false for a bool, a list for a list, a string for a string; options
+    defaulting to ``None`` (and those typed as a union) take any JSON value.
+
+    Args:
+        task: ``recon``, ``seg`` or ``cls``.
+        name: model name (``None``: the task's default model).
+        options: ``{option: value}``, e.g. from ``--set KEY=VALUE`` (JSON-decoded).
+
+    Raises:
+        ModelOptionError: one line naming the option, the value and what was expected (for an
+            unknown option: the valid ones).
+    """
+    check_task(task)
+    full_name, specs = _option_specs(task, name)
+    for key, value in options.items():
+        if key == "name":
+            raise ModelOptionError(key, value, "choose the model with --model, not --set")
+        if key not in specs:
+            valid = ", ".join(specs)
+            reason = f"unknown option of {task} model '{full_name}'; valid: {valid}"
+            raise ModelOptionError(key, value, reason)
+        default, annotation = specs[key]
+        if default is None or _is_union(annotation):
+            continue
+        reason = _kind_error(key, value, default)
+        if reason is not None:
+            raise ModelOptionError(key, value, reason)
 
 
 def _shape(data_info: Mapping[str, Any], key: str) -> tuple[int, ...] | None:

@@ -7,7 +7,8 @@ image in the units of fastMRI's targets (root-sum-of-squares of the coil images)
 
 They apply the mask themselves before anything else, so k-space that was not sampled never
 reaches the network: the gradient of any loss with respect to it is exactly zero. ``h, w`` is
-the ``crop`` size if one is given (fastMRI's reconstruction size), else ``H, W``.
+the ``crop`` size if one is given (fastMRI's reconstruction size; :func:`fit_crop` for images
+narrower than it), else ``H, W``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from fastmri.data.transforms import center_crop
 from fastmri.models import Unet, VarNet
 from torch import nn
 
-__all__ = ["ReconUnet", "ReconVarNet", "acquired_columns", "as_kspace_mask", "zero_filled"]
+__all__ = [
+    "ReconUnet",
+    "ReconVarNet",
+    "acquired_columns",
+    "as_kspace_mask",
+    "fit_crop",
+    "zero_filled",
+]
 
 
 def _as_crop(crop: Sequence[int] | None) -> tuple[int, int] | None:
@@ -64,12 +72,35 @@ def zero_filled(masked_kspace: torch.Tensor, crop: Sequence[int] | None = None) 
     return _crop(image, crop)
 
 
+def fit_crop(image_hw: Sequence[int], crop: Sequence[int]) -> tuple[int, int]:
+    """The crop that fits an image of size ``image_hw``, as fastMRI's transforms choose it.
+
+    A volume narrower than the reconstruction size (fastMRI brain FLAIR with k-space width
+    ~200 against a 320 x 320 target) is cropped to a ``(W, W)`` square, as fastMRI's
+    ``UnetDataTransform`` and ``VarNetModule`` do ("check for FLAIR 203"); no side is ever
+    larger than the image.
+
+    Args:
+        image_hw: ``(H, W)`` of the image to crop.
+        crop: the wanted ``(h, w)``.
+
+    Returns:
+        ``(h, w)`` with ``h <= H`` and ``w <= W``.
+    """
+    height, width = int(image_hw[0]), int(image_hw[1])
+    h, w = int(crop[0]), int(crop[1])
+    if width < w:
+        h, w = width, width
+    return min(h, height), min(w, width)
+
+
 def _crop(image: torch.Tensor, crop: Sequence[int] | None) -> torch.Tensor:
     crop = _as_crop(crop)
-    if crop is None or tuple(image.shape[-2:]) == crop:
+    if crop is None:
         return image
-    if crop[0] > image.shape[-2] or crop[1] > image.shape[-1]:
-        raise ValueError(f"crop {crop} is larger than the image {tuple(image.shape[-2:])}")
+    crop = fit_crop(image.shape[-2:], crop)
+    if tuple(image.shape[-2:]) == crop:
+        return image
     return center_crop(image, crop)
 
 

@@ -9,12 +9,14 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from defend.data import Acquisition, load_dataset
-from defend.device import seed_everything
-from defend.io import load_weights_file
+from defend.data import Acquisition, load_dataset, task_root
+from defend.data.arrays import fingerprint
+from defend.device import pick_device, seed_everything
+from defend.errors import DefendError
+from defend.io import check_writable, load_weights_file
 from defend.models import build_model, default_model_config, load_weights
 from defend.tasks import get_task
-from defend.train.loop import TrainConfig, fit
+from defend.train.loop import TrainConfig, fit, run_config
 
 #: (epochs, learning rate) that train each default model on the built-in 64 px data within
 #: a few CPU minutes; VarNet's cascades start slowly and want more steps at a higher rate.
@@ -62,6 +64,38 @@ def model_data_args(task: str, info: dict[str, Any]) -> dict[str, Any]:
     return {"in_channels": info["input_shape"][0], "num_classes": len(info["classes"])}
 
 
+def _weights_fingerprint(weights: str | os.PathLike | None) -> dict[str, Any] | None:
+    """Name and size of the starting weights, for the run configuration."""
+    if weights is None:
+        return None
+    path = Path(weights)
+    return {"file": path.name, "bytes": path.stat().st_size}
+
+
+def _load_splits(
+    task: str,
+    data_dir: Path,
+    acquisition: Acquisition | None,
+    log: Callable[[str], None],
+) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """The train and val datasets, and the checkpoint's data dict; logs which folder is which."""
+    train_set = load_dataset(task, data_dir, "train", train=True, acquisition=acquisition)
+    info = describe_data(task, train_set, acquisition)
+    # the training split fixes the label map and channels: val (and, via the checkpoint's
+    # data dict, every later reader) uses the same, even where it lacks some classes
+    val_set = load_dataset(
+        task,
+        data_dir,
+        "val",
+        acquisition=acquisition,
+        classes=info["classes"] if task != "recon" else None,
+        channels=info["input_shape"][0] if task != "recon" else None,
+    )
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        log(f"{split}: {task_root(data_dir, task, split)} ({len(dataset)} samples)")
+    return train_set, val_set, info
+
+
 def train_model(
     task: str,
     data_dir: str | os.PathLike,
@@ -79,41 +113,43 @@ def train_model(
 
     Args:
         task: ``recon``, ``seg`` or ``cls``.
-        data_dir: a folder of ``defend data synth`` or real data (see :mod:`defend.data`).
+        data_dir: a folder of ``defend data synth`` or real data (see :mod:`defend.data`;
+            fastMRI's ``multicoil_train`` / ``multicoil_val`` folders are found by name).
         out: checkpoint path (the best epoch goes beside it as ``NAME.best.pt``).
         model: model name (recon ``unet`` / ``varnet``; seg ``ARCH/ENCODER``; cls
             ``resnet18`` / ``resnet50``); ``None`` for the task's default.
         model_options: overrides of the model config (e.g. ``{"chans": 32}``).
-        config: optimisation settings.
+        config: optimisation settings; ``epochs=0`` with ``weights`` evaluates the weights and
+            writes a checkpoint without training.
         acquisition: k-space sampling for recon (default: 4x equispaced, 8 % centre).
         weights: a local weight file to start from (e.g. a fastMRI leaderboard state dict).
-        resume: continue an interrupted run found at ``out``.
+        resume: continue an interrupted run found at ``out`` (refused, naming the
+            differences, if it was started with other settings or data).
 
     Returns:
         The per-epoch history of training loss and validation metrics.
     """
     config = config or TrainConfig()
-    seed_everything(config.seed)
+    if config.epochs == 0 and weights is None:
+        raise DefendError("--epochs 0 evaluates given weights: pass --weights FILE")
+    pick_device(config.device)
+    check_writable(out, "file")
     acquisition = acquisition or Acquisition() if task == "recon" else None
     task_spec = get_task(task)
     data_dir = Path(data_dir)
-    train_set = load_dataset(task, data_dir, "train", train=True, acquisition=acquisition)
-    info = describe_data(task, train_set, acquisition)
-    # the training split fixes the label map and channels: val (and, via the checkpoint's
-    # data dict, every later reader) uses the same, even where it lacks some classes
-    val_set = load_dataset(
-        task,
-        data_dir,
-        "val",
-        acquisition=acquisition,
-        classes=info["classes"] if task != "recon" else None,
-        channels=info["input_shape"][0] if task != "recon" else None,
-    )
+    train_set, val_set, info = _load_splits(task, data_dir, acquisition, log)
     model_config = default_model_config(task, model, **model_data_args(task, info))
     model_config.update(model_options or {})
+    seed_everything(config.seed)  # the initial weights depend on the seed alone
     net = build_model(task, model_config)
     if weights is not None:
         load_weights(net, load_weights_file(weights), str(weights))
+    run = run_config(
+        config,
+        data={"train": fingerprint(train_set), "val": fingerprint(val_set)},
+        acquisition=info.get("acquisition"),
+        weights=_weights_fingerprint(weights),
+    )
     return fit(
         task_spec,
         net,
@@ -121,7 +157,12 @@ def train_model(
         val_set,
         config,
         Path(out),
-        meta={"model_config": model_config, "data": info, "loss": task_spec.loss_name},
+        meta={
+            "model_config": model_config,
+            "data": info,
+            "loss": task_spec.loss_name,
+            "run": run,
+        },
         resume=resume,
         log=log,
     )

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from defend.data.batching import shape_loader
 from defend.device import autocast, pick_device
 from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, save_checkpoint
@@ -42,8 +43,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise DefendError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.epochs < 0:
+            raise DefendError(f"--epochs must be >= 0 (0: evaluate only), got {self.epochs}")
         if self.batch_size < 1:
             raise DefendError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
@@ -76,10 +77,9 @@ def evaluate(
     task: Task, model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device
 ) -> dict[str, float]:
     """Validation metrics of ``model`` on ``dataset`` (eval mode, no gradients)."""
-    loader = DataLoader(
+    loader = shape_loader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=False,
+        config.batch_size,
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
     )
@@ -92,6 +92,122 @@ def evaluate(
     model.eval()
     with torch.no_grad(), autocast(device, amp):
         return task.evaluate(model, batches())
+
+
+#: the TrainConfig fields that change a run's numbers (a resume must keep them)
+RUN_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "amp")
+
+
+def run_config(config: TrainConfig, **settings: Any) -> dict[str, Any]:
+    """What identifies a run: the optimisation settings that change its numbers, plus
+    ``settings`` (data fingerprints, acquisition, weights, adversarial settings ...)."""
+    return {**{k: getattr(config, k) for k in RUN_FIELDS}, **settings}
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``["lr 0.001 -> 0.003", ...]``: the keys whose values differ (nested dicts by key)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{d}" for d in config_differences(a, b)]
+        elif a != b:
+            out.append(f"{key} {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _resume(
+    out: Path,
+    task: Task,
+    meta: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[int, list[dict[str, float]], dict[str, float] | None]:
+    """Load the run at ``out`` into model and optimizer; refuse one of another configuration.
+
+    Returns:
+        ``(epochs done, history, best record)``.
+    """
+    ckpt = load_checkpoint(out, task.name)
+    if ckpt.get("model_config") != meta.get("model_config"):
+        raise CheckpointError(
+            f"{out}: holds a run with another model config ({ckpt.get('model_config')}); "
+            "pass --no-resume to start over or choose another --out"
+        )
+    if "run" not in ckpt:
+        raise CheckpointError(
+            f"{out}: holds a run without its configuration (an older defend); pass "
+            "--no-resume to start over or choose another --out"
+        )
+    differences = config_differences(ckpt["run"], meta.get("run", {}))
+    if differences:
+        raise CheckpointError(
+            f"{out}: holds a run with other settings ({'; '.join(differences)}); pass "
+            "--no-resume to start over, or choose another --out (--weights OLD.pt to start "
+            "from its weights)"
+        )
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt["epoch"], ckpt["history"], ckpt.get("best")
+
+
+def _train_epoch(
+    task: Task,
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    adversary: Adversary | None,
+    amp: bool,
+    device: torch.device,
+    bar: Any,
+    epoch: int,
+) -> float:
+    """One pass over ``loader``; the mean training loss."""
+    model.train()
+    total, steps = torch.zeros((), device=device), 0
+    for batch in bar:
+        batch = to_device(batch, device)
+        if adversary is not None:
+            model.eval()
+            batch = adversary(model, batch)
+            model.train()
+        with autocast(device, amp):
+            pred = task.forward(model, batch)
+        loss = task.loss(pred, batch).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+        steps += 1
+        if steps % 10 == 0 or steps == len(loader):
+            mean_loss = float(total) / steps
+            if not math.isfinite(mean_loss):
+                raise DefendError(
+                    f"training diverged in epoch {epoch + 1} (loss {mean_loss}); lower --lr"
+                )
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+    return float(total) / max(steps, 1)
+
+
+def _epoch_loader(
+    train_set: Dataset, config: TrainConfig, epoch_seed: int, device: torch.device
+) -> DataLoader:
+    """The shuffled training batches of one epoch (one shape per batch)."""
+    if hasattr(train_set, "set_epoch"):  # random k-space masks, per sample
+        train_set.set_epoch(epoch_seed)
+    return shape_loader(
+        train_set,
+        config.batch_size,
+        shuffle=True,
+        seed=epoch_seed,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def fit(
@@ -109,6 +225,9 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``config.epochs`` epochs and return the per-epoch history.
 
+    With ``config.epochs == 0`` the model is only evaluated: the checkpoint holds its
+    validation metrics as epoch 0 (how given weights are imported without training).
+
     Args:
         task: forward pass, loss and metrics of the task.
         model: the model to train (moved to the chosen device).
@@ -117,13 +236,15 @@ def fit(
         out: checkpoint path, rewritten atomically after every epoch; the best epoch by
             ``task.monitor`` is also kept at :func:`best_path`. ``None`` writes nothing.
         meta: stored in the checkpoint beside the weights: ``model_config`` (to rebuild the
-            model) and ``data`` (input/target shapes, acquisition, classes).
+            model), ``data`` (input/target shapes, acquisition, classes) and ``run`` (what
+            identifies the run, :func:`run_config`; default: ``config``'s fields).
         adversary: optional per-batch step ``adversary(model, batch) -> batch`` run with the
             model in eval mode before each training step (adversarial training).
-        resume: continue from ``out`` if it exists (same task and model config required).
+        resume: continue from ``out`` if it exists; a run of another model config or
+            ``run`` is refused with a one-line :class:`CheckpointError` naming the differences.
         log: where the per-epoch summary lines go.
     """
-    meta = dict(meta or {})
+    meta = {"run": run_config(config), **(meta or {})}
     device = pick_device(config.device)
     model.to(device)
     optimizer = torch.optim.AdamW(
@@ -133,85 +254,68 @@ def fit(
     best: dict[str, float] | None = None
     start = 0
     if out is not None and out.exists() and resume:
-        ckpt = load_checkpoint(out, task.name)
-        if ckpt.get("model_config") != meta.get("model_config"):
-            raise CheckpointError(
-                f"{out}: holds a run with another model config ({ckpt.get('model_config')}); "
-                "pass --no-resume to start over or choose another --out"
-            )
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start, history, best = ckpt["epoch"], ckpt["history"], ckpt.get("best")
-        if start >= config.epochs:
+        start, history, best = _resume(out, task, meta, model, optimizer)
+        if start >= config.epochs and history:
             log(f"{out}: already trained for {start} epochs; nothing to do")
             return history
         log(f"{out}: resuming after epoch {start}")
+    if config.epochs == 0:
+        record = {"epoch": 0, **evaluate(task, model, val_set, config, device)}
+        _save(out, task, meta, config, model, optimizer, [record], record, True)
+        log("epoch 0 (no training)  " + _format(record))
+        return [record]
 
     amp = config.amp and task.amp_safe
     for epoch in range(start, config.epochs):
         epoch_seed = config.seed * 100_003 + epoch
-        torch.manual_seed(epoch_seed)  # masks, dropout, noise: the same with or without resume
+        torch.manual_seed(epoch_seed)  # dropout, noise: the same with or without resume
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(config.lr, epoch, config.epochs)
-        loader = DataLoader(
-            train_set,
-            batch_size=config.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(epoch_seed),
-            num_workers=config.num_workers,
-            pin_memory=device.type == "cuda",
+        loader = _epoch_loader(train_set, config, epoch_seed, device)
+        desc = f"{task.name} epoch {epoch + 1}/{config.epochs}"
+        bar = tqdm(loader, desc=desc, disable=not config.progress, leave=False)
+        train_loss = _train_epoch(
+            task, model, loader, optimizer, adversary, amp, device, bar, epoch
         )
-        model.train()
-        total, steps = torch.zeros((), device=device), 0
-        bar = tqdm(
-            loader,
-            desc=f"{task.name} epoch {epoch + 1}/{config.epochs}",
-            disable=not config.progress,
-            leave=False,
-        )
-        for batch in bar:
-            batch = to_device(batch, device)
-            if adversary is not None:
-                model.eval()
-                batch = adversary(model, batch)
-                model.train()
-            with autocast(device, amp):
-                pred = task.forward(model, batch)
-            loss = task.loss(pred, batch).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-            steps += 1
-            if steps % 10 == 0 or steps == len(loader):
-                mean_loss = float(total) / steps
-                if not math.isfinite(mean_loss):
-                    raise DefendError(
-                        f"training diverged in epoch {epoch + 1} (loss {mean_loss}); lower --lr"
-                    )
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
         metrics = evaluate(task, model, val_set, config, device)
-        record = {"epoch": epoch + 1, "train_loss": float(total) / max(steps, 1), **metrics}
+        record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics}
         history.append(record)
         improved = best is None or _rank(metrics[task.monitor]) > _rank(best[task.monitor])
-        if improved:
-            best = record
-        if out is not None:
-            ckpt = {
-                "task": task.name,
-                **meta,
-                "train_config": asdict(config),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "epoch": epoch + 1,
-                "metrics": metrics,
-                "history": history,
-                "best": best,
-            }
-            if improved:
-                save_checkpoint(best_path(out), ckpt)
-            save_checkpoint(out, {**ckpt, "optimizer": optimizer.state_dict()})
-        log(
-            f"epoch {epoch + 1}/{config.epochs}  "
-            + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
-        )
+        best = record if improved else best
+        _save(out, task, meta, config, model, optimizer, history, best, improved)
+        log(f"epoch {epoch + 1}/{config.epochs}  " + _format(record))
     return history
+
+
+def _format(record: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
+
+
+def _save(
+    out: Path | None,
+    task: Task,
+    meta: dict[str, Any],
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, float]],
+    best: dict[str, float] | None,
+    improved: bool,
+) -> None:
+    """Write the checkpoint (and the best one, if this epoch improved) atomically."""
+    if out is None:
+        return
+    last = history[-1]
+    ckpt = {
+        "task": task.name,
+        **meta,
+        "train_config": asdict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": last["epoch"],
+        "metrics": {k: v for k, v in last.items() if k not in ("epoch", "train_loss")},
+        "history": history,
+        "best": best,
+    }
+    if improved:
+        save_checkpoint(best_path(out), ckpt)
+    save_checkpoint(out, {**ckpt, "optimizer": optimizer.state_dict()})

@@ -1,0 +1,304 @@
+"""Real fastMRI data end to end: folders named as fastMRI ships them, mixed k-space widths and
+coil counts, a FLAIR-like volume narrower than the reconstruction size, padding in the
+header, multi-coil and single-coil, values ~1e-4.
+
+Checks: training at the default batch size, the attack covering every validation sample and
+touching no unacquired column, resume refusing a changed configuration, evaluation of given
+weights without training, one shape per batch, worker-independent numbers, and bad input
+refused in one line with nothing written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tqdm.auto import tqdm
+
+from defend.attacks.run import run_attack
+from defend.data import Acquisition, ReconDataset, load_groups
+from defend.data.batching import ShapeBatchSampler, shape_loader
+from defend.errors import CheckpointError, DataError, DefendError
+from defend.io import load_checkpoint
+from defend.train import TrainConfig, train_model
+from fastmri_files import write_volume
+
+#: (name, coils, k-space width): widths 40 / 44 and 3 / 2 coils, and a FLAIR-like volume 20
+#: columns wide against a 24 x 24 reconstruction
+VOLUMES = (("a", 3, 40), ("b", 2, 44), ("flair", 3, 20))
+SLICES = 3
+TINY_UNET = {"chans": 4, "num_pool_layers": 2}
+TINY_VARNET = {"num_cascades": 1, "sens_chans": 2, "sens_pools": 1, "chans": 2, "pools": 1}
+
+
+def _write_split(folder: Path, seed: int, singlecoil: bool = False) -> None:
+    folder.mkdir(parents=True)
+    for i, (name, coils, width) in enumerate(VOLUMES):
+        write_volume(
+            folder / f"file_{name}_{seed}.h5",
+            coils=coils,
+            width=width,
+            slices=SLICES,
+            seed=seed * 10 + i,
+            singlecoil=singlecoil,
+        )
+
+
+@pytest.fixture(scope="module")
+def multicoil(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("knee")
+    _write_split(root / "multicoil_train", 1)
+    _write_split(root / "multicoil_val", 2)
+    return root
+
+
+def _config(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 1, "lr": 1e-3, "progress": False, **kw})
+
+
+def _train(data: Path, out: Path, model: str = "unet", log=None, **kw) -> list[dict]:
+    options = TINY_UNET if model == "unet" else TINY_VARNET
+    config = {k: kw.pop(k) for k in list(kw) if k in TrainConfig.__dataclass_fields__}
+    return train_model(
+        "recon",
+        data,
+        out,
+        model=model,
+        model_options=options,
+        config=_config(**config),
+        log=log or (lambda s: None),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def unet(multicoil, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "unet.pt"
+    _train(multicoil, out)
+    return out
+
+
+def test_dataset_shapes_and_narrow_volume(multicoil):
+    ds = ReconDataset(multicoil / "multicoil_val", Acquisition(), train=False)
+    keys = ds.shape_keys()
+    assert len(set(keys)) == 3 and len(keys) == len(ds) == 3 * SLICES
+    for i in range(len(ds)):  # the header-derived key is the sample's real shape
+        sample = ds[i]
+        assert (tuple(sample["input"].shape), tuple(sample["target"].shape)) == keys[i]
+    flair = [k for k in keys if k[0][2] == 20][0]
+    assert flair[1] == (20, 20)  # fastMRI's FLAIR rule: a (W, W) crop of the 24 x 24 target
+
+
+def test_shape_batches_cover_every_sample_once():
+    keys = ["a"] * 5 + ["b"] * 3 + ["a"] * 2 + ["c"]
+    for shuffle in (False, True):
+        sampler = ShapeBatchSampler(keys, 2, shuffle, seed=0)
+        batches = list(sampler)
+        assert list(sampler) == batches  # every iteration starts from the seed
+        assert len(batches) == len(sampler) == 7
+        assert sorted(i for b in batches for i in b) == list(range(len(keys)))
+        assert all(len({keys[i] for i in b}) == 1 and len(b) <= 2 for b in batches)
+    for workers in (0, 1):  # the same batches with workers and behind a progress bar
+        loader = shape_loader(range(10), 4, shuffle=True, seed=3, num_workers=workers)
+        assert [b.tolist() for b in tqdm(loader, disable=True)] == [b.tolist() for b in loader]
+
+
+@pytest.mark.parametrize("model", ["unet", "varnet"])
+def test_trains_on_mixed_shapes_at_the_default_batch_size(multicoil, tmp_path, model):
+    lines: list[str] = []
+    history = _train(multicoil, tmp_path / "m.pt", model, log=lines.append)
+    assert TrainConfig().batch_size == 8 and np.isfinite(history[-1]["train_loss"])
+    assert np.isfinite(history[-1]["ssim"])
+    assert f"train: {multicoil / 'multicoil_train'} (9 samples)" in lines
+    assert f"val: {multicoil / 'multicoil_val'} (9 samples)" in lines
+
+
+def test_attack_covers_every_sample_and_no_unacquired_column(multicoil, unet, tmp_path):
+    result = run_attack(
+        "hallucination",
+        unet,
+        multicoil,
+        tmp_path / "attack",
+        split="val",
+        n=100,
+        params={"max_iter": 3, "part": "complex", "region_size": 4},
+        save_adversarial=True,
+    )
+    assert result["attacked"] == 3 * SLICES and len(result["shapes"]) == 3
+    assert sorted(r["index"] for r in result["rows"]) == list(range(3 * SLICES))
+    assert result["data_root"] == str(multicoil / "multicoil_val")
+    arrays = np.load(tmp_path / "attack" / "adversarial.npz")
+    for g in range(3):
+        x, x_adv = arrays[f"x_{g}"], arrays[f"x_adv_{g}"]
+        acquired = x.any(axis=(1, 2, 4))  # (N, W): padding and unsampled columns are zero
+        eval_mask = Acquisition().eval_mask(x.shape[-2]).squeeze().numpy()
+        assert not (acquired & ~eval_mask).any()
+        changed = (x_adv != x).any(axis=(1, 2, 4))
+        assert changed.any(axis=1).all()  # every sample was attacked ...
+        assert not (changed & ~acquired).any()  # ... in acquired columns only
+        assert not changed[:, :2].any() and not changed[:, -2:].any()  # header padding
+
+
+def test_groups_give_the_same_rows_as_one_sample_at_a_time(multicoil, unet):
+    from defend.attacks.run import attack_groups
+    from defend.estimators import load_estimator
+
+    est = load_estimator(unet, device="cpu")
+    params = {"max_iter": 2, "region_size": 4}
+    groups = load_groups(multicoil, "recon", "val", None, checkpoint=unet)
+    rows = {
+        r["index"]: r
+        for g in attack_groups("hallucination", est, groups, params)
+        for r in g["rows"]
+    }
+    for index in (0, 4, 8):
+        single = load_groups(multicoil, "recon", "val", indices=[index], checkpoint=unet)
+        [alone] = attack_groups("hallucination", est, single, params)
+        assert alone["rows"][0] == pytest.approx(rows[index], rel=1e-4, abs=1e-7)
+
+
+def test_resume_refuses_a_changed_configuration(multicoil, tmp_path):
+    out = tmp_path / "run.pt"
+    _train(multicoil, out)
+    before = out.read_bytes()
+    changes = [
+        ({"seed": 1}, "seed 0 -> 1"),
+        ({"lr": 3e-3}, "lr 0.001 -> 0.003"),
+        ({"batch_size": 4}, "batch_size 8 -> 4"),
+        ({"acquisition": Acquisition(acceleration=8, center_fraction=0.04)}, "acquisition."),
+    ]
+    for change, named in changes:
+        with pytest.raises(CheckpointError) as exc:
+            _train(multicoil, out, **change)
+        assert named in str(exc.value) and "\n" not in str(exc.value)
+    other = tmp_path / "other"
+    shutil.copytree(multicoil, other)
+    next((other / "multicoil_val").glob("*.h5")).unlink()
+    with pytest.raises(CheckpointError, match="data.val"):
+        _train(other, out)
+    assert out.read_bytes() == before  # nothing written by a refused resume
+    lines: list[str] = []
+    _train(multicoil, out, log=lines.append)  # the same run: nothing to do
+    assert any("nothing to do" in line for line in lines)
+
+
+def test_given_weights_are_evaluated_without_training(multicoil, unet, tmp_path):
+    weights = tmp_path / "weights.pt"
+    trained = load_checkpoint(unet)
+    torch.save(trained["state_dict"], weights)  # a plain state dict, as fastMRI ships them
+    out = tmp_path / "imported.pt"
+    history = _train(multicoil, out, epochs=0, weights=weights)
+    ckpt = load_checkpoint(out, "recon")
+    assert ckpt["epoch"] == 0 and history[-1]["epoch"] == 0
+    assert ckpt["metrics"] == pytest.approx(trained["metrics"])  # same weights, same val
+    for key, value in trained["state_dict"].items():
+        assert torch.equal(ckpt["state_dict"][key], value)
+    with pytest.raises(DefendError, match="--epochs 0 evaluates given weights"):
+        _train(multicoil, tmp_path / "none.pt", epochs=0)
+    assert not (tmp_path / "none.pt").exists()
+
+
+@pytest.mark.slow
+def test_workers_do_not_change_the_numbers(multicoil, tmp_path):
+    a = _train(multicoil, tmp_path / "w0.pt", num_workers=0, epochs=2)
+    b = _train(multicoil, tmp_path / "w2.pt", num_workers=2, epochs=2)
+    assert a == b
+
+
+def test_singlecoil_trains_and_attacks(tmp_path):
+    root = tmp_path / "knee"
+    _write_split(root / "singlecoil_train", 3, singlecoil=True)
+    _write_split(root / "singlecoil_val", 4, singlecoil=True)
+    _train(root, tmp_path / "sc.pt", batch_size=4)
+    result = run_attack(
+        "hallucination",
+        tmp_path / "sc.pt",
+        root,
+        tmp_path / "a",
+        split="val",
+        n=4,
+        params={"max_iter": 2, "region_size": 4},
+    )
+    assert result["attacked"] == 4 and result["shapes"][0][0] == 1  # one coil
+
+
+def test_split_folder_errors_are_one_line(multicoil, tmp_path):
+    both = tmp_path / "both"
+    for name in ("multicoil_val", "singlecoil_val"):
+        (both / name).mkdir(parents=True)
+    with pytest.raises(DataError, match="several folders hold the val split"):
+        load_groups(both, "recon", "val")
+    with pytest.raises(DataError, match="multicoil_test"):
+        load_groups(multicoil, "recon", "test")
+    test_split = tmp_path / "t" / "multicoil_test"
+    test_split.mkdir(parents=True)
+    write_volume(test_split / "file_test.h5", target=False)  # fastMRI's test files
+    with pytest.raises(DataError, match="no 'reconstruction_rss' target"):
+        load_groups(tmp_path / "t", "recon", "test")
+
+
+def _defend(*args) -> subprocess.CompletedProcess:
+    code = "from defend.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "eps, message",
+    [
+        ("inf", "eps must be a finite number > 0"),
+        ("nan", "eps must be a finite number > 0"),
+        ("1e9", "must be <= 1"),
+    ],
+)
+def test_attack_budget_errors_are_one_line(multicoil, unet, tmp_path, eps, message):
+    out = tmp_path / "never"
+    done = _defend(
+        "attack",
+        "hallucination",
+        "--checkpoint",
+        unet,
+        "--data",
+        multicoil,
+        "--split",
+        "val",
+        "--out",
+        out,
+        "--eps",
+        eps,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr and not out.exists()
+
+
+def test_visible_perturbation_is_flagged():
+    from defend.attacks.run import attack_warnings
+
+    quiet = {"input_psnr": {"mean": 34.0}}
+    loud = {"input_psnr": {"mean": 18.0}}
+    assert attack_warnings("hallucination", quiet) == []
+    [warning] = attack_warnings("hallucination", loud)
+    assert "input PSNR 18.0 dB < 30 dB" in warning and "lower --eps" in warning
+
+
+def test_default_budget_means_the_same_on_small_and_large_kspace():
+    """Relative l-inf eps: a perturbation filling the box has l2 norm eps x the k-space norm,
+    at 24 and at 320 columns, so the default is as visible on phantoms as on fastMRI data."""
+    from defend.attacks import HallucinationAttack
+
+    for width, height in ((24, 16), (320, 64)):
+        k = torch.randn(2, 3, height, width, 2) * 1e-4
+        k[:, :, :, width // 2] *= 300  # a k-space peak: max |k| far above the RMS
+        sampled = torch.ones(2, 1, 1, width, 1)
+        for part, movable in (("real", torch.tensor([1.0, 0.0])), ("complex", torch.ones(2))):
+            attack = HallucinationAttack.__new__(HallucinationAttack)
+            attack.eps, attack.eps_mode, attack.norm, attack.part = 0.1, "relative", "inf", part
+            box = attack._budget(k, sampled) * movable.expand_as(k)
+            ratio = box.flatten(1).norm(dim=1) / k.flatten(1).norm(dim=1)
+            torch.testing.assert_close(ratio, torch.full((2,), 0.1))
