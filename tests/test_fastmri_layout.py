@@ -27,53 +27,11 @@ from defend.attacks import HallucinationAttack
 from defend.data import Acquisition, ReconDataset, load_arrays
 from defend.estimators import ReconEstimator
 from defend.models import build_model, default_model_config
+from fastmri_files import fastmri_header
 
 SLICES, COILS, H, W = 3, 3, 32, 40  # k-space (slices, coils, H, W): H readout rows, W columns
 RECON = (24, 24)  # reconstruction_rss (h, w), fastMRI's reconSpace
 LEFT, RIGHT = 4, 36  # acquired columns [LEFT, RIGHT)
-
-_HEADER = """<?xml version="1.0" encoding="utf-8"?>
-<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD" xmlns:xs="http://www.w3.org/2001/XMLSchema">
-  <acquisitionSystemInformation><receiverChannels>{coils}</receiverChannels>
-  </acquisitionSystemInformation>
-  <encoding>
-    <encodedSpace>
-      <matrixSize><x>{height}</x><y>{width}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>440</x><y>220</y><z>7.5</z></fieldOfView_mm>
-    </encodedSpace>
-    <reconSpace>
-      <matrixSize><x>{recon_h}</x><y>{recon_w}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>220</x><y>220</y><z>5</z></fieldOfView_mm>
-    </reconSpace>
-    <trajectory>cartesian</trajectory>
-    <encodingLimits>
-      <kspace_encoding_step_1>
-        <minimum>0</minimum><maximum>{step1_max}</maximum><center>{step1_center}</center>
-      </kspace_encoding_step_1>
-      <kspace_encoding_step_2><minimum>0</minimum><maximum>0</maximum><center>0</center>
-      </kspace_encoding_step_2>
-      <slice><minimum>0</minimum><maximum>{slice_max}</maximum><center>0</center></slice>
-    </encodingLimits>
-  </encoding>
-</ismrmrdHeader>
-"""
-
-
-def fastmri_header(height: int, width: int, recon: tuple[int, int], left: int, right: int) -> bytes:
-    """An ISMRMRD header whose encoding limits give fastMRI's padding ``[left, right)``.
-
-    ``encodedSpace`` is the k-space ``(x, y) = (H, W)``, ``reconSpace`` the target ``(h, w)``.
-    """
-    return _HEADER.format(
-        coils=COILS,
-        height=height,
-        width=width,
-        recon_h=recon[0],
-        recon_w=recon[1],
-        step1_center=width // 2 - left,
-        step1_max=right - left - 1,
-        slice_max=SLICES - 1,
-    ).encode("utf-8")
 
 
 def write_fastmri_file(path: Path, seed: int = 1234) -> np.ndarray:
@@ -85,7 +43,8 @@ def write_fastmri_file(path: Path, seed: int = 1234) -> np.ndarray:
     with h5py.File(path, "w") as f:
         f.create_dataset("kspace", data=kspace)
         f.create_dataset("reconstruction_rss", data=target)
-        f.create_dataset("ismrmrd_header", data=np.bytes_(fastmri_header(H, W, RECON, LEFT, RIGHT)))
+        header = fastmri_header(H, W, RECON, LEFT, RIGHT, coils=COILS, slices=SLICES)
+        f.create_dataset("ismrmrd_header", data=np.bytes_(header))
         f.attrs["max"] = float(target.max())
         f.attrs["norm"] = float(np.linalg.norm(target))
         f.attrs["acquisition"] = "AXT1"

@@ -227,6 +227,24 @@ def test_singlecoil_trains_and_attacks(tmp_path):
     assert result["attacked"] == 4 and result["shapes"][0][0] == 1  # one coil
 
 
+def test_checkpoint_on_data_of_other_kspace_shapes(unet, tmp_path):
+    """A checkpoint is applied to k-space of any width and coil count (fastMRI knee widths
+    differ from file to file): each shape gets the acquisition's mask of its width."""
+    other = tmp_path / "other" / "multicoil_val"
+    other.mkdir(parents=True)
+    write_volume(other / "file_wide.h5", coils=4, width=48, slices=2)
+    result = run_attack(
+        "hallucination",
+        unet,
+        other.parent,
+        tmp_path / "a",
+        split="val",
+        n=2,
+        params={"max_iter": 2, "region_size": 4},
+    )
+    assert result["attacked"] == 2 and result["shapes"] == [[4, 32, 48, 2]]
+
+
 def test_split_folder_errors_are_one_line(multicoil, tmp_path):
     both = tmp_path / "both"
     for name in ("multicoil_val", "singlecoil_val"):
