@@ -98,9 +98,8 @@ def write_volume(
     kspace = (scale * (rng.normal(size=shape) + 1j * rng.normal(size=shape))).astype(np.complex64)
     kspace[..., :left] = 0  # as scanners store it: nothing measured in the padding
     kspace[..., right:] = 0
-    image = np.abs(
-        np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=(-2, -1))), axes=(-2, -1))
-    )
+    shifted = np.fft.ifftshift(kspace, axes=(-2, -1))  # fastMRI's ifft2c: orthonormal
+    image = np.abs(np.fft.fftshift(np.fft.ifft2(shifted, norm="ortho"), axes=(-2, -1)))
     if not singlecoil:
         image = np.sqrt((image**2).sum(axis=1))
     h, w = recon

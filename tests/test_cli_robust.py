@@ -325,6 +325,8 @@ def test_ctrl_c_prints_the_resume_hint(tmp_path):
         [sys.executable, "-c", MAIN, *map(str, args), "--volumes", "3000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,  # bytes: text mode would turn tqdm's "\r" into "\n"
+        # a job started in the background (CI, `cmd &`) inherits SIGINT ignored: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not list((out / "train").glob("*.h5")):
@@ -491,3 +493,11 @@ def test_demo_refuses_an_older_folder_with_other_data(fake_demo_steps, tmp_path)
     with pytest.raises(DefendError, match="holds a demo with data of size 32"):
         run_demo(out, log=lambda s: None)
     assert not (out / "demo.json").exists() and fake_demo_steps == []
+
+
+def test_demo_refuses_bad_n_before_any_work(fake_demo_steps, tmp_path):
+    from defend.demo import run_demo
+
+    with pytest.raises(DefendError, match="--n must be >= 1"):
+        run_demo(tmp_path / "d", n=0, quick=True, log=lambda s: None)
+    assert fake_demo_steps == [] and not (tmp_path / "d").exists()

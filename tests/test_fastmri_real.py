@@ -181,6 +181,22 @@ def test_resume_refuses_a_changed_configuration(multicoil, tmp_path):
     next((other / "multicoil_val").glob("*.h5")).unlink()
     with pytest.raises(CheckpointError, match="data.val"):
         _train(other, out)
+    regenerated = tmp_path / "regenerated"  # same names and sizes, other bytes
+    shutil.copytree(multicoil, regenerated)
+    name, coils, width = VOLUMES[0]
+    write_volume(
+        regenerated / "multicoil_train" / f"file_{name}_1.h5",
+        coils=coils,
+        width=width,
+        slices=SLICES,
+        seed=99,
+    )
+    assert all(
+        (regenerated / p.relative_to(multicoil)).stat().st_size == p.stat().st_size
+        for p in multicoil.rglob("*.h5")
+    )
+    with pytest.raises(CheckpointError, match="data.train"):
+        _train(regenerated, out)
     assert out.read_bytes() == before  # nothing written by a refused resume
     lines: list[str] = []
     _train(multicoil, out, log=lines.append)  # the same run: nothing to do

@@ -143,7 +143,7 @@ def test_resume_refuses_another_model_config(tmp_path):
     _, _, out = run(tmp_path, epochs=1)
     ckpt = load_checkpoint(out)
     save_checkpoint(out, {**ckpt, "model_config": {"name": "other"}})
-    with pytest.raises(CheckpointError, match="another model config"):
+    with pytest.raises(CheckpointError, match="another model config .name other -> mlp"):
         run(tmp_path, epochs=2)
 
 
@@ -197,6 +197,10 @@ def test_bad_config_is_a_clear_error():
         TrainConfig(epochs=-1)
     with pytest.raises(DefendError, match="lr"):
         TrainConfig(lr=-1.0)
+    with pytest.raises(DefendError, match="--lr must be a finite number > 0"):
+        TrainConfig(lr=float("inf"))
+    with pytest.raises(DefendError, match="--workers must be >= 0"):
+        TrainConfig(num_workers=-1)
 
 
 class NanFirstTask(ClsTask):

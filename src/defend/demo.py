@@ -171,6 +171,8 @@ def run_demo(
     from defend.train import TrainConfig, train_model
 
     out = Path(out)
+    if n < 1:
+        raise DefendError(f"--n must be >= 1, got {n}")
     pick_device(device)
     check_writable(out, "dir")
     settings = demo_settings(seed=seed, quick=quick)

@@ -157,18 +157,23 @@ class HallucinationAttack(TorchAttack):
             )
         if self.norm not in ("inf", "2"):
             raise DefendError(f"norm must be inf or 2, got '{self.norm}'")
-        if not self.step > 0:
-            raise DefendError(f"step must be > 0 (a fraction of eps), got {self.step}")
+        if not 0 < self.step < math.inf:
+            raise DefendError(
+                f"step must be a finite number > 0 (a fraction of eps), got {self.step}"
+            )
         if self.max_iter < 1:
             raise DefendError(f"max_iter must be >= 1, got {self.max_iter}")
         if self.patience < 0:
             raise DefendError(f"patience must be >= 0, got {self.patience}")
         if self.part not in ("real", "complex"):
             raise DefendError(f"part must be real or complex, got '{self.part}'")
-        if self.alpha == 0:
-            raise DefendError("alpha must be non-zero: it is the contrast to hallucinate")
-        if self.weight_inside < 0 or self.weight_outside < 0:
-            raise DefendError("weight_inside and weight_outside must be >= 0")
+        if self.alpha == 0 or not math.isfinite(self.alpha):
+            raise DefendError(
+                f"alpha must be finite and non-zero (the contrast to hallucinate), got {self.alpha}"
+            )
+        for name in ("weight_inside", "weight_outside"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise DefendError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
     def generate(
         self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | None = None, **kwargs

@@ -47,8 +47,12 @@ class TrainConfig:
             raise DefendError(f"--epochs must be >= 0 (0: evaluate only), got {self.epochs}")
         if self.batch_size < 1:
             raise DefendError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise DefendError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise DefendError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise DefendError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.num_workers < 0:
+            raise DefendError(f"--workers must be >= 0, got {self.num_workers}")
 
 
 def best_path(out: Path) -> Path:
@@ -135,8 +139,9 @@ def _resume(
     """
     ckpt = load_checkpoint(out, task.name)
     if ckpt.get("model_config") != meta.get("model_config"):
+        changed = config_differences(ckpt.get("model_config") or {}, meta.get("model_config") or {})
         raise CheckpointError(
-            f"{out}: holds a run with another model config ({ckpt.get('model_config')}); "
+            f"{out}: holds a run with another model config ({'; '.join(changed)}); "
             "pass --no-resume to start over or choose another --out"
         )
     if "run" not in ckpt:
