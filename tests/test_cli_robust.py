@@ -203,7 +203,7 @@ def test_train_passes_zero_lr_and_epochs_through(monkeypatch, tmp_path):
 
 def test_lr_zero_is_one_line(tmp_path):
     result = defend_main("train", "cls", "--data", tmp_path, "--out", tmp_path / "x.pt", "--lr", 0)
-    one_line_error(result, "--lr must be > 0")
+    one_line_error(result, "--lr must be a finite number > 0")
     assert files_under(tmp_path) == []
 
 
