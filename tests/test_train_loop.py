@@ -1,4 +1,4 @@
-"""The shared training loop: learning, checkpoints, resume, adversary hook, errors."""
+"""The shared training loop: learning, checkpoints, resume, objectives, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, load_weights_file, save_checkpoint
 from defend.tasks import ClsTask
-from defend.train import TrainConfig, best_path, fit
+from defend.train import OnInputs, TrainConfig, best_path, fit
 from defend.train.loop import run_config
 
 
@@ -107,15 +107,22 @@ def test_same_seed_same_numbers(tmp_path):
     assert h1 == h2
 
 
-def test_adversary_hook_sees_eval_mode_and_replaces_input(tmp_path):
+def test_objective_makes_inputs_in_eval_mode_and_trains_on_them(tmp_path):
     calls = []
 
-    def adversary(model, batch):
+    def make_inputs(model, batch):
         calls.append(model.training)
-        return {**batch, "input": batch["input"] + 0.5}
+        return batch["input"] + 0.5
 
-    run(tmp_path, epochs=1, adversary=adversary)
-    assert calls and not any(calls)
+    objective = OnInputs(make_inputs, name="shift", shift=0.5)
+    _, history, out = run(tmp_path, epochs=1, objective=objective)
+    assert calls and not any(calls)  # made in eval mode ...
+    assert load_checkpoint(out)["run"]["objective"] == {"name": "shift", "shift": 0.5}
+    _, standard, _ = run(tmp_path, epochs=1, name="std.pt")
+    assert history[0]["train_loss"] != standard[0]["train_loss"]  # ... and trained on
+    assert load_checkpoint(tmp_path / "std.pt")["run"]["objective"] == {"name": "standard"}
+    with pytest.raises(CheckpointError, match="objective.name shift -> standard"):
+        run(tmp_path, epochs=1)  # resuming with another objective is refused
 
 
 def test_checkpoint_errors(tmp_path):

@@ -1,14 +1,17 @@
-"""Training: one loop (:func:`fit`) for all tasks, with a per-batch adversary hook."""
+"""Training: one loop (:func:`fit`) for all tasks; what a step minimises is an Objective."""
 
 from defend.train.build import default_schedule, train_model
-from defend.train.loop import Adversary, TrainConfig, best_path, evaluate, fit
+from defend.train.loop import TrainConfig, best_path, evaluate, fit
+from defend.train.objectives import Objective, OnInputs, Standard
 
 __all__ = [
-    "Adversary",
     "TrainConfig",
     "best_path",
     "default_schedule",
     "evaluate",
     "fit",
+    "Objective",
+    "OnInputs",
+    "Standard",
     "train_model",
 ]

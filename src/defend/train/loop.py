@@ -2,8 +2,9 @@
 
 ``fit`` trains any model on any :class:`~defend.tasks.Task`, validates every epoch,
 and writes an atomic checkpoint after each one, so a run that is interrupted resumes where
-it stopped and gives the same numbers as one that was not. Adversarial training plugs in as
-``adversary(model, batch) -> batch``: a per-batch step that replaces ``batch["input"]``.
+it stopped and gives the same numbers as one that was not. What a step minimises is an
+:class:`~defend.train.objectives.Objective` (standard training by default; adversarial
+training makes its own inputs per batch), so every kind of training is this one loop.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from defend.device import autocast, pick_device
 from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, save_checkpoint
 from defend.tasks import Batch, Task
-
-Adversary = Callable[[nn.Module, Batch], Batch]
+from defend.train.objectives import Objective, Standard
 
 
 @dataclass
@@ -166,7 +166,7 @@ def _train_epoch(
     model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
-    adversary: Adversary | None,
+    objective: Objective,
     amp: bool,
     device: torch.device,
     bar: Any,
@@ -177,13 +177,8 @@ def _train_epoch(
     total, steps = torch.zeros((), device=device), 0
     for batch in bar:
         batch = to_device(batch, device)
-        if adversary is not None:
-            model.eval()
-            batch = adversary(model, batch)
-            model.train()
         with autocast(device, amp):
-            pred = task.forward(model, batch)
-        loss = task.loss(pred, batch).mean()
+            loss = objective.loss(task, model, batch, epoch).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -224,7 +219,7 @@ def fit(
     out: Path | None = None,
     *,
     meta: dict[str, Any] | None = None,
-    adversary: Adversary | None = None,
+    objective: Objective | None = None,
     resume: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
@@ -243,13 +238,15 @@ def fit(
         meta: stored in the checkpoint beside the weights: ``model_config`` (to rebuild the
             model), ``data`` (input/target shapes, acquisition, classes) and ``run`` (what
             identifies the run, :func:`run_config`; default: ``config``'s fields).
-        adversary: optional per-batch step ``adversary(model, batch) -> batch`` run with the
-            model in eval mode before each training step (adversarial training).
+        objective: what each step minimises (:mod:`defend.train.objectives`; default
+            standard training); its :meth:`~Objective.config` joins the run configuration.
         resume: continue from ``out`` if it exists; a run of another model config or
             ``run`` is refused with a one-line :class:`CheckpointError` naming the differences.
         log: where the per-epoch summary lines go.
     """
+    objective = objective or Standard()
     meta = {"run": run_config(config), **(meta or {})}
+    meta["run"] = {**meta["run"], "objective": objective.config()}
     device = pick_device(config.device)
     model.to(device)
     optimizer = torch.optim.AdamW(
@@ -280,7 +277,7 @@ def fit(
         desc = f"{task.name} epoch {epoch + 1}/{config.epochs}"
         bar = tqdm(loader, desc=desc, disable=not config.progress, leave=False)
         train_loss = _train_epoch(
-            task, model, loader, optimizer, adversary, amp, device, bar, epoch
+            task, model, loader, optimizer, objective, amp, device, bar, epoch
         )
         metrics = evaluate(task, model, val_set, config, device)
         record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics}
