@@ -15,6 +15,7 @@ from art.estimators.classification import PyTorchClassifier
 from fastmri.data.subsample import EquispacedMaskFractionFunc
 from segmentation_models_pytorch.losses import DiceLoss
 
+from defend.data import load_arrays
 from defend.errors import CheckpointError
 from defend.estimators import (
     ReconEstimator,
@@ -396,3 +397,20 @@ def test_load_estimator_recon_round_trip(tmp_path, name, recon_data):
         expected = model(torch.from_numpy(x), mask.unsqueeze(0)).numpy()
     np.testing.assert_allclose(est.predict(x), expected, rtol=1e-5, atol=1e-9)
     assert est.loss_gradient(x, y).shape == x.shape
+
+
+def test_art_adversarial_trainer_trains_the_classification_estimator(cls_ckpt, synth_dir):
+    """ART users keep their scripts: ART's own Madry PGD trainer trains defend's estimator."""
+    from art.defences.trainer import AdversarialTrainerMadryPGD
+
+    est = load_estimator(cls_ckpt, device="cpu")
+    x, y = load_arrays(synth_dir, "cls", "train", 16, checkpoint=cls_ckpt)
+    before = {k: v.clone() for k, v in est.model.state_dict().items()}
+    trainer = AdversarialTrainerMadryPGD(
+        est, nb_epochs=1, batch_size=8, eps=0.03, eps_step=0.01, max_iter=2
+    )
+    trainer.fit(x, y)
+    after = est.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the weights moved
+    logits = trainer.get_classifier().predict(x)
+    assert logits.shape == (len(x), 2) and np.isfinite(logits).all()
