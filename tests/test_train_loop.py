@@ -14,6 +14,7 @@ from defend.io import load_checkpoint, load_weights_file, save_checkpoint
 from defend.tasks import ClsTask
 from defend.train import OnInputs, TrainConfig, best_path, fit
 from defend.train.loop import run_config
+from defend.train.objectives import linf_pgd, pgd_objective
 
 
 class Blobs(Dataset):
@@ -110,7 +111,7 @@ def test_same_seed_same_numbers(tmp_path):
 def test_objective_makes_inputs_in_eval_mode_and_trains_on_them(tmp_path):
     calls = []
 
-    def make_inputs(model, batch):
+    def make_inputs(task, model, batch):
         calls.append(model.training)
         return batch["input"] + 0.5
 
@@ -226,3 +227,54 @@ def test_nan_validation_metric_does_not_freeze_the_best_checkpoint(tmp_path):
     _, _, out = run(tmp_path, epochs=3, name="nan.pt", task=NanFirstTask())
     best = load_checkpoint(best_path(out))
     assert best["epoch"] > 1 and best["metrics"]["accuracy"] == best["metrics"]["accuracy"]
+
+
+class Features(Dataset):
+    """Tsipras et al.'s toy: one robust feature (+-1, noise 0.3) and 7 weak ones (+-0.4, noise
+    1): a standard model leans on the weak ones, which an l-inf eps of 0.5 flips."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+        sign = 2.0 * self.y[:, None].float() - 1
+        robust = sign + 0.3 * torch.randn(n, 1, generator=g)
+        weak = 0.4 * sign + torch.randn(n, 7, generator=g)
+        self.x = torch.cat([robust, weak], dim=1)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input": self.x[i], "target": self.y[i]}
+
+
+def _pgd_accuracy(model, data: Features, eps: float) -> float:
+    batch = {"input": data.x, "target": data.y}
+    model.eval()
+    x = linf_pgd(ClsTask(), model, batch, eps, steps=10, step=eps / 4, clip=None)
+    with torch.no_grad():
+        return float((model(x).argmax(1) == data.y).float().mean())
+
+
+def test_pgd_training_is_more_robust_than_standard_training(tmp_path):
+    """A defence must lower attack success: PGD adversarial training against standard
+    training on the same data, attacked by the same 10-step PGD at the training eps."""
+    eps = 0.5
+    config = TrainConfig(epochs=8, batch_size=32, lr=1e-2, progress=False)
+    train, val = Features(512, 0), Features(256, 1)
+    accuracy = {}
+    for name, objective in (("standard", None), ("pgd", pgd_objective(eps, steps=5, clip=None))):
+        model = make_model()
+        fit(
+            ClsTask(),
+            model,
+            train,
+            val,
+            config,
+            tmp_path / f"{name}.pt",
+            meta=META,
+            objective=objective,
+            log=lambda s: None,
+        )
+        accuracy[name] = _pgd_accuracy(model, val, eps)
+    assert accuracy["pgd"] > 0.85 and accuracy["pgd"] > accuracy["standard"] + 0.1, accuracy

@@ -2,7 +2,7 @@
 
 from defend.train.build import default_schedule, train_model
 from defend.train.loop import TrainConfig, best_path, evaluate, fit
-from defend.train.objectives import Objective, OnInputs, Standard
+from defend.train.objectives import Objective, OnInputs, Standard, linf_pgd, pgd_objective
 
 __all__ = [
     "TrainConfig",
@@ -10,6 +10,8 @@ __all__ = [
     "default_schedule",
     "evaluate",
     "fit",
+    "linf_pgd",
+    "pgd_objective",
     "Objective",
     "OnInputs",
     "Standard",

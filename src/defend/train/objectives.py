@@ -8,8 +8,10 @@ mean of the returned per-sample losses. An objective may make its own training i
 several forward passes in one loss (TRADES: the clean and the adversarial output).
 
 * :class:`Standard`: the task's loss on the batch as given.
-* :class:`OnInputs`: the task's loss on inputs made per batch by ``make_inputs(model, batch)``
-  with the model in eval mode (PGD adversarial training plugs in here).
+* :class:`OnInputs`: the task's loss on inputs made per batch by
+  ``make_inputs(task, model, batch)`` with the model in eval mode.
+* :func:`pgd_objective`: Madry et al.'s PGD adversarial training on inputs in a box
+  (images in [0, 1]): l-inf PGD with a random start, maximising the task's training loss.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from torch import nn
 from defend.estimators.base import model_mode
 from defend.tasks import Batch, Task
 
-#: ``make_inputs(model, batch) -> inputs``: new ``batch["input"]`` of the same shape
-MakeInputs = Callable[[nn.Module, Batch], torch.Tensor]
+#: ``make_inputs(task, model, batch) -> inputs``: new ``batch["input"]`` of the same shape
+MakeInputs = Callable[[Task, nn.Module, Batch], torch.Tensor]
 
 
 class Objective:
@@ -56,13 +58,13 @@ class Standard(Objective):
 
 
 class OnInputs(Objective):
-    """The task's loss on inputs that ``make_inputs(model, batch)`` makes for each batch.
+    """The task's loss on inputs that ``make_inputs(task, model, batch)`` makes for each batch.
 
     ``make_inputs`` runs with the model in eval mode (batch norm statistics frozen, dropout
     off), as adversarial training requires; the loss then runs in training mode.
 
     Args:
-        make_inputs: ``(model, batch) -> inputs`` of the shape of ``batch["input"]``.
+        make_inputs: ``(task, model, batch) -> inputs`` of the shape of ``batch["input"]``.
         name: the objective's name in the run configuration.
         settings: its other settings there (e.g. eps, steps).
     """
@@ -74,8 +76,70 @@ class OnInputs(Objective):
 
     def loss(self, task: Task, model: nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
         with model_mode(model, training=False):
-            inputs = self.make_inputs(model, batch)
+            inputs = self.make_inputs(task, model, batch)
         return task.loss(task.forward(model, {**batch, "input": inputs}), batch)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **self.settings}
+
+
+def linf_pgd(
+    task: Task,
+    model: nn.Module,
+    batch: Batch,
+    eps: float,
+    steps: int,
+    step: float,
+    clip: tuple[float, float] | None = (0.0, 1.0),
+) -> torch.Tensor:
+    """l-inf PGD on ``batch["input"]`` maximising the task's per-sample training loss.
+
+    Uniform random start in the eps-box, ``steps`` signed-gradient ascent steps of size
+    ``step``, each projected onto the eps-box around the clean input and onto ``clip``.
+    Random draws come from torch's global generator, which the training loop seeds per epoch.
+
+    Args:
+        task, model, batch: as :meth:`Objective.loss`; ``batch["input"]`` (B, ...) e.g.
+            images (B, C, H, W) in [0, 1].
+        eps: the l-inf budget, in input units (e.g. 8 / 255 of the [0, 1] range).
+        steps: ascent steps (>= 1). step: the step size, in input units.
+        clip: the valid input range, or None.
+
+    Returns:
+        The adversarial inputs, detached, shape of ``batch["input"]``.
+    """
+    clean = batch["input"].detach()
+    x = clean + torch.empty_like(clean).uniform_(-eps, eps)
+    for _ in range(steps):
+        x = x.clamp(*clip) if clip is not None else x
+        x.requires_grad_(True)
+        loss = task.loss(task.forward(model, {**batch, "input": x}), batch).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        x = x.detach() + step * grad.sign()
+        x = torch.minimum(torch.maximum(x, clean - eps), clean + eps)
+    return (x.clamp(*clip) if clip is not None else x).detach()
+
+
+def pgd_objective(
+    eps: float,
+    steps: int = 7,
+    step: float | None = None,
+    clip: tuple[float, float] | None = (0.0, 1.0),
+) -> OnInputs:
+    """Madry et al. PGD adversarial training: the task's loss on :func:`linf_pgd` inputs.
+
+    Args:
+        eps: l-inf budget in input units. steps: PGD steps (Madry: 7-10).
+        step: step size (default ``2.5 * eps / steps``, so the walk can cross the box).
+        clip: the valid input range.
+    """
+    if not 0 < eps < float("inf"):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    size = 2.5 * eps / steps if step is None else step
+
+    def make_inputs(task: Task, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return linf_pgd(task, model, batch, eps, steps, size, clip)
+
+    return OnInputs(make_inputs, name="pgd", eps=eps, steps=steps, step=size)
