@@ -112,14 +112,10 @@ def train(
 ) -> None:
     """Train a reconstruction, segmentation or classification model."""
     from defend.data import Acquisition
-    from defend.device import pick_device
-    from defend.io import check_writable
     from defend.tasks import check_task
     from defend.train import TrainConfig, default_schedule, train_model
 
-    check_task(task)
-    pick_device(device)
-    check_writable(out, "file")
+    check_task(task)  # device and --out are checked first thing by train_model
     model_options = _check_model_options(task, model, set_)
     default_epochs, default_lr = default_schedule(task, model)
     config = TrainConfig(
@@ -164,11 +160,7 @@ app.add_typer(attack_app, name="attack")
 def _run_attack(name: str, common: dict[str, Any], params: dict, progress: bool = True) -> None:
     """Check device and output folder, run the attack, print its summary."""
     from defend.attacks.run import format_summary, run_attack
-    from defend.device import pick_device
-    from defend.io import check_writable
 
-    pick_device(common["device"])
-    check_writable(common["out"], "dir")
     params = {k: v for k, v in params.items() if v is not None}
     params["verbose"] = progress
     result = run_attack(name, **common, params=params)

@@ -21,6 +21,7 @@ import torch
 from defend.attacks import ATTACKS
 from defend.attacks.base import TorchAttack
 from defend.data.arrays import task_root
+from defend.device import pick_device
 from defend.errors import DefendError
 from defend.io import atomic_write, check_writable, load_checkpoint, write_json, write_text
 
@@ -135,11 +136,11 @@ def attack_groups(
     """
     params = dict(params or {})
     total = sum(len(g[0]) for g in groups)
-    order = np.concatenate([g[2] for g in groups])
+    order = np.sort(np.concatenate([g[2] for g in groups]))
     results = []
     for x, y, positions in groups:
         shaped = estimator.reshaped(x.shape[1:]) if hasattr(estimator, "reshaped") else estimator
-        rank = np.searchsorted(np.sort(order), positions)  # rows of this group among all
+        rank = np.searchsorted(order, positions)  # rows of this group among all
         attack = make_attack(name, shaped, _group_params(params, rank, total))
         x_adv, rows = attack_arrays(shaped, attack, x, y, indices=positions)
         rows = [{"index": int(i), **row} for i, row in zip(positions, rows, strict=True)]
@@ -201,11 +202,12 @@ def run_attack(
 
     if name not in ATTACKS:
         raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
-    task = ATTACKS[name][1]
-    ckpt = load_checkpoint(checkpoint, task)
     if n < 1:
         raise DefendError(f"--n must be >= 1, got {n}")
+    pick_device(device)  # device and output first: refused before anything is read
     check_writable(out, "dir")
+    task = ATTACKS[name][1]
+    ckpt = load_checkpoint(checkpoint, task)
     estimator = load_estimator(ckpt, device=device)
     make_attack(name, estimator, params)  # bad parameters fail before data loads
     groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)

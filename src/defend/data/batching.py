@@ -8,6 +8,7 @@ and cuts each group into batches, so every sample is used at any batch size.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
 
 import torch
@@ -42,6 +43,8 @@ class ShapeBatchSampler(Sampler[list[int]]):
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed)
+        counts = Counter(self.keys)
+        self._length = sum(-(-c // self.batch_size) for c in counts.values())
 
     def _groups(self, generator: torch.Generator) -> list[list[int]]:
         n = len(self.keys)
@@ -62,10 +65,7 @@ class ShapeBatchSampler(Sampler[list[int]]):
         yield from batches
 
     def __len__(self) -> int:
-        counts: dict[Hashable, int] = {}
-        for key in self.keys:
-            counts[key] = counts.get(key, 0) + 1
-        return sum(-(-c // self.batch_size) for c in counts.values())
+        return self._length
 
 
 def shape_keys(dataset: Dataset) -> list[Hashable]:
