@@ -606,7 +606,7 @@ def test_train_model_validates_with_training_class_map(tmp_path, monkeypatch):
     _png(data / "cls" / "val" / "lesion" / "v0.png", rgb)
     seen: dict = {}
 
-    def fake_fit(task, net, train_set, val_set, config, out, meta, resume, log):
+    def fake_fit(task, net, train_set, val_set, config, out, meta, resume, log, objective=None):
         seen.update(val=val_set, meta=meta)
         return []
 

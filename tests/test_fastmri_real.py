@@ -324,15 +324,14 @@ def test_visible_perturbation_is_flagged():
 def test_default_budget_means_the_same_on_small_and_large_kspace():
     """Relative l-inf eps: a perturbation filling the box has l2 norm eps x the k-space norm,
     at 24 and at 320 columns, so the default is as visible on phantoms as on fastMRI data."""
-    from defend.attacks import HallucinationAttack
+    from defend.attacks.budget import KspaceBudget
 
     for width, height in ((24, 16), (320, 64)):
         k = torch.randn(2, 3, height, width, 2) * 1e-4
         k[:, :, :, width // 2] *= 300  # a k-space peak: max |k| far above the RMS
         sampled = torch.ones(2, 1, 1, width, 1)
         for part, movable in (("real", torch.tensor([1.0, 0.0])), ("complex", torch.ones(2))):
-            attack = HallucinationAttack.__new__(HallucinationAttack)
-            attack.eps, attack.eps_mode, attack.norm, attack.part = 0.1, "relative", "inf", part
-            box = attack._budget(k, sampled) * movable.expand_as(k)
+            budget = KspaceBudget(0.1, "inf", "relative", part)
+            box = budget.bound(k, sampled) * movable.expand_as(k)
             ratio = box.flatten(1).norm(dim=1) / k.flatten(1).norm(dim=1)
             torch.testing.assert_close(ratio, torch.full((2,), 0.1))

@@ -12,9 +12,10 @@ from torch.utils.data import Dataset
 from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, load_weights_file, save_checkpoint
 from defend.tasks import ClsTask
-from defend.train import OnInputs, TrainConfig, best_path, fit
+from defend.train import Adversarial, TrainConfig, best_path, fit
 from defend.train.loop import run_config
-from defend.train.objectives import linf_pgd, pgd_objective
+from defend.train.objectives import image_objective
+from defend.train.perturb import linf_pgd
 
 
 class Blobs(Dataset):
@@ -111,14 +112,15 @@ def test_same_seed_same_numbers(tmp_path):
 def test_objective_makes_inputs_in_eval_mode_and_trains_on_them(tmp_path):
     calls = []
 
-    def make_inputs(task, model, batch):
+    def shift(task, model, batch, eps, steps):
         calls.append(model.training)
-        return batch["input"] + 0.5
+        return batch["input"] + eps
 
-    objective = OnInputs(make_inputs, name="shift", shift=0.5)
+    objective = Adversarial(shift, name="shift", eps=0.5, steps=1)
     _, history, out = run(tmp_path, epochs=1, objective=objective)
     assert calls and not any(calls)  # made in eval mode ...
-    assert load_checkpoint(out)["run"]["objective"] == {"name": "shift", "shift": 0.5}
+    stored = load_checkpoint(out)["run"]["objective"]
+    assert stored["name"] == "shift" and stored["eps"] == 0.5 and stored["mix"] == 1.0
     _, standard, _ = run(tmp_path, epochs=1, name="std.pt")
     assert history[0]["train_loss"] != standard[0]["train_loss"]  # ... and trained on
     assert load_checkpoint(tmp_path / "std.pt")["run"]["objective"] == {"name": "standard"}
@@ -263,7 +265,8 @@ def test_pgd_training_is_more_robust_than_standard_training(tmp_path):
     config = TrainConfig(epochs=8, batch_size=32, lr=1e-2, progress=False)
     train, val = Features(512, 0), Features(256, 1)
     accuracy = {}
-    for name, objective in (("standard", None), ("pgd", pgd_objective(eps, steps=5, clip=None))):
+    pgd = image_objective("pgd", eps, steps=5, clip=None)
+    for name, objective in (("standard", None), ("pgd", pgd)):
         model = make_model()
         fit(
             ClsTask(),

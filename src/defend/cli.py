@@ -108,15 +108,45 @@ def train(
     center_fraction: float = typer.Option(0.08, help="recon: fully sampled centre fraction."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
     resume: bool = typer.Option(True, help="Resume an interrupted run found at --out."),
+    adversarial: str = typer.Option(
+        None,
+        help="Adversarial training: recon pgd|hallucination; seg and cls pgd|fgsm-rs|trades.",
+    ),
+    eps: float = typer.Option(
+        None,
+        help="Training budget, in the units of the matching attack: recon 0.1 (relative l-inf, "
+        "as defend attack hallucination), seg 0.008 (as seg-fgsm), cls 8/255.",
+    ),
+    steps: int = typer.Option(
+        None, help="Attack steps per batch (pgd 7, recon 5, hallucination 5, trades 10)."
+    ),
+    step: float = typer.Option(
+        None, help="Attack step as a fraction of eps (default 2.5 / steps; 1.25 for one step)."
+    ),
+    mix: float = typer.Option(1.0, help="Fraction of each batch that is attacked."),
+    warmup_epochs: int = typer.Option(0, help="Epochs over which eps grows linearly to --eps."),
+    beta: float = typer.Option(
+        None, help="Weight of the adversarial-vs-clean divergence (TRADES; trades default 6)."
+    ),
+    attack_loss: str = typer.Option(None, help="seg: bce (default) or training."),
+    norm: str = typer.Option("inf", help="recon: inf or 2 (per coil)."),
     progress: bool = PROGRESS,
 ) -> None:
-    """Train a reconstruction, segmentation or classification model."""
+    """Train a reconstruction, segmentation or classification model (adversarially with
+    --adversarial)."""
     from defend.data import Acquisition
     from defend.tasks import check_task
-    from defend.train import TrainConfig, default_schedule, train_model
+    from defend.train import TrainConfig, default_schedule, make_objective, train_model
 
     check_task(task)  # device and --out are checked first thing by train_model
     model_options = _check_model_options(task, model, set_)
+    objective = None
+    if adversarial is not None:
+        objective = make_objective(
+            task, adversarial, eps, steps, step, mix, warmup_epochs, beta, attack_loss, norm
+        )
+    elif any(v is not None for v in (eps, steps, step, beta, attack_loss)):
+        raise DefendError("--eps, --steps, --step, --beta and --attack-loss need --adversarial")
     default_epochs, default_lr = default_schedule(task, model)
     config = TrainConfig(
         epochs=default_epochs if epochs is None else epochs,
@@ -139,6 +169,7 @@ def train(
         config=config,
         acquisition=acquisition,
         weights=weights,
+        objective=objective,
         resume=resume,
         log=typer.echo,
     )
@@ -388,6 +419,7 @@ def info(
 ) -> None:
     """Print a checkpoint's task, model, data and validation metrics."""
     from defend.io import load_checkpoint
+    from defend.tasks import get_task
 
     ckpt = load_checkpoint(checkpoint)
     typer.echo(f"task      {ckpt['task']}")
@@ -395,6 +427,17 @@ def info(
     typer.echo(f"data      {json.dumps(ckpt['data'])}")
     typer.echo(f"epoch     {ckpt['epoch']}")
     typer.echo(f"metrics   {_format_metrics(ckpt['metrics'])}")
+    objective = (ckpt.get("run") or {}).get("objective") or {"name": "standard"}
+    if objective["name"] != "standard":
+        settings = {k: v for k, v in objective.items() if k != "name"}
+        typer.echo(f"training  adversarial {objective['name']}  {_format_metrics(settings)}")
+    if ckpt.get("best"):
+        monitor = (ckpt.get("monitor") or {}).get("metric") or get_task(ckpt["task"]).monitor
+        best = ckpt["best"]
+        value = best.get(monitor, float("nan"))
+        typer.echo(f"best      epoch {best['epoch']} by {monitor} {value:.4f} (NAME.best.pt)")
+    if ckpt.get("stopped"):
+        typer.echo(f"stopped   {ckpt['stopped']}")
 
 
 @app.command("demo")

@@ -40,6 +40,11 @@ class Task:
         """Per-sample training losses (B,) of a batch's prediction; training minimises the mean."""
         raise NotImplementedError
 
+    def divergence(self, pred: torch.Tensor, reference: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-sample distance (B,) of a prediction from a reference prediction of the same
+        inputs' clean versions (TRADES' consistency term), >= 0 and 0 where they agree."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
         """Validation metrics over batches already on the model's device."""
@@ -69,6 +74,10 @@ class ReconTask(Task):
         scale = batch["max_value"].to(pred.dtype).view(-1, 1, 1)
         error = F.l1_loss(pred / scale, batch["target"] / scale, reduction="none")
         return error.flatten(1).mean(1)
+
+    def divergence(self, pred: torch.Tensor, reference: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """L1 between two reconstructions (B, h, w) over the volume's ``max_value``: (B,)."""
+        return self.loss(pred, {**batch, "target": reference})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
@@ -116,6 +125,14 @@ class SegTask(Task):
 
         return seg_loss(self.loss_name, pred, batch["target"])
 
+    def divergence(self, pred: torch.Tensor, reference: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-pixel Bernoulli KL(reference || pred) of logits (B, K, H, W), mean: (B,)."""
+        p = torch.sigmoid(reference.float())
+        kl = F.binary_cross_entropy_with_logits(
+            pred.float(), p, reduction="none"
+        ) - F.binary_cross_entropy_with_logits(reference.float(), p, reduction="none")
+        return kl.flatten(1).mean(1)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
         from defend.metrics import dice_iou
@@ -145,6 +162,12 @@ class ClsTask(Task):
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Cross-entropy of logits (B, classes) against labels ``batch["target"]`` (B,): (B,)."""
         return F.cross_entropy(pred.float(), batch["target"], reduction="none")
+
+    def divergence(self, pred: torch.Tensor, reference: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """KL(softmax(reference) || softmax(pred)) of logits (B, classes): (B,)."""
+        log_p = torch.log_softmax(reference.float(), dim=1)
+        log_q = torch.log_softmax(pred.float(), dim=1)
+        return (log_p.exp() * (log_p - log_q)).sum(1)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:

@@ -29,6 +29,7 @@ import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
 from defend.attacks.base import SampleRNG, TorchAttack, torch_forward
+from defend.attacks.budget import KspaceBudget
 from defend.attacks.region import as_region, region_mask
 from defend.errors import DefendError
 from defend.metrics import image_similarity
@@ -80,9 +81,12 @@ class HallucinationAttack(TorchAttack):
         region_size: (height, width) px or an int; default the paper's, scaled to the image.
         region_center: (row, col); default the image centre.
         region_mask: any (h, w) or (N, h, w) mask image; overrides ``region``.
-        alpha: target contrast as a fraction of the clean reconstruction's range (paper 0.3).
+        alpha: target contrast as a fraction of the clean reconstruction's range (paper 0.3),
+            or one per sample (N,) (hallucination training draws them at random).
         weight_inside / weight_outside: loss weights of the two terms (paper: 1, 1).
         random_start: start from uniform noise of one step's size (as the paper).
+        image_metrics: add PSNR / SSIM / NRMSE of input and reconstruction to the report
+            (per sample, on the CPU; training turns them off).
     """
 
     attack_params = TorchAttack.attack_params + [
@@ -101,6 +105,7 @@ class HallucinationAttack(TorchAttack):
         "weight_inside",
         "weight_outside",
         "random_start",
+        "image_metrics",
     ]
     _estimator_requirements = (BaseEstimator, LossGradientsMixin)
 
@@ -118,10 +123,11 @@ class HallucinationAttack(TorchAttack):
         region_size: tuple[int, int] | int | None = None,
         region_center: tuple[int, int] | None = None,
         region_mask: np.ndarray | torch.Tensor | None = None,
-        alpha: float = 0.3,
+        alpha: float | np.ndarray | torch.Tensor = 0.3,
         weight_inside: float = 1.0,
         weight_outside: float = 1.0,
         random_start: bool = True,
+        image_metrics: bool = True,
         batch_size: int = 16,
         seed: int = 0,
         verbose: bool = False,
@@ -141,22 +147,13 @@ class HallucinationAttack(TorchAttack):
         self.weight_inside = weight_inside
         self.weight_outside = weight_outside
         self.random_start = random_start
+        self.image_metrics = image_metrics
         super().__init__(estimator, batch_size=batch_size, seed=seed, verbose=verbose)
         self._check_params()
 
     def _check_params(self) -> None:
         super()._check_params()
-        if self.eps_mode not in ("relative", "absolute"):
-            raise DefendError(f"eps_mode must be relative or absolute, got '{self.eps_mode}'")
-        if not (math.isfinite(self.eps) and self.eps > 0):
-            raise DefendError(f"eps must be a finite number > 0, got {self.eps}")
-        if self.eps_mode == "relative" and self.eps > 1:
-            raise DefendError(
-                f"eps {self.eps:g} is relative to the k-space norm and must be <= 1 (1 is a "
-                "perturbation as large as the measurement); use eps_mode absolute for raw units"
-            )
-        if self.norm not in ("inf", "2"):
-            raise DefendError(f"norm must be inf or 2, got '{self.norm}'")
+        self.budget  # noqa: B018  (checks eps, eps_mode, norm and part)
         if not 0 < self.step < math.inf:
             raise DefendError(
                 f"step must be a finite number > 0 (a fraction of eps), got {self.step}"
@@ -165,9 +162,8 @@ class HallucinationAttack(TorchAttack):
             raise DefendError(f"max_iter must be >= 1, got {self.max_iter}")
         if self.patience < 0:
             raise DefendError(f"patience must be >= 0, got {self.patience}")
-        if self.part not in ("real", "complex"):
-            raise DefendError(f"part must be real or complex, got '{self.part}'")
-        if self.alpha == 0 or not math.isfinite(self.alpha):
+        alpha = torch.as_tensor(np.asarray(self.alpha, dtype=np.float64))
+        if alpha.ndim > 1 or not bool(((alpha != 0) & alpha.isfinite()).all()):
             raise DefendError(
                 f"alpha must be finite and non-zero (the contrast to hallucinate), got {self.alpha}"
             )
@@ -230,59 +226,33 @@ class HallucinationAttack(TorchAttack):
         return (weight * (pred - target).square()).flatten(1).sum(1)
 
     # ------------------------------------------------------------------ budget
+    @property
+    def budget(self) -> KspaceBudget:
+        """The attack's budget (eps, norm, eps_mode, part) as a :class:`KspaceBudget`."""
+        return KspaceBudget(self.eps, self.norm, self.eps_mode, self.part)
+
     def linf_unit(self, x: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
-        """What relative l-inf eps is a fraction of: the root-mean-square of the movable real
-        components, ``||k sampled|| / sqrt(#movable)``, per sample, (B, 1, 1, 1, 1).
-
-        Args:
-            x: (B, coils, H, W, 2) masked k-space; sampled: its (B, 1, 1, W, 1) 0/1 columns.
-        """
-        parts = 1 if self.part == "real" else 2
-        movable = sampled.flatten(1).sum(1) * x.shape[1] * x.shape[2] * parts
-        norm = (x * sampled).flatten(1).norm(dim=1)
-        return (norm / movable.clamp_min(1).sqrt()).view(-1, 1, 1, 1, 1)
-
-    def _budget(self, x: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
-        """Absolute budget per sample (l-inf: (B, 1, 1, 1, 1)) or per coil (l2: (B, C, 1, 1, 1))."""
-        if self.eps_mode == "absolute":
-            shape = (len(x), 1 if self.norm == "inf" else x.shape[1], 1, 1, 1)
-            return torch.full(shape, float(self.eps), device=x.device)
-        if self.norm == "inf":
-            return self.eps * self.linf_unit(x, sampled)
-        return self.eps * (x * sampled).flatten(2).norm(dim=2).view(len(x), -1, 1, 1, 1)
-
-    def _project(self, delta: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-        if self.norm == "inf":
-            return torch.maximum(torch.minimum(delta, budget), -budget)
-        norms = delta.flatten(2).norm(dim=2).view_as(budget).clamp_min(1e-30)
-        return delta * (budget / norms).clamp(max=1.0)
+        """What relative l-inf eps is a fraction of (:meth:`KspaceBudget.unit`), (B, 1, 1, 1, 1)."""
+        return self.budget.unit(x, sampled)
 
     def initial_delta(
-        self, movable: torch.Tensor, budget: torch.Tensor, rng: SampleRNG
+        self, movable: torch.Tensor, bound: torch.Tensor, rng: SampleRNG
     ) -> torch.Tensor:
         """The random start: uniform noise of one step per entry (l-inf, as the paper), or a
         random direction of one step's l2 norm per coil (l2); zero outside ``movable``.
 
         Args:
             movable: (B, coils, H, W, 2) 0/1: the entries the attack may change.
-            budget: the absolute budget from :meth:`_budget`.
+            bound: the absolute budget (:meth:`KspaceBudget.bound`).
             rng: the batch's per-sample generators.
 
         Returns:
             (B, coils, H, W, 2) perturbation inside the budget.
         """
-        step = self.step * budget
-        if self.norm == "inf":
-            noise = rng.rand(movable.shape[1:]) * 2 - 1
-            return self._project(noise * step * movable, budget)
-        noise = rng.randn(movable.shape[1:]) * movable
-        return self._project(self._direction(noise) * step, budget)
-
-    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "inf":
-            return grad.sign()
-        norms = grad.flatten(2).norm(dim=2).view(len(grad), -1, 1, 1, 1).clamp_min(1e-30)
-        return grad / norms
+        budget = self.budget
+        draw = rng.rand if self.norm == "inf" else rng.randn
+        start = budget.random_start(movable, self.step * bound, draw(movable.shape[1:]))
+        return budget.project(start, bound)
 
     # ------------------------------------------------------------------ attack
     def regions(
@@ -309,6 +279,18 @@ class HallucinationAttack(TorchAttack):
             raise DefendError(f"{len(region)} region masks for {n} samples")
         return region[rows.to(region.device)]
 
+    def alphas(
+        self, n: int, device: torch.device, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The (n,) target contrasts of ``n`` samples (``rows`` as in :meth:`regions`)."""
+        alpha = torch.as_tensor(np.asarray(self.alpha, dtype=np.float32), device=device)
+        if alpha.ndim == 0:
+            return alpha.expand(n)
+        rows = torch.arange(n) if rows is None else rows
+        if len(rows) != n or int(rows.max()) >= len(alpha):
+            raise DefendError(f"{len(alpha)} contrasts (alpha) for {n} samples")
+        return alpha[rows.to(device)]
+
     def goal(
         self, y0: torch.Tensor, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -327,7 +309,8 @@ class HallucinationAttack(TorchAttack):
         region = self.regions(tuple(y0.shape[-2:]), len(y0), y0.device, rows)
         inside = region.to(y0.dtype)
         value_range = y0.flatten(1).amax(1) - y0.flatten(1).amin(1)
-        target = y0 + self.alpha * value_range.view(-1, 1, 1) * inside
+        alpha = self.alphas(len(y0), y0.device, rows)
+        target = y0 + (alpha * value_range).view(-1, 1, 1) * inside
         weight = self.weight_inside * inside / inside.flatten(1).sum(1).view(-1, 1, 1) + (
             self.weight_outside
             * (1 - inside)
@@ -346,18 +329,17 @@ class HallucinationAttack(TorchAttack):
         if x.ndim != 5 or x.shape[-1] != 2:
             raise DefendError(f"expected masked k-space (N, coils, H, W, 2), got {tuple(x.shape)}")
         n = len(x)
+        budget = self.budget
         sampled = sampled_columns(x, self.estimator).to(x.dtype)
-        movable = sampled
-        if self.part == "real":
-            movable = sampled * torch.tensor([1.0, 0.0], device=x.device)
+        movable = budget.movable(sampled).expand_as(x)
         y0 = self._predict(x)
-        region, value_range, target, weight = self.goal(y0, rows)
+        region, _, target, weight = self.goal(y0, rows)
 
-        budget = self._budget(x, sampled)
-        step = self.step * budget
+        bound = budget.bound(x, sampled)
+        step = self.step * bound
         delta = torch.zeros_like(x)
         if self.random_start:
-            delta = self.initial_delta(movable.expand_as(x), budget, rng)
+            delta = self.initial_delta(movable, bound, rng)
         best_loss = torch.full((n,), float("inf"), device=x.device)
         best_delta, best_pred = delta.clone(), y0.clone()
         since = torch.zeros(n, dtype=torch.long, device=x.device)
@@ -381,20 +363,24 @@ class HallucinationAttack(TorchAttack):
             if not bool(active.any()):
                 break
             iterations += active
-            moved = delta - step * self._direction(grad * movable) * movable
-            delta = torch.where(active.view(-1, 1, 1, 1, 1), self._project(moved, budget), delta)
+            moved = delta - step * budget.direction(grad * movable) * movable
+            delta = torch.where(active.view(-1, 1, 1, 1, 1), budget.project(moved, bound), delta)
         else:  # the last update has not been scored yet: a forward pass, no gradient
             keep_best(*self._score(x + delta, weight, target, gradient=False)[:2])
 
         x_adv = x + best_delta
-        report = self._report(x, x_adv, y0, best_pred, region, value_range, sampled)
+        report = self._report(x, x_adv, y0, best_pred, region, rows, sampled)
         report["loss"] = best_loss
         report["iterations"] = iterations.float()
         return x_adv, report
 
     # ------------------------------------------------------------------ report
     def effect(
-        self, y0: torch.Tensor, y_adv: torch.Tensor, region: torch.Tensor
+        self,
+        y0: torch.Tensor,
+        y_adv: torch.Tensor,
+        region: torch.Tensor,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """How far a reconstruction moved towards the attack's goal, per sample.
 
@@ -402,6 +388,7 @@ class HallucinationAttack(TorchAttack):
             y0: (N, h, w) clean reconstructions.
             y_adv: (N, h, w) reconstructions of the perturbed input (any perturbation).
             region: (N, h, w) bool target regions (:meth:`regions`).
+            rows: the samples' positions (per-sample ``alpha``, see :meth:`regions`).
 
         Returns:
             ``(strength, error_outside)``, each (N,): the mean change inside the region over
@@ -416,7 +403,8 @@ class HallucinationAttack(TorchAttack):
         outside_rms = (
             (change.square() * outside).flatten(1).sum(1) / outside.flatten(1).sum(1).clamp_min(1)
         ).sqrt()
-        return mean_inside / (self.alpha * value_range), outside_rms / value_range
+        alpha = self.alphas(len(y0), y0.device, rows)
+        return mean_inside / (alpha * value_range), outside_rms / value_range
 
     def _report(
         self,
@@ -425,13 +413,12 @@ class HallucinationAttack(TorchAttack):
         y0: torch.Tensor,
         y_adv: torch.Tensor,
         region: torch.Tensor,
-        value_range: torch.Tensor,
+        rows: torch.Tensor,
         sampled: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Per-sample hallucination strength, collateral error, image metrics, norms."""
-        report: dict[str, Any] = dict(
-            zip(("strength", "error_outside"), self.effect(y0, y_adv, region), strict=True)
-        )
+        effect = self.effect(y0, y_adv, region, rows)
+        report: dict[str, Any] = dict(zip(("strength", "error_outside"), effect, strict=True))
         delta = x_adv - x
         report["linf"] = delta.abs().flatten(1).amax(1)
         report["linf_rel"] = report["linf"] / self.linf_unit(x, sampled).flatten()
@@ -440,7 +427,21 @@ class HallucinationAttack(TorchAttack):
             1e-30
         )
         report["l2_rel_coil_max"] = coil_rel.amax(1)
+        if self.image_metrics:
+            report.update(self._image_metrics(x, x_adv, y0, y_adv, region, sampled))
+        return report
 
+    @staticmethod
+    def _image_metrics(
+        x: torch.Tensor,
+        x_adv: torch.Tensor,
+        y0: torch.Tensor,
+        y_adv: torch.Tensor,
+        region: torch.Tensor,
+        sampled: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """PSNR / SSIM / NRMSE of reconstruction and zero-filled input, whole image and
+        region, per sample."""
         crop = tuple(y0.shape[-2:])
         images = {
             "recon": (y0, y_adv),
@@ -454,5 +455,4 @@ class HallucinationAttack(TorchAttack):
                 for where, mask in (("", None), ("_region", region_np[i])):
                     for metric, value in image_similarity(clean_np[i], adv_np[i], mask).items():
                         rows.setdefault(f"{name}{where}_{metric}", []).append(value)
-        report.update({k: torch.tensor(v) for k, v in rows.items()})
-        return report
+        return {k: torch.tensor(v) for k, v in rows.items()}

@@ -1,4 +1,4 @@
-"""Target regions of hallucination attacks: a line, a square, or any mask image."""
+"""Target regions of hallucination attacks: a line, a square, a disk, or any mask image."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from defend.errors import DefendError
 #: the seed paper's line at 320 px: 4 px thick, 60 px long; scaled to the image size
 PAPER_LINE = (4 / 320, 60 / 320)
 PAPER_SQUARE = 50 / 320
+#: the region shapes :func:`region_mask` draws
+REGIONS = ("line", "square", "disk")
 
 
 def region_mask(
@@ -22,9 +24,11 @@ def region_mask(
 
     Args:
         shape: (h, w) of the reconstructed image.
-        kind: ``"line"`` (horizontal bar) or ``"square"``.
+        kind: ``"line"`` (horizontal bar), ``"square"`` or ``"disk"`` (the ellipse inscribed
+            in the size's box).
         size: (height, width) in pixels, or one int for a square. Default: the seed paper's
-            60 x 4 px line or 50 x 50 px square at 320 px, scaled to ``shape`` (at least 1 px).
+            60 x 4 px line or 50 x 50 px square at 320 px (a disk: the square's), scaled to
+            ``shape`` (at least 1 px).
         center: (row, col) of the region's centre; default the image centre.
 
     Returns:
@@ -34,8 +38,10 @@ def region_mask(
         DefendError: unknown kind, non-positive size, or a region reaching outside the image.
     """
     h, w = shape
-    if kind not in ("line", "square"):
-        raise DefendError(f"unknown region '{kind}': choose line, square, or pass a mask image")
+    if kind not in REGIONS:
+        raise DefendError(
+            f"unknown region '{kind}': choose {', '.join(REGIONS)}, or pass a mask image"
+        )
     if size is None:
         if kind == "line":
             size = (max(1, round(PAPER_LINE[0] * h)), max(1, round(PAPER_LINE[1] * w)))
@@ -54,7 +60,51 @@ def region_mask(
         )
     mask = torch.zeros(h, w, dtype=torch.bool)
     mask[top : top + rh, left : left + rw] = True
+    if kind == "disk":
+        rows = (torch.arange(h) - (top + (rh - 1) / 2)) / (rh / 2)
+        cols = (torch.arange(w) - (left + (rw - 1) / 2)) / (rw / 2)
+        mask &= rows.view(-1, 1).square() + cols.view(1, -1).square() <= 1
     return mask
+
+
+def random_regions(
+    shape: tuple[int, int],
+    n: int,
+    generator: torch.Generator,
+    kinds: tuple[str, ...] = REGIONS,
+    scale: tuple[float, float] = (0.5, 2.0),
+) -> torch.Tensor:
+    """``n`` random target regions, as hallucination training and detection data draw them.
+
+    Each region's kind is drawn from ``kinds``, its size is the kind's default size
+    (:func:`region_mask`) times a factor drawn log-uniformly from ``scale`` (each side on its
+    own), and its centre is drawn uniformly among the positions where it fits.
+
+    Args:
+        shape: (h, w) of the reconstruction.
+        n: number of regions.
+        generator: the CPU generator all draws come from.
+        kinds: region shapes to draw from.
+        scale: (smallest, largest) size factor.
+
+    Returns:
+        (n, h, w) bool regions, on the CPU.
+    """
+    h, w = shape
+    masks = []
+    for _ in range(n):
+        kind = kinds[int(torch.randint(len(kinds), (1,), generator=generator))]
+        base = region_mask(shape, kind).nonzero()
+        base_h, base_w = (base.amax(0) - base.amin(0) + 1).tolist()
+        factor = torch.exp(
+            torch.empty(2).uniform_(*np.log(scale).tolist(), generator=generator)
+        ).tolist()
+        rh = min(h, max(1, round(base_h * factor[0])))
+        rw = min(w, max(1, round(base_w * factor[1])))
+        cy = rh // 2 + int(torch.randint(h - rh + 1, (1,), generator=generator))
+        cx = rw // 2 + int(torch.randint(w - rw + 1, (1,), generator=generator))
+        masks.append(region_mask(shape, kind, (rh, rw), (cy, cx)))
+    return torch.stack(masks)
 
 
 def as_region(region: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

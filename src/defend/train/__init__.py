@@ -2,18 +2,24 @@
 
 from defend.train.build import default_schedule, train_model
 from defend.train.loop import TrainConfig, best_path, evaluate, fit
-from defend.train.objectives import Objective, OnInputs, Standard, linf_pgd, pgd_objective
+from defend.train.objectives import (
+    METHODS,
+    Adversarial,
+    Objective,
+    Standard,
+    make_objective,
+)
 
 __all__ = [
+    "METHODS",
+    "Adversarial",
+    "Objective",
+    "Standard",
     "TrainConfig",
     "best_path",
     "default_schedule",
     "evaluate",
     "fit",
-    "linf_pgd",
-    "pgd_objective",
-    "Objective",
-    "OnInputs",
-    "Standard",
+    "make_objective",
     "train_model",
 ]

@@ -17,6 +17,7 @@ from defend.io import check_writable, load_weights_file
 from defend.models import build_model, default_model_config, load_weights
 from defend.tasks import get_task
 from defend.train.loop import TrainConfig, fit, run_config
+from defend.train.objectives import Objective
 
 #: (epochs, learning rate) that train each default model on the built-in 64 px data within
 #: a few CPU minutes; VarNet's cascades start slowly and want more steps at a higher rate.
@@ -106,6 +107,7 @@ def train_model(
     config: TrainConfig | None = None,
     acquisition: Acquisition | None = None,
     weights: str | os.PathLike | None = None,
+    objective: Objective | None = None,
     resume: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
@@ -123,6 +125,8 @@ def train_model(
             writes a checkpoint without training.
         acquisition: k-space sampling for recon (default: 4x equispaced, 8 % centre).
         weights: a local weight file to start from (e.g. a fastMRI leaderboard state dict).
+        objective: what training minimises (default standard training; adversarial training:
+            :func:`defend.train.make_objective`).
         resume: continue an interrupted run found at ``out`` (refused, naming the
             differences, if it was started with other settings or data).
 
@@ -163,6 +167,7 @@ def train_model(
             "loss": task_spec.loss_name,
             "run": run,
         },
+        objective=objective,
         resume=resume,
         log=log,
     )

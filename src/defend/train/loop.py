@@ -9,6 +9,7 @@ training makes its own inputs per batch), so every kind of training is this one 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -78,9 +79,15 @@ def _rank(value: float) -> float:
 
 
 def evaluate(
-    task: Task, model: nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device
+    task: Task,
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    objective: Objective | None = None,
 ) -> dict[str, float]:
-    """Validation metrics of ``model`` on ``dataset`` (eval mode, no gradients)."""
+    """Validation metrics of ``model`` on ``dataset`` (eval mode, no gradients), and the
+    ``objective``'s metrics under attack (``robust_*``; attacks take their own gradients)."""
     loader = shape_loader(
         dataset,
         config.batch_size,
@@ -95,7 +102,10 @@ def evaluate(
 
     model.eval()
     with torch.no_grad(), autocast(device, amp):
-        return task.evaluate(model, batches())
+        metrics = task.evaluate(model, batches())
+        if objective is not None:
+            metrics.update(objective.robust_metrics(task, model, batches()))
+    return metrics
 
 
 #: the TrainConfig fields that change a run's numbers (a resume must keep them)
@@ -131,11 +141,11 @@ def _resume(
     meta: dict[str, Any],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-) -> tuple[int, list[dict[str, float]], dict[str, float] | None]:
+) -> tuple[int, list[dict[str, float]], dict[str, float] | None, str | None]:
     """Load the run at ``out`` into model and optimizer; refuse one of another configuration.
 
     Returns:
-        ``(epochs done, history, best record)``.
+        ``(epochs done, history, best record, why it stopped early or None)``.
     """
     ckpt = load_checkpoint(out, task.name)
     if ckpt.get("model_config") != meta.get("model_config"):
@@ -158,7 +168,7 @@ def _resume(
         )
     model.load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    return ckpt["epoch"], ckpt["history"], ckpt.get("best")
+    return ckpt["epoch"], ckpt["history"], ckpt.get("best"), ckpt.get("stopped")
 
 
 def _train_epoch(
@@ -234,12 +244,15 @@ def fit(
         train_set / val_set: datasets of sample dicts (``docs/design.md``).
         config: optimisation settings.
         out: checkpoint path, rewritten atomically after every epoch; the best epoch by
-            ``task.monitor`` is also kept at :func:`best_path`. ``None`` writes nothing.
+            ``objective.monitor`` (the task's metric, or its robust version for adversarial
+            training) is also kept at :func:`best_path`. ``None`` writes nothing.
         meta: stored in the checkpoint beside the weights: ``model_config`` (to rebuild the
             model), ``data`` (input/target shapes, acquisition, classes) and ``run`` (what
             identifies the run, :func:`run_config`; default: ``config``'s fields).
-        objective: what each step minimises (:mod:`defend.train.objectives`; default
-            standard training); its :meth:`~Objective.config` joins the run configuration.
+        objective: what each step minimises and how the model is validated
+            (:mod:`defend.train.objectives`; default standard training); its
+            :meth:`~Objective.config` joins the run configuration. An objective with a guard
+            (FGSM-RS) stops the run, rolled back one epoch, when its probe collapses.
         resume: continue from ``out`` if it exists; a run of another model config or
             ``run`` is refused with a one-line :class:`CheckpointError` naming the differences.
         log: where the per-epoch summary lines go.
@@ -247,30 +260,30 @@ def fit(
     objective = objective or Standard()
     meta = {"run": run_config(config), **(meta or {})}
     meta["run"] = {**meta["run"], "objective": objective.config()}
+    metric, higher = objective.monitor(task)
+    meta["monitor"] = {"metric": metric, "higher_is_better": higher}
     device = pick_device(config.device)
     model.to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    history: list[dict[str, float]] = []
-    best: dict[str, float] | None = None
-    start = 0
+    run = _Run(task, model, optimizer, objective, config, out, meta)
     if out is not None and out.exists() and resume:
-        start, history, best = _resume(out, task, meta, model, optimizer)
-        if start >= config.epochs and history:
-            log(f"{out}: already trained for {start} epochs; nothing to do")
-            return history
-        log(f"{out}: resuming after epoch {start}")
+        run.resume()
+        if run.finished():
+            log(f"{out}: {run.stopped or f'already trained for {run.start} epochs'}; nothing to do")
+            return run.history
+        log(f"{out}: resuming after epoch {run.start}")
     if config.epochs == 0:
-        record = {"epoch": 0, **evaluate(task, model, val_set, config, device)}
-        _save(out, task, meta, config, model, optimizer, [record], record, True)
-        log("epoch 0 (no training)  " + _format(record))
-        return [record]
-
+        run.record(0, None, evaluate(task, model, val_set, config, device, objective))
+        log("epoch 0 (no training)  " + _format(run.history[-1]))
+        return run.history
+    probe = _probe_batch(train_set, config, device) if objective.guard else None
     amp = config.amp and task.amp_safe
-    for epoch in range(start, config.epochs):
+    for epoch in range(run.start, config.epochs):
+        before = run.snapshot() if probe is not None else None
         epoch_seed = config.seed * 100_003 + epoch
-        torch.manual_seed(epoch_seed)  # dropout, noise: the same with or without resume
+        torch.manual_seed(epoch_seed)  # dropout, noise, attacks: the same after a resume
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(config.lr, epoch, config.epochs)
         loader = _epoch_loader(train_set, config, epoch_seed, device)
@@ -279,45 +292,120 @@ def fit(
         train_loss = _train_epoch(
             task, model, loader, optimizer, objective, amp, device, bar, epoch
         )
-        metrics = evaluate(task, model, val_set, config, device)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, **metrics}
-        history.append(record)
-        improved = best is None or _rank(metrics[task.monitor]) > _rank(best[task.monitor])
-        best = record if improved else best
-        _save(out, task, meta, config, model, optimizer, history, best, improved)
-        log(f"epoch {epoch + 1}/{config.epochs}  " + _format(record))
-    return history
+        metrics = evaluate(task, model, val_set, config, device, objective)
+        if probe is not None:
+            metrics.update(run.check_probe(epoch, probe, before))
+        if run.stopped:
+            log(run.stopped)
+            break
+        run.record(epoch + 1, train_loss, metrics)
+        log(f"epoch {epoch + 1}/{config.epochs}  " + _format(run.history[-1]))
+    return run.history
+
+
+def _probe_batch(train_set: Dataset, config: TrainConfig, device: torch.device) -> Batch | None:
+    """The first training batch in file order: where a guard checks robustness each epoch."""
+    return to_device(next(iter(shape_loader(train_set, config.batch_size))), device)
+
+
+#: a guard stops training when its probe falls below this fraction of its best so far
+#: (and by at least 0.1): FGSM-RS's catastrophic overfitting drops PGD accuracy to ~0
+COLLAPSE = 0.5
+
+
+class _Run:
+    """The state of one training run: history, best record, checkpoints, early stop."""
+
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        objective: Objective,
+        config: TrainConfig,
+        out: Path | None,
+        meta: dict[str, Any],
+    ) -> None:
+        self.task, self.model, self.optimizer = task, model, optimizer
+        self.objective, self.config, self.out, self.meta = objective, config, out, meta
+        self.metric, self.higher = objective.monitor(task)
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] | None = None
+        self.start = 0
+        self.stopped: str | None = None
+
+    def resume(self) -> None:
+        assert self.out is not None
+        self.start, self.history, self.best, self.stopped = _resume(
+            self.out, self.task, self.meta, self.model, self.optimizer
+        )
+
+    def finished(self) -> bool:
+        return bool(self.stopped) or (self.start >= self.config.epochs and bool(self.history))
+
+    def improved(self, metrics: dict[str, float]) -> bool:
+        if self.best is None:
+            return True
+        sign = 1 if self.higher else -1
+        return _rank(sign * metrics[self.metric]) > _rank(sign * self.best[self.metric])
+
+    def record(self, epoch: int, train_loss: float | None, metrics: dict[str, float]) -> None:
+        """Add an epoch's record and write the checkpoint (and the best one if it improved)."""
+        loss = {} if train_loss is None else {"train_loss": train_loss}
+        record = {"epoch": epoch, **loss, **metrics}
+        self.history.append(record)
+        improved = self.improved(metrics)
+        self.best = record if improved else self.best
+        self._save(improved)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Model and optimizer state, to roll an epoch back."""
+        return copy.deepcopy(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        )
+
+    def check_probe(
+        self, epoch: int, probe: Batch, before: dict[str, Any] | None
+    ) -> dict[str, float]:
+        """Run the objective's guard; on a collapse restore ``before`` and stop the run."""
+        value = self.objective.probe(self.task, self.model, probe)
+        if value is None:
+            return {}
+        key = f"probe_robust_{self.task.monitor}"
+        seen = [r[key] for r in self.history if key in r]
+        best = max(seen, default=-math.inf)
+        if seen and value < COLLAPSE * best and best - value >= 0.1 and before is not None:
+            self.model.load_state_dict(before["model"])
+            self.optimizer.load_state_dict(before["optimizer"])
+            self.stopped = (
+                f"stopped: catastrophic overfitting in epoch {epoch + 1} (robust "
+                f"{self.task.monitor} of a training batch fell from {best:.3f} to {value:.3f}); "
+                f"kept epoch {epoch}"
+            )
+            if self.history:
+                self._save(False)
+        return {key: value}
+
+    def _save(self, improved: bool) -> None:
+        """Write the checkpoint (and the best one, if this epoch improved) atomically."""
+        if self.out is None:
+            return
+        last = self.history[-1]
+        ckpt = {
+            "task": self.task.name,
+            **self.meta,
+            "train_config": asdict(self.config),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "epoch": last["epoch"],
+            "metrics": {k: v for k, v in last.items() if k not in ("epoch", "train_loss")},
+            "history": self.history,
+            "best": self.best,
+            "stopped": self.stopped,
+        }
+        if improved:
+            save_checkpoint(best_path(self.out), ckpt)
+        save_checkpoint(self.out, {**ckpt, "optimizer": self.optimizer.state_dict()})
 
 
 def _format(record: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
-
-
-def _save(
-    out: Path | None,
-    task: Task,
-    meta: dict[str, Any],
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    history: list[dict[str, float]],
-    best: dict[str, float] | None,
-    improved: bool,
-) -> None:
-    """Write the checkpoint (and the best one, if this epoch improved) atomically."""
-    if out is None:
-        return
-    last = history[-1]
-    ckpt = {
-        "task": task.name,
-        **meta,
-        "train_config": asdict(config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "epoch": last["epoch"],
-        "metrics": {k: v for k, v in last.items() if k not in ("epoch", "train_loss")},
-        "history": history,
-        "best": best,
-    }
-    if improved:
-        save_checkpoint(best_path(out), ckpt)
-    save_checkpoint(out, {**ckpt, "optimizer": optimizer.state_dict()})

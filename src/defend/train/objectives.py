@@ -1,41 +1,54 @@
-"""Training objectives: what one training step minimises, per sample.
+"""Training objectives: what one training step minimises, and how a model is validated.
 
 The training loop (:func:`defend.train.loop.fit`) is one loop for every kind of training; an
 :class:`Objective` is the seam where they differ. Each batch, the loop calls
 ``objective.loss(task, model, batch, epoch)`` with the model in training mode and minimises the
-mean of the returned per-sample losses. An objective may make its own training inputs first
-(an attack, run with the model in eval mode as adversarial training requires) and may combine
-several forward passes in one loss (TRADES: the clean and the adversarial output).
+mean of the returned per-sample losses; each epoch it adds ``objective.robust_metrics(...)`` to
+the validation metrics and keeps the best checkpoint by ``objective.monitor``.
 
 * :class:`Standard`: the task's loss on the batch as given.
-* :class:`OnInputs`: the task's loss on inputs made per batch by
-  ``make_inputs(task, model, batch)`` with the model in eval mode.
-* :func:`pgd_objective`: Madry et al.'s PGD adversarial training on inputs in a box
-  (images in [0, 1]): l-inf PGD with a random start, maximising the task's training loss.
+* :class:`Adversarial`: adversarial training. A ``perturb(task, model, batch, eps, steps)``
+  function (:mod:`defend.train.perturb`) makes adversarial inputs for a fraction ``mix`` of
+  each batch with the model in eval mode, at an eps that warms up linearly over the first
+  epochs. With ``beta == 0`` the step minimises the task's loss on the mixed batch (Madry et
+  al.); with ``beta > 0`` it minimises the clean loss plus ``beta`` times the task's
+  divergence between the adversarial and the clean output (TRADES, Zhang et al.). Robust
+  validation attacks every validation batch at the full eps with more steps.
+
+:data:`METHODS` and :func:`make_objective` build each method of ``defend train
+--adversarial`` from its settings; a new method is one function and one line there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from defend.attacks.budget import KspaceBudget
+from defend.errors import DefendError
 from defend.estimators.base import model_mode
 from defend.tasks import Batch, Task
+from defend.train import perturb
 
-#: ``make_inputs(task, model, batch) -> inputs``: new ``batch["input"]`` of the same shape
-MakeInputs = Callable[[Task, nn.Module, Batch], torch.Tensor]
+#: ``perturb(task, model, batch, eps, steps) -> inputs`` of the shape of ``batch["input"]``
+Perturb = Callable[[Task, nn.Module, Batch, float, int], torch.Tensor]
 
 
 class Objective:
     """What a training step minimises; the default is the task's own loss (standard training).
 
-    Subclasses override :meth:`loss` and :meth:`config`.
+    Subclasses override :meth:`loss`, :meth:`config` and, to validate robustly,
+    :meth:`robust_metrics` and :meth:`monitor`.
     """
 
     name = "standard"
+    #: whether :meth:`probe` checks robustness on a training batch after each epoch
+    guard = False
 
     def loss(self, task: Task, model: nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
         """Per-sample training losses ``(B,)`` of one batch (the model in training mode).
@@ -48,6 +61,20 @@ class Objective:
         """
         return task.loss(task.forward(model, batch), batch)
 
+    def robust_metrics(
+        self, task: Task, model: nn.Module, batches: Iterable[Batch]
+    ) -> dict[str, float]:
+        """Validation metrics under attack (``robust_*``), the model in eval mode; none here."""
+        return {}
+
+    def monitor(self, task: Task) -> tuple[str, bool]:
+        """The validation metric that picks the best checkpoint, and whether higher is better."""
+        return task.monitor, True
+
+    def probe(self, task: Task, model: nn.Module, batch: Batch) -> float | None:
+        """A robustness check on a training batch after each epoch (None: no check)."""
+        return None
+
     def config(self) -> dict[str, Any]:
         """The settings that identify this objective in a checkpoint's run configuration."""
         return {"name": self.name}
@@ -57,89 +84,343 @@ class Standard(Objective):
     """Standard training: the task's loss on the batch as given."""
 
 
-class OnInputs(Objective):
-    """The task's loss on inputs that ``make_inputs(task, model, batch)`` makes for each batch.
+def _rows(batch: Batch, n: int) -> Batch:
+    """The first ``n`` samples of a batch (tensors and lists alike)."""
+    return {k: v[:n] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
 
-    ``make_inputs`` runs with the model in eval mode (batch norm statistics frozen, dropout
-    off), as adversarial training requires; the loss then runs in training mode.
+
+class Adversarial(Objective):
+    """Adversarial training on inputs that ``perturb`` makes per batch (see the module doc).
 
     Args:
-        make_inputs: ``(task, model, batch) -> inputs`` of the shape of ``batch["input"]``.
-        name: the objective's name in the run configuration.
-        settings: its other settings there (e.g. eps, steps).
+        perturb: ``(task, model, batch, eps, steps) -> inputs``, run in eval mode.
+        name: the method's name in the run configuration.
+        eps: the training budget (the units of ``perturb``).
+        steps: attack steps per training batch.
+        mix: the fraction of each batch that is attacked (the first ``round(mix * B)``
+            samples of a shuffled batch); the rest trains clean.
+        warmup_epochs: eps grows linearly from ``eps / (W + 1)`` to ``eps`` over the first W
+            epochs.
+        beta: 0 trains on the attacked inputs; > 0 adds ``beta`` times the divergence of the
+            adversarial from the clean output to the clean loss (TRADES).
+        val_steps: attack steps of robust validation (default ``max(2 * steps, 10)``).
+        val_perturb: the attack of robust validation (default ``perturb``).
+        guard: check robustness on a training batch after each epoch (:meth:`probe`) and
+            stop when it collapses (FGSM-RS's catastrophic overfitting).
+        settings: other settings for the run configuration (e.g. the step size).
     """
 
-    def __init__(self, make_inputs: MakeInputs, name: str = "inputs", **settings: Any) -> None:
-        self.make_inputs = make_inputs
+    def __init__(
+        self,
+        perturb: Perturb,
+        name: str,
+        eps: float,
+        steps: int,
+        mix: float = 1.0,
+        warmup_epochs: int = 0,
+        beta: float = 0.0,
+        val_steps: int | None = None,
+        val_perturb: Perturb | None = None,
+        guard: bool = False,
+        **settings: Any,
+    ) -> None:
+        if not 0 < eps < math.inf:
+            raise DefendError(f"--eps must be a finite number > 0, got {eps}")
+        if steps < 1:
+            raise DefendError(f"--steps must be >= 1, got {steps}")
+        if not 0 < mix <= 1:
+            raise DefendError(f"--mix must be in (0, 1] (the attacked fraction), got {mix}")
+        if warmup_epochs < 0:
+            raise DefendError(f"--warmup-epochs must be >= 0, got {warmup_epochs}")
+        if not 0 <= beta < math.inf:
+            raise DefendError(f"--beta must be a finite number >= 0, got {beta}")
+        self.perturb = perturb
         self.name = name
+        self.eps, self.steps, self.mix = eps, steps, mix
+        self.warmup_epochs, self.beta = warmup_epochs, beta
+        self.val_steps = val_steps or max(2 * steps, 10)
+        self.val_perturb = val_perturb or perturb
+        self.guard = guard
         self.settings = settings
 
+    def eps_at(self, epoch: int) -> float:
+        """The training eps in (0-based) ``epoch``: linear warm-up, then ``eps``."""
+        if epoch >= self.warmup_epochs:
+            return self.eps
+        return self.eps * (epoch + 1) / (self.warmup_epochs + 1)
+
+    def attacked(self, batch: Batch) -> int:
+        """How many samples of a batch are attacked: ``round(mix * B)``, at least one."""
+        return max(1, round(self.mix * len(batch["input"])))
+
     def loss(self, task: Task, model: nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
+        n = self.attacked(batch)
+        head = _rows(batch, n)
         with model_mode(model, training=False):
-            inputs = self.make_inputs(task, model, batch)
-        return task.loss(task.forward(model, {**batch, "input": inputs}), batch)
+            adversarial = self.perturb(task, model, head, self.eps_at(epoch), self.steps)
+        clean = batch["input"]
+        if self.beta == 0:
+            inputs = torch.cat([adversarial, clean[n:]])
+            return task.loss(task.forward(model, {**batch, "input": inputs}), batch)
+        both = {**batch, **{k: torch.cat([v, v[:n]]) for k, v in _tensors(batch).items()}}
+        pred = task.forward(model, {**both, "input": torch.cat([clean, adversarial])})
+        pred_clean, pred_adv = pred[: len(clean)], pred[len(clean) :]
+        divergence = task.divergence(pred_adv, pred_clean[:n], head)
+        return task.loss(pred_clean, batch) + self.beta * torch.cat(
+            [divergence, divergence.new_zeros(len(clean) - n)]
+        )
+
+    def robust_inputs(self, task: Task, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """A validation batch attacked at the full eps with ``val_steps`` steps."""
+        with torch.enable_grad(), model_mode(model, training=False):
+            return self.val_perturb(task, model, batch, self.eps, self.val_steps)
+
+    def robust_metrics(
+        self, task: Task, model: nn.Module, batches: Iterable[Batch]
+    ) -> dict[str, float]:
+        """The task's validation metrics on attacked inputs, prefixed ``robust_``."""
+
+        def attacked() -> Iterator[Batch]:
+            for batch in batches:
+                yield {**batch, "input": self.robust_inputs(task, model, batch)}
+
+        return _robust(task.evaluate(model, attacked()))
+
+    def monitor(self, task: Task) -> tuple[str, bool]:
+        return f"robust_{task.monitor}", True
+
+    def probe(self, task: Task, model: nn.Module, batch: Batch) -> float | None:
+        """The robust monitor on one training batch (None without ``guard``): the
+        catastrophic-overfitting check of FGSM-RS (Wong et al.), by the validation attack."""
+        if not self.guard:
+            return None
+        with torch.no_grad():
+            return self.robust_metrics(task, model, [batch])[f"robust_{task.monitor}"]
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, **self.settings}
+        return {
+            "name": self.name,
+            "eps": self.eps,
+            "steps": self.steps,
+            "mix": self.mix,
+            "warmup_epochs": self.warmup_epochs,
+            "beta": self.beta,
+            "val_steps": self.val_steps,
+            **self.settings,
+        }
 
 
-def linf_pgd(
-    task: Task,
-    model: nn.Module,
-    batch: Batch,
+def _robust(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics of attacked inputs as ``robust_*`` (the zero-filled baseline's are left out)."""
+    return {f"robust_{k}": v for k, v in metrics.items() if not k.startswith("zf_")}
+
+
+def _tensors(batch: Batch) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
+class Hallucination(Adversarial):
+    """Hallucination training: robust validation adds the hallucination strength of
+    ``defend attack hallucination``'s default target (a line at the centre, contrast 0.3) at
+    the training eps, and the best checkpoint is the one with the lowest strength.
+
+    Args:
+        budget: the training budget; the other arguments as :class:`Adversarial`.
+    """
+
+    def __init__(self, perturb: Perturb, budget: KspaceBudget, **kwargs: Any) -> None:
+        super().__init__(perturb, **kwargs)
+        self.budget = budget
+
+    def robust_metrics(
+        self, task: Task, model: nn.Module, batches: Iterable[Batch]
+    ) -> dict[str, float]:
+        strengths = []
+
+        def attacked() -> Iterator[Batch]:
+            for batch in batches:
+                with torch.enable_grad(), model_mode(model, training=False):
+                    x = batch["input"]
+                    step = _step_fraction(None, self.val_steps)
+                    attack = perturb.hallucination_attack(
+                        model, x, self.budget, self.val_steps, step, seed=len(strengths)
+                    )
+                    x_adv = attack.generate(x)
+                strengths.append(torch.as_tensor(attack.report["strength"]))
+                yield {**batch, "input": x_adv}
+
+        metrics = _robust(task.evaluate(model, attacked()))
+        return {"robust_strength": float(torch.cat(strengths).mean()), **metrics}
+
+    def monitor(self, task: Task) -> tuple[str, bool]:
+        return "robust_strength", False
+
+
+def _step_fraction(step: float | None, steps: int) -> float:
+    """Step size as a fraction of eps: given, or 1.25 for one step (FGSM-RS, Wong et al.)
+    and ``2.5 / steps`` for PGD (Madry et al.), so the walk can cross the eps-ball."""
+    if step is not None:
+        if not 0 < step < math.inf:
+            raise DefendError(f"--step must be a finite number > 0 (a fraction of eps), got {step}")
+        return step
+    return 1.25 if steps == 1 else 2.5 / steps
+
+
+def _image_perturb(step: float | None, clip: tuple[float, float] | None, loss: Any) -> Perturb:
+    """l-inf PGD on images (:func:`perturb.linf_pgd`), ``loss(task, model, batch)`` giving
+    the per-sample loss to raise (None: the task's training loss)."""
+
+    def run(task: Task, model: nn.Module, batch: Batch, eps: float, steps: int) -> torch.Tensor:
+        size = _step_fraction(step, steps) * eps
+        raise_ = loss(task, model, batch) if loss is not None else None
+        return perturb.linf_pgd(task, model, batch, eps, steps, size, clip, raise_)
+
+    return run
+
+
+def _bce(task: Task, model: nn.Module, batch: Batch) -> Callable:
+    from defend.losses import seg_loss
+
+    return lambda pred, b: seg_loss("bce", pred.float(), b["target"])
+
+
+def _divergence_from_clean(task: Task, model: nn.Module, batch: Batch) -> Callable:
+    """TRADES' inner loss: the divergence from the clean prediction (fixed, no gradient)."""
+    with torch.no_grad():
+        clean = task.forward(model, batch)
+    return lambda pred, b: task.divergence(pred, clean, b)
+
+
+#: the seg attack losses of ``--attack-loss`` (``bce``: the seed paper's stronger attack)
+ATTACK_LOSSES = {"bce": _bce, "training": None}
+
+
+def image_objective(
+    method: str,
     eps: float,
     steps: int,
-    step: float,
-    clip: tuple[float, float] | None = (0.0, 1.0),
-) -> torch.Tensor:
-    """l-inf PGD on ``batch["input"]`` maximising the task's per-sample training loss.
-
-    Uniform random start in the eps-box, ``steps`` signed-gradient ascent steps of size
-    ``step``, each projected onto the eps-box around the clean input and onto ``clip``.
-    Random draws come from torch's global generator, which the training loop seeds per epoch.
-
-    Args:
-        task, model, batch: as :meth:`Objective.loss`; ``batch["input"]`` (B, ...) e.g.
-            images (B, C, H, W) in [0, 1].
-        eps: the l-inf budget, in input units (e.g. 8 / 255 of the [0, 1] range).
-        steps: ascent steps (>= 1). step: the step size, in input units.
-        clip: the valid input range, or None.
-
-    Returns:
-        The adversarial inputs, detached, shape of ``batch["input"]``.
-    """
-    clean = batch["input"].detach()
-    x = clean + torch.empty_like(clean).uniform_(-eps, eps)
-    for _ in range(steps):
-        x = x.clamp(*clip) if clip is not None else x
-        x.requires_grad_(True)
-        loss = task.loss(task.forward(model, {**batch, "input": x}), batch).sum()
-        (grad,) = torch.autograd.grad(loss, x)
-        x = x.detach() + step * grad.sign()
-        x = torch.minimum(torch.maximum(x, clean - eps), clean + eps)
-    return (x.clamp(*clip) if clip is not None else x).detach()
-
-
-def pgd_objective(
-    eps: float,
-    steps: int = 7,
     step: float | None = None,
+    attack_loss: str = "training",
     clip: tuple[float, float] | None = (0.0, 1.0),
-) -> OnInputs:
-    """Madry et al. PGD adversarial training: the task's loss on :func:`linf_pgd` inputs.
+    **kwargs: Any,
+) -> Adversarial:
+    """``pgd`` / ``fgsm-rs`` / ``trades`` on images in [0, 1] (segmentation, classification).
 
     Args:
-        eps: l-inf budget in input units. steps: PGD steps (Madry: 7-10).
-        step: step size (default ``2.5 * eps / steps``, so the walk can cross the box).
+        method: ``pgd`` (Madry et al.), ``fgsm-rs`` (Wong et al.; one step, guarded against
+            catastrophic overfitting) or ``trades`` (Zhang et al.; ``beta`` default 6).
+        eps: l-inf budget on the image range. steps: attack steps per batch.
+        step: step size as a fraction of eps (default :func:`_step_fraction`).
+        attack_loss: the loss PGD / FGSM-RS (and robust validation) raise: ``training`` or
+            ``bce`` (segmentation, the seed paper's stronger attack).
         clip: the valid input range.
+        kwargs: ``mix``, ``warmup_epochs``, ``beta``, ``val_steps`` (:class:`Adversarial`).
     """
-    if not 0 < eps < float("inf"):
-        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    if not 0 < eps <= 1:
+        raise DefendError(f"--eps must be in (0, 1] (images are in [0, 1]), got {eps}")
+    if method == "fgsm-rs" and steps != 1:
+        raise DefendError(f"fgsm-rs takes one step (--steps 1), got --steps {steps}")
+    if attack_loss not in ATTACK_LOSSES:
+        raise DefendError(f"--attack-loss must be one of {', '.join(ATTACK_LOSSES)}")
+    attack = _image_perturb(step, clip, ATTACK_LOSSES[attack_loss])
+    settings = {"step": _step_fraction(step, steps), "attack_loss": attack_loss}
+    if method == "trades":
+        kwargs.setdefault("beta", 6.0)
+        inner = _image_perturb(step, clip, _divergence_from_clean)
+        return Adversarial(inner, method, eps, steps, val_perturb=attack, **kwargs, **settings)
+    guard = method == "fgsm-rs"
+    return Adversarial(attack, method, eps, steps, guard=guard, **kwargs, **settings)
+
+
+def kspace_objective(
+    method: str,
+    eps: float,
+    steps: int,
+    step: float | None = None,
+    norm: str = "inf",
+    **kwargs: Any,
+) -> Adversarial:
+    """``pgd`` or ``hallucination`` training of a reconstruction model on its k-space input.
+
+    Args:
+        method: ``pgd`` (:func:`perturb.kspace_pgd`: raise the error to the ground truth) or
+            ``hallucination`` (:func:`perturb.hallucinate`: random regions and contrasts).
+        eps: relative budget, the units of ``defend attack hallucination`` (a fraction of the
+            k-space norm). steps: attack steps per batch.
+        step: step size as a fraction of eps (default :func:`_step_fraction`).
+        norm: ``inf`` or ``2`` (per coil).
+        kwargs: ``mix``, ``warmup_epochs``, ``beta``, ``val_steps`` (:class:`Adversarial`).
+    """
+    budget = KspaceBudget(eps, norm)
+    attack = perturb.kspace_pgd if method == "pgd" else perturb.hallucinate
+
+    def run(task: Task, model: nn.Module, batch: Batch, eps_now: float, n: int) -> torch.Tensor:
+        at = replace(budget, eps=eps_now)
+        return attack(task, model, batch, at, n, _step_fraction(step, n))
+
+    settings = {"step": _step_fraction(step, steps), "norm": norm}
+    if method == "pgd":
+        return Adversarial(run, method, eps, steps, **kwargs, **settings)
+    return Hallucination(run, budget, name=method, eps=eps, steps=steps, **kwargs, **settings)
+
+
+#: ``defend train --adversarial`` methods per task
+METHODS: dict[str, tuple[str, ...]] = {
+    "recon": ("pgd", "hallucination"),
+    "seg": ("pgd", "fgsm-rs", "trades"),
+    "cls": ("pgd", "fgsm-rs", "trades"),
+}
+#: default eps per task: that of the matching ``defend attack`` command (recon: the
+#: hallucination attack's relative l-inf 0.1; seg: seg-fgsm's 0.008), cls: 8 / 255
+DEFAULT_EPS = {"recon": 0.1, "seg": 0.008, "cls": 8 / 255}
+#: default attack steps per training batch
+DEFAULT_STEPS = {"pgd": 7, "fgsm-rs": 1, "trades": 10, "hallucination": 5}
+
+
+def make_objective(
+    task: str,
+    method: str,
+    eps: float | None = None,
+    steps: int | None = None,
+    step: float | None = None,
+    mix: float = 1.0,
+    warmup_epochs: int = 0,
+    beta: float | None = None,
+    attack_loss: str | None = None,
+    norm: str = "inf",
+) -> Adversarial:
+    """The adversarial-training objective of ``defend train TASK --adversarial METHOD``.
+
+    Args:
+        task: ``recon``, ``seg`` or ``cls``. method: one of ``METHODS[task]``.
+        eps: budget (default :data:`DEFAULT_EPS`, the units of the matching attack command).
+        steps: attack steps per training batch (default :data:`DEFAULT_STEPS`; recon pgd 5).
+        step: step size as a fraction of eps. mix: attacked fraction of each batch.
+        warmup_epochs: linear eps warm-up. beta: TRADES / consistency weight (trades: 6).
+        attack_loss: seg ``bce`` (default) or ``training``. norm: recon ``inf`` or ``2``.
+    """
+    if method not in METHODS.get(task, ()):
+        fits = [t for t, methods in METHODS.items() if method in methods]
+        where = f" (it fits {', '.join(fits)})" if fits else ""
+        raise DefendError(
+            f"--adversarial {method} does not fit task {task}{where}: choose "
+            f"{', '.join(METHODS.get(task, ()))}"
+        )
+    eps = DEFAULT_EPS[task] if eps is None else eps
+    steps = (5 if task == "recon" else DEFAULT_STEPS[method]) if steps is None else steps
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    size = 2.5 * eps / steps if step is None else step
-
-    def make_inputs(task: Task, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return linf_pgd(task, model, batch, eps, steps, size, clip)
-
-    return OnInputs(make_inputs, name="pgd", eps=eps, steps=steps, step=size)
+        raise DefendError(f"--steps must be >= 1, got {steps}")
+    settings: dict[str, Any] = {"mix": mix, "warmup_epochs": warmup_epochs}
+    if beta is not None:
+        settings["beta"] = beta
+    if task == "recon":
+        if attack_loss is not None:
+            raise DefendError("--attack-loss is for seg and cls; recon attacks use their own")
+        return kspace_objective(method, eps, steps, step, norm, **settings)
+    if norm != "inf":
+        raise DefendError("--norm is for recon; image attacks are l-inf")
+    if attack_loss is None:
+        attack_loss = "bce" if task == "seg" else "training"
+    elif task == "cls" and attack_loss != "training":
+        raise DefendError("--attack-loss bce is for seg; cls attacks raise cross-entropy")
+    return image_objective(method, eps, steps, step, attack_loss, **settings)
