@@ -73,8 +73,10 @@ def test_hallucinate_stays_in_budget_and_moves_the_output(synth_dir):
 def test_eps_warm_up_and_mix():
     objective = make_objective("cls", "pgd", eps=0.03, warmup_epochs=2, mix=0.5)
     assert [objective.eps_at(e) for e in range(4)] == pytest.approx([0.01, 0.02, 0.03, 0.03])
-    assert objective.attacked({"input": torch.zeros(8, 3)}) == 4
-    assert objective.attacked({"input": torch.zeros(1, 3)}) == 1
+    assert objective.attacked({"input": torch.zeros(8, 3)}).tolist() == [True, False] * 4
+    assert objective.attacked({"input": torch.zeros(1, 3)}).tolist() == [True]
+    thirds = make_objective("cls", "pgd", mix=1 / 3).attacked({"input": torch.zeros(7, 3)})
+    assert thirds.nonzero()[:, 0].tolist() == [0, 3, 6]  # ceil(7 / 3) rows, spread
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def train(
         help="Epochs (default: per task and model, see README); 0 with --weights: evaluate the "
         "weights and write a checkpoint without training.",
     ),
-    batch_size: int = typer.Option(8, help="Batch size."),
+    batch_size: int = typer.Option(8, help="Batch size (under torchrun: the global batch)."),
     lr: float = typer.Option(None, help="Learning rate (AdamW, cosine schedule)."),
     seed: int = typer.Option(0, help="Random seed."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)."),
@@ -133,10 +133,11 @@ def train(
     progress: bool = PROGRESS,
 ) -> None:
     """Train a reconstruction, segmentation or classification model (adversarially with
-    --adversarial)."""
+    --adversarial). Runs unchanged on several GPUs under torchrun (see README)."""
     from defend.data import Acquisition
     from defend.tasks import check_task
     from defend.train import TrainConfig, default_schedule, make_objective, train_model
+    from defend.train.distributed import is_main_process
 
     check_task(task)  # device and --out are checked first thing by train_model
     model_options = _check_model_options(task, model, set_)
@@ -173,7 +174,7 @@ def train(
         resume=resume,
         log=typer.echo,
     )
-    if history:
+    if history and is_main_process():
         final = history[-1]
         typer.echo(f"{task} checkpoint {out}: " + _format_metrics(final))
 

@@ -16,6 +16,7 @@ from defend.errors import DefendError
 from defend.io import check_writable, load_weights_file
 from defend.models import build_model, default_model_config, load_weights
 from defend.tasks import get_task
+from defend.train.distributed import main_only
 from defend.train.loop import TrainConfig, fit, run_config
 from defend.train.objectives import Objective
 
@@ -129,11 +130,13 @@ def train_model(
             :func:`defend.train.make_objective`).
         resume: continue an interrupted run found at ``out`` (refused, naming the
             differences, if it was started with other settings or data).
+        log: where progress lines go (under torchrun: process 0's only).
 
     Returns:
         The per-epoch history of training loss and validation metrics.
     """
     config = config or TrainConfig()
+    log = main_only(log)
     if config.epochs == 0 and weights is None:
         raise DefendError("--epochs 0 evaluates given weights: pass --weights FILE")
     pick_device(config.device)

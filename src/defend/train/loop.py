@@ -5,6 +5,8 @@ and writes an atomic checkpoint after each one, so a run that is interrupted res
 it stopped and gives the same numbers as one that was not. What a step minimises is an
 :class:`~defend.train.objectives.Objective` (standard training by default; adversarial
 training makes its own inputs per batch), so every kind of training is this one loop.
+Under ``torchrun`` the same loop trains in several processes with the numbers of one
+(:mod:`defend.train.distributed`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from defend.data.batching import shape_loader
-from defend.device import autocast, pick_device
+from defend.device import autocast
 from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, save_checkpoint
 from defend.tasks import Batch, Task
+from defend.train import distributed
+from defend.train.distributed import Share, World
 from defend.train.objectives import Objective, Standard
 
 
@@ -171,6 +175,15 @@ def _resume(
     return ckpt["epoch"], ckpt["history"], ckpt.get("best"), ckpt.get("stopped")
 
 
+def _step_loss(losses: torch.Tensor, share: Share, world: World) -> torch.Tensor:
+    """What one process minimises for its per-sample losses ``(n,)`` of a global batch:
+    ``sum * world.size / total``, so that DistributedDataParallel's gradient average is
+    the mean over the global batch (also for uneven shares); the mean for one process."""
+    if world.size == 1:
+        return losses.mean()
+    return losses.sum() * (world.size / share.total)
+
+
 def _train_epoch(
     task: Task,
     model: nn.Module,
@@ -178,36 +191,41 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     objective: Objective,
     amp: bool,
-    device: torch.device,
+    world: World,
     bar: Any,
     epoch: int,
 ) -> float:
-    """One pass over ``loader``; the mean training loss."""
+    """One pass over ``loader`` (this process's shares of the global batches; ``model`` the
+    DistributedDataParallel wrapper for several processes); the mean training loss of the
+    global batches."""
     model.train()
+    device = world.device
     total, steps = torch.zeros((), device=device), 0
-    for batch in bar:
+    shares = [Share.of(g, world) for g in loader.batch_sampler.global_sizes()]
+    for batch, share in zip(bar, shares, strict=True):
         batch = to_device(batch, device)
-        with autocast(device, amp):
-            loss = objective.loss(task, model, batch, epoch).mean()
+        with distributed.batch_share(share), autocast(device, amp):
+            loss = _step_loss(objective.loss(task, model, batch, epoch), share, world)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += loss.detach()
         steps += 1
         if steps % 10 == 0 or steps == len(loader):
-            mean_loss = float(total) / steps
+            mean_loss = float(distributed.all_sum(total, world)) / world.size / steps
             if not math.isfinite(mean_loss):
                 raise DefendError(
                     f"training diverged in epoch {epoch + 1} (loss {mean_loss}); lower --lr"
                 )
             bar.set_postfix(loss=f"{mean_loss:.4f}")
-    return float(total) / max(steps, 1)
+    return float(distributed.all_sum(total, world)) / world.size / max(steps, 1)
 
 
 def _epoch_loader(
-    train_set: Dataset, config: TrainConfig, epoch_seed: int, device: torch.device
+    train_set: Dataset, config: TrainConfig, epoch_seed: int, world: World
 ) -> DataLoader:
-    """The shuffled training batches of one epoch (one shape per batch)."""
+    """This process's shuffled training batches of one epoch (one shape per batch; its
+    share of each global batch of ``config.batch_size`` rows)."""
     if hasattr(train_set, "set_epoch"):  # random k-space masks, per sample
         train_set.set_epoch(epoch_seed)
     return shape_loader(
@@ -216,7 +234,9 @@ def _epoch_loader(
         shuffle=True,
         seed=epoch_seed,
         num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=world.device.type == "cuda",
+        rank=world.rank,
+        world=world.size,
     )
 
 
@@ -256,29 +276,56 @@ def fit(
         resume: continue from ``out`` if it exists; a run of another model config or
             ``run`` is refused with a one-line :class:`CheckpointError` naming the differences.
         log: where the per-epoch summary lines go.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs ``fit`` on the same
+    arguments (:mod:`defend.train.distributed`): ``config.batch_size`` is the global batch,
+    each process trains on its share of it through DistributedDataParallel with the
+    gradients of one process, and process 0 alone validates, logs and writes ``out``
+    (a resume loads it in every process). The model is then moved to ``cuda:LOCAL_RANK``
+    (or stays on the CPU), with SyncBatchNorm layers on CUDA.
     """
     objective = objective or Standard()
     meta = {"run": run_config(config), **(meta or {})}
     meta["run"] = {**meta["run"], "objective": objective.config()}
     metric, higher = objective.monitor(task)
     meta["monitor"] = {"metric": metric, "higher_is_better": higher}
-    device = pick_device(config.device)
-    model.to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    run = _Run(task, model, optimizer, objective, config, out, meta)
-    if out is not None and out.exists() and resume:
-        run.resume()
-        if run.finished():
-            log(f"{out}: {run.stopped or f'already trained for {run.start} epochs'}; nothing to do")
+    with distributed.process_group(config.device) as world:
+        if config.batch_size < world.size:
+            raise DefendError(
+                f"--batch-size {config.batch_size} is the global batch and must be >= the "
+                f"number of processes ({world.size})"
+            )
+        log = log if world.main else _quiet
+        model = distributed.prepare(model, world)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        run = _Run(task, model, optimizer, objective, config, out, meta, world)
+        if out is not None and out.exists() and resume:
+            run.resume()  # every process loads the checkpoint
+            if run.finished():
+                done = run.stopped or f"already trained for {run.start} epochs"
+                log(f"{out}: {done}; nothing to do")
+                return run.history
+            log(f"{out}: resuming after epoch {run.start}")
+        if config.epochs == 0:
+            run.record(0, None, run.validate(val_set, None))
+            log("epoch 0 (no training)  " + _format(run.history[-1]))
             return run.history
-        log(f"{out}: resuming after epoch {run.start}")
-    if config.epochs == 0:
-        run.record(0, None, evaluate(task, model, val_set, config, device, objective))
-        log("epoch 0 (no training)  " + _format(run.history[-1]))
+        _epochs(run, train_set, val_set, log)
         return run.history
-    probe = _probe_batch(train_set, config, device) if objective.guard else None
+
+
+def _quiet(line: str) -> None:
+    """The log of processes other than process 0: nothing."""
+
+
+def _epochs(run: _Run, train_set: Dataset, val_set: Dataset, log: Callable[[str], None]) -> None:
+    """Train from ``run.start`` to the last epoch (or an early stop), validating and
+    recording each epoch."""
+    task, config, world, optimizer = run.task, run.config, run.world, run.optimizer
+    net = distributed.wrap(run.model, world)
+    probe = _probe_batch(train_set, config, world.device) if run.objective.guard else None
     amp = config.amp and task.amp_safe
     for epoch in range(run.start, config.epochs):
         before = run.snapshot() if probe is not None else None
@@ -286,21 +333,25 @@ def fit(
         torch.manual_seed(epoch_seed)  # dropout, noise, attacks: the same after a resume
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(config.lr, epoch, config.epochs)
-        loader = _epoch_loader(train_set, config, epoch_seed, device)
+        loader = _epoch_loader(train_set, config, epoch_seed, world)
+        skipped = loader.batch_sampler.skipped
+        if epoch == run.start and skipped:
+            log(
+                f"skipping {skipped} global batch(es) per epoch: fewer samples than the "
+                f"{world.size} processes"
+            )
         desc = f"{task.name} epoch {epoch + 1}/{config.epochs}"
-        bar = tqdm(loader, desc=desc, disable=not config.progress, leave=False)
+        bar = tqdm(loader, desc=desc, disable=not (config.progress and world.main), leave=False)
         train_loss = _train_epoch(
-            task, model, loader, optimizer, objective, amp, device, bar, epoch
+            task, net, loader, optimizer, run.objective, amp, world, bar, epoch
         )
-        metrics = evaluate(task, model, val_set, config, device, objective)
-        if probe is not None:
-            metrics.update(run.check_probe(epoch, probe, before))
+        metrics = run.validate(val_set, probe)
+        run.check_collapse(epoch, metrics, before)
         if run.stopped:
             log(run.stopped)
             break
         run.record(epoch + 1, train_loss, metrics)
         log(f"epoch {epoch + 1}/{config.epochs}  " + _format(run.history[-1]))
-    return run.history
 
 
 def _probe_batch(train_set: Dataset, config: TrainConfig, device: torch.device) -> Batch | None:
@@ -325,9 +376,11 @@ class _Run:
         config: TrainConfig,
         out: Path | None,
         meta: dict[str, Any],
+        world: World | None = None,
     ) -> None:
         self.task, self.model, self.optimizer = task, model, optimizer
         self.objective, self.config, self.out, self.meta = objective, config, out, meta
+        self.world = world or World()
         self.metric, self.higher = objective.monitor(task)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
@@ -364,14 +417,28 @@ class _Run:
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         )
 
-    def check_probe(
-        self, epoch: int, probe: Batch, before: dict[str, Any] | None
-    ) -> dict[str, float]:
-        """Run the objective's guard; on a collapse restore ``before`` and stop the run."""
-        value = self.objective.probe(self.task, self.model, probe)
-        if value is None:
-            return {}
+    def validate(self, val_set: Dataset, probe: Batch | None) -> dict[str, float]:
+        """Validation metrics, and the objective's guard on ``probe``
+        (``probe_robust_<monitor>``): computed by process 0, sent to every process."""
+
+        def compute() -> dict[str, float]:
+            device = self.world.device
+            metrics = evaluate(self.task, self.model, val_set, self.config, device, self.objective)
+            value = None if probe is None else self.objective.probe(self.task, self.model, probe)
+            if value is not None:
+                metrics[f"probe_robust_{self.task.monitor}"] = value
+            return metrics
+
+        return distributed.on_main(self.world, compute)
+
+    def check_collapse(
+        self, epoch: int, metrics: dict[str, float], before: dict[str, Any] | None
+    ) -> None:
+        """If the guard's value in ``metrics`` collapsed, restore ``before`` and stop the run."""
         key = f"probe_robust_{self.task.monitor}"
+        value = metrics.get(key)
+        if value is None:
+            return
         seen = [r[key] for r in self.history if key in r]
         best = max(seen, default=-math.inf)
         if seen and value < COLLAPSE * best and best - value >= 0.1 and before is not None:
@@ -384,11 +451,11 @@ class _Run:
             )
             if self.history:
                 self._save(False)
-        return {key: value}
 
     def _save(self, improved: bool) -> None:
-        """Write the checkpoint (and the best one, if this epoch improved) atomically."""
-        if self.out is None:
+        """Write the checkpoint (and the best one, if this epoch improved) atomically; only
+        process 0 writes."""
+        if self.out is None or not self.world.main:
             return
         last = self.history[-1]
         ckpt = {

@@ -34,6 +34,7 @@ from defend.errors import DefendError
 from defend.estimators.base import model_mode
 from defend.tasks import Batch, Task
 from defend.train import perturb
+from defend.train.distributed import Share, batch_share, current_share, unwrap
 
 #: ``perturb(task, model, batch, eps, steps) -> inputs`` of the shape of ``batch["input"]``
 Perturb = Callable[[Task, nn.Module, Batch, float, int], torch.Tensor]
@@ -84,9 +85,23 @@ class Standard(Objective):
     """Standard training: the task's loss on the batch as given."""
 
 
-def _rows(batch: Batch, n: int) -> Batch:
-    """The first ``n`` samples of a batch (tensors and lists alike)."""
-    return {k: v[:n] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
+def _take(batch: Batch, rows: torch.Tensor) -> Batch:
+    """The samples ``rows`` (k,) (positions) of a batch (tensors and lists alike)."""
+    picks = rows.tolist()
+
+    def take(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return v[rows.to(v.device)]
+        return [v[i] for i in picks] if isinstance(v, list) else v
+
+    return {k: take(v) for k, v in batch.items()}
+
+
+def _spread(total: int, mix: float) -> torch.Tensor:
+    """(total,) bool: row ``i`` of a global batch is attacked iff ``ceil((i + 1) * mix) >
+    ceil(i * mix)``: ``ceil(mix * total)`` rows spread evenly, the first always."""
+    i = torch.arange(total, dtype=torch.float64)
+    return torch.ceil((i + 1) * mix) > torch.ceil(i * mix)
 
 
 class Adversarial(Objective):
@@ -97,8 +112,8 @@ class Adversarial(Objective):
         name: the method's name in the run configuration.
         eps: the training budget (the units of ``perturb``).
         steps: attack steps per training batch.
-        mix: the fraction of each batch that is attacked (the first ``round(mix * B)``
-            samples of a shuffled batch); the rest trains clean.
+        mix: the fraction of each batch that is attacked (:meth:`attacked`: rows spread
+            evenly over the shuffled global batch); the rest trains clean.
         warmup_epochs: eps grows linearly from ``eps / (W + 1)`` to ``eps`` over the first W
             epochs.
         beta: 0 trains on the attacked inputs; > 0 adds ``beta`` times the divergence of the
@@ -149,26 +164,61 @@ class Adversarial(Objective):
             return self.eps
         return self.eps * (epoch + 1) / (self.warmup_epochs + 1)
 
-    def attacked(self, batch: Batch) -> int:
-        """How many samples of a batch are attacked: ``round(mix * B)``, at least one."""
-        return max(1, round(self.mix * len(batch["input"])))
+    def attacked(self, batch: Batch) -> torch.Tensor:
+        """Which samples of a batch are attacked, (B,) bool (CPU).
+
+        Chosen by position in the global batch of ``G`` rows
+        (:func:`~defend.train.distributed.current_share`; one process: the batch itself):
+        row ``i`` iff ``ceil((i + 1) * mix) > ceil(i * mix)``, i.e. ``ceil(mix * G)`` rows
+        spread evenly, the first always. So the picks do not depend on how a global batch is
+        split between processes.
+        """
+        share = current_share(len(batch["input"]))
+        return share.select(_spread(share.total, self.mix))[0]
 
     def loss(self, task: Task, model: nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
-        n = self.attacked(batch)
-        head = _rows(batch, n)
-        with model_mode(model, training=False):
-            adversarial = self.perturb(task, model, head, self.eps_at(epoch), self.steps)
+        """Per-sample losses ``(B,)``; ``model`` may be a DistributedDataParallel wrapper: the
+        attack runs on the module inside (no gradients reduced between processes), the
+        training forward through the wrapper (gradients reduced in ``backward``)."""
+        share = current_share(len(batch["input"]))
+        mask, picked = share.select(_spread(share.total, self.mix))
         clean = batch["input"]
+        rows = mask.nonzero()[:, 0].to(clean.device)
+        adversarial = self._attack(task, unwrap(model), batch, rows, picked, epoch)
         if self.beta == 0:
-            inputs = torch.cat([adversarial, clean[n:]])
+            inputs = clean.index_put((rows,), adversarial)
             return task.loss(task.forward(model, {**batch, "input": inputs}), batch)
-        both = {**batch, **{k: torch.cat([v, v[:n]]) for k, v in _tensors(batch).items()}}
+        both = {**batch, **{k: torch.cat([v, v[rows]]) for k, v in _tensors(batch).items()}}
         pred = task.forward(model, {**both, "input": torch.cat([clean, adversarial])})
         pred_clean, pred_adv = pred[: len(clean)], pred[len(clean) :]
-        divergence = task.divergence(pred_adv, pred_clean[:n], head)
-        return task.loss(pred_clean, batch) + self.beta * torch.cat(
-            [divergence, divergence.new_zeros(len(clean) - n)]
-        )
+        losses = task.loss(pred_clean, batch)
+        if not len(rows):
+            return losses
+        divergence = task.divergence(pred_adv, pred_clean[rows], _take(batch, rows))
+        return losses + self.beta * divergence.new_zeros(len(clean)).index_put((rows,), divergence)
+
+    def _attack(
+        self,
+        task: Task,
+        net: nn.Module,
+        batch: Batch,
+        rows: torch.Tensor,
+        picked: Share,
+        epoch: int,
+    ) -> torch.Tensor:
+        """Adversarial inputs ``(k, ...)`` for the batch's ``rows`` (k,), which hold
+        ``picked`` of the global batch's attacked rows, made on ``net`` in eval mode.
+
+        A process that holds none of the attacked rows attacks one of its rows and drops the
+        result: every attack draws its random numbers for all the attacked rows of the global
+        batch, so its random-number stream stays in step with the other processes'.
+        """
+        none = not len(rows)
+        head = _take(batch, rows.new_zeros(1) if none else rows)
+        with batch_share(Share(0, 1, picked.total) if none else picked):
+            with model_mode(net, training=False):
+                adversarial = self.perturb(task, net, head, self.eps_at(epoch), self.steps)
+        return adversarial[:0] if none else adversarial
 
     def robust_inputs(self, task: Task, model: nn.Module, batch: Batch) -> torch.Tensor:
         """A validation batch attacked at the full eps with ``val_steps`` steps."""

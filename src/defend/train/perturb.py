@@ -4,6 +4,9 @@ Each takes ``(task, model, batch, ...)`` with the batch on the model's device an
 inputs of the shape of ``batch["input"]``, detached. They run with whatever mode the model is
 in: :mod:`defend.train.objectives` puts it in eval mode first. Random draws come from torch's
 global generator, which the training loop seeds per epoch, so a resumed run draws the same.
+They are made for the whole global batch and sliced to the batch's rows
+(:func:`~defend.train.distributed.global_like`), so under torchrun every process draws what
+one process draws for its rows, however the global batch is split.
 
 * :func:`linf_pgd`: l-inf PGD on images in a box (Madry et al.; FGSM-RS is one step of it).
 * :func:`kspace_pgd`: PGD on the sampled k-space in the hallucination attack's budget units,
@@ -25,6 +28,7 @@ from defend.attacks.budget import KspaceBudget
 from defend.attacks.hallucination import HallucinationAttack
 from defend.attacks.region import REGIONS, random_regions
 from defend.tasks import Batch, Task
+from defend.train.distributed import current_share, global_like
 
 #: ``loss(pred, batch) -> (B,)``: what an attack raises (default: the task's training loss)
 AttackLoss = Callable[[torch.Tensor, Batch], torch.Tensor]
@@ -59,7 +63,7 @@ def linf_pgd(
     """
     loss = loss or task.loss
     clean = batch["input"].detach()
-    x = clean + torch.empty_like(clean).uniform_(-eps, eps)
+    x = clean + global_like(clean, lambda t: t.uniform_(-eps, eps))
     for _ in range(steps):
         x = x.clamp(*clip) if clip is not None else x
         x.requires_grad_(True)
@@ -108,7 +112,7 @@ def kspace_pgd(
     columns = sampled(batch)
     movable = budget.movable(columns).expand_as(clean)
     bound = budget.bound(clean, columns)
-    noise = torch.rand_like(clean) if budget.norm == "inf" else torch.randn_like(clean)
+    noise = global_like(clean, torch.rand_like if budget.norm == "inf" else torch.randn_like)
     delta = budget.project(budget.random_start(movable, bound, noise), bound)
     for _ in range(steps):
         delta.requires_grad_(True)
@@ -188,13 +192,21 @@ def hallucinate(
         Attacked k-space (B, coils, H, W, 2), detached.
     """
     x = batch["input"].detach()
-    n = len(x)
+    share = current_share(len(x))  # draws for the global batch; x holds share.rows of it
+    n = share.total
     seed = int(torch.randint(2**62, (1,)))
     generator = torch.Generator().manual_seed(seed)
     regions = random_regions(tuple(batch["target"].shape[-2:]), n, generator, kinds)
     sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     contrast = sign * torch.empty(n).uniform_(*alpha, generator=generator)
     attack = hallucination_attack(
-        model, x, budget, steps, step, seed, region_mask=regions, alpha=contrast.numpy()
+        model,
+        x,
+        budget,
+        steps,
+        step,
+        seed,
+        region_mask=regions[share.rows],
+        alpha=contrast[share.rows].numpy(),
     )
-    return attack.generate(x).detach()
+    return attack.generate(x, indices=range(share.start, share.stop)).detach()
