@@ -1,9 +1,12 @@
-"""The attack benchmark's functions on tiny models: structure and sane ratios, no timing goals."""
+"""The benchmarks (`defend bench attacks`, `defend bench train`) on tiny models and data:
+structure and sane ratios, no timing goals."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +19,13 @@ import defend.bench.floors as floors
 import defend.io
 from defend.attacks import DGDE, HallucinationAttack
 from defend.bench import (
+    TRAIN_BENCH_TASKS,
     bench_attacks,
     bench_suite,
+    bench_train,
     count_forward_rows,
     format_bench,
+    format_train_bench,
     hallucination_strength,
     interleaved,
     jsonable,
@@ -29,6 +35,7 @@ from defend.cli import app
 from defend.errors import DefendError
 from defend.estimators import ReconEstimator, SegEstimator, make_classifier
 from defend.models.recon import ReconUnet
+from defend.train.objectives import METHODS
 
 SIZE = 16
 
@@ -223,3 +230,80 @@ def test_bench_attacks_command_on_a_demo_folder(
     assert saved["config"]["n"] == 2 and saved["config"]["pixel_th"] == [1]
     assert [row["name"] for row in saved["floors"]][-1] == "dgde"
     assert saved["art_pixel"]["params"]["dgde"]["max_queries"] == 100
+
+
+# ---------------------------------------------------------------- defend bench train
+
+TINY_TRAIN = {"batches": 1, "batch_size": 2, "repeats": 1, "steps": 1, "device": "cpu"}
+
+
+def test_bench_train_rows_per_method(synth_dir):
+    """A row per (task, method) of defend train --adversarial, with positive times."""
+    result = bench_train(synth_dir, **TINY_TRAIN)
+    rows = result["rows"]
+    expected = [(name, m) for name in TRAIN_BENCH_TASKS for m in METHODS[name.split("/")[0]]]
+    assert [(row["task"], row["method"]) for row in rows] == expected
+    for row in rows:
+        for key in ("standard_s", "method_s", "ratio", "cpu_ratio", "ratio_over_ideal"):
+            assert positive(row[key]), (row["task"], row["method"], key, row[key])
+        assert row["steps"] == 1 and row["ideal"] == 2 and row["goal"] == pytest.approx(2.2)
+        assert isinstance(row["met"], bool) and len(row["ratios"]) == 1
+        own = row["inherent_ideal"]
+        assert own > 2 if row["method"] in ("trades", "hallucination") else own == 2
+    assert [info["name"] for info in result["tasks"]] == list(TRAIN_BENCH_TASKS)
+    for info in result["tasks"]:
+        assert info["batches"] == 1 and info["samples"] == 2
+        for key in ("forward_fraction", "forward_cpu_fraction", "loader_s", "standard_s"):
+            assert positive(info[key]), (info["name"], key)
+    assert result["config"]["batches"] == 1 and "not timed" in result["config"]["timed"]
+    text = format_train_bench(result)
+    for part in ("recon/varnet", "hallucination", "trades", "ideal", "goal", "own ideal", "cpu r"):
+        assert part in text
+    json.dumps(jsonable(result), allow_nan=False)
+
+
+def test_bench_train_command_writes_json_and_table(synth_dir, tmp_path):
+    out = tmp_path / "sub" / "train.json"
+    args = ["bench", "train", str(synth_dir), "--tasks", "cls", "--out", str(out)]
+    args += ["--batches", "1", "--batch-size", "2", "--repeats", "1", "--steps", "2"]
+    args += ["--device", "cpu"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for part in ("defend bench train", "cls", "pgd", "fgsm-rs", "trades", "total", "wrote"):
+        assert part in result.output
+    saved = json.loads(out.read_text())
+    assert [row["method"] for row in saved["rows"]] == ["pgd", "fgsm-rs", "trades"]
+    assert [row["steps"] for row in saved["rows"]] == [2, 1, 2]  # fgsm-rs is one step
+    assert saved["config"]["threads"] == 1 and saved["config"]["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "--steps must be >= 1"),
+        ({"batches": 0}, "--batches must be >= 1"),
+        ({"repeats": 0}, "--repeats must be >= 1"),
+        ({"tasks": ["mri"]}, "unknown task 'mri'"),
+        ({"tasks": []}, "names no task"),
+        ({"tasks": ["recon/foo"]}, "unknown reconstruction model 'foo'"),
+        ({"data_dir": "/nonexistent"}, "no such data folder"),
+    ],
+)
+def test_bench_train_bad_input(synth_dir, kwargs, message):
+    kwargs = {"data_dir": synth_dir, **kwargs}
+    with pytest.raises(DefendError, match=message) as info:
+        bench_train(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_bench_train_without_data_is_one_line(tmp_path):
+    """The real entry point: a folder without data is one line and exit 2."""
+    code = "from defend.cli import main; main()"
+    run = subprocess.run(
+        [sys.executable, "-c", code, "bench", "train", str(tmp_path), "--tasks", "recon/unet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and "no train split" in lines[0], run.stderr

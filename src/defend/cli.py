@@ -465,7 +465,9 @@ def demo(
 
 
 bench_app = typer.Typer(
-    help="Benchmarks: attack wall time against model time and ART.", no_args_is_help=True
+    help="Benchmarks: attack wall time against model time and ART; adversarial-training epoch "
+    "time against standard training.",
+    no_args_is_help=True,
 )
 app.add_typer(bench_app, name="bench")
 
@@ -526,6 +528,52 @@ def bench_attacks_command(
     )
     typer.echo("")
     typer.echo(format_bench(result))
+    if out is not None:
+        write_json(out, jsonable(result))
+        typer.echo(f"wrote {out}")
+
+
+@bench_app.command("train")
+def bench_train_command(
+    data: Path = typer.Argument(
+        Path("runs/demo/data"), help="Data folder with a train split (defend data synth DIR)."
+    ),
+    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    tasks: str = typer.Option(
+        "recon/unet,recon/varnet,seg,cls", help="TASK or TASK/MODEL names, comma-separated."
+    ),
+    steps: int = typer.Option(
+        None, help="Attack steps per batch for every method (default: each method's; fgsm-rs 1)."
+    ),
+    batches: int = typer.Option(4, help="Training batches per benchmark epoch."),
+    batch_size: int = typer.Option(8, help="Samples per batch."),
+    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    threads: int = typer.Option(
+        1,
+        help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a "
+        "shared CPU stable.",
+    ),
+) -> None:
+    """Time each adversarial-training method's epoch over the standard epoch (ideal steps + 1)."""
+    from defend.bench import bench_train, format_train_bench, jsonable
+    from defend.io import check_writable, write_json
+
+    if out is not None:
+        check_writable(out, "file")
+    result = bench_train(
+        data,
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+        steps=steps,
+        batches=batches,
+        batch_size=batch_size,
+        repeats=repeats,
+        device=device,
+        threads=threads or None,
+        log=typer.echo,
+    )
+    typer.echo("")
+    typer.echo(format_train_bench(result))
     if out is not None:
         write_json(out, jsonable(result))
         typer.echo(f"wrote {out}")

@@ -13,6 +13,10 @@ warm-up (:mod:`defend.bench.timing`):
 estimators and arrays you already hold (:mod:`defend.bench.suite`); :func:`format_bench`
 prints the result (:mod:`defend.bench.report`) and :func:`defend.io.jsonable` makes it strict
 JSON.
+
+:func:`bench_train` (``defend bench train``, :mod:`defend.bench.train`) times each
+adversarial-training method's epoch over the standard epoch, against the ideal steps + 1;
+:func:`format_train_bench` prints it.
 """
 
 from __future__ import annotations
@@ -29,21 +33,25 @@ from defend.bench.floors import (
     hallucination_vs_floor,
     seg_pgd_vs_floor,
 )
-from defend.bench.report import format_bench
+from defend.bench.report import format_bench, format_train_bench
 from defend.bench.suite import bench_attacks, bench_suite
 from defend.bench.timing import count_forward_rows, interleaved, timed
+from defend.bench.train import TRAIN_BENCH_TASKS, bench_train
 from defend.io import jsonable  # re-exported: the CLI writes the result with it
 
 __all__ = [
     "BENCH_DGDE",
     "FLOOR_GOAL",
     "PIXEL_SPEEDUP_GOAL",
+    "TRAIN_BENCH_TASKS",
     "art_pgd_vs_hallucination",
     "bench_attacks",
     "bench_suite",
+    "bench_train",
     "count_forward_rows",
     "dgde_vs_floor_and_pixel_attack",
     "format_bench",
+    "format_train_bench",
     "hallucination_strength",
     "hallucination_vs_floor",
     "interleaved",

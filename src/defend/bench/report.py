@@ -138,3 +138,62 @@ def format_bench(result: dict[str, Any]) -> str:
     if cfg:
         lines.append(f"total {cfg['seconds']:.0f} s")
     return "\n".join(lines)
+
+
+def _train_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The training benchmark's table: one row per (task, method)."""
+    lines = [
+        f"{'task':13s} {'method':14s} {'steps':>5s} {'std s/b':>8s} {'meth s/b':>9s} "
+        f"{'ratio':>6s} {'cpu r':>6s} {'ideal':>5s} {'r/ideal':>7s} {'goal':>8s} {'met':>3s} "
+        f"{'own ideal':>9s} {'r/own':>6s}"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['task']:13s} {row['method']:14s} {row['steps']:5d} "
+            f"{row['standard_s']:8.3f} {row['method_s']:9.3f} {row['ratio']:6.2f} "
+            f"{_fmt(row['cpu_ratio'], '6.2f'):>6s} "
+            f"{row['ideal']:5d} {row['ratio_over_ideal']:7.2f} "
+            f"{'<= ' + format(row['goal'], '.1f'):>8s} {_yes(row['met']):>3s} "
+            f"{row['inherent_ideal']:9.2f} {row['ratio_over_inherent']:6.2f}"
+        )
+    return lines
+
+
+def _train_notes(result: dict[str, Any]) -> list[str]:
+    """What the columns mean, each task's forward and loader time, the methods' own ideals."""
+    cfg = result["config"]
+    lines = [
+        "ratio = median over repeats of method epoch / standard epoch, wall clock (each pair "
+        f"back to back); ideal = steps + 1; goal = {cfg['goal']} x ideal; met: by ratio",
+        "cpu r = the same ratio of the process's CPU time (CPU devices): the work done, less "
+        "sensitive to other jobs on a shared machine",
+        "own ideal = ideal + what the method inherently runs beyond it, no-grad forwards "
+        "counted at the task's measured forward / standard-step time:",
+        *[f"  - {note}" for note in dict.fromkeys(r["note"] for r in result["rows"]) if note],
+        "per task: forward (no grad, eval mode) / standard step; data loading per batch "
+        "(one pass, not timed in the ratios) / standard step:",
+    ]
+    for info in result["tasks"]:
+        lines.append(
+            f"  - {info['name']} ({info['model']}, input {tuple(info['input_shape'])}): "
+            f"forward {info['forward_fraction']:.2f}, loader {info['loader_s']:.4f} s/batch "
+            f"= {info['loader_fraction']:.3f} of a standard step"
+        )
+    return lines
+
+
+def format_train_bench(result: dict[str, Any]) -> str:
+    """``defend bench train``'s result (:func:`defend.bench.bench_train`) as a text table:
+    per task and method the standard and method seconds per batch, their ratio, the ideal
+    (steps + 1), the goal and whether it is met, and the method's own ideal."""
+    cfg = result["config"]
+    header = [
+        f"defend bench train: {cfg['data_dir']}, epoch = {cfg['batches']} training batches of "
+        f"{cfg['batch_size']}, device {cfg['device']}"
+        f"{' ' + cfg['gpu'] if cfg.get('gpu') else ''}, {cfg['threads']} torch thread(s), "
+        f"torch {cfg['torch']}, median of {cfg['repeats']} interleaved repeats after a warm-up",
+        f"timed: {cfg['timed']}",
+        "",
+    ]
+    footer = ["", f"total {cfg['seconds']:.0f} s"]
+    return "\n".join(header + _train_rows(result["rows"]) + [""] + _train_notes(result) + footer)
