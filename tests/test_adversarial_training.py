@@ -250,3 +250,26 @@ def test_info_shows_the_adversarial_settings(synth_dir, tmp_path):
     shown = runner.invoke(app, ["info", str(out)]).output
     assert "training  adversarial pgd  eps 0.0200  steps 2" in shown
     assert "best      epoch 1 by robust_accuracy" in shown
+
+
+@pytest.mark.parametrize(
+    ("fixture", "keys"),
+    [
+        ("unet_ckpt", {"clean_ssim", "hallucination_strength", "art_pgd_ssim"}),
+        ("seg_ckpt", {"clean_dice", "fgsm_dice", "pgd10_dice"}),
+        ("cls_ckpt", {"clean_accuracy", "pgd20_accuracy", "dgde_success", "dgde_pixels"}),
+    ],
+)
+def test_robustness_attacks_lower_the_clean_metric(request, synth_dir, fixture, keys):
+    from defend.bench.robustness import robustness
+
+    result = robustness(request.getfixturevalue(fixture), synth_dir, n=4)
+    metrics = result["metrics"]
+    assert keys <= set(metrics) and result["objective"] == {"name": "standard"}
+    clean = next(v for k, v in metrics.items() if k.startswith("clean_"))
+    if "art_pgd_ssim" in metrics:
+        assert metrics["art_pgd_ssim"] < clean and metrics["hallucination_strength"] > 0
+    elif "pgd10_dice" in metrics:
+        assert metrics["pgd10_dice"] <= metrics["fgsm_dice"] < clean
+    else:
+        assert metrics["pgd20_accuracy"] <= clean
