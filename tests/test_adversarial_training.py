@@ -273,3 +273,32 @@ def test_robustness_attacks_lower_the_clean_metric(request, synth_dir, fixture, 
         assert metrics["pgd10_dice"] <= metrics["fgsm_dice"] < clean
     else:
         assert metrics["pgd20_accuracy"] <= clean
+
+
+def test_bench_robustness_compares_checkpoints_on_the_same_samples(unet_ckpt, synth_dir, tmp_path):
+    import json
+
+    out = tmp_path / "robustness.json"
+    result = runner.invoke(
+        app,
+        ["bench", "robustness", str(unet_ckpt), str(unet_ckpt), "--data", str(synth_dir),
+         "--n", "2", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert [r["n"] for r in rows] == [2, 2] and rows[0]["eps"] == pytest.approx(0.1)
+    assert rows[0]["metrics"] == rows[1]["metrics"]  # same seed, same samples: same numbers
+    table = result.output.splitlines()[-5:]
+    assert table[0] == "recon: 2 samples, attack eps 0.1" and table[-1] == f"wrote {out}"
+    assert "hallucination_strength" in table[1] and "standard" in table[2]
+
+
+def test_bench_robustness_refuses_checkpoints_of_two_tasks(unet_ckpt, cls_ckpt, tmp_path):
+    from test_cli_robust import defend_main, one_line_error
+
+    out = tmp_path / "r.json"
+    one_line_error(
+        defend_main("bench", "robustness", unet_ckpt, cls_ckpt, "--data", tmp_path, "--out", out),
+        "the checkpoints must be of one task to compare",
+    )
+    assert not out.exists()

@@ -466,7 +466,7 @@ def demo(
 
 bench_app = typer.Typer(
     help="Benchmarks: attack wall time against model time and ART; adversarial-training epoch "
-    "time against standard training.",
+    "time against standard training; robustness of checkpoints side by side.",
     no_args_is_help=True,
 )
 app.add_typer(bench_app, name="bench")
@@ -576,6 +576,40 @@ def bench_train_command(
     typer.echo(format_train_bench(result))
     if out is not None:
         write_json(out, jsonable(result))
+        typer.echo(f"wrote {out}")
+
+
+@bench_app.command("robustness")
+def bench_robustness_command(
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Checkpoints of one task (e.g. a standard model and its hardened twin)."
+    ),
+    data: Path = typer.Option(..., help="Data folder."),
+    split: str = typer.Option("test", help="Data split the samples come from."),
+    n: int = typer.Option(16, help="Samples attacked (the first n of the split)."),
+    eps: float = typer.Option(
+        None, help="Attack budget (default: the task's, as defend train --eps)."
+    ),
+    seed: int = typer.Option(0, help="Random seed of the attacks."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+) -> None:
+    """Clean metric, the project's attack and ART's PGD against each checkpoint, same samples."""
+    from defend.bench.robustness import compare_robustness, format_robustness
+    from defend.device import pick_device
+    from defend.io import check_writable, jsonable, write_json
+
+    pick_device(device)
+    if out is not None:
+        check_writable(out, "file")
+    if eps is not None and not 0 < eps < float("inf"):
+        raise DefendError(f"--eps must be a finite number > 0, got {eps}")
+    results = compare_robustness(
+        checkpoints, data, split=split, n=n, eps=eps, seed=seed, device=device, log=typer.echo
+    )
+    typer.echo(format_robustness(results))
+    if out is not None:
+        write_json(out, jsonable(results))
         typer.echo(f"wrote {out}")
 
 

@@ -2,7 +2,8 @@
 
 :func:`robustness` attacks the first ``n`` samples of a split the same way for every
 checkpoint of a task, so a standard and a hardened model compare row by row (the table of
-``docs/hardening.md``; ``defend bench robustness STD.pt HARD.pt --data D``):
+``docs/hardening.md``; ``defend bench robustness STD.pt HARD.pt --data D``, printed by
+:func:`format_robustness`):
 
 * recon: clean SSIM to the ground truth; ``defend attack hallucination`` at its defaults
   (mean strength, 150 iterations, relative l-inf eps 0.1); ART's ``ProjectedGradientDescent``
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +28,9 @@ import torch
 from defend.attacks.run import attack_arrays
 from defend.errors import DefendError
 
-#: the budgets of the outside attack (ART's PGD) per task, in the units of the task's attack
-PGD_EPS = {"recon": 0.1, "cls": 8 / 255}
+#: the default budget per task, in the units of the task's attack (recon: relative l-inf of
+#: ``defend attack hallucination``; seg: seg-fgsm's; cls: 8 / 255, ``defend train``'s default)
+EPS = {"recon": 0.1, "seg": 0.008, "cls": 8 / 255}
 
 
 def _art_pgd(estimator: Any, eps: Any, steps: int, batch: int, random_init: int = 1) -> Any:
@@ -52,15 +55,17 @@ def _ssim(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean([image_similarity(a, b)["ssim"] for a, b in zip(y, pred, strict=True)]))
 
 
-def recon_robustness(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def recon_robustness(
+    estimator: Any, x: np.ndarray, y: np.ndarray, eps: float = EPS["recon"]
+) -> dict[str, float]:
     """Clean SSIM, hallucination strength and ART PGD SSIM of k-space x (N, coils, H, W, 2)
-    against ground-truth images y (N, h, w)."""
+    against ground-truth images y (N, h, w), at relative l-inf ``eps``."""
     from defend.attacks import HallucinationAttack
     from defend.attacks.hallucination import sampled_columns
 
-    _, rows = attack_arrays(estimator, "hallucination", x, y)
+    _, rows = attack_arrays(estimator, "hallucination", x, y, {"eps": eps})
     strength = float(np.nanmean([r["strength"] for r in rows]))
-    attack = HallucinationAttack(estimator, eps=PGD_EPS["recon"])
+    attack = HallucinationAttack(estimator, eps=eps)
     xt = torch.as_tensor(x)
     columns = sampled_columns(xt, estimator).float()
     eps = (attack.budget.bound(xt, columns)).numpy() * np.ones((1, 1, 1, 1, 1), np.float32)
@@ -74,10 +79,13 @@ def recon_robustness(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, 
     }
 
 
-def seg_robustness(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Dice clean and under seg-fgsm's FGSM and 10-step PGD, images x (N, C, H, W)."""
-    _, fgsm = attack_arrays(estimator, "seg-fgsm", x, y)
-    _, pgd = attack_arrays(estimator, "seg-fgsm", x, y, {"max_iter": 10})
+def seg_robustness(
+    estimator: Any, x: np.ndarray, y: np.ndarray, eps: float = EPS["seg"]
+) -> dict[str, float]:
+    """Dice clean and under seg-fgsm's FGSM and 10-step PGD at l-inf ``eps``, images x
+    (N, C, H, W) and masks y (N, K, H, W)."""
+    _, fgsm = attack_arrays(estimator, "seg-fgsm", x, y, {"eps": eps})
+    _, pgd = attack_arrays(estimator, "seg-fgsm", x, y, {"eps": eps, "max_iter": 10})
 
     def mean(rows: list[dict[str, float]], key: str) -> float:
         return float(np.nanmean([r[key] for r in rows]))
@@ -89,11 +97,13 @@ def seg_robustness(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, fl
     }
 
 
-def cls_robustness(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy clean and under ART's 20-step PGD; DGDE success and pixels (images right
-    when clean), images x (N, C, H, W) and labels y (N,)."""
+def cls_robustness(
+    estimator: Any, x: np.ndarray, y: np.ndarray, eps: float = EPS["cls"]
+) -> dict[str, float]:
+    """Accuracy clean and under ART's 20-step PGD at l-inf ``eps``; DGDE success and pixels
+    (images right when clean), images x (N, C, H, W) and labels y (N,)."""
     labels = np.eye(estimator.nb_classes, dtype=np.float32)[y]
-    x_pgd = _art_pgd(estimator, PGD_EPS["cls"], 20, len(x)).generate(x, y=labels)
+    x_pgd = _art_pgd(estimator, eps, 20, len(x)).generate(x, y=labels)
     _, rows = attack_arrays(estimator, "dgde", x, y)
     success = [r["success"] for r in rows if np.isfinite(r["success"])]
     pixels = [r["pixels"] for r in rows if np.isfinite(r["pixels"])]
@@ -105,7 +115,7 @@ def cls_robustness(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, fl
     }
 
 
-ROBUSTNESS: dict[str, Callable[[Any, np.ndarray, np.ndarray], dict[str, float]]] = {
+ROBUSTNESS: dict[str, Callable[..., dict[str, float]]] = {
     "recon": recon_robustness,
     "seg": seg_robustness,
     "cls": cls_robustness,
@@ -120,8 +130,12 @@ def robustness(
     n: int = 16,
     device: str | None = None,
     seed: int = 0,
+    eps: float | None = None,
 ) -> dict[str, Any]:
     """Clean and attacked metrics of a checkpoint on the first ``n`` samples of ``split``.
+
+    Args:
+        eps: the attacks' budget (default :data:`EPS` of the checkpoint's task).
 
     Returns:
         ``{"checkpoint", "task", "objective", "n", "metrics": {...}}``; ``objective`` is the
@@ -139,11 +153,74 @@ def robustness(
     x, y = load_arrays(data_dir, ckpt["task"], split, n, checkpoint=ckpt)
     torch.manual_seed(seed)
     np.random.seed(seed)  # ART's random starts draw from numpy's global generator
-    metrics = ROBUSTNESS[ckpt["task"]](estimator, x, y)
+    eps = EPS[ckpt["task"]] if eps is None else eps
+    metrics = ROBUSTNESS[ckpt["task"]](estimator, x, y, eps)
     return {
+        "eps": eps,
         "checkpoint": str(checkpoint),
         "task": ckpt["task"],
         "objective": (ckpt.get("run") or {}).get("objective", {"name": "standard"}),
         "n": len(x),
         "metrics": metrics,
     }
+
+
+def compare_robustness(
+    checkpoints: list[str | os.PathLike],
+    data_dir: str | os.PathLike,
+    *,
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """:func:`robustness` of each checkpoint on the same samples (``options``: its keywords).
+
+    All checkpoints must be of one task, so that their rows compare; checked before any
+    attack runs.
+    """
+    from defend.io import load_checkpoint
+
+    if not checkpoints:
+        raise DefendError("give at least one checkpoint")
+    tasks = {str(c): load_checkpoint(c)["task"] for c in checkpoints}
+    if len(set(tasks.values())) > 1:
+        named = ", ".join(f"{c} ({t})" for c, t in tasks.items())
+        raise DefendError(f"the checkpoints must be of one task to compare, got {named}")
+    results = []
+    for checkpoint in checkpoints:
+        log(f"attacking {checkpoint} ...")
+        results.append(robustness(checkpoint, data_dir, **options))
+    return results
+
+
+def _objective_name(objective: dict[str, Any]) -> str:
+    """``standard``, or the method with its eps, steps and (non-zero) beta and mix."""
+    if objective["name"] == "standard":
+        return "standard"
+    parts = [objective["name"], f"eps {objective['eps']:.3g}", f"steps {objective['steps']}"]
+    if objective.get("beta"):
+        parts.append(f"beta {objective['beta']:g}")
+    if objective.get("mix", 1.0) != 1.0:
+        parts.append(f"mix {objective['mix']:g}")
+    return " ".join(parts)
+
+
+def format_robustness(results: list[dict[str, Any]]) -> str:
+    """A table, one row a checkpoint: its training objective and metrics, columns aligned."""
+    if not results:
+        return ""
+    keys = list(results[0]["metrics"])
+    names = [_objective_name(r["objective"]) for r in results]
+    width = max(len(n) for n in names + ["objective"])
+    widths = [max(10, len(k)) for k in keys]
+    head = f"{'checkpoint':30s} {'objective':{width}s} " + " ".join(
+        f"{k:>{w}s}" for k, w in zip(keys, widths, strict=True)
+    )
+    lines = [
+        f"{results[0]['task']}: {results[0]['n']} samples, attack eps {results[0]['eps']:.4g}",
+        head,
+    ]
+    for result, name in zip(results, names, strict=True):
+        metrics = result["metrics"]
+        values = " ".join(f"{metrics[k]:{w}.4f}" for k, w in zip(keys, widths, strict=True))
+        lines.append(f"{Path(result['checkpoint']).name[-30:]:30s} {name:{width}s} {values}")
+    return "\n".join(lines)
