@@ -157,8 +157,8 @@ class _Collapsing(Objective):
     name = "collapsing"
     guard = True
 
-    def __init__(self) -> None:
-        self.values = iter([0.6, 0.7, 0.05, 0.8])
+    def __init__(self, clean=(0.9, 0.9, 0.9, 0.9)) -> None:
+        self.values = zip([0.6, 0.7, 0.05, 0.8], clean, strict=True)
 
     def probe(self, task, model, batch):
         return next(self.values)
@@ -192,6 +192,18 @@ def test_guard_rolls_back_and_stops_on_collapse(tmp_path):
         objective=_Collapsing(), log=lines.append,
     )  # fmt: skip
     assert lines == [f"{out}: stopped: {ckpt['stopped'].removeprefix('stopped: ')}; nothing to do"]
+
+
+def test_guard_goes_on_when_the_clean_metric_dips_too(tmp_path):
+    """A dip of clean and robust together (unstable early training) is not catastrophic
+    overfitting: the run goes on."""
+    config = TrainConfig(epochs=4, batch_size=16, lr=1e-2, progress=False)
+    history = fit(
+        ClsTask(), make_model(), Blobs(128, 0), Blobs(64, 1), config, tmp_path / "m.pt",
+        meta=META, objective=_Collapsing(clean=(0.8, 0.9, 0.3, 0.9)), log=lambda s: None,
+    )  # fmt: skip
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert [r["probe_accuracy"] for r in history] == [0.8, 0.9, 0.3, 0.9]
 
 
 def test_adversarial_resume_gives_the_same_weights(tmp_path):

@@ -364,6 +364,32 @@ def _probe_batch(train_set: Dataset, config: TrainConfig, device: torch.device) 
 COLLAPSE = 0.5
 
 
+def collapse(
+    history: list[dict[str, float]], metrics: dict[str, float], monitor: str
+) -> str | None:
+    """Why an epoch's guard probe shows catastrophic overfitting, or None.
+
+    The probe (``probe_robust_<monitor>`` and ``probe_<monitor>``: the monitor on a training
+    batch, attacked and clean) has collapsed when the robust value fell below
+    :data:`COLLAPSE` times its best in ``history`` and by at least 0.1, while the clean value
+    stayed within 0.1 of its best: the gap between clean and robust opened (Wong et al.). A
+    dip of both, as training itself can take early on, is not catastrophic overfitting.
+    """
+    robust_key, clean_key = f"probe_robust_{monitor}", f"probe_{monitor}"
+    robust, clean = metrics.get(robust_key), metrics.get(clean_key)
+    seen = [r for r in history if robust_key in r]
+    if robust is None or not seen:
+        return None
+    best = max(r[robust_key] for r in seen)
+    best_clean = max(r.get(clean_key, -math.inf) for r in seen)
+    if robust < COLLAPSE * best and best - robust >= 0.1 and clean >= best_clean - 0.1:
+        return (
+            f"robust {monitor} of a training batch fell from {best:.3f} to {robust:.3f}, "
+            f"clean {clean:.3f}"
+        )
+    return None
+
+
 class _Run:
     """The state of one training run: history, best record, checkpoints, early stop."""
 
@@ -424,9 +450,10 @@ class _Run:
         def compute() -> dict[str, float]:
             device = self.world.device
             metrics = evaluate(self.task, self.model, val_set, self.config, device, self.objective)
-            value = None if probe is None else self.objective.probe(self.task, self.model, probe)
-            if value is not None:
-                metrics[f"probe_robust_{self.task.monitor}"] = value
+            values = None if probe is None else self.objective.probe(self.task, self.model, probe)
+            if values is not None:
+                metrics[f"probe_robust_{self.task.monitor}"] = values[0]
+                metrics[f"probe_{self.task.monitor}"] = values[1]
             return metrics
 
         return distributed.on_main(self.world, compute)
@@ -434,23 +461,18 @@ class _Run:
     def check_collapse(
         self, epoch: int, metrics: dict[str, float], before: dict[str, Any] | None
     ) -> None:
-        """If the guard's value in ``metrics`` collapsed, restore ``before`` and stop the run."""
-        key = f"probe_robust_{self.task.monitor}"
-        value = metrics.get(key)
-        if value is None:
+        """If the guard's probe in ``metrics`` collapsed (:func:`collapse`), restore
+        ``before`` and stop the run."""
+        why = collapse(self.history, metrics, self.task.monitor)
+        if why is None or before is None:
             return
-        seen = [r[key] for r in self.history if key in r]
-        best = max(seen, default=-math.inf)
-        if seen and value < COLLAPSE * best and best - value >= 0.1 and before is not None:
-            self.model.load_state_dict(before["model"])
-            self.optimizer.load_state_dict(before["optimizer"])
-            self.stopped = (
-                f"stopped: catastrophic overfitting in epoch {epoch + 1} (robust "
-                f"{self.task.monitor} of a training batch fell from {best:.3f} to {value:.3f}); "
-                f"kept epoch {epoch}"
-            )
-            if self.history:
-                self._save(False)
+        self.model.load_state_dict(before["model"])
+        self.optimizer.load_state_dict(before["optimizer"])
+        self.stopped = (
+            f"stopped: catastrophic overfitting in epoch {epoch + 1} ({why}); kept epoch {epoch}"
+        )
+        if self.history:
+            self._save(False)
 
     def _save(self, improved: bool) -> None:
         """Write the checkpoint (and the best one, if this epoch improved) atomically; only

@@ -72,8 +72,9 @@ class Objective:
         """The validation metric that picks the best checkpoint, and whether higher is better."""
         return task.monitor, True
 
-    def probe(self, task: Task, model: nn.Module, batch: Batch) -> float | None:
-        """A robustness check on a training batch after each epoch (None: no check)."""
+    def probe(self, task: Task, model: nn.Module, batch: Batch) -> tuple[float, float] | None:
+        """A robustness check on a training batch after each epoch: ``(robust, clean)`` values
+        of the task's monitor on it (None: no check)."""
         return None
 
     def config(self) -> dict[str, Any]:
@@ -239,13 +240,14 @@ class Adversarial(Objective):
     def monitor(self, task: Task) -> tuple[str, bool]:
         return f"robust_{task.monitor}", True
 
-    def probe(self, task: Task, model: nn.Module, batch: Batch) -> float | None:
-        """The robust monitor on one training batch (None without ``guard``): the
-        catastrophic-overfitting check of FGSM-RS (Wong et al.), by the validation attack."""
+    def probe(self, task: Task, model: nn.Module, batch: Batch) -> tuple[float, float] | None:
+        """The monitor on one training batch under the validation attack and clean (None
+        without ``guard``): the catastrophic-overfitting check of FGSM-RS (Wong et al.)."""
         if not self.guard:
             return None
         with torch.no_grad():
-            return self.robust_metrics(task, model, [batch])[f"robust_{task.monitor}"]
+            robust = self.robust_metrics(task, model, [batch])[f"robust_{task.monitor}"]
+            return robust, task.evaluate(model, [batch])[task.monitor]
 
     def config(self) -> dict[str, Any]:
         return {
