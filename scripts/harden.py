@@ -64,16 +64,27 @@ SECTIONS: dict[str, list[Spec]] = {
         Spec("unet-standard", "recon", "unet", 16),
         Spec("unet-standard-24", "recon", "unet", 24),
         Spec("unet-hallucination", "recon", "unet", 8, HALLUCINATION, start="unet-standard"),
+        Spec("unet-pgd", "recon", "unet", 8, {"method": "pgd"}, start="unet-standard"),
     ],
     "recon-varnet": [
         Spec("varnet-standard", "recon", "varnet", 20),
         Spec("varnet-standard-28", "recon", "varnet", 28),
         Spec("varnet-hallucination", "recon", "varnet", 8, HALLUCINATION, start="varnet-standard"),
-    ],
+        Spec(
+            "varnet-h-beta8-eps0.15",
+            "recon",
+            "varnet",
+            8,
+            {**HALLUCINATION, "beta": 8.0, "eps": 0.15},
+            start="varnet-standard",
+        ),
+    ],  # fmt: skip
     "seg": [
         Spec("seg-standard", "seg", None, 10),
         Spec("seg-pgd", "seg", None, 10, {"method": "pgd"}),
         Spec("seg-fgsm-rs", "seg", None, 10, {"method": "fgsm-rs"}),
+        Spec("seg-trades", "seg", None, 10, {"method": "trades"}),
+        Spec("seg-pgd-4eps", "seg", None, 10, {"method": "pgd", "eps": 0.032}),
     ],
     "cls": [
         Spec("cls-standard", "cls", None, 8),
