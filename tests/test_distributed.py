@@ -10,8 +10,12 @@ entry, turn the rounding of near-zero entries into weight differences: one such 
 emulated in one process, moves weights by 1.6e-6. Measured: the 2-epoch recon run 1.6e-6
 on the weights, the adversarial run (k-space PGD, shares of 4 and 5) 2.6e-7, the resumed
 run (epoch 2 in two processes) 1.5e-8; the history within one float32 ulp (train loss
-1.2e-8 of 0.14, relative 9e-8). A real mismatch is far larger: PGD starts drawn per process
-instead of for the global batch move the weights by 7e-3.
+1.2e-8 of 0.14, relative 9e-8). The robust validation metrics (``robust_*``) get ``rel=1e-4``:
+their attack steps by the *sign* of the gradient, so a gradient entry near zero that the
+weights' rounding flips moves the attacked input by two steps there (measured 2026-12-01:
+robust SSIM and NMSE 1.2e-5 relative apart, the clean metrics within 1e-7). A real mismatch is
+far larger: PGD starts drawn per process instead of for the global batch move the weights by
+7e-3.
 """
 
 from __future__ import annotations
@@ -74,7 +78,11 @@ def assert_same_run(a: Path, b: Path) -> None:
         torch.testing.assert_close(two["state_dict"][key], p, rtol=1e-4, atol=2e-5, msg=key)
     assert len(one["history"]) == len(two["history"])
     for h1, h2 in zip(one["history"], two["history"], strict=True):
-        assert h2 == pytest.approx(h1, rel=1e-6, abs=1e-9)
+        robust = {k for k in h1 if k.startswith("robust_")}
+        clean = {k: v for k, v in h1.items() if k not in robust}
+        assert {k: h2[k] for k in clean} == pytest.approx(clean, rel=1e-6, abs=1e-9)
+        for key in robust:
+            assert h2[key] == pytest.approx(h1[key], rel=1e-4), key
 
 
 @pytest.fixture(scope="module")
