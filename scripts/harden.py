@@ -142,10 +142,11 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
 STRONGER = {"seg": 0.032}
 
 ATTACKS = {
-    "recon": "`defend attack hallucination` at its defaults (centred line 60 % of the width, "
-    "contrast 0.3, 150 iterations, patience 10, relative l-inf eps {eps:g}; strength: mean over "
-    "samples); ART `ProjectedGradientDescent` on the sampled k-space (real parts, the same "
-    "per-sample budget, 10 steps of eps / 4, raising the MSE to the ground truth)",
+    "recon": "`defend attack hallucination` at its defaults (the paper's centred line scaled to "
+    "the image, 12 x 1 px at 64 px; contrast 0.3; 150 iterations of step 0.1 eps, patience 10; "
+    "relative l-inf eps {eps:g}; strength: mean over samples); ART `ProjectedGradientDescent` "
+    "on the sampled k-space (real parts, the same per-sample budget, 10 steps of eps / 4, "
+    "raising the MSE to the ground truth)",
     "seg": "`defend attack seg-fgsm` (BCE, l-inf eps {eps:g}, and 4 eps = 0.032): FGSM, and "
     "PGD with 10 steps of 0.25 eps from a random start",
     "cls": "ART `ProjectedGradientDescent` (l-inf eps {eps:.4g} = 8/255, 20 steps of eps / 4, "
