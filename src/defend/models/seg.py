@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import segmentation_models_pytorch as smp
 from torch import nn
 
 from defend.errors import DefendError
@@ -28,6 +27,14 @@ def _some(names: list[str], n: int = 8) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
+def _smp() -> Any:
+    """segmentation-models-pytorch, imported on first use (it takes seconds to import, and
+    recon and cls never need it)."""
+    import segmentation_models_pytorch
+
+    return segmentation_models_pytorch
+
+
 def parse_seg_name(name: str) -> tuple[str, str | None]:
     """Split ``"ARCH/ENCODER"`` into smp's architecture key and encoder name (validated).
 
@@ -35,7 +42,8 @@ def parse_seg_name(name: str) -> tuple[str, str | None]:
         DefendError: unknown architecture or encoder (the message lists valid names).
     """
     arch, _, encoder = name.strip().partition("/")
-    archs = {cls.__name__.lower(): cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()}
+    mapping = _smp().MODEL_ARCHITECTURES_MAPPING
+    archs = {cls.__name__.lower(): cls.__name__ for cls in mapping.values()}
     if arch.lower() not in archs:
         raise DefendError(
             f"unknown segmentation architecture '{arch}' in model name '{name}'; "
@@ -43,7 +51,7 @@ def parse_seg_name(name: str) -> tuple[str, str | None]:
         )
     encoder = encoder or None
     if encoder is not None:
-        valid = smp.encoders.get_encoder_names()
+        valid = _smp().encoders.get_encoder_names()
         if encoder.startswith("tu-"):
             import timm
 
@@ -89,7 +97,7 @@ def build_seg_model(
     if "decoder_channels" in kwargs and kwargs["decoder_channels"] is not None:
         kwargs["decoder_channels"] = tuple(kwargs["decoder_channels"])
     try:
-        return smp.create_model(
+        return _smp().create_model(
             arch, encoder_weights=None, in_channels=in_channels, classes=classes, **kwargs
         )
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
