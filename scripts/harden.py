@@ -244,7 +244,7 @@ class Hardening:
         own = self.times.get(spec.name)
         if own is None or spec.start is None:
             return own
-        base = self.times.get(spec.start)
+        base = self.seconds(spec_named(spec.start))
         return None if base is None else own + base
 
 

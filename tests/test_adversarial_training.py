@@ -305,6 +305,14 @@ def test_bench_robustness_compares_checkpoints_on_the_same_samples(unet_ckpt, sy
     assert "hallucination_strength" in table[1] and "standard" in table[2]
 
 
+@pytest.mark.parametrize("eps", [float("nan"), 0.0, -1.0])
+def test_robustness_refuses_a_bad_eps_before_reading_anything(tmp_path, eps):
+    from defend.bench.robustness import robustness
+
+    with pytest.raises(DefendError, match="--eps must be a finite number > 0"):
+        robustness(tmp_path / "missing.pt", tmp_path, eps=eps)
+
+
 def test_bench_robustness_refuses_checkpoints_of_two_tasks(unet_ckpt, cls_ckpt, tmp_path):
     from test_cli_robust import defend_main, one_line_error
 

@@ -17,6 +17,7 @@ checkpoint of a task, so a standard and a hardened model compare row by row (the
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +28,7 @@ import torch
 
 from defend.attacks.run import attack_arrays
 from defend.errors import DefendError
-
-#: the default budget per task, in the units of the task's attack (recon: relative l-inf of
-#: ``defend attack hallucination``; seg: seg-fgsm's; cls: 8 / 255, ``defend train``'s default)
-EPS = {"recon": 0.1, "seg": 0.008, "cls": 8 / 255}
+from defend.train.objectives import DEFAULT_EPS as EPS  # the training budget is the attack's
 
 
 def _art_pgd(estimator: Any, eps: Any, steps: int, batch: int, random_init: int = 1) -> Any:
@@ -148,6 +146,8 @@ def robustness(
 
     if n < 1:
         raise DefendError(f"--n must be >= 1, got {n}")
+    if eps is not None and not 0 < eps < math.inf:
+        raise DefendError(f"--eps must be a finite number > 0, got {eps}")
     ckpt = load_checkpoint(checkpoint)
     estimator = load_estimator(ckpt, device=device)
     x, y = load_arrays(data_dir, ckpt["task"], split, n, checkpoint=ckpt)
