@@ -62,8 +62,48 @@ def test_attack_hallucinates_in_region_within_budget(unet, kspace):
         "l2_rel",
         "l2_rel_coil_max",
         "iterations",
+        "input_strength",
     ):
         assert key in r and np.all(np.isfinite(r[key])), key
+
+
+class ZeroFilled(torch.nn.Module):
+    """A "reconstruction" that returns the zero-filled image: it shows what was measured."""
+
+    def __init__(self, crop):
+        super().__init__()
+        self.crop = crop
+
+    def forward(self, kspace, mask):
+        from defend.models.recon import zero_filled
+
+        return zero_filled(kspace * mask, self.crop)
+
+
+def test_input_strength_is_what_a_faithful_reconstruction_shows(unet, kspace):
+    """input_strength measures the feature in the attacked zero-filled input, in the units
+    of strength: recomputed from the outside for the U-Net, and equal to the strength for a
+    model that returns its zero-filled input."""
+    from defend.estimators import ReconEstimator
+    from defend.models.recon import zero_filled
+
+    attack = HallucinationAttack(unet, eps=0.05, max_iter=10, patience=0)
+    x_adv = attack.generate(kspace)
+    y0 = unet.predict(kspace)
+    crop = tuple(y0.shape[-2:])
+    mask = unet.mask.cpu().float()
+    zf, zf_adv = (zero_filled(torch.as_tensor(k) * mask, crop).numpy() for k in (kspace, x_adv))
+    m = region_mask(crop, attack.region, attack.region_size).numpy()
+    value_range = y0.max((1, 2)) - y0.min((1, 2))
+    expected = ((zf_adv - zf) * m).sum((1, 2)) / m.sum() / (attack.alpha * value_range)
+    np.testing.assert_allclose(attack.report["input_strength"], expected, rtol=1e-4, atol=1e-5)
+
+    faithful = ReconEstimator(ZeroFilled(crop), unet.mask, kspace.shape[1:], device="cpu")
+    attack = HallucinationAttack(faithful, eps=0.05, max_iter=20, patience=0)
+    attack.generate(kspace)
+    r = attack.report
+    assert np.all(r["strength"] > 0.2), r["strength"]
+    np.testing.assert_allclose(r["input_strength"], r["strength"], rtol=1e-4, atol=1e-5)
 
 
 def test_l2_budget_per_coil_and_complex_part(unet, kspace):

@@ -307,3 +307,33 @@ def test_bench_train_without_data_is_one_line(tmp_path):
     )
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert run.returncode == 2 and len(lines) == 1 and "no train split" in lines[0], run.stderr
+
+
+# ---------------------------------------------------------------- defend bench certify
+
+
+def test_bench_certify_command_on_a_demo_folder(
+    tmp_path, synth_dir, unet_ckpt, varnet_ckpt, seg_ckpt, cls_ckpt
+):
+    """`defend bench certify`: a row per demo model with both throughputs measured in the
+    run, and ART's smoothed PREDICT beside ours for the classifier."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "data").symlink_to(synth_dir)
+    for name, ckpt in (
+        ("recon-unet", unet_ckpt),
+        ("recon-varnet", varnet_ckpt),
+        ("seg", seg_ckpt),
+        ("cls", cls_ckpt),
+    ):
+        (run_dir / f"{name}.pt").symlink_to(Path(ckpt))
+    out = tmp_path / "certify.json"
+    args = ["bench", "certify", str(run_dir), "--samples", "1", "--n0", "8", "--n", "240"]
+    args += ["--batch-size", "120", "--repeats", "1", "--device", "cpu", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["recon-unet", "recon-varnet", "seg", "cls"]
+    assert all(r["samples_per_s"] > 0 and r["floor_per_s"] > 0 for r in rows)
+    assert rows[0]["noisy_copies"] == 8 + 3 * 240 and rows[2]["noisy_copies"] == 8 + 240
+    assert 0 <= rows[3]["agreement"] <= 1 and "ratio" in result.output

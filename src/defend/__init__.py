@@ -5,6 +5,7 @@ Notebook entry points::
     import defend
     est = defend.load_estimator("runs/demo/recon-unet.pt")      # an ART estimator
     x, y = defend.load_arrays("runs/demo/data", "recon", "val", 8)  # its input format
+    smoothed = defend.load_smoothed("runs/demo/cls-resnet18.pt", sigma=0.25)  # certify()
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load_arrays", "load_estimator"]
+__all__ = ["load_arrays", "load_estimator", "load_smoothed"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import defend` stays cheap
@@ -20,6 +21,10 @@ def __getattr__(name: str) -> Any:  # lazy: `import defend` stays cheap
         from defend.estimators import load_estimator
 
         return load_estimator
+    if name == "load_smoothed":
+        from defend.smooth import load_smoothed
+
+        return load_smoothed
     if name == "load_arrays":
         from defend.data import load_arrays
 

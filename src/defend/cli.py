@@ -86,9 +86,16 @@ def data_synth(
 
 @app.command("train")
 def train(
-    task: str = typer.Argument(..., help="recon, seg or cls."),
+    task: str = typer.Argument(..., help="recon, seg, cls, or denoiser (for --checkpoint)."),
     data: Path = typer.Option(..., help="Data folder (defend data synth output or real data)."),
     out: Path = typer.Option(..., help="Checkpoint to write (resumed if it exists)."),
+    checkpoint: Path = typer.Option(None, help="denoiser: the base model it is trained for."),
+    sigma: float = typer.Option(
+        None, help="denoiser: noise level (images: [0, 1] units; recon: relative, see README)."
+    ),
+    objective: str = typer.Option("mse", help="denoiser: mse, stability or mse-stability."),
+    depth: int = typer.Option(8, help="denoiser: DnCNN layers."),
+    width: int = typer.Option(32, help="denoiser: DnCNN channels."),
     model: str = typer.Option(
         None, help="recon: unet|varnet; seg: ARCH/ENCODER (smp); cls: resnet18|resnet50."
     ),
@@ -134,12 +141,20 @@ def train(
 ) -> None:
     """Train a reconstruction, segmentation or classification model (adversarially with
     --adversarial). Runs unchanged on several GPUs under torchrun (see README)."""
-    from defend.data import Acquisition
     from defend.tasks import check_task
+
+    if task == "denoiser":
+        return _train_denoiser(
+            data, out, checkpoint, sigma, objective, depth, width, epochs, batch_size, lr, seed,
+            device, workers, resume, progress,
+        )  # fmt: skip
+    if checkpoint is not None or sigma is not None:
+        raise DefendError("--checkpoint and --sigma are for defend train denoiser")
+    check_task(task)  # device and --out are checked first thing by train_model
+    from defend.data import Acquisition
     from defend.train import TrainConfig, default_schedule, make_objective, train_model
     from defend.train.distributed import is_main_process
 
-    check_task(task)  # device and --out are checked first thing by train_model
     model_options = _check_model_options(task, model, set_)
     objective = None
     if adversarial is not None:
@@ -177,6 +192,47 @@ def train(
     if history and is_main_process():
         final = history[-1]
         typer.echo(f"{task} checkpoint {out}: " + _format_metrics(final))
+
+
+def _train_denoiser(
+    data: Path,
+    out: Path,
+    checkpoint: Path | None,
+    sigma: float | None,
+    objective: str,
+    depth: int,
+    width: int,
+    epochs: int | None,
+    batch_size: int,
+    lr: float | None,
+    seed: int,
+    device: str | None,
+    workers: int,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """``defend train denoiser``: :func:`defend.smooth.denoiser.train_denoiser`."""
+    from defend.smooth.denoiser import train_denoiser
+    from defend.train import TrainConfig
+    from defend.train.distributed import is_main_process
+
+    if checkpoint is None or sigma is None:
+        raise DefendError("defend train denoiser needs --checkpoint BASE.pt and --sigma S")
+    config = TrainConfig(
+        epochs=8 if epochs is None else epochs,
+        batch_size=batch_size,
+        lr=1e-3 if lr is None else lr,
+        seed=seed,
+        device=device,
+        num_workers=workers,
+        progress=progress,
+    )
+    history = train_denoiser(
+        checkpoint, data, out, sigma, objective=objective, depth=depth, width=width,
+        config=config, resume=resume, log=typer.echo,
+    )  # fmt: skip
+    if history and is_main_process():
+        typer.echo(f"denoiser checkpoint {out}: " + _format_metrics(history[-1]))
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
@@ -233,11 +289,31 @@ DEVICE = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if presen
 SAVE = typer.Option(False, help="Also write OUT/adversarial.npz (x, x_adv, y, indices).")
 
 
+SMOOTH_SIGMA = typer.Option(
+    None, help="Attack the smoothed model at this noise level (EOT), as defend certify's."
+)
+DENOISER = typer.Option(None, help="With --smooth-sigma: the denoiser in front of the model.")
+EOT = typer.Option(8, help="With --smooth-sigma: noise draws averaged per forward pass.")
+
+
 def _common(
-    checkpoint: Path, data: Path, out: Path, split: str, n: int, device: str | None, save: bool
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    split: str,
+    n: int,
+    device: str | None,
+    save: bool,
+    smooth_sigma: float | None = None,
+    denoiser: Path | None = None,
+    eot: int = 8,
 ) -> dict[str, Any]:
     """The keyword arguments every attack command passes to ``run_attack``."""
+    if smooth_sigma is None and denoiser is not None:
+        raise DefendError("--denoiser needs --smooth-sigma (the noise it removes)")
+    smooth = None if smooth_sigma is None else {"sigma": smooth_sigma, "denoiser": denoiser}
     return {
+        "smooth": smooth and {**smooth, "eot": eot},
         "checkpoint": checkpoint,
         "data_dir": data,
         "out": out,
@@ -283,6 +359,9 @@ def attack_hallucination(
     batch_size: int = BATCH,
     device: str = DEVICE,
     save_adversarial: bool = SAVE,
+    smooth_sigma: float = SMOOTH_SIGMA,
+    denoiser: Path = DENOISER,
+    eot: int = EOT,
     progress: bool = PROGRESS,
 ) -> None:
     """Masked iterative FGSM in k-space: make a reconstruction hallucinate (seed 000)."""
@@ -292,7 +371,9 @@ def attack_hallucination(
     center = _pair(region_center, "region-center")
     _run_attack(
         "hallucination",
-        _common(checkpoint, data, out, split, n, device, save_adversarial),
+        _common(
+            checkpoint, data, out, split, n, device, save_adversarial, smooth_sigma, denoiser, eot
+        ),
         {
             "eps": eps,
             "eps_mode": eps_mode,
@@ -348,12 +429,17 @@ def attack_seg_fgsm(
     batch_size: int = BATCH,
     device: str = DEVICE,
     save_adversarial: bool = SAVE,
+    smooth_sigma: float = SMOOTH_SIGMA,
+    denoiser: Path = DENOISER,
+    eot: int = EOT,
     progress: bool = PROGRESS,
 ) -> None:
     """FGSM / PGD against a segmentation model (seed 001)."""
     _run_attack(
         "seg-fgsm",
-        _common(checkpoint, data, out, split, n, device, save_adversarial),
+        _common(
+            checkpoint, data, out, split, n, device, save_adversarial, smooth_sigma, denoiser, eot
+        ),
         {
             "eps": eps,
             "loss": loss,
@@ -390,12 +476,17 @@ def attack_dgde(
     ),
     device: str = DEVICE,
     save_adversarial: bool = SAVE,
+    smooth_sigma: float = SMOOTH_SIGMA,
+    denoiser: Path = DENOISER,
+    eot: int = EOT,
     progress: bool = PROGRESS,
 ) -> None:
     """DGDE: black-box few-pixel differential evolution on a classifier (seed 002)."""
     _run_attack(
         "dgde",
-        _common(checkpoint, data, out, split, n, device, save_adversarial),
+        _common(
+            checkpoint, data, out, split, n, device, save_adversarial, smooth_sigma, denoiser, eot
+        ),
         {
             "population": population,
             "F": f,
@@ -429,7 +520,13 @@ def info(
     typer.echo(f"epoch     {ckpt['epoch']}")
     typer.echo(f"metrics   {_format_metrics(ckpt['metrics'])}")
     objective = (ckpt.get("run") or {}).get("objective") or {"name": "standard"}
-    if objective["name"] != "standard":
+    if ckpt.get("kind") == "denoiser":
+        base = ckpt.get("base") or {}
+        typer.echo(
+            f"denoiser  for {base.get('file')} ({ckpt['task']})  sigma {objective['sigma']:g}  "
+            f"objective {objective['objective']}"
+        )
+    elif objective["name"] != "standard":
         settings = {k: v for k, v in objective.items() if k != "name"}
         typer.echo(f"training  adversarial {objective['name']}  {_format_metrics(settings)}")
     if ckpt.get("best"):
@@ -439,6 +536,46 @@ def info(
         typer.echo(f"best      epoch {best['epoch']} by {monitor} {value:.4f} (NAME.best.pt)")
     if ckpt.get("stopped"):
         typer.echo(f"stopped   {ckpt['stopped']}")
+
+
+@app.command("certify")
+def certify(
+    checkpoint: Path = typer.Option(..., help="The model to smooth (defend train checkpoint)."),
+    data: Path = typer.Option(..., help="Data folder."),
+    sigma: float = typer.Option(
+        ..., help="Noise level: images in [0, 1] units; recon relative to the k-space rms."
+    ),
+    out: Path = typer.Option(..., help="Folder for certificates.csv, summary.json, figure."),
+    denoiser: Path = typer.Option(None, help="A defend train denoiser checkpoint."),
+    split: str = typer.Option("test", help="train, val or test."),
+    n_samples: int = typer.Option(16, help="Samples of the split to certify."),
+    n0: int = typer.Option(
+        None, help="Selection samples (cls/seg 100; recon: centre candidates 30)."
+    ),
+    n: int = typer.Option(None, help="Estimation samples (cls 10000, seg 1000, recon 2000)."),
+    alpha: float = typer.Option(
+        None, help="Failure probability (cls 0.001, seg 1e-4, recon 0.01)."
+    ),
+    tau: float = typer.Option(0.75, help="seg: vote threshold (radius sigma * Phi^-1(tau))."),
+    eps_in: float = typer.Option(
+        None, help="recon: input l2 radius, units of sigma's (default sigma)."
+    ),
+    batch_size: int = typer.Option(1000, help="Noisy copies per forward pass."),
+    seed: int = typer.Option(0, help="Random seed (sample i uses seed + i)."),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: CUDA if present)."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Certify a smoothed model (optionally behind a denoiser) on a data split."""
+    from defend.smooth.certify import certify_split
+
+    summary = certify_split(
+        checkpoint, data, out, sigma, denoiser=denoiser, split=split, n_samples=n_samples,
+        n0=n0, n=n, alpha=alpha, batch_size=batch_size, tau=tau, eps_in=eps_in, seed=seed,
+        device=device, progress=progress,
+    )  # fmt: skip
+    shown = {k: v for k, v in summary.items() if k not in ("rows", "curve", "settings")}
+    typer.echo(json.dumps(shown, indent=1))
+    typer.echo(f"wrote {out}/certificates.csv, summary.json, certified.png")
 
 
 @app.command("demo")
@@ -576,6 +713,36 @@ def bench_train_command(
     typer.echo(format_train_bench(result))
     if out is not None:
         write_json(out, jsonable(result))
+        typer.echo(f"wrote {out}")
+
+
+@bench_app.command("certify")
+def bench_certify_command(
+    run_dir: Path = typer.Argument(Path("runs/demo"), help="Folder `defend demo` wrote."),
+    samples: int = typer.Option(2, help="Test samples certified per model."),
+    n0: int = typer.Option(100, help="Selection samples (recon: centre candidates)."),
+    n: int = typer.Option(2000, help="Estimation samples."),
+    batch_size: int = typer.Option(500, help="Noisy copies per forward pass."),
+    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
+    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    threads: int = typer.Option(1, help="torch CPU threads during the run (0: torch's default)."),
+) -> None:
+    """Certify throughput over the base model's forward throughput, and ART's smoothing."""
+    from defend.bench.certify import bench_certify, format_certify
+    from defend.device import pick_device
+    from defend.io import check_writable, jsonable, write_json
+
+    pick_device(device)
+    if out is not None:
+        check_writable(out, "file")
+    rows = bench_certify(
+        run_dir, samples=samples, n0=n0, n=n, batch_size=batch_size, repeats=repeats,
+        device=device, threads=threads or None, log=typer.echo,
+    )  # fmt: skip
+    typer.echo(format_certify(rows))
+    if out is not None:
+        write_json(out, jsonable(rows))
         typer.echo(f"wrote {out}")
 
 

@@ -96,6 +96,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """Write dict rows (the first row's keys are the columns) as CSV, atomically."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as strict JSON (NaN and infinities become ``null``), atomically."""
     text = json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=False)

@@ -151,14 +151,23 @@ def plot_pixels(
 
 
 def plot_sweep(
-    path: Path, x: list[float], series: dict[str, list[float]], xlabel: str, title: str
+    path: Path,
+    x: list[float],
+    series: dict[str, list[float]],
+    xlabel: str,
+    title: str,
+    log_x: bool = True,
+    ylabel: str | None = None,
 ) -> Path:
-    """Line plot of several metrics over a parameter sweep."""
+    """Line plot of several metrics over a parameter sweep (or a certificate's curve)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, values in series.items():
         ax.plot(x, values, marker="o", label=name)
     ax.set_xlabel(xlabel)
-    ax.set_xscale("log")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if log_x:
+        ax.set_xscale("log")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -7,17 +7,23 @@
 - :class:`DGDE` (any ART classifier): black-box few-pixel differential evolution.
 """
 
-from defend.attacks.base import TorchAttack
-from defend.attacks.dgde import DGDE
-from defend.attacks.hallucination import HallucinationAttack
-from defend.attacks.region import region_mask
-from defend.attacks.seg_fgsm import SegmentationFGSM
+from __future__ import annotations
 
-#: CLI name -> (attack class, the task whose checkpoints it attacks)
-ATTACKS = {
-    "hallucination": (HallucinationAttack, "recon"),
-    "seg-fgsm": (SegmentationFGSM, "seg"),
-    "dgde": (DGDE, "cls"),
+from typing import Any
+
+#: attack name -> (module, class); the modules import ART, so they load on first use
+_CLASSES = {
+    "TorchAttack": "base",
+    "DGDE": "dgde",
+    "HallucinationAttack": "hallucination",
+    "SegmentationFGSM": "seg_fgsm",
+    "region_mask": "region",
+}
+#: CLI name -> (attack class name, the task whose checkpoints it attacks)
+_ATTACKS = {
+    "hallucination": ("HallucinationAttack", "recon"),
+    "seg-fgsm": ("SegmentationFGSM", "seg"),
+    "dgde": ("DGDE", "cls"),
 }
 
 __all__ = [
@@ -28,3 +34,15 @@ __all__ = [
     "TorchAttack",
     "region_mask",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The attack classes and ``ATTACKS`` (CLI name -> (class, task)), imported on first use
+    so that ``defend.attacks.budget`` and ``.region`` load without ART."""
+    import importlib
+
+    if name in _CLASSES:
+        return getattr(importlib.import_module(f"defend.attacks.{_CLASSES[name]}"), name)
+    if name == "ATTACKS":
+        return {key: (__getattr__(cls), task) for key, (cls, task) in _ATTACKS.items()}
+    raise AttributeError(f"module 'defend.attacks' has no attribute '{name}'")

@@ -85,7 +85,8 @@ class HallucinationAttack(TorchAttack):
             or one per sample (N,) (hallucination training draws them at random).
         weight_inside / weight_outside: loss weights of the two terms (paper: 1, 1).
         random_start: start from uniform noise of one step's size (as the paper).
-        image_metrics: add PSNR / SSIM / NRMSE of input and reconstruction to the report
+        image_metrics: add PSNR / SSIM / NRMSE of input and reconstruction and the
+            feature's strength in the zero-filled input (:meth:`input_strength`) to the report
             (per sample, on the CPU; training turns them off).
     """
 
@@ -428,30 +429,50 @@ class HallucinationAttack(TorchAttack):
         )
         report["l2_rel_coil_max"] = coil_rel.amax(1)
         if self.image_metrics:
-            report.update(self._image_metrics(x, x_adv, y0, y_adv, region, sampled))
+            crop = tuple(y0.shape[-2:])
+            inputs = (zero_filled(x * sampled, crop), zero_filled(x_adv * sampled, crop))
+            report["input_strength"] = self.input_strength(y0, *inputs, region, rows)
+            report.update(self._image_metrics(y0, y_adv, *inputs, region))
         return report
+
+    def input_strength(
+        self,
+        y0: torch.Tensor,
+        zf: torch.Tensor,
+        zf_adv: torch.Tensor,
+        region: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """How much of the feature the perturbation put into the measurement itself, (N,).
+
+        The strength (:meth:`effect`, in the units of the reconstruction's) of the change of
+        the zero-filled image, ``zf_adv - zf``, inside the region. A reconstruction faithful
+        to its measurement shows about this much of the feature; a strength well above it is
+        the model adding what was not measured, one well below it the model removing what was.
+
+        Args:
+            y0: (N, h, w) clean reconstructions (their range is the unit of strength).
+            zf, zf_adv: (N, h, w) zero-filled images of the clean and perturbed k-space.
+            region: (N, h, w) bool regions. rows: as in :meth:`regions`.
+        """
+        return self.effect(y0, y0 + (zf_adv - zf), region, rows)[0]
 
     @staticmethod
     def _image_metrics(
-        x: torch.Tensor,
-        x_adv: torch.Tensor,
         y0: torch.Tensor,
         y_adv: torch.Tensor,
+        zf: torch.Tensor,
+        zf_adv: torch.Tensor,
         region: torch.Tensor,
-        sampled: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """PSNR / SSIM / NRMSE of reconstruction and zero-filled input, whole image and
-        region, per sample."""
-        crop = tuple(y0.shape[-2:])
-        images = {
-            "recon": (y0, y_adv),
-            "input": (zero_filled(x * sampled, crop), zero_filled(x_adv * sampled, crop)),
-        }
+        """PSNR / SSIM / NRMSE of reconstruction (y0, y_adv) and zero-filled input (zf,
+        zf_adv), each (N, h, w), whole image and region (N, h, w), per sample."""
+        images = {"recon": (y0, y_adv), "input": (zf, zf_adv)}
         rows: dict[str, list[float]] = {}
         region_np = region.cpu().numpy()
         for name, (clean, adv) in images.items():
             clean_np, adv_np = clean.float().cpu().numpy(), adv.float().cpu().numpy()
-            for i in range(len(x)):
+            for i in range(len(y0)):
                 for where, mask in (("", None), ("_region", region_np[i])):
                     for metric, value in image_similarity(clean_np[i], adv_np[i], mask).items():
                         rows.setdefault(f"{name}{where}_{metric}", []).append(value)

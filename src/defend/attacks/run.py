@@ -8,8 +8,6 @@ on a data split with files written (:func:`run_attack`: what ``defend attack`` d
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from pathlib import Path
@@ -23,7 +21,7 @@ from defend.attacks.base import TorchAttack
 from defend.data.arrays import task_root
 from defend.device import pick_device
 from defend.errors import DefendError
-from defend.io import atomic_write, check_writable, load_checkpoint, write_json, write_text
+from defend.io import atomic_write, check_writable, load_checkpoint, write_csv, write_json
 
 #: input PSNR (dB) below which a hallucination attack's perturbation counts as visible
 VISIBLE_PSNR = 30.0
@@ -104,14 +102,6 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
 def _group_params(params: dict[str, Any], positions: np.ndarray, total: int) -> dict[str, Any]:
     """An attack's parameters for one shape group: per-sample region masks follow the rows."""
     masks = params.get("region_mask")
@@ -167,6 +157,22 @@ def _adversarial_arrays(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {f"{k}_{g}": r[k] for g, r in enumerate(results) for k in keys}
 
 
+def _smoothed_estimator(
+    estimator: Any, ckpt: dict[str, Any], smooth: dict[str, Any], seed: int
+) -> Any:
+    """The EOT estimator of the smoothed model (``run_attack``'s ``smooth``)."""
+    from defend.smooth.denoiser import load_denoiser
+    from defend.smooth.eot import eot_estimator
+
+    sigma = smooth["sigma"]
+    if sigma is None or not 0 < sigma < math.inf:
+        raise DefendError(f"--smooth-sigma must be a finite number > 0, got {sigma}")
+    denoiser = smooth.get("denoiser")
+    denoiser = None if denoiser is None else load_denoiser(denoiser, ckpt)
+    torch.manual_seed(seed)
+    return eot_estimator(estimator, sigma, smooth.get("eot", 8), denoiser)
+
+
 def run_attack(
     name: str,
     checkpoint: str | os.PathLike,
@@ -179,6 +185,7 @@ def run_attack(
     device: str | None = None,
     figure_samples: int = 4,
     save_adversarial: bool = False,
+    smooth: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Attack ``n`` samples of ``data_dir``'s ``split`` with attack ``name``, writing files.
 
@@ -193,6 +200,10 @@ def run_attack(
         params: the attack's parameters (see its class).
         save_adversarial: also write ``OUT/adversarial.npz`` (``x``, ``x_adv``, ``y``,
             ``indices``; per shape with suffixes ``_0``, ``_1``, ... when shapes differ).
+        smooth: ``{"sigma", "denoiser", "eot"}``: attack the smoothed model instead
+            (:func:`defend.smooth.eot.eot_estimator`: each forward pass averages ``eot``
+            noise draws, from torch's generator seeded by the attack's seed); the metrics
+            are those of that average.
 
     Returns:
         ``{"attack", "params", "summary", "rows", "files", "attacked", "shapes", ...}``.
@@ -209,6 +220,8 @@ def run_attack(
     task = ATTACKS[name][1]
     ckpt = load_checkpoint(checkpoint, task)
     estimator = load_estimator(ckpt, device=device)
+    if smooth is not None:
+        estimator = _smoothed_estimator(estimator, ckpt, smooth, (params or {}).get("seed", 0))
     make_attack(name, estimator, params)  # bad parameters fail before data loads
     groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)
     results = attack_groups(name, estimator, groups, params)
@@ -223,6 +236,8 @@ def run_attack(
         "split": split,
         "data_root": str(task_root(Path(data_dir), task, split)),
         "attacked": len(rows),
+        "smooth": smooth
+        and {k: v if k != "denoiser" or v is None else str(v) for k, v in smooth.items()},
         "shapes": [list(r["x"].shape[1:]) for r in results],
         "params": {p: getattr(attack, p) for p in attack.attack_params},
         "summary": summary,
@@ -262,7 +277,7 @@ def _write_outputs(
         files["adversarial"] = out / "adversarial.npz"
         arrays = _adversarial_arrays(results)
         atomic_write(files["adversarial"], lambda p: _save_npz(p, arrays))
-    _write_csv(files["csv"], rows)
+    write_csv(files["csv"], rows)
     first = results[0]
     k = min(figure_samples, len(first["x"]))
     _figure(

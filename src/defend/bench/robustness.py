@@ -6,10 +6,11 @@ checkpoint of a task, so a standard and a hardened model compare row by row (the
 :func:`format_robustness`):
 
 * recon: clean SSIM to the ground truth; ``defend attack hallucination`` at its defaults
-  (mean strength, 150 iterations, relative l-inf eps 0.1); ART's ``ProjectedGradientDescent``
-  on the sampled k-space at the same budget (per-sample eps, 10 steps of eps / 4 from the
-  clean input: ART starts at random only for classifiers), raising the MSE to the ground
-  truth, and the SSIM it leaves;
+  (mean strength, 150 iterations, relative l-inf eps 0.1; beside it the strength of the
+  feature in the attacked zero-filled input, what a faithful reconstruction would show);
+  ART's ``ProjectedGradientDescent`` on the sampled k-space at the same budget (per-sample
+  eps, 10 steps of eps / 4 from the clean input: ART starts at random only for
+  classifiers), raising the MSE to the ground truth, and the SSIM it leaves;
 * seg: Dice clean, under ``defend attack seg-fgsm`` (FGSM, eps 0.008, BCE) and its 10-step PGD;
 * cls: accuracy clean and under ART's 20-step l-inf PGD (eps 8/255), and DGDE's success rate
   and pixel count.
@@ -56,8 +57,9 @@ def _ssim(y: np.ndarray, pred: np.ndarray) -> float:
 def recon_robustness(
     estimator: Any, x: np.ndarray, y: np.ndarray, eps: float = EPS["recon"]
 ) -> dict[str, float]:
-    """Clean SSIM, hallucination strength and ART PGD SSIM of k-space x (N, coils, H, W, 2)
-    against ground-truth images y (N, h, w), at relative l-inf ``eps``."""
+    """Clean SSIM, hallucination strength (in the reconstruction and in the zero-filled
+    input) and ART PGD SSIM of k-space x (N, coils, H, W, 2) against ground-truth images
+    y (N, h, w), at relative l-inf ``eps``."""
     from defend.attacks import HallucinationAttack
     from defend.attacks.hallucination import sampled_columns
 
@@ -73,6 +75,7 @@ def recon_robustness(
         "clean_ssim": _ssim(y, estimator.predict(x)),
         "hallucination_strength": strength,
         "hallucination_input_psnr": float(np.mean([r["input_psnr"] for r in rows])),
+        "hallucination_input_strength": float(np.mean([r["input_strength"] for r in rows])),
         "art_pgd_ssim": _ssim(y, estimator.predict(x_pgd)),
     }
 

@@ -55,6 +55,10 @@ def load_estimator(
         ckpt, source = dict(checkpoint), "checkpoint"
     else:
         ckpt, source = load_checkpoint(checkpoint), str(checkpoint)
+    if ckpt.get("kind") == "denoiser":
+        raise CheckpointError(
+            f"{source}: a denoiser checkpoint; pass it as --denoiser beside the model it guards"
+        )
     missing = [k for k in ("task", "model_config", "state_dict", "data") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks {', '.join(missing)}")

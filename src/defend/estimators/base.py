@@ -18,11 +18,10 @@ truth (or a target) as ``y``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -30,7 +29,7 @@ import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 from torch import nn
 
-from defend.device import pick_device
+from defend.device import model_mode, pick_device
 
 __all__ = ["ZERO_GRADIENT_WARNING", "TorchEstimator", "per_sample"]
 
@@ -42,17 +41,6 @@ ZERO_GRADIENT_WARNING = (
     "loss has zero gradient there, so FGM/PGD return x unchanged; pass the ground truth (or an "
     "attack target) as y."
 )
-
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, training: bool) -> Iterator[None]:
-    """Put ``model`` in training or eval mode for a block, then restore its previous mode."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def per_sample(value: torch.Tensor, batch: int) -> torch.Tensor:

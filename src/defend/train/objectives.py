@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from defend.attacks.budget import KspaceBudget
+from defend.device import model_mode
 from defend.errors import DefendError
-from defend.estimators.base import model_mode
 from defend.tasks import Batch, Task
 from defend.train import perturb
 from defend.train.distributed import Share, batch_share, current_share, unwrap

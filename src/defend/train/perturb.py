@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from defend.attacks.budget import KspaceBudget
-from defend.attacks.hallucination import HallucinationAttack
 from defend.attacks.region import REGIONS, random_regions
 from defend.tasks import Batch, Task
 from defend.train.distributed import current_share, global_like
@@ -131,7 +130,7 @@ def hallucination_attack(
     step: float,
     seed: int,
     **options: Any,
-) -> HallucinationAttack:
+) -> Any:
     """The :class:`~defend.attacks.HallucinationAttack` of a live model on a recon batch ``x``
     (B, coils, H, W, 2): ``steps`` iterations without early stopping, no image metrics.
 
@@ -142,6 +141,7 @@ def hallucination_attack(
         step: step size as a fraction of eps. seed: the attack's seed.
         options: the attack's region and contrast options (default: its centred line, 0.3).
     """
+    from defend.attacks.hallucination import HallucinationAttack
     from defend.estimators import ReconEstimator
 
     estimator = ReconEstimator(

@@ -1,0 +1,89 @@
+"""Denoised smoothing: smoothed predictors with certificates for the three tasks.
+
+    import defend
+    smoothed = defend.load_smoothed("runs/demo/cls-resnet18.pt", sigma=0.25)
+    label, radius = smoothed.certify(x[0], n0=100, n=10_000, alpha=0.001)
+
+:mod:`defend.smooth.core` holds the algorithms; :func:`smoothed` picks the one of an
+estimator's task.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from defend.smooth.core import (
+    CenterSmoothing,
+    KspaceNoise,
+    SmoothClassifier,
+    SmoothSegmenter,
+)
+
+__all__ = ["CenterSmoothing", "SmoothClassifier", "SmoothSegmenter", "load_smoothed", "smoothed"]
+
+Smoothed = SmoothClassifier | SmoothSegmenter | CenterSmoothing
+
+
+def _task(estimator: Any) -> str:
+    from defend.estimators import ReconEstimator, SegEstimator
+
+    if isinstance(estimator, ReconEstimator):
+        return "recon"
+    return "seg" if isinstance(estimator, SegEstimator) else "cls"
+
+
+def smoothed(
+    estimator: Any, sigma: float, denoiser: nn.Module | None = None, **options: Any
+) -> Smoothed:
+    """The smoothed model of an estimator (``defend.load_estimator``'s): a
+    :class:`SmoothClassifier` (a classifier), :class:`SmoothSegmenter` (a ``SegEstimator``)
+    or :class:`CenterSmoothing` (a ``ReconEstimator``, noise on its measured k-space).
+
+    Args:
+        estimator: the base model's estimator. sigma: the noise level (images: pixel units
+            of [0, 1]; k-space: relative, :class:`KspaceNoise`).
+        denoiser: a module from noisy to clean inputs of the estimator's format, or None.
+        options: for reconstruction, :class:`CenterSmoothing`'s ``delta``.
+    """
+    from defend.attacks.base import torch_forward
+
+    forward = torch_forward(estimator)
+    if forward is None:
+        raise TypeError("smoothing needs a torch estimator (defend's, or an ART PyTorchClassifier)")
+    device = getattr(estimator, "device", None) or torch.device("cpu")
+    if denoiser is not None:
+        denoiser = denoiser.to(device).eval()
+    common = {"denoiser": denoiser, "device": device}
+    task = _task(estimator)
+    if task == "recon":
+        noise = KspaceNoise(sigma, estimator)
+        return CenterSmoothing(forward, sigma, noise, **common, **options)
+    if options:
+        raise TypeError(f"unexpected options for {task} smoothing: {', '.join(options)}")
+    if task == "seg":
+        return SmoothSegmenter(forward, sigma, **common)
+    return SmoothClassifier(forward, estimator.nb_classes, sigma, **common)
+
+
+def load_smoothed(
+    checkpoint: str | os.PathLike,
+    sigma: float,
+    denoiser: str | os.PathLike | nn.Module | None = None,
+    device: str | None = None,
+    **options: Any,
+) -> Smoothed:
+    """The smoothed model of a ``defend train`` checkpoint, with an optional denoiser (a
+    ``defend train denoiser`` checkpoint or a module), for ``predict`` and ``certify``
+    (``options``: :func:`smoothed`'s)."""
+    from defend.estimators import load_estimator
+
+    estimator = load_estimator(checkpoint, device=device)
+    if denoiser is not None and not isinstance(denoiser, nn.Module):
+        from defend.smooth.denoiser import load_denoiser
+
+        denoiser = load_denoiser(denoiser, checkpoint)
+    return smoothed(estimator, sigma, denoiser, **options)

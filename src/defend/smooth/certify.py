@@ -1,0 +1,254 @@
+"""``defend certify``: certificates of a smoothed checkpoint over a data split.
+
+:func:`certify_split` certifies the first ``n_samples`` samples of a split, one at a time
+(sample ``i`` seeded ``seed + i``, so any subset gives the same rows), and writes into
+``out``:
+
+* ``certificates.csv``, one row a sample: classification ``index,label,predict,radius,correct``;
+  segmentation ``index,certified_fraction,certified_accuracy,abstain_fraction`` (pixels of
+  all labels; accuracy counts a pixel certified with its true label); reconstruction
+  ``index,eps_in,eps_out,abstain`` (``eps_out`` relative to the norm of the noise-free output);
+* ``summary.json``: the settings, the means, and the curve of the figure;
+* ``certified.png``: certified accuracy against the l2 radius (classification), certified
+  pixel accuracy against the radius over a range of ``tau`` (segmentation), or the output
+  bound against ``eps_in`` (reconstruction).
+
+A run that stops keeps the finished samples in ``certificates.partial.jsonl`` and resumes
+from there with the same settings (other settings are refused); the final files are written
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from defend.errors import DefendError
+from defend.io import check_writable, write_csv, write_json, write_text
+
+#: default sample counts and alpha per task (Cohen et al.; SegCertify; center smoothing)
+DEFAULTS = {
+    "cls": {"n0": 100, "n": 10_000, "alpha": 0.001},
+    "seg": {"n0": 100, "n": 1000, "alpha": 1e-4},
+    "recon": {"n0": 30, "n": 2000, "alpha": 0.01},
+}
+#: the tau values of the segmentation curve and the eps_in values of the reconstruction one
+#: (in units of sigma)
+TAUS = (0.55, 0.65, 0.75, 0.85, 0.95)
+EPS_IN = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _cls_row(smooth: Any, x: np.ndarray, y: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    label, radius = smooth.certify(x, **settings)
+    return {"label": int(y), "predict": label, "radius": radius, "correct": int(label == int(y))}
+
+
+def _seg_row(
+    smooth: Any, x: np.ndarray, y: np.ndarray, settings: dict[str, Any], tau: float
+) -> dict[str, Any]:
+    taus = sorted({tau, *TAUS})
+    results = smooth.certify_taus(x, taus=tuple(taus), **settings)
+    curve = {}
+    for t, (labels, _) in zip(taus, results, strict=True):
+        certified = labels != smooth.ABSTAIN
+        curve[t] = (float(certified.mean()), float((certified & (labels == y)).mean()))
+    fraction, accuracy = curve[tau]
+    return {
+        "certified_fraction": fraction,
+        "certified_accuracy": accuracy,
+        "abstain_fraction": 1 - fraction,
+        "curve": {str(t): v[1] for t, v in curve.items() if t in TAUS},
+    }
+
+
+def _recon_row(
+    smooth: Any, x: np.ndarray, settings: dict[str, Any], eps_in: float
+) -> dict[str, Any]:
+    grid = [e * smooth.sigma for e in EPS_IN]
+    center, bounds = smooth.certify(x, eps_in=[eps_in, *grid], **settings)
+    return {
+        "eps_in": eps_in,
+        "eps_out": bounds[0],
+        "abstain": int(center is None),
+        "curve": dict(zip(map(str, EPS_IN), bounds[1:], strict=True)),
+    }
+
+
+def _summary(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, Any]:
+    """Means over samples, and the figure's curve ``{"x": [...], "y": [...]}``."""
+    if task == "cls":
+        radii = np.array([r["radius"] if r["correct"] else -1.0 for r in rows])
+        grid = np.linspace(0, max(4 * sigma, float(radii.max(initial=0))), 9)
+        curve = [float((radii >= r).mean()) for r in grid]
+        abstain = float(np.mean([r["predict"] == -1 for r in rows]))
+        return {
+            "certified_accuracy": dict(zip(map(float, grid), curve, strict=True)),
+            "abstain": abstain,
+            "curve": {"x": grid.tolist(), "y": curve},
+        }
+    if task == "seg":
+        from scipy.stats import norm
+
+        keys = ("certified_fraction", "certified_accuracy", "abstain_fraction")
+        means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        y = [float(np.mean([r["curve"][str(t)] for r in rows])) for t in TAUS]
+        return {**means, "curve": {"x": [sigma * norm.ppf(t) for t in TAUS], "y": y}}
+    kept = [r for r in rows if not r["abstain"]]
+    y = [float(np.median([r["curve"][str(e)] for r in kept])) if kept else math.nan for e in EPS_IN]
+    return {
+        "abstain": 1 - len(kept) / len(rows),
+        "eps_out_median": float(np.median([r["eps_out"] for r in kept])) if kept else math.nan,
+        "curve": {"x": [e * sigma for e in EPS_IN], "y": y},
+    }
+
+
+#: the columns of certificates.csv per task
+COLUMNS = {
+    "cls": ("index", "label", "predict", "radius", "correct"),
+    "seg": ("index", "certified_fraction", "certified_accuracy", "abstain_fraction"),
+    "recon": ("index", "eps_in", "eps_out", "abstain"),
+}
+
+FIGURE = {
+    "cls": ("l2 radius (pixel units)", "certified accuracy"),
+    "seg": ("l2 radius (pixel units)", "certified pixel accuracy"),
+    "recon": ("eps_in (l2, units of sigma's)", "eps_out (median, relative)"),
+}
+
+
+def _read_partial(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a stopped run of the same settings finished (its first line: the settings;
+    a run that finished none is started over)."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    if len(lines) > 1 and json.loads(lines[0]) != settings:
+        raise DefendError(
+            f"{path} holds a run with other settings; remove it or choose another --out"
+        )
+    rows = []
+    for line in lines[1:] if len(lines) > 1 else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by the stop
+            break
+    return rows
+
+
+def _write_partial(path: Path, settings: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in [settings, *rows]))
+
+
+def certify_split(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    sigma: float,
+    *,
+    denoiser: str | os.PathLike | None = None,
+    split: str = "test",
+    n_samples: int = 16,
+    n0: int | None = None,
+    n: int | None = None,
+    alpha: float | None = None,
+    batch_size: int = 1000,
+    tau: float = 0.75,
+    eps_in: float | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Certify the first ``n_samples`` of ``split`` with the smoothed checkpoint (module doc).
+
+    Args:
+        sigma: the noise level (images: [0, 1] units; recon: relative, ``KspaceNoise``).
+        denoiser: a ``defend train denoiser`` checkpoint, or None.
+        n0, n, alpha: selection and estimation samples, failure probability (default
+            :data:`DEFAULTS`). tau: segmentation's vote threshold. eps_in: the
+            reconstruction's input radius (default ``sigma``, in the noise's units).
+
+    Returns:
+        The summary (also ``out/summary.json``), with ``rows``.
+    """
+    from defend.data import load_arrays
+    from defend.io import load_checkpoint
+    from defend.plots import plot_sweep
+    from defend.smooth import load_smoothed
+
+    if n_samples < 1:
+        raise DefendError(f"--n-samples must be >= 1, got {n_samples}")
+    out = check_writable(out, "dir")
+    ckpt = load_checkpoint(checkpoint)
+    task = ckpt["task"]
+    counts = {
+        **DEFAULTS[task],
+        **{k: v for k, v in (("n0", n0), ("n", n), ("alpha", alpha)) if v is not None},
+    }
+    eps_in = sigma if eps_in is None else eps_in
+    smooth = load_smoothed(checkpoint, sigma, denoiser, device=device)
+    if task == "recon":
+        smooth.check_samples(counts["n"], counts["alpha"] / 2)  # certify halves alpha
+    x, y = load_arrays(data_dir, task, split, n_samples, checkpoint=ckpt)
+    settings = {
+        "checkpoint": Path(checkpoint).name,
+        "denoiser": denoiser and Path(denoiser).name,
+        "split": split,
+        "sigma": sigma,
+        "seed": seed,
+        **counts,
+        "tau": tau if task == "seg" else None,
+        "eps_in": eps_in if task == "recon" else None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "certificates.partial.jsonl"
+    rows = _read_partial(partial, settings)[: len(x)]
+    _write_partial(partial, settings, rows)
+    certify = _row_function(task, smooth, tau, eps_in)
+    bar = tqdm(range(len(x)), desc=f"certify {task}", disable=not progress, initial=len(rows))
+    with partial.open("a") as log:
+        for i in range(len(rows), len(x)):
+            row = {
+                "index": i,
+                **certify(x[i], y[i], {**counts, "batch_size": batch_size, "seed": seed + i}),
+            }
+            rows.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.update()
+    bar.close()
+    summary = {
+        "task": task,
+        "settings": settings,
+        "n_samples": len(rows),
+        **_summary(task, rows, sigma),
+    }
+    write_csv(out / "certificates.csv", [{k: r[k] for k in COLUMNS[task]} for r in rows])
+    write_json(out / "summary.json", {**summary, "rows": rows})
+    xlabel, ylabel = FIGURE[task]
+    name = f"sigma {sigma:g}" + (" + denoiser" if denoiser else "")
+    plot_sweep(
+        out / "certified.png",
+        summary["curve"]["x"],
+        {name: summary["curve"]["y"]},
+        xlabel,
+        f"{Path(checkpoint).name}: {ylabel}",
+        log_x=False,
+        ylabel=ylabel,
+    )
+    partial.unlink()
+    return {**summary, "rows": rows}
+
+
+def _row_function(task: str, smooth: Any, tau: float, eps_in: float) -> Callable[..., dict]:
+    if task == "cls":
+        return lambda x, y, s: _cls_row(smooth, x, y, s)
+    if task == "seg":
+        return lambda x, y, s: _seg_row(smooth, x, y.astype(np.uint8), s, tau)
+    return lambda x, y, s: _recon_row(smooth, x, s, eps_in)

@@ -1,0 +1,125 @@
+"""The smoothed model as an estimator, for attacks that know it is smoothed (EOT).
+
+Expectation over transformation (Athalye et al. 2018; for smoothed classifiers Salman et al.
+2019): each forward pass averages the base model over ``draws`` fresh noisy copies of every
+input, so an attack's gradient is a Monte-Carlo estimate of the smoothed model's. The result
+is an estimator of the base estimator's own kind (an ART ``PyTorchClassifier``, a
+``SegEstimator``, a ``ReconEstimator``) and output format, so every attack that runs on the
+base model runs on the smoothed one unchanged:
+
+* classification: the log of the mean softmax (logits of the soft smoothed classifier);
+* segmentation: the logit of the mean per-pixel probability;
+* reconstruction: the mean reconstruction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from defend.estimators import ReconEstimator, SegEstimator
+from defend.smooth.core import ImageNoise, KspaceNoise
+
+
+def _mean_softmax_logits(out: torch.Tensor) -> torch.Tensor:
+    return torch.log(torch.softmax(out.float(), dim=2).mean(1).clamp_min(1e-12))
+
+
+def _mean_sigmoid_logits(out: torch.Tensor) -> torch.Tensor:
+    return torch.logit(torch.sigmoid(out.float()).mean(1), eps=1e-6)
+
+
+#: how noisy outputs (B, draws, ...) become one output (B, ...), per task
+COMBINE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "cls": _mean_softmax_logits,
+    "seg": _mean_sigmoid_logits,
+    "recon": lambda out: out.mean(1),
+}
+
+
+class ExpectedOutput(nn.Module):
+    """``combine`` of ``forward(D(x + noise))`` over ``draws`` noisy copies of each input.
+
+    Args:
+        forward: the base estimator's torch forward, (N, ...) -> (N, ...).
+        base: the base model (a submodule, so that ``.to`` and ``.eval`` reach it).
+        noise: :class:`ImageNoise` or :class:`KspaceNoise`. draws: copies per input.
+        combine: (B, draws, ...) -> (B, ...) (:data:`COMBINE`).
+        denoiser: a module from noisy to clean inputs, or None.
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        base: nn.Module,
+        noise: Any,
+        draws: int,
+        combine: Callable[[torch.Tensor], torch.Tensor],
+        denoiser: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.base, self.denoiser = base, denoiser
+        self._forward, self.noise, self.draws, self.combine = forward, noise, draws, combine
+
+    def forward(self, x: torch.Tensor, *unused: Any) -> torch.Tensor:
+        """The expected output (B, ...) of inputs ``x`` (B, ...); a reconstruction model's
+        mask argument is unused (the base estimator applies its own)."""
+        scale = self.noise.scale(x).unsqueeze(1)
+        noise = torch.randn((len(x), self.draws, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        noisy = (x.unsqueeze(1) + scale * noise).flatten(0, 1)
+        if self.denoiser is not None:
+            noisy = self.denoiser(noisy)
+        out = self._forward(noisy)
+        return self.combine(out.unflatten(0, (len(x), self.draws)))
+
+
+class SmoothedReconEstimator(ReconEstimator):
+    """A reconstruction EOT estimator; :meth:`reshaped` smooths the base estimator's reshaped
+    copy (fastMRI data mixes k-space widths)."""
+
+    #: (base estimator, sigma, draws, denoiser)
+    smoothing: tuple = ()
+
+    def reshaped(self, input_shape: tuple[int, ...]) -> ReconEstimator:
+        if tuple(input_shape) == tuple(self.input_shape):
+            return self
+        base, sigma, draws, denoiser = self.smoothing
+        return eot_estimator(base.reshaped(input_shape), sigma, draws, denoiser)
+
+
+def eot_estimator(
+    estimator: Any, sigma: float, draws: int, denoiser: nn.Module | None = None
+) -> Any:
+    """The smoothed version of ``estimator`` (``defend.load_estimator``'s) for EOT attacks:
+    the same kind of estimator, input and output format, around :class:`ExpectedOutput`."""
+    from defend.attacks.base import torch_forward
+    from defend.estimators.cls import make_classifier
+
+    if draws < 1:
+        from defend.errors import DefendError
+
+        raise DefendError(f"--eot must be >= 1 (noise draws per step), got {draws}")
+    forward, base = torch_forward(estimator), estimator.model
+    device = estimator.device
+    if isinstance(estimator, ReconEstimator):
+        noise = KspaceNoise(sigma, estimator)
+        model = ExpectedOutput(forward, base, noise, draws, COMBINE["recon"], denoiser)
+        smoothed = SmoothedReconEstimator(
+            model,
+            estimator.mask,
+            estimator.input_shape,
+            device=device,
+            loss=estimator.loss_function,
+            acquisition=estimator.acquisition,
+        )
+        smoothed.smoothing = (estimator, sigma, draws, denoiser)
+        return smoothed
+    if isinstance(estimator, SegEstimator):
+        model = ExpectedOutput(forward, base, ImageNoise(sigma), draws, COMBINE["seg"], denoiser)
+        loss = estimator.loss_function
+        return SegEstimator(model, estimator.input_shape, device=device, loss=loss)
+    model = ExpectedOutput(forward, base, ImageNoise(sigma), draws, COMBINE["cls"], denoiser)
+    return make_classifier(model, estimator.input_shape, estimator.nb_classes, device=device)
