@@ -183,8 +183,12 @@ def render(task: str, result: dict[str, Any]) -> str:
     ]
     for label, r in attacked.items():
         summary = r["summary"]
-        values = [summary.get(k, {}).get("mean", float("nan")) for k in _attack_keys(task)]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+        cells = []
+        for key in _attack_keys(task):
+            stats = summary.get(key, {})
+            mean = stats.get("mean")  # None: no sample counted (e.g. none right when clean)
+            cells.append("-" if mean is None else f"{mean:.3f} (n {stats.get('n')})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
