@@ -204,10 +204,9 @@ def test_jsonable_is_the_io_one():
     assert jsonable is defend.io.jsonable
 
 
-def test_bench_attacks_command_on_a_demo_folder(
-    tmp_path, synth_dir, unet_ckpt, varnet_ckpt, seg_ckpt, cls_ckpt
-):
-    """`defend bench attacks` end to end on a folder laid out as `defend demo` writes it."""
+@pytest.fixture
+def demo_dir(tmp_path, synth_dir, unet_ckpt, varnet_ckpt, seg_ckpt, cls_ckpt):
+    """A folder laid out as `defend demo` writes it (links to the session's models)."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "data").symlink_to(synth_dir)
@@ -218,6 +217,12 @@ def test_bench_attacks_command_on_a_demo_folder(
         ("cls", cls_ckpt),
     ):
         (run_dir / f"{name}.pt").symlink_to(Path(ckpt))
+    return run_dir
+
+
+def test_bench_attacks_command_on_a_demo_folder(tmp_path, demo_dir):
+    """`defend bench attacks` end to end on a folder laid out as `defend demo` writes it."""
+    run_dir = demo_dir
     out = tmp_path / "bench.json"
     args = ["bench", "attacks", str(run_dir), "--n", "2", "--iters", "1", "--repeats", "1"]
     args += ["--pixel-th", "1", "--pixel-max-iter", "1", "--dgde-patience", "2"]
@@ -312,21 +317,10 @@ def test_bench_train_without_data_is_one_line(tmp_path):
 # ---------------------------------------------------------------- defend bench certify
 
 
-def test_bench_certify_command_on_a_demo_folder(
-    tmp_path, synth_dir, unet_ckpt, varnet_ckpt, seg_ckpt, cls_ckpt
-):
+def test_bench_certify_command_on_a_demo_folder(tmp_path, demo_dir):
     """`defend bench certify`: a row per demo model with both throughputs measured in the
     run, and ART's smoothed PREDICT beside ours for the classifier."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "data").symlink_to(synth_dir)
-    for name, ckpt in (
-        ("recon-unet", unet_ckpt),
-        ("recon-varnet", varnet_ckpt),
-        ("seg", seg_ckpt),
-        ("cls", cls_ckpt),
-    ):
-        (run_dir / f"{name}.pt").symlink_to(Path(ckpt))
+    run_dir = demo_dir
     out = tmp_path / "certify.json"
     args = ["bench", "certify", str(run_dir), "--samples", "1", "--n0", "8", "--n", "240"]
     args += ["--batch-size", "120", "--repeats", "1", "--device", "cpu", "--out", str(out)]

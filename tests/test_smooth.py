@@ -186,7 +186,8 @@ def test_center_smoothing_bound_holds_inside_eps_in(unet_ckpt, synth_dir):
     xt = torch.as_tensor(x)
     unit = float(noise.unit(xt))
     measured = (noise.scale(xt) > 0).numpy()
-    scale = float(smooth.forward(xt).norm())
+    with torch.no_grad():
+        scale = float(smooth.forward(xt).norm())
     eot = eot_estimator(estimator, sigma=sigma, draws=8)
     torch.manual_seed(0)
 
