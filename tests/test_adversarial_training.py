@@ -104,7 +104,7 @@ def test_wrong_settings_are_one_line(task, method, kwargs, message):
 
 
 def test_cli_wrong_combination_is_one_line_before_data(tmp_path):
-    from test_cli_robust import defend_main, one_line_error
+    from entry import defend_main, one_line_error
 
     missing = tmp_path / "nothing"
     one_line_error(
@@ -314,7 +314,7 @@ def test_robustness_refuses_a_bad_eps_before_reading_anything(tmp_path, eps):
 
 
 def test_bench_robustness_refuses_checkpoints_of_two_tasks(unet_ckpt, cls_ckpt, tmp_path):
-    from test_cli_robust import defend_main, one_line_error
+    from entry import defend_main, one_line_error
 
     out = tmp_path / "r.json"
     one_line_error(

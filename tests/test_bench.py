@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,7 @@ from defend.errors import DefendError
 from defend.estimators import ReconEstimator, SegEstimator, make_classifier
 from defend.models.recon import ReconUnet
 from defend.train.objectives import METHODS
+from entry import defend_main
 
 SIZE = 16
 
@@ -303,13 +302,7 @@ def test_bench_train_bad_input(synth_dir, kwargs, message):
 
 def test_bench_train_without_data_is_one_line(tmp_path):
     """The real entry point: a folder without data is one line and exit 2."""
-    code = "from defend.cli import main; main()"
-    run = subprocess.run(
-        [sys.executable, "-c", code, "bench", "train", str(tmp_path), "--tasks", "recon/unet"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = defend_main("bench", "train", tmp_path, "--tasks", "recon/unet")
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert run.returncode == 2 and len(lines) == 1 and "no train split" in lines[0], run.stderr
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from defend.cli import app
+from entry import defend_main
 
 runner = CliRunner()
 
@@ -20,14 +19,6 @@ def invoke(*args: str):
     result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def defend_main(*args: str) -> subprocess.CompletedProcess:
-    """Run the real console entry point (error handling included) in a subprocess."""
-    code = "from defend.cli import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300
-    )
 
 
 def test_data_synth(tmp_path):
@@ -166,7 +157,7 @@ def test_attack_dgde(cls_ckpt, synth_dir, tmp_path):
     ],
 )
 def test_bad_input_is_one_line(args, message):
-    result = defend_main(*args)
+    result = defend_main(*args, isolated=args[0] == "info")  # one through the console script
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -30,26 +30,9 @@ from defend.device import pick_device
 from defend.errors import DefendError, ModelOptionError, OutputError
 from defend.io import check_writable, load_checkpoint, load_weights_file
 from defend.models import build_model, check_model_options, default_model_config
+from entry import MAIN, defend_main, one_line_error
 
 runner = CliRunner()
-MAIN = "from defend.cli import main; main()"
-
-
-def defend_main(*args: object) -> subprocess.CompletedProcess:
-    """Run the real console entry point (error handling included) in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-c", MAIN, *map(str, args)], capture_output=True, text=True, timeout=300
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """Assert exit 2 and exactly one ``error: ...`` line on stderr holding ``needles``."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def refused(*args: object) -> str:
@@ -346,7 +329,7 @@ def test_ctrl_c_prints_the_resume_hint(tmp_path):
 
 
 def test_help_and_usage_errors_unchanged():
-    result = defend_main("--help")
+    result = defend_main("--help", isolated=True)
     assert result.returncode == 0 and "Usage" in result.stdout and not result.stderr
     result = defend_main("train", "--help")
     assert result.returncode == 0 and "--no-progress" in result.stdout

@@ -11,8 +11,6 @@ refused in one line with nothing written.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from defend.data.batching import ShapeBatchSampler, shape_loader
 from defend.errors import CheckpointError, DataError, DefendError
 from defend.io import load_checkpoint
 from defend.train import TrainConfig, train_model
+from entry import defend_main
 from fastmri_files import write_volume
 
 #: (name, coils, k-space width): widths 40 / 44 and 3 / 2 coils, and a FLAIR-like volume 20
@@ -142,6 +141,22 @@ def test_attack_covers_every_sample_and_no_unacquired_column(multicoil, unet, tm
         assert changed.any(axis=1).all()  # every sample was attacked ...
         assert not (changed & ~acquired).any()  # ... in acquired columns only
         assert not changed[:, :2].any() and not changed[:, -2:].any()  # header padding
+
+
+def test_attack_skip_takes_every_skip_th_sample_across_shapes(multicoil, unet, tmp_path):
+    """``skip`` attacks dataset positions 0, skip, 2 skip, ... (here across the three
+    k-space shapes), each row as in a run over all samples (rows are seeded by position;
+    the tolerance is float32 summation order in batches of other sizes, as below)."""
+    params = {"max_iter": 2, "region_size": 4}
+    every = run_attack("hallucination", unet, multicoil, tmp_path / "a", split="val", n=100,
+                       params=params)  # fmt: skip
+    some = run_attack("hallucination", unet, multicoil, tmp_path / "b", split="val", n=3,
+                      skip=4, params=params)  # fmt: skip
+    assert [r["index"] for r in some["rows"]] == [0, 4, 8] and some["skip"] == 4
+    assert len(some["shapes"]) == 3  # positions 0, 4, 8 lie in three shape groups
+    rows = {r["index"]: r for r in every["rows"]}
+    for row in some["rows"]:
+        assert row == pytest.approx(rows[row["index"]], rel=1e-4, abs=1e-7)
 
 
 def test_groups_give_the_same_rows_as_one_sample_at_a_time(multicoil, unet):
@@ -276,13 +291,6 @@ def test_split_folder_errors_are_one_line(multicoil, tmp_path):
         load_groups(tmp_path / "t", "recon", "test")
 
 
-def _defend(*args) -> subprocess.CompletedProcess:
-    code = "from defend.cli import main; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300
-    )
-
-
 @pytest.mark.parametrize(
     "eps, message",
     [
@@ -293,7 +301,7 @@ def _defend(*args) -> subprocess.CompletedProcess:
 )
 def test_attack_budget_errors_are_one_line(multicoil, unet, tmp_path, eps, message):
     out = tmp_path / "never"
-    done = _defend(
+    done = defend_main(
         "attack",
         "hallucination",
         "--checkpoint",

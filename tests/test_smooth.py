@@ -168,6 +168,31 @@ def test_a_certified_pixel_keeps_its_label(seg_ckpt, synth_dir):
     assert flipped(far) > 0, "PGD at l2 3.0 flipped no certified pixel"
 
 
+def test_certify_every_skip_th_sample_and_its_foreground(seg_ckpt, synth_dir, tmp_path):
+    """``skip`` certifies dataset positions 0, skip, 2 skip ..., each seeded by its position
+    (the row of a full run); ``foreground_accuracy`` is the certified-and-right share of the
+    true lesion pixels, the all-pixel accuracy restricted to them."""
+    from defend.smooth.certify import certify_split
+
+    counts = dict(n0=16, n=64, alpha=0.01, batch_size=64)
+    summary = certify_split(
+        seg_ckpt, synth_dir, tmp_path, 0.05, n_samples=3, skip=3, progress=False, **counts
+    )
+    assert [r["index"] for r in summary["rows"]] == [0, 3, 6]
+    x, masks = defend.load_arrays(synth_dir, "seg", "test", indices=[3], checkpoint=seg_ckpt)
+    smooth = load_smoothed(seg_ckpt, 0.05)
+    labels, _ = smooth.certify(x[0], seed=3, **counts)
+    truth = masks[0].astype(np.uint8)
+    row = summary["rows"][1]
+    assert row["certified_accuracy"] == pytest.approx(float((labels == truth).mean()))
+    if truth.any():
+        assert row["foreground_accuracy"] == pytest.approx(float((labels[truth == 1] == 1).mean()))
+    else:
+        assert row["foreground_accuracy"] is None
+    lesions = [r["foreground_accuracy"] for r in summary["rows"] if r["foreground_accuracy"]]
+    assert summary["foreground_samples"] == len(lesions)
+
+
 def test_center_smoothing_bound_holds_inside_eps_in(unet_ckpt, synth_dir):
     """Center smoothing: for random and PGD (EOT) k-space perturbations of l2 norm eps_in
     (in the noise's unit), the smoothed reconstruction moves less than the certified

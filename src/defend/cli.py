@@ -283,6 +283,7 @@ DATA = typer.Option(..., help="Data folder.")
 OUT = typer.Option(..., help="Output folder for metrics.csv, metrics.json, figure.png.")
 SPLIT = typer.Option("test", help="Data split to attack.")
 N = typer.Option(16, help="Number of samples to attack.")
+SKIP = typer.Option(1, help="Attack every skip-th sample of the split.")
 SEED = typer.Option(0, help="Attack seed.")
 BATCH = typer.Option(16, help="Samples attacked together (results do not depend on it).")
 DEVICE = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present).")
@@ -307,6 +308,7 @@ def _common(
     smooth_sigma: float | None = None,
     denoiser: Path | None = None,
     eot: int = 8,
+    skip: int = 1,
 ) -> dict[str, Any]:
     """The keyword arguments every attack command passes to ``run_attack``."""
     if smooth_sigma is None and denoiser is not None:
@@ -319,6 +321,7 @@ def _common(
         "out": out,
         "split": split,
         "n": n,
+        "skip": skip,
         "device": device,
         "save_adversarial": save,
     }
@@ -331,6 +334,7 @@ def attack_hallucination(
     out: Path = OUT,
     split: str = SPLIT,
     n: int = N,
+    skip: int = SKIP,
     eps: float = typer.Option(
         0.1,
         help="Budget, relative: about eps x the k-space norm, for either norm and any image "
@@ -372,7 +376,17 @@ def attack_hallucination(
     _run_attack(
         "hallucination",
         _common(
-            checkpoint, data, out, split, n, device, save_adversarial, smooth_sigma, denoiser, eot
+            checkpoint,
+            data,
+            out,
+            split,
+            n,
+            device,
+            save_adversarial,
+            smooth_sigma,
+            denoiser,
+            eot,
+            skip=skip,
         ),
         {
             "eps": eps,
@@ -418,6 +432,7 @@ def attack_seg_fgsm(
     out: Path = OUT,
     split: str = SPLIT,
     n: int = N,
+    skip: int = SKIP,
     eps: float = typer.Option(0.008, help="l-inf budget on [0, 1] images."),
     loss: str = typer.Option("bce", help="bce, dice, dicefocal or training."),
     target: str = typer.Option("auto", help="truth, prediction or auto."),
@@ -438,7 +453,17 @@ def attack_seg_fgsm(
     _run_attack(
         "seg-fgsm",
         _common(
-            checkpoint, data, out, split, n, device, save_adversarial, smooth_sigma, denoiser, eot
+            checkpoint,
+            data,
+            out,
+            split,
+            n,
+            device,
+            save_adversarial,
+            smooth_sigma,
+            denoiser,
+            eot,
+            skip=skip,
         ),
         {
             "eps": eps,
@@ -460,6 +485,7 @@ def attack_dgde(
     out: Path = OUT,
     split: str = SPLIT,
     n: int = N,
+    skip: int = SKIP,
     population: int = typer.Option(8, help="DE population per image."),
     f: float = typer.Option(0.5, "--F", help="DE mutation factor."),
     cr: float = typer.Option(0.7, "--CR", help="DE crossover probability."),
@@ -485,7 +511,17 @@ def attack_dgde(
     _run_attack(
         "dgde",
         _common(
-            checkpoint, data, out, split, n, device, save_adversarial, smooth_sigma, denoiser, eot
+            checkpoint,
+            data,
+            out,
+            split,
+            n,
+            device,
+            save_adversarial,
+            smooth_sigma,
+            denoiser,
+            eot,
+            skip=skip,
         ),
         {
             "population": population,
@@ -549,6 +585,7 @@ def certify(
     denoiser: Path = typer.Option(None, help="A defend train denoiser checkpoint."),
     split: str = typer.Option("test", help="train, val or test."),
     n_samples: int = typer.Option(16, help="Samples of the split to certify."),
+    skip: int = typer.Option(1, help="Certify every skip-th sample of the split."),
     n0: int = typer.Option(
         None, help="Selection samples (cls/seg 100; recon: centre candidates 30)."
     ),
@@ -561,7 +598,7 @@ def certify(
         None, help="recon: input l2 radius, units of sigma's (default sigma)."
     ),
     batch_size: int = typer.Option(1000, help="Noisy copies per forward pass."),
-    seed: int = typer.Option(0, help="Random seed (sample i uses seed + i)."),
+    seed: int = typer.Option(0, help="Random seed (the sample at position i: seed + i)."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: CUDA if present)."),
     progress: bool = PROGRESS,
 ) -> None:
@@ -570,8 +607,8 @@ def certify(
 
     summary = certify_split(
         checkpoint, data, out, sigma, denoiser=denoiser, split=split, n_samples=n_samples,
-        n0=n0, n=n, alpha=alpha, batch_size=batch_size, tau=tau, eps_in=eps_in, seed=seed,
-        device=device, progress=progress,
+        skip=skip, n0=n0, n=n, alpha=alpha, batch_size=batch_size, tau=tau, eps_in=eps_in,
+        seed=seed, device=device, progress=progress,
     )  # fmt: skip
     shown = {k: v for k, v in summary.items() if k not in ("rows", "curve", "settings")}
     typer.echo(json.dumps(shown, indent=1))

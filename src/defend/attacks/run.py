@@ -181,13 +181,15 @@ def run_attack(
     *,
     split: str = "test",
     n: int = 16,
+    skip: int = 1,
     params: dict[str, Any] | None = None,
     device: str | None = None,
     figure_samples: int = 4,
     save_adversarial: bool = False,
     smooth: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Attack ``n`` samples of ``data_dir``'s ``split`` with attack ``name``, writing files.
+    """Attack ``n`` samples of ``data_dir``'s ``split`` (every ``skip``-th from the first)
+    with attack ``name``, writing files.
 
     Every one of the ``n`` samples is attacked, whatever its shape (fastMRI mixes k-space
     widths and coil counts: see :func:`attack_groups`).
@@ -209,12 +211,13 @@ def run_attack(
         ``{"attack", "params", "summary", "rows", "files", "attacked", "shapes", ...}``.
     """
     from defend.data import load_groups
+    from defend.data.arrays import split_size
     from defend.estimators import load_estimator
 
     if name not in ATTACKS:
         raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
-    if n < 1:
-        raise DefendError(f"--n must be >= 1, got {n}")
+    if n < 1 or skip < 1:
+        raise DefendError(f"--n and --skip must be >= 1, got {n}, {skip}")
     pick_device(device)  # device and output first: refused before anything is read
     check_writable(out, "dir")
     task = ATTACKS[name][1]
@@ -223,7 +226,11 @@ def run_attack(
     if smooth is not None:
         estimator = _smoothed_estimator(estimator, ckpt, smooth, (params or {}).get("seed", 0))
     make_attack(name, estimator, params)  # bad parameters fail before data loads
-    groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)
+    if skip == 1:
+        groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)
+    else:
+        every = np.arange(0, split_size(data_dir, task, split, ckpt), skip)[:n]
+        groups = load_groups(data_dir, task, split, indices=every, checkpoint=ckpt)
     results = attack_groups(name, estimator, groups, params)
     rows = sorted((row for r in results for row in r["rows"]), key=lambda row: row["index"])
     summary = summarise([{k: v for k, v in row.items() if k != "index"} for row in rows])
@@ -234,6 +241,7 @@ def run_attack(
         "checkpoint": str(checkpoint),
         "data": str(data_dir),
         "split": split,
+        "skip": skip,
         "data_root": str(task_root(Path(data_dir), task, split)),
         "attacked": len(rows),
         "smooth": smooth

@@ -353,6 +353,13 @@ def load_arrays(
     return x_arr, y_arr
 
 
+def split_size(
+    data_dir: Path, task: str, split: str, checkpoint: str | os.PathLike | Mapping | None = None
+) -> int:
+    """The number of samples of a split, as :func:`load_arrays` counts dataset positions."""
+    return len(_open_split(data_dir, task, split, None, None, checkpoint, None, None, None))
+
+
 def _open_split(
     data_dir: Path,
     task: str,

@@ -1,13 +1,17 @@
 """``defend certify``: certificates of a smoothed checkpoint over a data split.
 
-:func:`certify_split` certifies the first ``n_samples`` samples of a split, one at a time
-(sample ``i`` seeded ``seed + i``, so any subset gives the same rows), and writes into
-``out``:
+:func:`certify_split` certifies ``n_samples`` samples of a split, every ``skip``-th from the
+first (locuslab's ``--skip``, so that a few samples still spread over the split), one at a
+time (the sample at dataset position ``i`` seeded ``seed + i``, so any subset gives the same
+rows), and writes into ``out``:
 
 * ``certificates.csv``, one row a sample: classification ``index,label,predict,radius,correct``;
   segmentation ``index,certified_fraction,certified_accuracy,abstain_fraction`` (pixels of
-  all labels; accuracy counts a pixel certified with its true label); reconstruction
-  ``index,eps_in,eps_out,abstain`` (``eps_out`` relative to the norm of the noise-free output);
+  all labels; accuracy counts a pixel certified with its true label) and
+  ``foreground_accuracy`` (the same over the true foreground pixels only, e.g. the lesion:
+  the few pixels that matter, which the all-pixel means hide; empty without any);
+  reconstruction ``index,eps_in,eps_out,abstain`` (``eps_out`` relative to the norm of the
+  noise-free output); ``index`` is the dataset position;
 * ``summary.json``: the settings, the means, and the curve of the figure;
 * ``certified.png``: certified accuracy against the l2 radius (classification), certified
   pixel accuracy against the radius over a range of ``tau`` (segmentation), or the output
@@ -60,10 +64,14 @@ def _seg_row(
         certified = labels != smooth.ABSTAIN
         curve[t] = (float(certified.mean()), float((certified & (labels == y)).mean()))
     fraction, accuracy = curve[tau]
+    labels = results[taus.index(tau)][0]
+    foreground = y == 1
+    hits = (labels == 1) & foreground  # certified foreground (1 is never ABSTAIN)
     return {
         "certified_fraction": fraction,
         "certified_accuracy": accuracy,
         "abstain_fraction": 1 - fraction,
+        "foreground_accuracy": float(hits.sum() / foreground.sum()) if foreground.any() else None,
         "curve": {str(t): v[1] for t, v in curve.items() if t in TAUS},
     }
 
@@ -98,6 +106,10 @@ def _summary(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, A
 
         keys = ("certified_fraction", "certified_accuracy", "abstain_fraction")
         means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+        foreground = [r["foreground_accuracy"] for r in rows]
+        foreground = [a for a in foreground if a is not None]
+        means["foreground_accuracy"] = float(np.mean(foreground)) if foreground else None
+        means["foreground_samples"] = len(foreground)
         y = [float(np.mean([r["curve"][str(t)] for r in rows])) for t in TAUS]
         return {**means, "curve": {"x": [sigma * norm.ppf(t) for t in TAUS], "y": y}}
     kept = [r for r in rows if not r["abstain"]]
@@ -112,7 +124,13 @@ def _summary(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, A
 #: the columns of certificates.csv per task
 COLUMNS = {
     "cls": ("index", "label", "predict", "radius", "correct"),
-    "seg": ("index", "certified_fraction", "certified_accuracy", "abstain_fraction"),
+    "seg": (
+        "index",
+        "certified_fraction",
+        "certified_accuracy",
+        "abstain_fraction",
+        "foreground_accuracy",
+    ),
     "recon": ("index", "eps_in", "eps_out", "abstain"),
 }
 
@@ -155,6 +173,7 @@ def certify_split(
     denoiser: str | os.PathLike | None = None,
     split: str = "test",
     n_samples: int = 16,
+    skip: int = 1,
     n0: int | None = None,
     n: int | None = None,
     alpha: float | None = None,
@@ -165,7 +184,8 @@ def certify_split(
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Certify the first ``n_samples`` of ``split`` with the smoothed checkpoint (module doc).
+    """Certify ``n_samples`` of ``split``, every ``skip``-th, with the smoothed checkpoint
+    (module doc).
 
     Args:
         sigma: the noise level (images: [0, 1] units; recon: relative, ``KspaceNoise``).
@@ -177,13 +197,12 @@ def certify_split(
     Returns:
         The summary (also ``out/summary.json``), with ``rows``.
     """
-    from defend.data import load_arrays
     from defend.io import load_checkpoint
     from defend.plots import plot_sweep
     from defend.smooth import load_smoothed
 
-    if n_samples < 1:
-        raise DefendError(f"--n-samples must be >= 1, got {n_samples}")
+    if n_samples < 1 or skip < 1:
+        raise DefendError(f"--n-samples and --skip must be >= 1, got {n_samples}, {skip}")
     out = check_writable(out, "dir")
     ckpt = load_checkpoint(checkpoint)
     task = ckpt["task"]
@@ -195,13 +214,14 @@ def certify_split(
     smooth = load_smoothed(checkpoint, sigma, denoiser, device=device)
     if task == "recon":
         smooth.check_samples(counts["n"], counts["alpha"] / 2)  # certify halves alpha
-    x, y = load_arrays(data_dir, task, split, n_samples, checkpoint=ckpt)
+    x, y, positions = _every(data_dir, task, split, n_samples, skip, ckpt)
     settings = {
         "checkpoint": Path(checkpoint).name,
         "denoiser": denoiser and Path(denoiser).name,
         "split": split,
         "sigma": sigma,
         "seed": seed,
+        "skip": skip,
         **counts,
         "tau": tau if task == "seg" else None,
         "eps_in": eps_in if task == "recon" else None,
@@ -214,9 +234,10 @@ def certify_split(
     bar = tqdm(range(len(x)), desc=f"certify {task}", disable=not progress, initial=len(rows))
     with partial.open("a") as log:
         for i in range(len(rows), len(x)):
+            index = int(positions[i])
             row = {
-                "index": i,
-                **certify(x[i], y[i], {**counts, "batch_size": batch_size, "seed": seed + i}),
+                "index": index,
+                **certify(x[i], y[i], {**counts, "batch_size": batch_size, "seed": seed + index}),
             }
             rows.append(row)
             log.write(json.dumps(row) + "\n")
@@ -244,6 +265,17 @@ def certify_split(
     )
     partial.unlink()
     return {**summary, "rows": rows}
+
+
+def _every(
+    data_dir: Any, task: str, split: str, n_samples: int, skip: int, ckpt: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, positions)`` of every ``skip``-th sample of the split, ``n_samples`` at most."""
+    from defend.data.arrays import load_arrays, split_size
+
+    positions = np.arange(0, split_size(data_dir, task, split, ckpt), skip)[:n_samples]
+    x, y = load_arrays(data_dir, task, split, indices=positions, checkpoint=ckpt)
+    return x, y, positions
 
 
 def _row_function(task: str, smooth: Any, tau: float, eps_in: float) -> Callable[..., dict]:
