@@ -160,7 +160,7 @@ def render(task: str, result: dict[str, Any]) -> str:
     spec, certs, attacked = result["spec"], result["certify"], result["attacks"]
     lines = [f"### {task} ({spec['checkpoint']}, sigma {spec['sigma']:g})", ""]
     if task == "cls":
-        radii = list(next(iter(certs.values()))["certified_accuracy"])[:5]
+        radii = [spec["sigma"] * k for k in (0, 0.5, 1, 1.5, 2)]
         lines.append(
             "| denoiser | "
             + " | ".join(f"cert. acc. r={float(r):.2f}" for r in radii)
@@ -168,7 +168,7 @@ def render(task: str, result: dict[str, Any]) -> str:
         )
         lines.append("|---|" + "---|" * (len(radii) + 1))
         for name, s in certs.items():
-            accs = [s["certified_accuracy"][r] for r in radii]
+            accs = [_certified_accuracy(s["rows"], r) for r in radii]
             lines.append(
                 f"| {name} | " + " | ".join(f"{a:.3f}" for a in accs) + f" | {s['abstain']:.3f} |"
             )
@@ -205,6 +205,11 @@ def render(task: str, result: dict[str, Any]) -> str:
             cells.append("-" if mean is None else f"{mean:.3f} (n {stats.get('n')})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _certified_accuracy(rows: list[dict[str, Any]], radius: float) -> float:
+    """The share of samples certified with their true class at l2 ``radius`` or more."""
+    return sum(r["correct"] and r["radius"] >= radius for r in rows) / len(rows)
 
 
 def _attack_keys(task: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Target regions of hallucination attacks: a line, a square, a disk, or any mask image."""
+"""Target regions of hallucination attacks: a line, a square, a disk, a random blob, or any
+mask image."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ PAPER_LINE = (4 / 320, 60 / 320)
 PAPER_SQUARE = 50 / 320
 #: the region shapes :func:`region_mask` draws
 REGIONS = ("line", "square", "disk")
+#: the shapes :func:`random_regions` draws: :data:`REGIONS` and ``"blob"`` (:func:`blob_mask`)
+RANDOM_REGIONS = (*REGIONS, "blob")
 
 
 def region_mask(
@@ -67,6 +70,39 @@ def region_mask(
     return mask
 
 
+def blob_mask(
+    shape: tuple[int, int],
+    size: tuple[int, int],
+    center: tuple[int, int],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """A random smooth blob, an arbitrary connected-looking region inside a box.
+
+    A 4 x 4 grid of uniform noise, upsampled bicubically to the box, plus a bump in the
+    middle, thresholded at its median: about half the box, with a random outline.
+
+    Args:
+        shape: (h, w) of the image. size: (height, width) of the box in pixels.
+        center: (row, col) of the box's centre. generator: the CPU generator it draws from.
+
+    Returns:
+        (h, w) bool, non-empty, inside the box.
+    """
+    box = region_mask(shape, "square", size, center)
+    rows, cols = box.nonzero()[:, 0], box.nonzero()[:, 1]
+    top, left = int(rows.min()), int(cols.min())
+    rh, rw = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+    noise = torch.rand(1, 1, 4, 4, generator=generator)
+    field = torch.nn.functional.interpolate(noise, (rh, rw), mode="bicubic", align_corners=True)
+    ys = torch.linspace(-1, 1, rh).view(-1, 1)
+    xs = torch.linspace(-1, 1, rw).view(1, -1)
+    field = field[0, 0] + 0.5 * (1 - ys.square() - xs.square())
+    inside = field >= field.median()
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[top : top + rh, left : left + rw] = inside
+    return mask
+
+
 def random_regions(
     shape: tuple[int, int],
     n: int,
@@ -76,9 +112,10 @@ def random_regions(
 ) -> torch.Tensor:
     """``n`` random target regions, as hallucination training and detection data draw them.
 
-    Each region's kind is drawn from ``kinds``, its size is the kind's default size
-    (:func:`region_mask`) times a factor drawn log-uniformly from ``scale`` (each side on its
-    own), and its centre is drawn uniformly among the positions where it fits.
+    Each region's kind is drawn from ``kinds`` (:data:`RANDOM_REGIONS`), its size is the
+    kind's default size (:func:`region_mask`; a blob: the square's) times a factor drawn
+    log-uniformly from ``scale`` (each side on its own), and its centre is drawn uniformly
+    among the positions where it fits.
 
     Args:
         shape: (h, w) of the reconstruction.
@@ -94,7 +131,9 @@ def random_regions(
     masks = []
     for _ in range(n):
         kind = kinds[int(torch.randint(len(kinds), (1,), generator=generator))]
-        base = region_mask(shape, kind).nonzero()
+        if kind not in RANDOM_REGIONS:
+            raise DefendError(f"unknown region '{kind}': choose {', '.join(RANDOM_REGIONS)}")
+        base = region_mask(shape, "square" if kind == "blob" else kind).nonzero()
         base_h, base_w = (base.amax(0) - base.amin(0) + 1).tolist()
         factor = torch.exp(
             torch.empty(2).uniform_(*np.log(scale).tolist(), generator=generator)
@@ -103,7 +142,10 @@ def random_regions(
         rw = min(w, max(1, round(base_w * factor[1])))
         cy = rh // 2 + int(torch.randint(h - rh + 1, (1,), generator=generator))
         cx = rw // 2 + int(torch.randint(w - rw + 1, (1,), generator=generator))
-        masks.append(region_mask(shape, kind, (rh, rw), (cy, cx)))
+        if kind == "blob":
+            masks.append(blob_mask(shape, (rh, rw), (cy, cx), generator))
+        else:
+            masks.append(region_mask(shape, kind, (rh, rw), (cy, cx)))
     return torch.stack(masks)
 
 

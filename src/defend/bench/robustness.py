@@ -27,25 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from defend.attacks.art_pgd import art_pgd, kspace_pgd
 from defend.attacks.run import attack_arrays
 from defend.errors import DefendError
 from defend.train.objectives import DEFAULT_EPS as EPS  # the training budget is the attack's
-
-
-def _art_pgd(estimator: Any, eps: Any, steps: int, batch: int, random_init: int = 1) -> Any:
-    """ART's l-inf PGD, step eps / 4 (ART starts at random only for classifiers)."""
-    from art.attacks.evasion import ProjectedGradientDescent
-
-    return ProjectedGradientDescent(
-        estimator,
-        norm=np.inf,
-        eps=eps,
-        eps_step=eps / 4,
-        max_iter=steps,
-        num_random_init=random_init,
-        batch_size=batch,
-        verbose=False,
-    )
 
 
 def _ssim(y: np.ndarray, pred: np.ndarray) -> float:
@@ -60,17 +45,9 @@ def recon_robustness(
     """Clean SSIM, hallucination strength (in the reconstruction and in the zero-filled
     input) and ART PGD SSIM of k-space x (N, coils, H, W, 2) against ground-truth images
     y (N, h, w), at relative l-inf ``eps``."""
-    from defend.attacks import HallucinationAttack
-    from defend.attacks.hallucination import sampled_columns
-
     _, rows = attack_arrays(estimator, "hallucination", x, y, {"eps": eps})
     strength = float(np.nanmean([r["strength"] for r in rows]))
-    attack = HallucinationAttack(estimator, eps=eps)
-    xt = torch.as_tensor(x)
-    columns = sampled_columns(xt, estimator).float()
-    eps = (attack.budget.bound(xt, columns)).numpy() * np.ones((1, 1, 1, 1, 1), np.float32)
-    mask = (columns * torch.tensor([1.0, 0.0])).expand_as(xt).numpy()
-    x_pgd = _art_pgd(estimator, eps, 10, len(x), random_init=0).generate(x, y=y, mask=mask)
+    x_pgd = kspace_pgd(estimator, x, y, eps, steps=10)
     return {
         "clean_ssim": _ssim(y, estimator.predict(x)),
         "hallucination_strength": strength,
@@ -104,7 +81,7 @@ def cls_robustness(
     """Accuracy clean and under ART's 20-step PGD at l-inf ``eps``; DGDE success and pixels
     (images right when clean), images x (N, C, H, W) and labels y (N,)."""
     labels = np.eye(estimator.nb_classes, dtype=np.float32)[y]
-    x_pgd = _art_pgd(estimator, eps, 20, len(x)).generate(x, y=labels)
+    x_pgd = art_pgd(estimator, eps, 20, len(x)).generate(x, y=labels)
     _, rows = attack_arrays(estimator, "dgde", x, y)
     success = [r["success"] for r in rows if np.isfinite(r["success"])]
     pixels = [r["pixels"] for r in rows if np.isfinite(r["pixels"])]

@@ -1,1 +1,6 @@
-"""Hallucination detectors for reconstruction models (planned: see docs/design.md)."""
+"""Hallucination detectors for reconstruction models (issue 11, in progress).
+
+* :mod:`defend.detect.features`: what a detector sees at deployment (the reconstruction,
+  the zero-filled image, the measurement-space map).
+* :mod:`defend.detect.data`: clean and attacked samples with their region masks, by split.
+"""

@@ -1,0 +1,330 @@
+"""Detection data: clean and attacked inputs of a reconstruction model, with their regions.
+
+:func:`make_detection_data` takes a reconstruction checkpoint and a data folder and, for every
+slice of each split (the folder's train / val / test, which are split by volume, so no
+volume is in two splits), makes four samples:
+
+* ``clean`` (label 0);
+* ``hallucination`` (label 1): :class:`~defend.attacks.HallucinationAttack` at a setting
+  drawn per slice from its split's :data:`SETTINGS`: region shape, size and position
+  (:func:`~defend.attacks.region.random_regions`), target contrast, norm and budget. The
+  test split holds region shapes (disk, blob) and budgets (the attack's default l-inf 0.1,
+  l2 0.1, l-inf 0.03) that train and val never show;
+* ``noise`` (label 0): Gaussian noise on the measured k-space entries with the l2 norm of
+  that slice's hallucination perturbation, a hard negative;
+* ``pgd`` (label 1, reported apart): ART's PGD on the sampled k-space at the slice's l-inf
+  budget, raising the reconstruction error without a localised feature.
+
+Each sample keeps what a detector sees (:func:`~defend.detect.features.detector_inputs`,
+(3, h, w)), its (h, w) region (all False but for hallucinations), its settings and the
+baseline scores: the oracle PSNR / SSIM / NRMSE of the reconstruction against the clean one
+(they need the clean reference) and the reference-free ``dc_error`` (the measurement map's
+norm over the reconstruction's) and ``kspace_residual`` (``||M F S f - y||^2 / ||y||^2``).
+
+Files: ``OUT/SPLIT/part-NNNN.npz`` per chunk of slices, each written atomically, and
+``OUT/manifest.json``; a rerun with the same settings makes only the missing parts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from defend.errors import DefendError
+
+#: the attack settings per split: region shapes, (norm, eps) budgets (relative, the attack's
+#: units), target contrast range (a fraction of the clean image's range)
+SEEN = {"regions": ("line", "square"), "budgets": (("inf", 0.05), ("inf", 0.2), ("2", 0.05),
+                                                   ("2", 0.2)), "alpha": (0.15, 0.5)}  # fmt: skip
+HELD_OUT = {"regions": ("disk", "blob"), "budgets": (("inf", 0.1), ("2", 0.1), ("inf", 0.03)),
+            "alpha": (0.15, 0.5)}  # fmt: skip
+SETTINGS = {"train": SEEN, "val": SEEN, "test": HELD_OUT}
+#: the four samples of a slice, in order, and their labels
+KINDS = ("clean", "hallucination", "noise", "pgd")
+LABELS = {"clean": 0, "hallucination": 1, "noise": 0, "pgd": 1}
+#: bumped when what a part holds changes (older parts are refused, not mixed in)
+VERSION = 1
+
+
+def draw_settings(split: str, positions: np.ndarray, shape: tuple[int, int], seed: int) -> dict:
+    """The hallucination settings of the slices at dataset ``positions`` of ``split``, each
+    drawn from its own generator (``seed``, split, position), so any chunking draws the same.
+
+    Returns:
+        ``{"region": (N, h, w) bool, "alpha": (N,), "norm": [N], "eps": (N,),
+        "region_kind": [N]}``.
+    """
+    from defend.attacks.region import random_regions
+
+    choice = SETTINGS[split]
+    out: dict[str, list] = {"region": [], "alpha": [], "norm": [], "eps": [], "region_kind": []}
+    for position in positions:
+        g = torch.Generator().manual_seed(_seed(seed, split, int(position), "setting"))
+        kind = choice["regions"][int(torch.randint(len(choice["regions"]), (1,), generator=g))]
+        norm, eps = choice["budgets"][int(torch.randint(len(choice["budgets"]), (1,), generator=g))]
+        low, high = choice["alpha"]
+        out["alpha"].append(low + (high - low) * float(torch.rand(1, generator=g)))
+        out["region"].append(random_regions(shape, 1, g, kinds=(kind,))[0])
+        out["norm"].append(norm)
+        out["eps"].append(eps)
+        out["region_kind"].append(kind)
+    return {
+        **out,
+        "region": torch.stack(out["region"]),
+        "alpha": np.asarray(out["alpha"], np.float32),
+        "eps": np.asarray(out["eps"], np.float32),
+    }
+
+
+def _seed(seed: int, split: str, position: int, what: str) -> int:
+    """A generator seed of its own for each (seed, split, position, purpose)."""
+    words = [seed, *map(ord, split), position, *map(ord, what)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _hallucinate(
+    estimator: Any, x: np.ndarray, settings: dict, positions: np.ndarray, seed: int, max_iter: int
+) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Each slice of ``x`` (N, coils, H, W, 2) attacked at its own setting: one attack per
+    budget, per-sample regions and contrasts. Returns ``(x_adv, report rows)``."""
+    from defend.attacks import HallucinationAttack
+
+    x_adv, rows = x.copy(), [{} for _ in range(len(x))]
+    budgets = sorted(set(zip(settings["norm"], settings["eps"].tolist(), strict=True)))
+    for norm, eps in budgets:
+        picked = np.flatnonzero(
+            (np.asarray(settings["norm"]) == norm) & (settings["eps"] == np.float32(eps))
+        )
+        attack = HallucinationAttack(
+            estimator,
+            eps=float(eps),
+            norm=norm,
+            max_iter=max_iter,
+            region_mask=settings["region"][picked],
+            alpha=settings["alpha"][picked],
+            seed=seed,
+        )
+        x_adv[picked] = attack.generate(x[picked], indices=positions[picked])
+        for i, row in zip(picked, attack.report_rows(), strict=True):
+            rows[i] = row
+    return x_adv, rows
+
+
+def _same_norm_noise(
+    x: np.ndarray, x_adv: np.ndarray, measured: np.ndarray, split: str, positions: np.ndarray,
+    seed: int,
+) -> np.ndarray:  # fmt: skip
+    """Gaussian noise on the ``measured`` entries of each slice with the l2 norm of its
+    attack's perturbation ``x_adv - x`` (a hard negative)."""
+    noisy = x.copy()
+    for i, position in enumerate(positions):
+        rng = np.random.default_rng(_seed(seed, split, int(position), "noise"))
+        noise = rng.standard_normal(x.shape[1:]).astype(np.float32) * measured[i]
+        size = np.linalg.norm(x_adv[i] - x[i])
+        noisy[i] += noise * (size / max(np.linalg.norm(noise), 1e-30))
+    return noisy
+
+
+def _scores(
+    estimator: Any, x: np.ndarray, clean_recon: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
+    """The reconstruction of k-space ``x`` (N, coils, H, W, 2), the detector's inputs and the
+    baseline scores of each slice (the oracle ones against ``clean_recon`` (N, h, w))."""
+    from defend.detect.features import detector_inputs, kspace_residual
+    from defend.metrics import image_similarity
+
+    xt = torch.as_tensor(x, device=estimator.device)
+    mask = estimator.mask.to(xt.device)
+    with torch.no_grad():
+        recon = estimator.forward(xt)
+        inputs = detector_inputs(xt, mask, recon)
+        residual = kspace_residual(xt, mask, recon)
+    # the map over the reconstruction: both channels carry the same per-sample scale
+    dc_error = inputs[:, 2].flatten(1).norm(dim=1) / inputs[:, 0].flatten(1).norm(dim=1)
+    oracle = [
+        image_similarity(c, r)
+        for c, r in zip(clean_recon.cpu().numpy(), recon.cpu().numpy(), strict=True)
+    ]
+    scores = {k: np.array([o[k] for o in oracle], np.float32) for k in ("psnr", "ssim", "nrmse")}
+    scores["dc_error"] = dc_error.cpu().numpy().astype(np.float32)
+    scores["kspace_residual"] = residual.cpu().numpy().astype(np.float32)
+    return recon, inputs, scores
+
+
+def chunk_samples(
+    estimator: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    positions: np.ndarray,
+    split: str,
+    seed: int = 0,
+    max_iter: int = 150,
+) -> dict[str, np.ndarray]:
+    """The four samples (:data:`KINDS`) of each slice of a chunk (module doc), as arrays of
+    4 N rows in slice-major order (clean, hallucination, noise, pgd of slice 0, then 1 ...).
+
+    Args:
+        estimator: the guarded reconstruction estimator, for this chunk's k-space shape.
+        x: (N, coils, H, W, 2) masked k-space. y: (N, h, w) ground-truth images.
+        positions: (N,) the slices' dataset positions in ``split`` (they seed everything).
+        seed: the data's seed. max_iter: the hallucination attack's iterations.
+    """
+    from defend.attacks.art_pgd import kspace_pgd
+    from defend.attacks.hallucination import sampled_columns
+
+    n, shape = len(x), tuple(y.shape[-2:])
+    settings = draw_settings(split, positions, shape, seed)
+    x_hal, rows = _hallucinate(estimator, x, settings, positions, seed, max_iter)
+    measured = sampled_columns(torch.as_tensor(x), estimator).expand_as(torch.as_tensor(x))
+    x_noise = _same_norm_noise(x, x_hal, measured.numpy(), split, positions, seed)
+    linf = np.where(np.asarray(settings["norm"]) == "inf", settings["eps"], 0.1)
+    x_pgd = kspace_pgd(estimator, x, y, linf.astype(np.float32), steps=10)
+    with torch.no_grad():
+        clean = estimator.forward(torch.as_tensor(x, device=estimator.device))
+    parts = [_scores(estimator, k, clean) for k in (x, x_hal, x_noise, x_pgd)]
+    empty = np.zeros((n, *shape), bool)
+    columns = {
+        "inputs": [p[1].cpu().numpy() for p in parts],
+        "region": [empty, settings["region"].numpy(), empty, empty],
+        "label": [np.full(n, LABELS[k], np.int64) for k in KINDS],
+        "kind": [np.full(n, k) for k in KINDS],
+        "position": [positions] * 4,
+        "norm": [
+            np.full(n, ""),
+            np.asarray(settings["norm"]),
+            np.asarray(settings["norm"]),
+            np.full(n, "inf"),
+        ],  # fmt: skip
+        "eps": [np.zeros(n, np.float32), settings["eps"], settings["eps"], linf],
+        "region_kind": [
+            np.full(n, ""),
+            np.asarray(settings["region_kind"]),
+            np.full(n, ""),
+            np.full(n, ""),
+        ],  # fmt: skip
+        "strength": [
+            np.full(n, np.nan, np.float32),
+            np.array([r["strength"] for r in rows], np.float32),
+            np.full(n, np.nan, np.float32),
+            np.full(n, np.nan, np.float32),
+        ],  # fmt: skip
+    }
+    for key in parts[0][2]:
+        columns[key] = [p[2][key] for p in parts]
+    return {key: _interleave(values) for key, values in columns.items()}
+
+
+def _interleave(values: list[np.ndarray]) -> np.ndarray:
+    """[(N, ...)] * 4 -> (4 N, ...) with the four samples of each slice together."""
+    stacked = np.stack([np.asarray(v) for v in values], axis=1)
+    return stacked.reshape(-1, *stacked.shape[2:])
+
+
+def make_detection_data(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    n: int | None = None,
+    chunk: int = 16,
+    max_iter: int = 150,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Make (or finish) the detection data of ``checkpoint`` on ``data_dir`` (module doc).
+
+    Args:
+        checkpoint: the reconstruction model to guard (``defend train recon``'s).
+        data_dir: its data folder. out: the detection data folder.
+        splits: which splits. n: at most this many slices per split (None: all).
+        chunk: slices per part file. max_iter: the hallucination attack's iterations.
+        seed: what every draw is seeded from.
+
+    Returns:
+        The manifest (also ``out/manifest.json``): settings and slice counts per split.
+    """
+    from defend.data import load_groups
+    from defend.data.arrays import split_size
+    from defend.estimators import load_estimator
+    from defend.io import check_writable, load_checkpoint, write_json
+
+    if chunk < 1 or max_iter < 1 or (n is not None and n < 1):
+        raise DefendError(f"chunk, max_iter and n must be >= 1, got {chunk}, {max_iter}, {n}")
+    unknown = [s for s in splits if s not in SETTINGS]
+    if unknown:
+        raise DefendError(f"unknown split {unknown[0]!r}: choose from {', '.join(SETTINGS)}")
+    out = check_writable(out, "dir")
+    ckpt = load_checkpoint(checkpoint, "recon")
+    estimator = load_estimator(ckpt, device=device)
+    sizes = {s: min(split_size(Path(data_dir), "recon", s, ckpt), n or math.inf) for s in splits}
+    manifest = {
+        "version": VERSION,
+        "checkpoint": {"file": Path(checkpoint).name, "model_config": ckpt["model_config"]},
+        "seed": seed,
+        "max_iter": max_iter,
+        "chunk": chunk,
+        "settings": {s: SETTINGS[s] for s in splits},
+        "slices": {s: int(v) for s, v in sizes.items()},
+    }
+    _check_manifest(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
+    todo = [(s, first) for s in splits for first in range(0, int(sizes[s]), chunk)]
+    bar = tqdm(todo, desc="detection data", disable=not progress)
+    for split, first in bar:
+        path = out / split / f"part-{first // chunk:04d}.npz"
+        if path.exists():
+            continue
+        positions = np.arange(first, min(first + chunk, int(sizes[split])))
+        groups = load_groups(Path(data_dir), "recon", split, indices=positions, checkpoint=ckpt)
+        parts = [
+            chunk_samples(estimator.reshaped(x.shape[1:]), x, y, pos, split, seed, max_iter)
+            for x, y, pos in groups
+        ]
+        _save_part(path, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    return manifest
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """A folder holding data of other settings is refused (the parts would not match)."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    changed = [k for k in manifest if old.get(k) != json.loads(json.dumps(manifest[k]))]
+    if changed:
+        raise DefendError(
+            f"{path.parent} holds detection data with other {', '.join(changed)}; "
+            "choose another folder or remove it"
+        )
+
+
+def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from defend.io import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def load_detection_data(folder: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+    """All samples of one split of a detection data folder: the arrays of
+    :func:`chunk_samples` (``inputs`` (M, 3, h, w), ``region`` (M, h, w), ``label`` ...)."""
+    root = Path(folder) / split
+    parts = sorted(root.glob("part-*.npz"))
+    if not parts:
+        raise DefendError(f"{root}: no detection data (make it with defend detect data)")
+    loaded = []
+    for part in parts:
+        with np.load(part, allow_pickle=False) as f:
+            loaded.append({k: f[k] for k in f.files})
+    return {k: np.concatenate([p[k] for p in loaded]) for k in loaded[0]}
