@@ -25,24 +25,31 @@ from defend.smooth.certify import certify_split
 from defend.smooth.denoiser import train_denoiser
 from defend.train import TrainConfig
 
-#: per task: base checkpoint, sigma, certify counts, the attack and its parameters
+#: per task: base checkpoint, sigma, certify counts, which test samples are certified and
+#: attacked (count, every k-th), the attack and its parameters
 TASKS: dict[str, dict[str, Any]] = {
     "cls": {
         "checkpoint": "cls-standard.pt",
         "sigma": 0.25,
         "counts": {"n0": 64, "n": 500, "alpha": 0.001},
+        "certified": (16, 2),
+        "attacked": (8, 4),
         "attack": ("dgde", {}),
     },
     "seg": {
         "checkpoint": "seg-standard.pt",
         "sigma": 0.25,
         "counts": {"n0": 64, "n": 500, "alpha": 0.001},
+        "certified": (16, 2),
+        "attacked": (8, 4),
         "attack": ("seg-fgsm", {"eps": 0.1, "max_iter": 10}),
     },
     "recon": {
         "checkpoint": "unet-standard.pt",
         "sigma": 0.25,
         "counts": {"n0": 16, "n": 1000, "alpha": 0.05},
+        "certified": (8, 4),
+        "attacked": (4, 8),
         "attack": ("hallucination", {"max_iter": 50}),
         "denoiser": {"depth": 6, "width": 24},  # 40 % of the default's cost: CPU time
     },
@@ -76,13 +83,14 @@ def denoisers(run: Path, task: str, spec: dict[str, Any], epochs: int) -> dict[s
     return out
 
 
-def certificates(run: Path, task: str, spec: dict[str, Any], dens: dict, n: int, skip: int) -> dict:
+def certificates(run: Path, task: str, spec: dict[str, Any], dens: dict) -> dict:
     """``defend certify`` without and with each denoiser: the summaries, by name."""
     results = {}
+    n, skip = spec["certified"]
     for name, den in {"none": None, **dens}.items():
         out = folder(run, spec) / f"certify-{task}-{name}"
         if (out / "summary.json").exists():
-            results[name] = json.loads((out / "summary.json").read_text())
+            results[name] = _cached(out / "summary.json", {**spec["counts"], "skip": skip}, n)
             continue
         results[name] = certify_split(
             run / spec["checkpoint"],
@@ -99,9 +107,10 @@ def certificates(run: Path, task: str, spec: dict[str, Any], dens: dict, n: int,
     return results
 
 
-def attacks(run: Path, task: str, spec: dict[str, Any], den: Path, n: int, skip: int) -> dict:
+def attacks(run: Path, task: str, spec: dict[str, Any], den: Path) -> dict:
     """The attack against the base model, the smoothed model and the denoised smoothed one."""
     name, params = spec["attack"]
+    n, skip = spec["attacked"]
     results = {}
     settings = {
         "plain": None,
@@ -112,6 +121,8 @@ def attacks(run: Path, task: str, spec: dict[str, Any], den: Path, n: int, skip:
         out = folder(run, spec) / f"attack-{task}-{label}"
         if (out / "metrics.json").exists():
             results[label] = json.loads((out / "metrics.json").read_text())
+            if (results[label]["attacked"], results[label].get("skip")) != (n, skip):
+                raise SystemExit(f"{out} holds another sample selection: remove it")
             continue
         results[label] = run_attack(
             name,
@@ -126,15 +137,19 @@ def attacks(run: Path, task: str, spec: dict[str, Any], den: Path, n: int, skip:
     return results
 
 
+def _cached(path: Path, settings: dict[str, Any], n: int) -> dict[str, Any]:
+    """A finished certify run's summary, if it was made with these settings."""
+    summary = json.loads(path.read_text())
+    if summary["n_samples"] != n or any(summary["settings"][k] != v for k, v in settings.items()):
+        raise SystemExit(f"{path.parent} holds a run of other settings: remove it")
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/smoothing.md"))
     parser.add_argument("--tasks", default="cls,seg,recon")
-    parser.add_argument("--n-samples", type=int, default=8)
-    parser.add_argument("--skip", type=int, default=2, help="certify every skip-th test sample")
-    parser.add_argument("--attack-samples", type=int, default=4)
-    parser.add_argument("--attack-skip", type=int, default=4, help="attack every k-th sample")
     parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
     everything = {}
@@ -143,11 +158,9 @@ def main() -> None:
         print(f"== {task}: denoisers", flush=True)
         dens = denoisers(args.run, task, spec, args.epochs)
         print(f"== {task}: certificates", flush=True)
-        certs = certificates(args.run, task, spec, dens, args.n_samples, args.skip)
+        certs = certificates(args.run, task, spec, dens)
         print(f"== {task}: attacks", flush=True)
-        attacked = attacks(
-            args.run, task, spec, dens["mse-stability"], args.attack_samples, args.attack_skip
-        )
+        attacked = attacks(args.run, task, spec, dens["mse-stability"])
         everything[task] = {"spec": spec, "certify": certs, "attacks": attacked}
     tables = "\n\n".join(render(task, result) for task, result in everything.items())
     write_text(args.out.with_suffix(".tables.md"), tables + "\n")
