@@ -6,6 +6,7 @@ Notebook entry points::
     est = defend.load_estimator("runs/demo/recon-unet.pt")      # an ART estimator
     x, y = defend.load_arrays("runs/demo/data", "recon", "val", 8)  # its input format
     smoothed = defend.load_smoothed("runs/demo/cls-resnet18.pt", sigma=0.25)  # certify()
+    detector = defend.load_detector("runs/det.pt")        # score(x, recon), heatmap(x, recon)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load_arrays", "load_estimator", "load_smoothed"]
+__all__ = ["load_arrays", "load_detector", "load_estimator", "load_smoothed"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import defend` stays cheap
@@ -25,6 +26,10 @@ def __getattr__(name: str) -> Any:  # lazy: `import defend` stays cheap
         from defend.smooth import load_smoothed
 
         return load_smoothed
+    if name == "load_detector":
+        from defend.detect.detector import load_detector
+
+        return load_detector
     if name == "load_arrays":
         from defend.data import load_arrays
 

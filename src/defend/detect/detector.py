@@ -1,0 +1,258 @@
+"""The learned hallucination detector: a small CNN with an image score and a pixel map.
+
+:class:`HallucinationDetector` reads the three deployment images of
+:func:`~defend.detect.features.detector_inputs` (B, 3, h, w) through fastMRI's U-Net with two
+output channels: channel 0 is the per-pixel hallucination logit (the map), channel 1 the
+evidence whose top 1 % is averaged into the image logit (the score). One forward pass gives
+both, so a localised feature raises the score where the map fires.
+
+:class:`DetectTask` trains it in the one training loop (:func:`defend.train.loop.fit`): loss
+per sample = BCE of the image logit against the label + BCE of the map against the region
+(pixels of a hallucination up-weighted by :data:`POS_WEIGHT`); the map term is left out for
+samples whose region is unknown (ART PGD: attacked, but not in one place). Validation: AUROC
+of the score (monitored), AUPRC, and the map's IoU on hallucinations at logit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastmri.models import Unet
+from torch import nn
+from torch.utils.data import Dataset
+
+from defend.errors import CheckpointError, DefendError
+from defend.tasks import Batch, Task
+
+#: the weight of a hallucinated pixel in the map loss (regions cover ~1 % of an image)
+POS_WEIGHT = 10.0
+#: the share of pixels whose evidence makes the image score
+TOP_SHARE = 0.01
+
+
+class HallucinationDetector(nn.Module):
+    """Image score and pixel map of a reconstruction's deployment images.
+
+    Args:
+        chans: the U-Net's first-layer channels. pools: its down-sampling levels.
+
+    ``forward(inputs (B, 3, h, w)) -> (score (B,), map (B, h, w))``, both logits.
+    """
+
+    def __init__(self, chans: int = 16, pools: int = 3) -> None:
+        super().__init__()
+        self.net = Unet(in_chans=3, out_chans=2, chans=chans, num_pool_layers=pools)
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(inputs)
+        evidence = out[:, 1].flatten(1)
+        k = max(1, round(TOP_SHARE * evidence.shape[1]))
+        return evidence.topk(k, dim=1).values.mean(1), out[:, 0]
+
+
+class DetectionSet(Dataset):
+    """Detection samples (:func:`~defend.detect.data.load_detection_data`'s arrays) as batch
+    dicts: ``input`` (3, h, w), ``region`` (h, w) float, ``label`` float, ``pixel`` (1 where
+    the region is known: every kind but ``pgd``)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["label"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        a = self.arrays
+        return {
+            "input": torch.as_tensor(a["inputs"][i]),
+            "region": torch.as_tensor(a["region"][i], dtype=torch.float32),
+            "label": torch.tensor(float(a["label"][i])),
+            "pixel": torch.tensor(float(a["kind"][i] != "pgd")),
+        }
+
+    def shape_keys(self) -> list[tuple]:
+        return [tuple(self.arrays["inputs"].shape[1:])] * len(self)
+
+
+class DetectTask(Task):
+    """Training and validation of a :class:`HallucinationDetector` (module doc)."""
+
+    name = "detect"
+    monitor = "auroc"
+    loss_name = "bce-image+map"
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        score, heatmap = model(batch["input"])
+        return torch.cat([score[:, None], heatmap.flatten(1)], dim=1)
+
+    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        score, heatmap = pred[:, 0], pred[:, 1:]
+        image = F.binary_cross_entropy_with_logits(score, batch["label"], reduction="none")
+        region = batch["region"].flatten(1)
+        weight = torch.tensor(POS_WEIGHT, device=pred.device)
+        pixels = F.binary_cross_entropy_with_logits(
+            heatmap, region, pos_weight=weight, reduction="none"
+        ).mean(1)
+        return image + batch["pixel"] * pixels
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        scores, labels, inter, union = [], [], 0.0, 0.0
+        for batch in batches:
+            score, heatmap = model(batch["input"])
+            scores.append(score.float().cpu())
+            labels.append(batch["label"].cpu())
+            shown = batch["region"].flatten(1).sum(1) > 0
+            hit, truth = heatmap[shown] > 0, batch["region"][shown] > 0.5
+            inter += float((hit & truth).sum())
+            union += float((hit | truth).sum())
+        y, s = torch.cat(labels).numpy(), torch.cat(scores).numpy()
+        both = len(np.unique(y)) == 2
+        return {
+            "auroc": float(roc_auc_score(y, s)) if both else float("nan"),
+            "auprc": float(average_precision_score(y, s)) if both else float("nan"),
+            "map_iou": inter / union if union else float("nan"),
+        }
+
+
+def train_detector(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    chans: int = 16,
+    fpr: float = 0.05,
+    config: Any = None,
+    resume: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """Train a detector on a detection data folder (``make_detection_data``'s) and calibrate
+    it: the score threshold at false-positive rate ``fpr`` on the validation split is stored
+    in the checkpoint (and in its ``.best`` twin).
+
+    Args:
+        data: the detection data folder (its train and val splits).
+        out: the detector checkpoint. chans: the U-Net's first-layer channels.
+        fpr: the false-positive rate the stored threshold keeps on validation data.
+        config: :class:`~defend.train.TrainConfig`.
+
+    Returns:
+        The per-epoch history (validation AUROC, AUPRC, map IoU).
+    """
+    from defend.detect.data import load_detection_data
+    from defend.device import seed_everything
+    from defend.io import check_writable
+    from defend.train import TrainConfig
+    from defend.train.loop import best_path, fit, run_config
+
+    if not 0 < fpr < 1:
+        raise DefendError(f"--fpr must be in (0, 1), got {fpr}")
+    config = config or TrainConfig()
+    out = check_writable(out, "file")
+    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    train_set = DetectionSet(load_detection_data(data, "train"))
+    val_set = DetectionSet(load_detection_data(data, "val"))
+    seed_everything(config.seed)
+    model = HallucinationDetector(chans)
+    meta = {
+        "kind": "detector",
+        "model_config": {"chans": chans},
+        "data": {"detection": manifest, "input_shape": list(train_set.arrays["inputs"].shape[1:])},
+        "run": run_config(config, data=manifest["checkpoint"], seed_data=manifest["seed"]),
+    }
+    history = fit(DetectTask(), model, train_set, val_set, config, out, meta=meta,
+                  resume=resume, log=log)  # fmt: skip
+    for path in (out, best_path(out)):
+        if path.exists():
+            calibrate(path, val_set, fpr)
+    return history
+
+
+def calibrate(path: Path, val_set: DetectionSet, fpr: float) -> float:
+    """Store in checkpoint ``path`` the score threshold whose false-positive rate on the
+    validation negatives is at most ``fpr`` (rewritten atomically); returns it."""
+    from defend.io import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    detector = _build(ckpt)
+    negatives = val_set.arrays["label"] == 0
+    scores = _scores(detector, val_set.arrays["inputs"][negatives])
+    threshold = float(np.quantile(scores, 1 - fpr, method="higher"))
+    ckpt["calibration"] = {"fpr": fpr, "threshold": threshold, "negatives": int(negatives.sum())}
+    save_checkpoint(path, ckpt)
+    return threshold
+
+
+def _build(ckpt: dict[str, Any]) -> HallucinationDetector:
+    detector = HallucinationDetector(**ckpt["model_config"])
+    detector.load_state_dict(ckpt["state_dict"])
+    return detector.eval()
+
+
+def _scores(detector: nn.Module, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    device = next(detector.parameters()).device
+    with torch.no_grad():
+        return np.concatenate([
+            detector(torch.as_tensor(inputs[i : i + batch], device=device))[0].cpu().numpy()
+            for i in range(0, len(inputs), batch)
+        ])  # fmt: skip
+
+
+class Detector:
+    """A trained detector at deployment: numpy in, numpy out (``defend.load_detector``).
+
+    Args:
+        module: the :class:`HallucinationDetector`. threshold: the calibrated score
+            threshold (``score > threshold``: flagged), or None.
+    """
+
+    def __init__(self, module: HallucinationDetector, threshold: float | None = None) -> None:
+        self.module, self.threshold = module.eval(), threshold
+
+    def inputs(self, x: Any, recon: Any) -> torch.Tensor:
+        """The deployment images (B, 3, h, w) of masked k-space ``x`` (B, coils, H, W, 2)
+        and the guarded model's output ``recon`` (B, h, w); the mask is read off ``x``
+        (its measured columns)."""
+        from defend.detect.features import detector_inputs
+        from defend.models.recon import acquired_columns
+
+        device = next(self.module.parameters()).device
+        xt = torch.as_tensor(np.asarray(x, np.float32), device=device)
+        rt = torch.as_tensor(np.asarray(recon, np.float32), device=device)
+        return detector_inputs(xt, acquired_columns(xt), rt)
+
+    def score(self, x: Any, recon: Any) -> np.ndarray:
+        """(B,) image logits: higher is more likely hallucinated."""
+        with torch.no_grad():
+            return self.module(self.inputs(x, recon))[0].cpu().numpy()
+
+    def heatmap(self, x: Any, recon: Any) -> np.ndarray:
+        """(B, h, w) per-pixel hallucination probabilities."""
+        with torch.no_grad():
+            return torch.sigmoid(self.module(self.inputs(x, recon))[1]).cpu().numpy()
+
+    def flag(self, x: Any, recon: Any) -> np.ndarray:
+        """(B,) bool: the score above the calibrated threshold."""
+        if self.threshold is None:
+            raise DefendError("this detector has no calibrated threshold")
+        return self.score(x, recon) > self.threshold
+
+
+def load_detector(path: str | os.PathLike, device: str | None = None) -> Detector:
+    """The detector of a ``defend train detector`` checkpoint."""
+    from defend.device import pick_device
+    from defend.io import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "detector":
+        raise CheckpointError(f"{path}: not a detector checkpoint (defend train detector)")
+    module = _build(ckpt).to(pick_device(device))
+    return Detector(module, ckpt.get("calibration", {}).get("threshold"))

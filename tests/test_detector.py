@@ -1,0 +1,85 @@
+"""The learned hallucination detector: training in the one loop, calibration, deployment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import defend
+from defend.detect.data import load_detection_data, make_detection_data
+from defend.detect.detector import DetectionSet, DetectTask, load_detector, train_detector
+from defend.errors import CheckpointError
+from defend.io import load_checkpoint
+from defend.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def detector(unet_ckpt, synth_dir, tmp_path_factory):
+    """A detector trained 2 epochs on tiny detection data of the test U-Net."""
+    folder = tmp_path_factory.mktemp("detect")
+    make_detection_data(unet_ckpt, synth_dir, folder, splits=("train", "val"), n=4, chunk=4,
+                        max_iter=3, progress=False)  # fmt: skip
+    config = TrainConfig(epochs=2, batch_size=8, progress=False)
+    history = train_detector(folder, folder / "det.pt", chans=4, config=config, log=lambda s: None)
+    return folder, history
+
+
+def test_trains_in_the_loop_and_resumes(detector):
+    folder, history = detector
+    assert len(history) == 2 and {"auroc", "auprc", "map_iou", "train_loss"} <= set(history[-1])
+    ckpt = load_checkpoint(folder / "det.pt")
+    assert ckpt["task"] == "detect" and ckpt["kind"] == "detector"
+    assert (folder / "det.best.pt").exists()
+    config = TrainConfig(epochs=2, batch_size=8, progress=False)
+    lines: list[str] = []
+    train_detector(folder, folder / "det.pt", chans=4, config=config, log=lines.append)
+    assert any("already trained" in line for line in lines)
+
+
+def test_calibrated_threshold_keeps_the_false_positive_rate(detector):
+    folder, _ = detector
+    det = load_detector(folder / "det.pt")
+    ckpt = load_checkpoint(folder / "det.pt")
+    assert ckpt["calibration"]["fpr"] == 0.05 and det.threshold is not None
+    val = load_detection_data(folder, "val")
+    with torch.no_grad():
+        scores = det.module(torch.as_tensor(val["inputs"]))[0].numpy()
+    negatives = val["label"] == 0
+    assert (scores[negatives] > det.threshold).mean() <= 0.05
+    assert (scores[negatives] >= det.threshold).any()  # the threshold is a negative's score
+
+
+def test_deployment_scores_are_the_training_inputs(detector, unet_ckpt, synth_dir):
+    """``score(x, recon)`` from the estimator's input and output (the mask read off x) is
+    the detector on exactly the images it was trained on (the clean val samples)."""
+    folder, _ = detector
+    det = defend.load_detector(folder / "det.pt")
+    x, _ = defend.load_arrays(synth_dir, "recon", "val", 2, checkpoint=unet_ckpt)
+    recon = defend.load_estimator(unet_ckpt).predict(x)
+    val = load_detection_data(folder, "val")
+    clean = val["inputs"][val["kind"] == "clean"][:2]
+    with torch.no_grad():
+        expected = det.module(torch.as_tensor(clean))[0].numpy()
+    np.testing.assert_allclose(det.score(x, recon), expected, rtol=1e-4, atol=1e-5)
+    heat = det.heatmap(x, recon)
+    assert heat.shape == recon.shape and ((heat >= 0) & (heat <= 1)).all()
+    assert det.flag(x, recon).dtype == bool
+
+
+def test_loss_uses_the_map_only_where_the_region_is_known(detector):
+    folder, _ = detector
+    data = DetectionSet(load_detection_data(folder, "train"))
+    batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in data[0]}
+    pred = torch.zeros(4, 1 + batch["region"][0].numel())
+    task = DetectTask()
+    base = task.loss(pred, batch)
+    pred[:, 1:] = 5.0  # the map fires everywhere
+    fired = task.loss(pred, batch)
+    known = batch["pixel"] > 0
+    assert (fired[known] > base[known]).all() and torch.equal(fired[~known], base[~known])
+
+
+def test_other_checkpoints_are_refused(unet_ckpt):
+    with pytest.raises(CheckpointError, match="not a detector checkpoint"):
+        load_detector(unet_ckpt)
