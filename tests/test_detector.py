@@ -83,3 +83,38 @@ def test_loss_uses_the_map_only_where_the_region_is_known(detector):
 def test_other_checkpoints_are_refused(unet_ckpt):
     with pytest.raises(CheckpointError, match="not a detector checkpoint"):
         load_detector(unet_ckpt)
+
+
+def test_separation_and_localisation_by_hand():
+    from defend.detect.evaluate import localisation, separation
+
+    labels = np.array([0, 0, 0, 1, 1])
+    perfect = separation(labels, np.array([0.1, 0.2, 0.3, 0.8, 0.9]))
+    assert perfect["auroc"] == 1.0 and perfect["tpr_at_5fpr"] == 1.0
+    flipped = separation(labels, -np.array([0.1, 0.2, 0.3, 0.8, 0.9]))
+    assert flipped["auroc"] == 0.0 and flipped["tpr_at_5fpr"] == 0.0
+    assert separation(labels, np.array([np.inf, 0, 0, np.inf, 1.0]))["auroc"] < 1  # inf is fine
+    region = np.zeros((2, 4, 4), bool)
+    region[:, 1:3, 1:3] = True
+    heat = np.zeros((2, 4, 4))
+    heat[0, 1:3, 1:3] = 0.9  # exactly the region
+    heat[1, 0, 0] = 0.9  # elsewhere
+    result = localisation(heat, region)
+    assert result["iou"] == pytest.approx(4 / 9) and result["pointing"] == 0.5
+
+
+def test_eval_writes_scores_metrics_and_roc(detector, tmp_path):
+    import csv
+
+    from defend.detect.evaluate import BASELINES, evaluate_detector
+
+    folder, _ = detector
+    metrics = evaluate_detector(folder / "det.pt", folder, tmp_path, split="val")
+    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    head = ["index", "label", "attack", "eps", "region", "score", *BASELINES]
+    assert list(rows[0]) == head and len(rows) == 16
+    assert {"hallucination", "pgd"} <= set(metrics["groups"])
+    for group in metrics["groups"].values():
+        assert set(group) == {"detector", *BASELINES}
+        assert all(0 <= m["auroc"] <= 1 for m in group.values())
+    assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "metrics.json").exists()

@@ -172,3 +172,20 @@ def plot_sweep(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_roc(
+    path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, dashed: tuple = ()
+) -> Path:
+    """ROC curves ``{name: (fpr, tpr)}``; the names in ``dashed`` drawn dashed (e.g. the
+    baselines that need a reference)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, "--" if name in dashed else "-", label=name)
+    ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,151 @@
+"""``defend detect eval``: the detector beside the baselines, on the same samples.
+
+:func:`evaluate_detector` scores every sample of a detection data split with the learned
+detector and with each baseline, oriented so that higher means "attacked":
+
+* oracle (need the clean reconstruction, an upper bound for metric screening):
+  ``-psnr``, ``-ssim``, ``nrmse`` of the reconstruction against the clean one;
+* reference-free: ``dc_error`` (the measurement map's norm over the reconstruction's) and
+  ``kspace_residual`` (:func:`~defend.detect.features.kspace_residual`).
+
+Groups, each the attacked samples of one kind against all negatives (clean and noise):
+``hallucination`` (every setting), ``hallucination/<norm>/<eps>``, ``hallucination/<region>``
+and ``pgd`` (ART PGD, reported apart). Per group and method: AUROC, AUPRC and the TPR at 5 %
+FPR (scikit-learn). The map's localisation on hallucinations: IoU at probability 0.5 and the
+pointing accuracy (the map's maximum inside the true region).
+
+Files: ``OUT/scores.csv`` (``index,label,attack,eps,region,score`` and one column per
+baseline), ``OUT/metrics.json``, ``OUT/roc.png``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: the baselines: column of the detection data -> orientation (+1: higher is "attacked")
+BASELINES = {"psnr": -1, "ssim": -1, "nrmse": 1, "dc_error": 1, "kspace_residual": 1}
+#: which need the clean reference
+ORACLE = ("psnr", "ssim", "nrmse")
+#: the false-positive rate of the reported TPR
+FPR = 0.05
+
+
+def separation(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPRC and the TPR at :data:`FPR` of ``scores`` (N,) for binary ``labels`` (N,)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    scores = np.nan_to_num(scores.astype(np.float64), posinf=1e12, neginf=-1e12)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "auprc": float(average_precision_score(labels, scores)),
+        "tpr_at_5fpr": float(tpr[fpr <= FPR].max()),
+        "positives": int(labels.sum()),
+        "negatives": int((1 - labels).sum()),
+    }
+
+
+def groups(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """(N,) bool masks of the samples of each group (module doc), negatives included."""
+    kind = data["kind"]
+    negative = (kind == "clean") | (kind == "noise")
+    hallucination = kind == "hallucination"
+    out = {"hallucination": hallucination | negative, "pgd": (kind == "pgd") | negative}
+    norms, epss = data["norm"][hallucination], data["eps"][hallucination].tolist()
+    budgets = sorted(set(zip(norms, epss, strict=True)))
+    for norm, eps in budgets:
+        picked = hallucination & (data["norm"] == norm) & (data["eps"] == np.float32(eps))
+        out[f"hallucination/{norm}/{eps:g}"] = picked | negative
+    for region in sorted(set(data["region_kind"][hallucination])):
+        picked = hallucination & (data["region_kind"] == region)
+        out[f"hallucination/{region}"] = picked | negative
+    return out
+
+
+def localisation(heat: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """IoU at probability 0.5 and pointing accuracy of maps ``heat`` (N, h, w) against the
+    true regions (N, h, w) of hallucinated samples."""
+    hit, truth = heat > 0.5, region.astype(bool)
+    union = (hit | truth).sum()
+    peak = heat.reshape(len(heat), -1).argmax(1)
+    pointed = truth.reshape(len(truth), -1)[np.arange(len(truth)), peak]
+    return {
+        "iou": float((hit & truth).sum() / union) if union else float("nan"),
+        "pointing": float(pointed.mean()) if len(pointed) else float("nan"),
+        "samples": len(heat),
+    }
+
+
+def _detector_outputs(detector: Any, inputs: np.ndarray, batch: int = 64) -> tuple:
+    scores, maps = [], []
+    module = detector.module
+    device = next(module.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(inputs), batch):
+            score, heat = module(torch.as_tensor(inputs[i : i + batch], device=device))
+            scores.append(score.cpu().numpy())
+            maps.append(torch.sigmoid(heat).cpu().numpy())
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def evaluate_detector(
+    detector: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    split: str = "test",
+) -> dict[str, Any]:
+    """Score a detection data split with the detector and the baselines (module doc).
+
+    Returns:
+        The metrics (also ``out/metrics.json``): ``{"groups": {group: {method: {...}}},
+        "localisation": {...}, "threshold": ...}``.
+    """
+    from defend.detect.data import load_detection_data
+    from defend.detect.detector import load_detector
+    from defend.io import check_writable, write_csv, write_json
+
+    out = check_writable(out, "dir")
+    det = load_detector(detector)
+    arrays = load_detection_data(data, split)
+    score, heat = _detector_outputs(det, arrays["inputs"])
+    methods = {"detector": score}
+    methods.update({k: sign * arrays[k] for k, sign in BASELINES.items()})
+    labels = arrays["label"].astype(np.int64)
+    metrics: dict[str, Any] = {"groups": {}, "split": split, "threshold": det.threshold}
+    for name, mask in groups(arrays).items():
+        if len(np.unique(labels[mask])) == 2:
+            metrics["groups"][name] = {
+                m: separation(labels[mask], s[mask]) for m, s in methods.items()
+            }
+    hallucinated = arrays["kind"] == "hallucination"
+    metrics["localisation"] = localisation(heat[hallucinated], arrays["region"][hallucinated])
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"index": i, "label": int(labels[i]), "attack": str(arrays["kind"][i]),
+         "eps": float(arrays["eps"][i]), "region": str(arrays["region_kind"][i]),
+         "score": float(score[i]), **{k: float(arrays[k][i]) for k in BASELINES}}
+        for i in range(len(labels))
+    ]  # fmt: skip
+    write_csv(out / "scores.csv", rows)
+    write_json(out / "metrics.json", metrics)
+    _plot_roc(out / "roc.png", labels, methods, groups(arrays)["hallucination"])
+    return metrics
+
+
+def _plot_roc(path: Path, labels: np.ndarray, methods: dict[str, np.ndarray], mask: np.ndarray):
+    """ROC curves of every method on one group (hallucinations against the negatives)."""
+    from sklearn.metrics import roc_curve
+
+    from defend.plots import plot_roc
+
+    curves = {}
+    for name, scores in methods.items():
+        finite = np.nan_to_num(scores[mask].astype(np.float64), posinf=1e12, neginf=-1e12)
+        curves[name] = roc_curve(labels[mask], finite)[:2]
+    title = "hallucination vs clean + noise (dashed: needs the clean reference)"
+    return plot_roc(path, curves, title, dashed=ORACLE)
