@@ -8,7 +8,7 @@ import torch
 
 import defend
 from defend.detect.data import load_detection_data, make_detection_data
-from defend.detect.detector import DetectionSet, DetectTask, load_detector, train_detector
+from defend.detect.detector import DetectionSet, DetectTask, fit_detector, load_detector
 from defend.errors import CheckpointError
 from defend.io import load_checkpoint
 from defend.train import TrainConfig
@@ -21,7 +21,7 @@ def detector(unet_ckpt, synth_dir, tmp_path_factory):
     make_detection_data(unet_ckpt, synth_dir, folder, splits=("train", "val"), n=4, chunk=4,
                         max_iter=3, progress=False)  # fmt: skip
     config = TrainConfig(epochs=2, batch_size=8, progress=False)
-    history = train_detector(folder, folder / "det.pt", chans=4, config=config, log=lambda s: None)
+    history = fit_detector(folder, folder / "det.pt", chans=4, config=config, log=lambda s: None)
     return folder, history
 
 
@@ -33,7 +33,7 @@ def test_trains_in_the_loop_and_resumes(detector):
     assert (folder / "det.best.pt").exists()
     config = TrainConfig(epochs=2, batch_size=8, progress=False)
     lines: list[str] = []
-    train_detector(folder, folder / "det.pt", chans=4, config=config, log=lines.append)
+    fit_detector(folder, folder / "det.pt", chans=4, config=config, log=lines.append)
     assert any("already trained" in line for line in lines)
 
 
@@ -118,3 +118,30 @@ def test_eval_writes_scores_metrics_and_roc(detector, tmp_path):
         assert set(group) == {"detector", *BASELINES}
         assert all(0 <= m["auroc"] <= 1 for m in group.values())
     assert (tmp_path / "roc.png").stat().st_size > 0 and (tmp_path / "metrics.json").exists()
+
+
+def test_cli_train_detector_then_eval(unet_ckpt, tmp_path):
+    """`defend train detector` makes the detection data beside the detector and trains it;
+    `defend detect eval` adds the test split with the same settings and prints the table."""
+    from typer.testing import CliRunner
+
+    from defend.cli import app
+    from defend.data import synthesize
+
+    data = tmp_path / "data"
+    synthesize(data, size=32, coils=2, volumes=3, slices=2, seed=1, progress=False)
+
+    def invoke(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    det = tmp_path / "det.pt"
+    invoke("train", "detector", "--checkpoint", unet_ckpt, "--data", data, "--out", det,
+           "--epochs", "1", "--no-progress")  # fmt: skip
+    assert (tmp_path / "det.data" / "manifest.json").exists() and det.exists()
+    shown = invoke("detect", "eval", "--detector", det, "--checkpoint", unet_ckpt, "--data",
+                   data, "--out", tmp_path / "eval", "--no-progress")  # fmt: skip
+    assert "hallucination" in shown and "IoU" in shown
+    assert (tmp_path / "det.data" / "test" / "part-0000.npz").exists()
+    assert (tmp_path / "eval" / "scores.csv").exists()

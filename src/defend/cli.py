@@ -86,10 +86,17 @@ def data_synth(
 
 @app.command("train")
 def train(
-    task: str = typer.Argument(..., help="recon, seg, cls, or denoiser (for --checkpoint)."),
+    task: str = typer.Argument(
+        ..., help="recon, seg, cls, or denoiser / detector (for --checkpoint)."
+    ),
     data: Path = typer.Option(..., help="Data folder (defend data synth output or real data)."),
     out: Path = typer.Option(..., help="Checkpoint to write (resumed if it exists)."),
-    checkpoint: Path = typer.Option(None, help="denoiser: the base model it is trained for."),
+    checkpoint: Path = typer.Option(
+        None, help="denoiser / detector: the model it is trained for (detector: a recon one)."
+    ),
+    detection_data: Path = typer.Option(
+        None, help="detector: where its detection data is kept (default OUT.data)."
+    ),
     sigma: float = typer.Option(
         None, help="denoiser: noise level (images: [0, 1] units; recon: relative, see README)."
     ),
@@ -148,8 +155,15 @@ def train(
             data, out, checkpoint, sigma, objective, depth, width, epochs, batch_size, lr, seed,
             device, workers, resume, progress,
         )  # fmt: skip
-    if checkpoint is not None or sigma is not None:
-        raise DefendError("--checkpoint and --sigma are for defend train denoiser")
+    if task == "detector":
+        return _train_detector(
+            data, out, checkpoint, detection_data, epochs, batch_size, lr, seed, device, workers,
+            resume, progress,
+        )  # fmt: skip
+    if checkpoint is not None or sigma is not None or detection_data is not None:
+        raise DefendError(
+            "--checkpoint, --sigma and --detection-data are for defend train denoiser / detector"
+        )
     check_task(task)  # device and --out are checked first thing by train_model
     from defend.data import Acquisition
     from defend.train import TrainConfig, default_schedule, make_objective, train_model
@@ -235,10 +249,75 @@ def _train_denoiser(
         typer.echo(f"denoiser checkpoint {out}: " + _format_metrics(history[-1]))
 
 
+def _train_detector(
+    data: Path,
+    out: Path,
+    checkpoint: Path | None,
+    detection_data: Path | None,
+    epochs: int | None,
+    batch_size: int,
+    lr: float | None,
+    seed: int,
+    device: str | None,
+    workers: int,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """``defend train detector``: :func:`defend.detect.detector.train_detector`."""
+    from defend.detect.detector import train_detector
+    from defend.train import TrainConfig
+    from defend.train.distributed import is_main_process
+
+    if checkpoint is None:
+        raise DefendError("defend train detector needs --checkpoint RECON.pt (the model it guards)")
+    config = TrainConfig(
+        epochs=12 if epochs is None else epochs,
+        batch_size=batch_size,
+        lr=1e-3 if lr is None else lr,
+        seed=seed,
+        device=device,
+        num_workers=workers,
+        progress=progress,
+    )
+    history = train_detector(
+        checkpoint, data, out, detection_data=detection_data, config=config, resume=resume,
+        progress=progress, log=typer.echo,
+    )  # fmt: skip
+    if history and is_main_process():
+        typer.echo(f"detector checkpoint {out}: " + _format_metrics(history[-1]))
+
+
 def _format_metrics(metrics: dict[str, Any]) -> str:
     return "  ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
     )
+
+
+detect_app = typer.Typer(help="Hallucination detectors.", no_args_is_help=True)
+app.add_typer(detect_app, name="detect")
+
+
+@detect_app.command("eval")
+def detect_eval(
+    detector: Path = typer.Option(..., help="A defend train detector checkpoint."),
+    checkpoint: Path = typer.Option(..., help="The reconstruction model it guards."),
+    data: Path = typer.Option(..., help="Data folder."),
+    out: Path = typer.Option(..., help="Folder for scores.csv, metrics.json, roc.png."),
+    split: str = typer.Option("test", help="The split to evaluate on (held-out settings)."),
+    detection_data: Path = typer.Option(None, help="Detection data folder (default DET.data)."),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: CUDA if present)."),
+    progress: bool = PROGRESS,
+) -> None:
+    """The detector beside oracle and reference-free baselines, per attack and budget."""
+    from defend.detect.evaluate import detect_eval as evaluate
+    from defend.detect.evaluate import format_metrics
+
+    metrics = evaluate(
+        detector, checkpoint, data, out, split=split, detection_data=detection_data,
+        device=device, progress=progress,
+    )  # fmt: skip
+    typer.echo(format_metrics(metrics))
+    typer.echo(f"wrote {out}/scores.csv, metrics.json, roc.png")
 
 
 attack_app = typer.Typer(help="Run an attack against a checkpoint.", no_args_is_help=True)

@@ -272,10 +272,10 @@ def make_detection_data(
         "seed": seed,
         "max_iter": max_iter,
         "chunk": chunk,
-        "settings": {s: SETTINGS[s] for s in splits},
+        "settings": SETTINGS,
         "slices": {s: int(v) for s, v in sizes.items()},
     }
-    _check_manifest(out / "manifest.json", manifest)
+    manifest = _merge_manifest(out / "manifest.json", manifest)
     write_json(out / "manifest.json", manifest)
     todo = [(s, first) for s in splits for first in range(0, int(sizes[s]), chunk)]
     bar = tqdm(todo, desc="detection data", disable=not progress)
@@ -293,17 +293,22 @@ def make_detection_data(
     return manifest
 
 
-def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """A folder holding data of other settings is refused (the parts would not match)."""
+def _merge_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The folder's manifest with this run's splits added; a folder holding data of other
+    settings (or other slice counts for a split) is refused, as its parts would not match."""
     if not path.exists():
-        return
+        return manifest
     old = json.loads(path.read_text())
-    changed = [k for k in manifest if old.get(k) != json.loads(json.dumps(manifest[k]))]
+    new = json.loads(json.dumps(manifest))
+    changed = [k for k in new if k != "slices" and old.get(k) != new[k]]
+    slices = old.get("slices", {})
+    changed += [f"{s} slices" for s, v in new["slices"].items() if slices.get(s, v) != v]
     if changed:
         raise DefendError(
             f"{path.parent} holds detection data with other {', '.join(changed)}; "
             "choose another folder or remove it"
         )
+    return {**new, "slices": {**slices, **new["slices"]}}
 
 
 def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -125,6 +125,44 @@ class DetectTask(Task):
 
 
 def train_detector(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    detection_data: str | os.PathLike | None = None,
+    max_iter: int = 150,
+    chans: int = 16,
+    fpr: float = 0.05,
+    config: Any = None,
+    resume: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """``defend train detector``: make (or reuse) the detection data of the reconstruction
+    model ``checkpoint`` on ``data_dir``'s train and val splits, then :func:`fit_detector`.
+
+    Args:
+        detection_data: where the detection data is kept (default ``OUT.data`` beside the
+            detector; its test split is what ``defend detect eval`` adds).
+        max_iter: the hallucination attack's iterations (its default).
+        The rest: :func:`fit_detector`'s.
+    """
+    from defend.detect.data import make_detection_data
+
+    folder = Path(detection_data) if detection_data else default_data_folder(out)
+    log(f"detection data: {folder}")
+    make_detection_data(checkpoint, data_dir, folder, splits=("train", "val"),
+                        max_iter=max_iter, seed=(config.seed if config else 0),
+                        device=config.device if config else None, progress=progress)  # fmt: skip
+    return fit_detector(folder, out, chans=chans, fpr=fpr, config=config, resume=resume, log=log)
+
+
+def default_data_folder(detector: str | os.PathLike) -> Path:
+    """Where a detector's detection data is kept by default: ``DET.data`` beside it."""
+    return Path(detector).with_suffix(".data")
+
+
+def fit_detector(
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,

@@ -149,3 +149,57 @@ def _plot_roc(path: Path, labels: np.ndarray, methods: dict[str, np.ndarray], ma
         curves[name] = roc_curve(labels[mask], finite)[:2]
     title = "hallucination vs clean + noise (dashed: needs the clean reference)"
     return plot_roc(path, curves, title, dashed=ORACLE)
+
+
+def detect_eval(
+    detector: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split: str = "test",
+    detection_data: str | os.PathLike | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``defend detect eval``: make (or reuse) the detection data of ``split`` with the
+    detector's own data settings (attack iterations, seed), then :func:`evaluate_detector`.
+
+    Args:
+        detector: a ``defend train detector`` checkpoint. checkpoint: the reconstruction
+            model it guards. data_dir: the data folder. detection_data: the detection data
+            folder (default: the detector's, ``DET.data``).
+    """
+    from defend.detect.data import make_detection_data
+    from defend.detect.detector import default_data_folder
+    from defend.errors import DefendError
+    from defend.io import check_writable, load_checkpoint
+
+    check_writable(out, "dir")
+    ckpt = load_checkpoint(detector)
+    if ckpt.get("kind") != "detector":
+        raise DefendError(f"{detector}: not a detector checkpoint (defend train detector)")
+    made = ckpt["data"]["detection"]
+    guarded = load_checkpoint(checkpoint, "recon")
+    if made["checkpoint"]["model_config"] != guarded["model_config"]:
+        raise DefendError(
+            f"{detector} was trained on the outputs of {made['checkpoint']['file']}, "
+            f"a model unlike {Path(checkpoint).name}"
+        )
+    folder = Path(detection_data) if detection_data else default_data_folder(detector)
+    make_detection_data(checkpoint, data_dir, folder, splits=(split,), chunk=made["chunk"],
+                        max_iter=made["max_iter"], seed=made["seed"], device=device,
+                        progress=progress)  # fmt: skip
+    return evaluate_detector(detector, folder, out, split)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The AUROC table of :func:`evaluate_detector`'s metrics (a row a group, a column a
+    method) and the map's localisation."""
+    methods = list(next(iter(metrics["groups"].values())))
+    lines = [f"{'AUROC':26s}" + "".join(f"{m:>16s}" for m in methods)]
+    for group, result in metrics["groups"].items():
+        lines.append(f"{group:26s}" + "".join(f"{result[m]['auroc']:16.3f}" for m in methods))
+    loc = metrics["localisation"]
+    lines.append(f"map on hallucinations: IoU {loc['iou']:.3f}, pointing {loc['pointing']:.3f}")
+    return "\n".join(lines)
