@@ -145,3 +145,30 @@ def test_cli_train_detector_then_eval(unet_ckpt, tmp_path):
     assert "hallucination" in shown and "IoU" in shown
     assert (tmp_path / "det.data" / "test" / "part-0000.npz").exists()
     assert (tmp_path / "eval" / "scores.csv").exists()
+    shown = invoke("attack", "hallucination", "--checkpoint", unet_ckpt, "--data", data,
+                   "--out", tmp_path / "evade", "--n", "2", "--max-iter", "3", "--evade", det,
+                   "--evade-weight", "2", "--no-progress")  # fmt: skip
+    assert "detector_score" in shown and "flagged" in shown
+
+
+def test_detector_aware_attack_lowers_the_detector_score(detector, unet_ckpt, synth_dir):
+    """Weight 0 is the plain attack (the same perturbation); a large weight lowers the
+    detector's logit on the attacked input against the plain attack, same seed."""
+    from defend.attacks import EvadingHallucination, HallucinationAttack
+
+    folder, _ = detector
+    x, _ = defend.load_arrays(synth_dir, "recon", "test", 3, checkpoint=unet_ckpt)
+    est = defend.load_estimator(unet_ckpt)
+    settings = dict(max_iter=10, patience=0, region_size=4)
+    plain = HallucinationAttack(est, **settings).generate(x)
+    zero = EvadingHallucination(est, detector=folder / "det.pt", evade_weight=0.0, **settings)
+    np.testing.assert_allclose(zero.generate(x), plain, rtol=1e-5, atol=1e-7)
+    scores = {}
+    for weight in (0.0, 50.0):
+        attack = EvadingHallucination(est, detector=folder / "det.pt", evade_weight=weight,
+                                      **settings)  # fmt: skip
+        attack.generate(x)
+        rows = attack.report_rows()
+        scores[weight] = np.mean([r["detector_score"] for r in rows])
+        assert all(r["flagged"] in (0.0, 1.0) for r in rows)
+    assert scores[50.0] < scores[0.0]

@@ -445,6 +445,10 @@ def attack_hallucination(
     smooth_sigma: float = SMOOTH_SIGMA,
     denoiser: Path = DENOISER,
     eot: int = EOT,
+    evade: Path = typer.Option(
+        None, help="A detector checkpoint: attack it jointly (its score in the attack's loss)."
+    ),
+    evade_weight: float = typer.Option(1.0, help="With --evade: the weight of its score."),
     progress: bool = PROGRESS,
 ) -> None:
     """Masked iterative FGSM in k-space: make a reconstruction hallucinate (seed 000)."""
@@ -452,8 +456,9 @@ def attack_hallucination(
     if region_mask is not None:
         mask = _read_mask(region_mask)
     center = _pair(region_center, "region-center")
+    evading = {} if evade is None else {"detector": evade, "evade_weight": evade_weight}
     _run_attack(
-        "hallucination",
+        "hallucination" if evade is None else "hallucination-evade",
         _common(
             checkpoint,
             data,
@@ -484,6 +489,7 @@ def attack_hallucination(
             "weight_outside": weight_outside,
             "seed": seed,
             "batch_size": batch_size,
+            **evading,
         },
         progress,
     )

@@ -5,6 +5,8 @@
 - :class:`SegmentationFGSM` (image -> per-pixel logits): FGSM / PGD with BCE, Dice,
   Dice+Focal or the training loss.
 - :class:`DGDE` (any ART classifier): black-box few-pixel differential evolution.
+- :class:`EvadingHallucination`: the hallucination attack with a detector's score in its
+  loss (the adaptive attack on a detector).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 _CLASSES = {
     "TorchAttack": "base",
     "DGDE": "dgde",
+    "EvadingHallucination": "evading",
     "HallucinationAttack": "hallucination",
     "SegmentationFGSM": "seg_fgsm",
     "region_mask": "region",
@@ -24,11 +27,13 @@ _ATTACKS = {
     "hallucination": ("HallucinationAttack", "recon"),
     "seg-fgsm": ("SegmentationFGSM", "seg"),
     "dgde": ("DGDE", "cls"),
+    "hallucination-evade": ("EvadingHallucination", "recon"),
 }
 
 __all__ = [
     "ATTACKS",
     "DGDE",
+    "EvadingHallucination",
     "HallucinationAttack",
     "SegmentationFGSM",
     "TorchAttack",

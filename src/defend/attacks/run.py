@@ -195,7 +195,8 @@ def run_attack(
     widths and coil counts: see :func:`attack_groups`).
 
     Args:
-        name: ``hallucination``, ``seg-fgsm`` or ``dgde``.
+        name: a key of :data:`defend.attacks.ATTACKS` (``hallucination``,
+            ``hallucination-evade``, ``seg-fgsm``, ``dgde``).
         checkpoint: a ``defend train`` checkpoint of the attack's task.
         data_dir: data folder (``defend data synth`` output or real data).
         out: output folder for metrics and figures.
@@ -261,7 +262,7 @@ def attack_warnings(name: str, summary: dict[str, dict[str, float]]) -> list[str
     """What a reader must not miss in an attack's summary (one line each)."""
     warnings = []
     psnr = summary.get("input_psnr", {}).get("mean", math.nan)
-    if name == "hallucination" and math.isfinite(psnr) and psnr < VISIBLE_PSNR:
+    if name.startswith("hallucination") and math.isfinite(psnr) and psnr < VISIBLE_PSNR:
         warnings.append(
             f"input PSNR {psnr:.1f} dB < {VISIBLE_PSNR:.0f} dB: the perturbation is visible in "
             "the zero-filled input; lower --eps for an imperceptible attack"
@@ -315,7 +316,7 @@ def _figure(
 ) -> None:
     from defend import plots
 
-    if name == "hallucination":
+    if name.startswith("hallucination"):
         from defend.models.recon import zero_filled
 
         clean, adv = estimator.predict(x), estimator.predict(x_adv)
