@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -149,6 +151,11 @@ def test_cli_train_detector_then_eval(unet_ckpt, tmp_path):
                    "--out", tmp_path / "evade", "--n", "2", "--max-iter", "3", "--evade", det,
                    "--evade-weight", "2", "--no-progress")  # fmt: skip
     assert "detector_score" in shown and "flagged" in shown
+    shown = invoke("detect", "evade", "--detector", det, "--checkpoint", unet_ckpt, "--data",
+                   data, "--out", tmp_path / "ev", "--weights", "0,5", "--n", "2",
+                   "--max-iter", "3")  # fmt: skip
+    rows = json.loads((tmp_path / "ev" / "evasion.json").read_text())["rows"]
+    assert [r["evade_weight"] for r in rows] == [0.0, 5.0] and "AUROC" in shown
 
 
 def test_detector_aware_attack_lowers_the_detector_score(detector, unet_ckpt, synth_dir):

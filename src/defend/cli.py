@@ -320,6 +320,38 @@ def detect_eval(
     typer.echo(f"wrote {out}/scores.csv, metrics.json, roc.png")
 
 
+@detect_app.command("evade")
+def detect_evade(
+    detector: Path = typer.Option(..., help="A defend train detector checkpoint."),
+    checkpoint: Path = typer.Option(..., help="The reconstruction model it guards."),
+    data: Path = typer.Option(..., help="Data folder."),
+    out: Path = typer.Option(..., help="Folder for evasion.json."),
+    weights: str = typer.Option("0,1,10,100", help="Comma-separated --evade-weight values."),
+    n: int = typer.Option(16, help="Slices attacked per weight."),
+    split: str = typer.Option("test", help="The split (its detection data gives negatives)."),
+    max_iter: int = typer.Option(150, help="The attack's iterations."),
+    detection_data: Path = typer.Option(None, help="Detection data folder (default DET.data)."),
+) -> None:
+    """The detector-aware attack at each weight: AUROC, flagged share and strength."""
+    from defend.detect.evaluate import evaluate_evasion
+
+    try:
+        values = tuple(float(w) for w in weights.split(","))
+    except ValueError:
+        raise DefendError(f"--weights expects comma-separated numbers, got '{weights}'") from None
+    result = evaluate_evasion(
+        detector, checkpoint, data, out, weights=values, n=n, split=split,
+        detection_data=detection_data, params={"max_iter": max_iter},
+    )  # fmt: skip
+    typer.echo(f"{'weight':>8s} {'AUROC':>7s} {'TPR@5%':>7s} {'flagged':>8s} {'strength':>9s}")
+    for r in result["rows"]:
+        typer.echo(
+            f"{r['evade_weight']:8g} {r['auroc']:7.3f} {r['tpr_at_5fpr']:7.3f} "
+            f"{r['flagged']:8.3f} {r['strength']:9.3f}"
+        )
+    typer.echo(f"wrote {out}/evasion.json")
+
+
 attack_app = typer.Typer(help="Run an attack against a checkpoint.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
 

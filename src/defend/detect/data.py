@@ -327,7 +327,9 @@ def load_detection_data(folder: str | os.PathLike, split: str) -> dict[str, np.n
     root = Path(folder) / split
     parts = sorted(root.glob("part-*.npz"))
     if not parts:
-        raise DefendError(f"{root}: no detection data (make it with defend detect data)")
+        raise DefendError(
+            f"{root}: no detection data (defend train detector and defend detect eval make it)"
+        )
     loaded = []
     for part in parts:
         with np.load(part, allow_pickle=False) as f:
