@@ -12,8 +12,9 @@ volume is in two splits), makes four samples:
   l2 0.1, l-inf 0.03) that train and val never show;
 * ``noise`` (label 0): Gaussian noise on the measured k-space entries with the l2 norm of
   that slice's hallucination perturbation, a hard negative;
-* ``pgd`` (label 1, reported apart): ART's PGD on the sampled k-space at the slice's l-inf
-  budget, raising the reconstruction error without a localised feature.
+* ``pgd`` (label 1, reported apart): ART's PGD on the sampled k-space (10 steps) at the
+  slice's l-inf budget (0.1 where the slice's budget is l2), raising the reconstruction
+  error without a localised feature.
 
 Each sample keeps what a detector sees (:func:`~defend.detect.features.detector_inputs`,
 (3, h, w)), its (h, w) region (all False but for hallucinations), its settings and the
