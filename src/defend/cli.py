@@ -227,26 +227,15 @@ def _train_denoiser(
 ) -> None:
     """``defend train denoiser``: :func:`defend.smooth.denoiser.train_denoiser`."""
     from defend.smooth.denoiser import train_denoiser
-    from defend.train import TrainConfig
-    from defend.train.distributed import is_main_process
 
     if checkpoint is None or sigma is None:
         raise DefendError("defend train denoiser needs --checkpoint BASE.pt and --sigma S")
-    config = TrainConfig(
-        epochs=8 if epochs is None else epochs,
-        batch_size=batch_size,
-        lr=1e-3 if lr is None else lr,
-        seed=seed,
-        device=device,
-        num_workers=workers,
-        progress=progress,
-    )
+    config = _helper_config(8, epochs, batch_size, lr, seed, device, workers, progress)
     history = train_denoiser(
         checkpoint, data, out, sigma, objective=objective, depth=depth, width=width,
         config=config, resume=resume, log=typer.echo,
     )  # fmt: skip
-    if history and is_main_process():
-        typer.echo(f"denoiser checkpoint {out}: " + _format_metrics(history[-1]))
+    _show_final("denoiser", out, history)
 
 
 def _train_detector(
@@ -265,13 +254,26 @@ def _train_detector(
 ) -> None:
     """``defend train detector``: :func:`defend.detect.detector.train_detector`."""
     from defend.detect.detector import train_detector
-    from defend.train import TrainConfig
-    from defend.train.distributed import is_main_process
 
     if checkpoint is None:
         raise DefendError("defend train detector needs --checkpoint RECON.pt (the model it guards)")
-    config = TrainConfig(
-        epochs=12 if epochs is None else epochs,
+    config = _helper_config(12, epochs, batch_size, lr, seed, device, workers, progress)
+    history = train_detector(
+        checkpoint, data, out, detection_data=detection_data, config=config, resume=resume,
+        progress=progress, log=typer.echo,
+    )  # fmt: skip
+    _show_final("detector", out, history)
+
+
+def _helper_config(
+    default_epochs: int, epochs: int | None, batch_size: int, lr: float | None, seed: int,
+    device: str | None, workers: int, progress: bool,
+) -> Any:  # fmt: skip
+    """The TrainConfig of a denoiser or detector run (lr 1e-3 unless given)."""
+    from defend.train import TrainConfig
+
+    return TrainConfig(
+        epochs=default_epochs if epochs is None else epochs,
         batch_size=batch_size,
         lr=1e-3 if lr is None else lr,
         seed=seed,
@@ -279,12 +281,14 @@ def _train_detector(
         num_workers=workers,
         progress=progress,
     )
-    history = train_detector(
-        checkpoint, data, out, detection_data=detection_data, config=config, resume=resume,
-        progress=progress, log=typer.echo,
-    )  # fmt: skip
+
+
+def _show_final(kind: str, out: Path, history: list[dict[str, Any]]) -> None:
+    """The last epoch's metrics of a run (process 0 only)."""
+    from defend.train.distributed import is_main_process
+
     if history and is_main_process():
-        typer.echo(f"detector checkpoint {out}: " + _format_metrics(history[-1]))
+        typer.echo(f"{kind} checkpoint {out}: " + _format_metrics(history[-1]))
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:

@@ -212,7 +212,7 @@ def run_attack(
         ``{"attack", "params", "summary", "rows", "files", "attacked", "shapes", ...}``.
     """
     from defend.data import load_groups
-    from defend.data.arrays import split_size
+    from defend.data.arrays import every_kth
     from defend.estimators import load_estimator
 
     if name not in ATTACKS:
@@ -230,7 +230,7 @@ def run_attack(
     if skip == 1:
         groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)
     else:
-        every = np.arange(0, split_size(data_dir, task, split, ckpt), skip)[:n]
+        every = every_kth(data_dir, task, split, n, skip, ckpt)
         groups = load_groups(data_dir, task, split, indices=every, checkpoint=ckpt)
     results = attack_groups(name, estimator, groups, params)
     rows = sorted((row for r in results for row in r["rows"]), key=lambda row: row["index"])

@@ -360,6 +360,19 @@ def split_size(
     return len(_open_split(data_dir, task, split, None, None, checkpoint, None, None, None))
 
 
+def every_kth(
+    data_dir: Path,
+    task: str,
+    split: str,
+    n: int,
+    skip: int,
+    checkpoint: str | os.PathLike | Mapping | None = None,
+) -> np.ndarray:
+    """Dataset positions ``0, skip, 2 skip, ...`` of a split, ``n`` at most (int64), for
+    :func:`load_arrays`' ``indices`` (locuslab's ``--skip``)."""
+    return np.arange(0, split_size(data_dir, task, split, checkpoint), skip)[:n]
+
+
 def _open_split(
     data_dir: Path,
     task: str,

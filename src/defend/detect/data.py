@@ -134,10 +134,11 @@ def _same_norm_noise(
 
 
 def _scores(
-    estimator: Any, x: np.ndarray, clean_recon: torch.Tensor
+    estimator: Any, x: np.ndarray, clean_recon: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
     """The reconstruction of k-space ``x`` (N, coils, H, W, 2), the detector's inputs and the
-    baseline scores of each slice (the oracle ones against ``clean_recon`` (N, h, w))."""
+    baseline scores of each slice (the oracle ones against ``clean_recon`` (N, h, w); None:
+    ``x`` is the clean k-space, compared with its own reconstruction)."""
     from defend.detect.features import detector_inputs, kspace_residual
     from defend.metrics import image_similarity
 
@@ -147,6 +148,7 @@ def _scores(
         recon = estimator.forward(xt)
         inputs = detector_inputs(xt, mask, recon)
         residual = kspace_residual(xt, mask, recon)
+    clean_recon = recon if clean_recon is None else clean_recon
     # the map over the reconstruction: both channels carry the same per-sample scale
     dc_error = inputs[:, 2].flatten(1).norm(dim=1) / inputs[:, 0].flatten(1).norm(dim=1)
     oracle = [
@@ -187,9 +189,8 @@ def chunk_samples(
     x_noise = _same_norm_noise(x, x_hal, measured.numpy(), split, positions, seed)
     linf = np.where(np.asarray(settings["norm"]) == "inf", settings["eps"], 0.1)
     x_pgd = kspace_pgd(estimator, x, y, linf.astype(np.float32), steps=10)
-    with torch.no_grad():
-        clean = estimator.forward(torch.as_tensor(x, device=estimator.device))
-    parts = [_scores(estimator, k, clean) for k in (x, x_hal, x_noise, x_pgd)]
+    parts = [_scores(estimator, x)]
+    parts += [_scores(estimator, k, parts[0][0]) for k in (x_hal, x_noise, x_pgd)]
     empty = np.zeros((n, *shape), bool)
     columns = {
         "inputs": [p[1].cpu().numpy() for p in parts],

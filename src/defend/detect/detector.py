@@ -222,7 +222,7 @@ def calibrate(path: Path, val_set: DetectionSet, fpr: float) -> float:
     ckpt = load_checkpoint(path)
     detector = _build(ckpt)
     negatives = val_set.arrays["label"] == 0
-    scores = _scores(detector, val_set.arrays["inputs"][negatives])
+    scores = detector_outputs(detector, val_set.arrays["inputs"][negatives])[0]
     threshold = float(np.quantile(scores, 1 - fpr, method="higher"))
     ckpt["calibration"] = {"fpr": fpr, "threshold": threshold, "negatives": int(negatives.sum())}
     save_checkpoint(path, ckpt)
@@ -235,13 +235,19 @@ def _build(ckpt: dict[str, Any]) -> HallucinationDetector:
     return detector.eval()
 
 
-def _scores(detector: nn.Module, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+def detector_outputs(
+    detector: nn.Module, inputs: np.ndarray, batch: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores (N,), maps (N, h, w))`` of a detector on stored inputs (N, 3, h, w), in
+    batches: the image logits and the per-pixel probabilities."""
     device = next(detector.parameters()).device
+    scores, maps = [], []
     with torch.no_grad():
-        return np.concatenate([
-            detector(torch.as_tensor(inputs[i : i + batch], device=device))[0].cpu().numpy()
-            for i in range(0, len(inputs), batch)
-        ])  # fmt: skip
+        for i in range(0, len(inputs), batch):
+            score, heat = detector(torch.as_tensor(inputs[i : i + batch], device=device))
+            scores.append(score.cpu().numpy())
+            maps.append(torch.sigmoid(heat).cpu().numpy())
+    return np.concatenate(scores), np.concatenate(maps)
 
 
 class Detector:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 #: the baselines: column of the detection data -> orientation (+1: higher is "attacked")
 BASELINES = {"psnr": -1, "ssim": -1, "nrmse": 1, "dc_error": 1, "kspace_residual": 1}
@@ -81,18 +80,6 @@ def localisation(heat: np.ndarray, region: np.ndarray) -> dict[str, float]:
     }
 
 
-def _detector_outputs(detector: Any, inputs: np.ndarray, batch: int = 64) -> tuple:
-    scores, maps = [], []
-    module = detector.module
-    device = next(module.parameters()).device
-    with torch.no_grad():
-        for i in range(0, len(inputs), batch):
-            score, heat = module(torch.as_tensor(inputs[i : i + batch], device=device))
-            scores.append(score.cpu().numpy())
-            maps.append(torch.sigmoid(heat).cpu().numpy())
-    return np.concatenate(scores), np.concatenate(maps)
-
-
 def evaluate_detector(
     detector: str | os.PathLike,
     data: str | os.PathLike,
@@ -106,13 +93,13 @@ def evaluate_detector(
         "localisation": {...}, "threshold": ...}``.
     """
     from defend.detect.data import load_detection_data
-    from defend.detect.detector import load_detector
+    from defend.detect.detector import detector_outputs, load_detector
     from defend.io import check_writable, write_csv, write_json
 
     out = check_writable(out, "dir")
     det = load_detector(detector)
     arrays = load_detection_data(data, split)
-    score, heat = _detector_outputs(det, arrays["inputs"])
+    score, heat = detector_outputs(det.module, arrays["inputs"])
     methods = {"detector": score}
     methods.update({k: sign * arrays[k] for k, sign in BASELINES.items()})
     labels = arrays["label"].astype(np.int64)
@@ -234,7 +221,7 @@ def evaluate_evasion(
     from defend.attacks import EvadingHallucination
     from defend.data import load_arrays
     from defend.detect.data import load_detection_data
-    from defend.detect.detector import default_data_folder, load_detector
+    from defend.detect.detector import default_data_folder, detector_outputs, load_detector
     from defend.estimators import load_estimator
     from defend.io import check_writable, write_json
 
@@ -243,7 +230,7 @@ def evaluate_evasion(
     folder = Path(detection_data) if detection_data else default_data_folder(detector)
     negatives = load_detection_data(folder, split)
     negatives = negatives["inputs"][np.isin(negatives["kind"], ["clean", "noise"])]
-    negative_scores, _ = _detector_outputs(det, negatives)
+    negative_scores, _ = detector_outputs(det.module, negatives)
     estimator = load_estimator(checkpoint)
     x, _ = load_arrays(Path(data_dir), "recon", split, n, checkpoint=checkpoint)
     rows = []

@@ -271,9 +271,9 @@ def _every(
     data_dir: Any, task: str, split: str, n_samples: int, skip: int, ckpt: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, positions)`` of every ``skip``-th sample of the split, ``n_samples`` at most."""
-    from defend.data.arrays import load_arrays, split_size
+    from defend.data.arrays import every_kth, load_arrays
 
-    positions = np.arange(0, split_size(data_dir, task, split, ckpt), skip)[:n_samples]
+    positions = every_kth(data_dir, task, split, n_samples, skip, ckpt)
     x, y = load_arrays(data_dir, task, split, indices=positions, checkpoint=ckpt)
     return x, y, positions
 
