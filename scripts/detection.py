@@ -2,13 +2,18 @@
 
     python scripts/detection.py RUN_DIR --out docs/detection.md
 
-RUN_DIR holds ``data/`` and ``unet-standard.pt`` (``scripts/harden.py``'s). The script makes
+RUN_DIR holds ``data/`` and ``unet-standard.pt`` (``scripts/harden.py``'s; the
+``--inputs`` section trains its ``seg-standard`` and ``cls-standard`` too). The script makes
 the detection data of all three splits (``make_detection_data``), trains the detector on
 train / val (``fit_detector``, the function under ``defend train detector``), evaluates it on
 the test split's held-out settings beside the baselines (``defend detect eval``'s function)
 and runs the detector-aware attack at several weights (``defend detect evade``'s). All of it
 stays in RUN_DIR/detection and a rerun resumes; the tables go to ``OUT.tables.md`` and
 ``OUT.json``, and docs/detection.md embeds them.
+
+``--inputs`` measures the input detectors of segmentation and classification instead
+(``defend train input-detector`` and ``defend detect inputs``' functions): tables to
+``OUT.inputs.md`` and ``OUT.inputs.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ SETTINGS: dict[str, Any] = {
     "data": {"chunk": 8, "max_iter": 150},
     "detector": {"chans": 16, "epochs": 12, "batch_size": 16, "lr": 1e-3},
     "evade": {"weights": (0.0, 1.0, 10.0), "n": 8},
+    "inputs": {"epochs": 20, "batch_size": 16, "lr": 1e-3, "chans": 16},
 }
 
 
@@ -36,7 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/detection.md"))
+    parser.add_argument("--inputs", action="store_true", help="the seg / cls input detectors")
     args = parser.parse_args()
+    if args.inputs:
+        return input_detectors(args.run, args.out)
     folder, base = args.run / "detection", args.run / SETTINGS["checkpoint"]
     print("== detection data", flush=True)
     make_detection_data(base, args.run / "data", folder / "data", **SETTINGS["data"])
@@ -54,6 +63,44 @@ def main() -> None:
     tables = render(metrics, evasion)
     write_text(args.out.with_suffix(".tables.md"), tables + "\n")
     write_json(args.out.with_suffix(".json"), jsonable({"eval": metrics, "evade": evasion}))
+    print(tables)
+
+
+def input_detectors(run: Path, out: Path) -> None:
+    """Train and evaluate the seg and cls input detectors of RUN_DIR's standard models at
+    each task's default budget (and, for reference, at l-inf 0.03)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import harden
+
+    from defend.detect.inputs import evaluate_input_detector, train_input_detector
+
+    hardening = harden.Hardening(run, 16, None)
+    hardening.prepare()
+    d = SETTINGS["inputs"]
+    config = TrainConfig(epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"])
+    results, lines = {}, ["| model | budget | attack | n | AUROC | detected | FPR (clean) |",
+                          "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task in ("seg", "cls"):
+        base = hardening.train(harden.spec_named(f"{task}-standard"))
+        for eps in (None, 0.03):
+            name = f"{task}-inputs" + ("" if eps is None else f"-eps{eps:g}")
+            det = run / "detection" / f"{name}.pt"
+            print(f"== {name}", flush=True)
+            history = train_input_detector(base, run / "data", det, eps=eps, chans=d["chans"],
+                                           config=config)  # fmt: skip
+            metrics = evaluate_input_detector(det, det.with_suffix(".data"), "test")
+            results[name] = {"metrics": metrics, "val": history[-1] if history else {}}
+            budget = "default" if eps is None else f"l-inf {eps:g}"
+            for attack, m in metrics.items():
+                if isinstance(m, dict):
+                    lines.append(f"| {task}-standard | {budget} | {attack} | {m['n']} | "
+                                 f"{m['auroc']:.3f} | {m['detected']:.3f} | "
+                                 f"{metrics['false_positive_rate']:.3f} |")  # fmt: skip
+    tables = "\n".join(lines)
+    write_text(out.with_suffix(".inputs.md"), tables + "\n")
+    write_json(out.with_suffix(".inputs.json"), jsonable(results))
     print(tables)
 
 

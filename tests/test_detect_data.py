@@ -17,13 +17,16 @@ from defend.detect.data import (
     make_detection_data,
 )
 from defend.detect.features import (
+    CHANNELS,
     centre_columns,
+    conjugate_parts,
     detector_inputs,
     kspace_residual,
     measurement_map,
     sensitivities,
 )
 from defend.errors import DefendError
+from defend.models.recon import zero_filled
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +75,33 @@ def test_measurement_map_is_the_residual_in_image_space(recon_batch):
 def test_detector_inputs_are_scale_free_and_differentiable(recon_batch):
     xt, mask, _, recon = recon_batch
     inputs = detector_inputs(xt, mask, recon)
-    assert inputs.shape == (4, 3, *recon.shape[-2:]) and inputs.isfinite().all()
+    assert inputs.shape == (4, len(CHANNELS), *recon.shape[-2:]) and inputs.isfinite().all()
     assert torch.allclose(detector_inputs(7 * xt, mask, 7 * recon), inputs, atol=1e-5)
     x = xt.clone().requires_grad_(True)
     f = recon.clone().requires_grad_(True)
     detector_inputs(x, mask, f).sum().backward()
     assert x.grad.isfinite().all() and f.grad.isfinite().all() and x.grad.abs().sum() > 0
+
+
+def test_a_real_kspace_perturbation_shows_in_the_real_part_image_only(recon_batch):
+    """The real and imaginary parts of k-space split the zero-filled image's energy; a
+    perturbation of the real parts in a few columns moves only the first image, and raises the
+    log-ratio channel."""
+    xt, mask, _, recon = recon_batch
+    shape = tuple(recon.shape[-2:])
+    parts = conjugate_parts(xt, shape)
+    zf = zero_filled(xt, shape)
+    energy = parts.square().sum((1, 2, 3))  # the synthetic data is not cropped: all of it
+    assert torch.allclose(energy, zf.square().sum((1, 2)), rtol=1e-4)
+    delta = torch.zeros_like(xt)
+    columns = mask.flatten().nonzero().flatten()[:4]
+    delta[..., columns, 0] = 0.3 * xt.abs().amax()
+    moved = conjugate_parts(xt + delta, shape)
+    assert torch.allclose(moved[:, 1], parts[:, 1], atol=1e-6)
+    assert (moved[:, 0] - parts[:, 0]).abs().amax() > 0.01 * parts[:, 0].amax()
+    ratio = CHANNELS.index("part_log_ratio")
+    before, after = detector_inputs(xt, mask, recon), detector_inputs(xt + delta, mask, recon)
+    assert after[:, ratio].mean() > before[:, ratio].mean()
 
 
 def test_settings_depend_on_the_position_not_the_chunk():
@@ -94,7 +118,7 @@ def test_settings_depend_on_the_position_not_the_chunk():
     assert not budgets & {(n, round(e, 3)) for n, e in SEEN["budgets"]}
 
 
-def test_noise_negatives_have_the_attack_norm_on_measured_entries():
+def test_noise_negatives_have_the_attack_norm_on_movable_entries():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 2, 8, 8, 2)).astype(np.float32)
     measured = np.zeros_like(x)

@@ -87,15 +87,17 @@ def data_synth(
 @app.command("train")
 def train(
     task: str = typer.Argument(
-        ..., help="recon, seg, cls, or denoiser / detector (for --checkpoint)."
+        ..., help="recon, seg, cls, or denoiser / detector / input-detector (--checkpoint)."
     ),
     data: Path = typer.Option(..., help="Data folder (defend data synth output or real data)."),
     out: Path = typer.Option(..., help="Checkpoint to write (resumed if it exists)."),
     checkpoint: Path = typer.Option(
-        None, help="denoiser / detector: the model it is trained for (detector: a recon one)."
+        None,
+        help="denoiser / detector / input-detector: the model it is trained for (detector: "
+        "a recon one; input-detector: a seg or cls one).",
     ),
     detection_data: Path = typer.Option(
-        None, help="detector: where its detection data is kept (default OUT.data)."
+        None, help="detector / input-detector: where its detection data is kept (OUT.data)."
     ),
     sigma: float = typer.Option(
         None, help="denoiser: noise level (images: [0, 1] units; recon: relative, see README)."
@@ -129,7 +131,8 @@ def train(
     eps: float = typer.Option(
         None,
         help="Training budget, in the units of the matching attack: recon 0.1 (relative l-inf, "
-        "as defend attack hallucination), seg 0.008 (as seg-fgsm), cls 8/255.",
+        "as defend attack hallucination), seg 0.008 (as seg-fgsm), cls 8/255; input-detector: "
+        "the budget of the attacks it learns to detect (the same defaults).",
     ),
     steps: int = typer.Option(
         None, help="Attack steps per batch (pgd 7, recon 5, hallucination 5, trades 10)."
@@ -160,9 +163,15 @@ def train(
             data, out, checkpoint, detection_data, epochs, batch_size, lr, seed, device, workers,
             resume, progress,
         )  # fmt: skip
+    if task == "input-detector":
+        return _train_input_detector(
+            data, out, checkpoint, detection_data, eps, epochs, batch_size, lr, seed, device,
+            workers, resume, progress,
+        )  # fmt: skip
     if checkpoint is not None or sigma is not None or detection_data is not None:
         raise DefendError(
-            "--checkpoint, --sigma and --detection-data are for defend train denoiser / detector"
+            "--checkpoint, --sigma and --detection-data are for defend train denoiser / "
+            "detector / input-detector"
         )
     check_task(task)  # device and --out are checked first thing by train_model
     from defend.data import Acquisition
@@ -265,6 +274,26 @@ def _train_detector(
     _show_final("detector", out, history)
 
 
+def _train_input_detector(
+    data: Path, out: Path, checkpoint: Path | None, detection_data: Path | None,
+    eps: float | None, epochs: int | None, batch_size: int, lr: float | None, seed: int,
+    device: str | None, workers: int, resume: bool, progress: bool,
+) -> None:  # fmt: skip
+    """``defend train input-detector``: :func:`defend.detect.inputs.train_input_detector`."""
+    from defend.detect.inputs import train_input_detector
+
+    if checkpoint is None:
+        raise DefendError(
+            "defend train input-detector needs --checkpoint SEG_OR_CLS.pt (the model it guards)"
+        )
+    config = _helper_config(20, epochs, batch_size, lr, seed, device, workers, progress)
+    history = train_input_detector(
+        checkpoint, data, out, detection_data=detection_data, eps=eps, config=config,
+        resume=resume, log=typer.echo,
+    )  # fmt: skip
+    _show_final("input detector", out, history)
+
+
 def _helper_config(
     default_epochs: int, epochs: int | None, batch_size: int, lr: float | None, seed: int,
     device: str | None, workers: int, progress: bool,
@@ -297,7 +326,7 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
     )
 
 
-detect_app = typer.Typer(help="Hallucination detectors.", no_args_is_help=True)
+detect_app = typer.Typer(help="Hallucination and input detectors.", no_args_is_help=True)
 app.add_typer(detect_app, name="detect")
 
 
@@ -322,6 +351,31 @@ def detect_eval(
     )  # fmt: skip
     typer.echo(format_metrics(metrics))
     typer.echo(f"wrote {out}/scores.csv, metrics.json, roc.png")
+
+
+@detect_app.command("inputs")
+def detect_inputs(
+    detector: Path = typer.Option(..., help="A defend train input-detector checkpoint."),
+    detection_data: Path = typer.Option(None, help="Its detection data (default DET.data)."),
+    split: str = typer.Option("test", help="The split to evaluate on."),
+    out: Path = typer.Option(None, help="Write the metrics to this JSON file."),
+) -> None:
+    """An input detector through ART's BinaryInputDetector: AUROC and detection rate per
+    attack, false-positive rate on clean images."""
+    from defend.detect.inputs import evaluate_input_detector
+    from defend.io import write_json
+
+    folder = detection_data or detector.with_suffix(".data")
+    metrics = evaluate_input_detector(detector, folder, split)
+    typer.echo(f"false-positive rate on {metrics['clean']} clean images: "
+               f"{metrics['false_positive_rate']:.3f}")  # fmt: skip
+    for name, m in metrics.items():
+        if isinstance(m, dict):
+            typer.echo(f"{name:>8s}  n {m['n']:4d}  AUROC {m['auroc']:.3f}  "
+                       f"detected {m['detected']:.3f}")  # fmt: skip
+    if out is not None:
+        write_json(out, metrics)
+        typer.echo(f"wrote {out}")
 
 
 @detect_app.command("evade")

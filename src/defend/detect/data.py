@@ -10,14 +10,15 @@ volume is in two splits), makes four samples:
   (:func:`~defend.attacks.region.random_regions`), target contrast, norm and budget. The
   test split holds region shapes (disk, blob) and budgets (the attack's default l-inf 0.1,
   l2 0.1, l-inf 0.03) that train and val never show;
-* ``noise`` (label 0): Gaussian noise on the measured k-space entries with the l2 norm of
-  that slice's hallucination perturbation, a hard negative;
+* ``noise`` (label 0): Gaussian noise on the entries the attack may move (the real parts of
+  the measured k-space, as the seed paper's attack) with the l2 norm of that slice's
+  hallucination perturbation, a hard negative;
 * ``pgd`` (label 1, reported apart): ART's PGD on the sampled k-space (10 steps) at the
   slice's l-inf budget (0.1 where the slice's budget is l2), raising the reconstruction
   error without a localised feature.
 
 Each sample keeps what a detector sees (:func:`~defend.detect.features.detector_inputs`,
-(3, h, w)), its (h, w) region (all False but for hallucinations), its settings and the
+(6, h, w)), its (h, w) region (all False but for hallucinations), its settings and the
 baseline scores: the oracle PSNR / SSIM / NRMSE of the reconstruction against the clean one
 (they need the clean reference) and the reference-free ``dc_error`` (the measurement map's
 norm over the reconstruction's) and ``kspace_residual`` (``||M F S f - y||^2 / ||y||^2``).
@@ -51,7 +52,7 @@ SETTINGS = {"train": SEEN, "val": SEEN, "test": HELD_OUT}
 KINDS = ("clean", "hallucination", "noise", "pgd")
 LABELS = {"clean": 0, "hallucination": 1, "noise": 0, "pgd": 1}
 #: bumped when what a part holds changes (older parts are refused, not mixed in)
-VERSION = 1
+VERSION = 2
 
 
 def draw_settings(split: str, positions: np.ndarray, shape: tuple[int, int], seed: int) -> dict:
@@ -119,15 +120,15 @@ def _hallucinate(
 
 
 def _same_norm_noise(
-    x: np.ndarray, x_adv: np.ndarray, measured: np.ndarray, split: str, positions: np.ndarray,
+    x: np.ndarray, x_adv: np.ndarray, movable: np.ndarray, split: str, positions: np.ndarray,
     seed: int,
 ) -> np.ndarray:  # fmt: skip
-    """Gaussian noise on the ``measured`` entries of each slice with the l2 norm of its
-    attack's perturbation ``x_adv - x`` (a hard negative)."""
+    """Gaussian noise on the ``movable`` entries of each slice (0/1, the shape of ``x``) with
+    the l2 norm of its attack's perturbation ``x_adv - x`` (a hard negative)."""
     noisy = x.copy()
     for i, position in enumerate(positions):
         rng = np.random.default_rng(_seed(seed, split, int(position), "noise"))
-        noise = rng.standard_normal(x.shape[1:]).astype(np.float32) * measured[i]
+        noise = rng.standard_normal(x.shape[1:]).astype(np.float32) * movable[i]
         size = np.linalg.norm(x_adv[i] - x[i])
         noisy[i] += noise * (size / max(np.linalg.norm(noise), 1e-30))
     return noisy
@@ -180,13 +181,15 @@ def chunk_samples(
         seed: the data's seed. max_iter: the hallucination attack's iterations.
     """
     from defend.attacks.art_pgd import kspace_pgd
+    from defend.attacks.budget import KspaceBudget
     from defend.attacks.hallucination import sampled_columns
 
     n, shape = len(x), tuple(y.shape[-2:])
     settings = draw_settings(split, positions, shape, seed)
     x_hal, rows = _hallucinate(estimator, x, settings, positions, seed, max_iter)
-    measured = sampled_columns(torch.as_tensor(x), estimator).expand_as(torch.as_tensor(x))
-    x_noise = _same_norm_noise(x, x_hal, measured.numpy(), split, positions, seed)
+    sampled = sampled_columns(torch.as_tensor(x), estimator).float()
+    movable = KspaceBudget(1.0).movable(sampled).expand(x.shape).numpy()  # the attack's entries
+    x_noise = _same_norm_noise(x, x_hal, movable, split, positions, seed)
     linf = np.where(np.asarray(settings["norm"]) == "inf", settings["eps"], 0.1)
     x_pgd = kspace_pgd(estimator, x, y, linf.astype(np.float32), steps=10)
     parts = [_scores(estimator, x)]
@@ -325,7 +328,7 @@ def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def load_detection_data(folder: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
     """All samples of one split of a detection data folder: the arrays of
-    :func:`chunk_samples` (``inputs`` (M, 3, h, w), ``region`` (M, h, w), ``label`` ...)."""
+    :func:`chunk_samples` (``inputs`` (M, 6, h, w), ``region`` (M, h, w), ``label`` ...)."""
     root = Path(folder) / split
     parts = sorted(root.glob("part-*.npz"))
     if not parts:

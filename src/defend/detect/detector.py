@@ -1,7 +1,7 @@
 """The learned hallucination detector: a small CNN with an image score and a pixel map.
 
 :class:`HallucinationDetector` reads the three deployment images of
-:func:`~defend.detect.features.detector_inputs` (B, 3, h, w) through fastMRI's U-Net with two
+:func:`~defend.detect.features.detector_inputs` (B, 6, h, w) through fastMRI's U-Net with two
 output channels: channel 0 is the per-pixel hallucination logit (the map), channel 1 the
 evidence whose top 1 % is averaged into the image logit (the score). One forward pass gives
 both, so a localised feature raises the score where the map fires.
@@ -28,6 +28,7 @@ from fastmri.models import Unet
 from torch import nn
 from torch.utils.data import Dataset
 
+from defend.detect.features import CHANNELS
 from defend.errors import CheckpointError, DefendError
 from defend.tasks import Batch, Task
 
@@ -43,12 +44,12 @@ class HallucinationDetector(nn.Module):
     Args:
         chans: the U-Net's first-layer channels. pools: its down-sampling levels.
 
-    ``forward(inputs (B, 3, h, w)) -> (score (B,), map (B, h, w))``, both logits.
+    ``forward(inputs (B, 6, h, w)) -> (score (B,), map (B, h, w))``, both logits.
     """
 
     def __init__(self, chans: int = 16, pools: int = 3) -> None:
         super().__init__()
-        self.net = Unet(in_chans=3, out_chans=2, chans=chans, num_pool_layers=pools)
+        self.net = Unet(in_chans=len(CHANNELS), out_chans=2, chans=chans, num_pool_layers=pools)
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.net(inputs)
@@ -59,7 +60,7 @@ class HallucinationDetector(nn.Module):
 
 class DetectionSet(Dataset):
     """Detection samples (:func:`~defend.detect.data.load_detection_data`'s arrays) as batch
-    dicts: ``input`` (3, h, w), ``region`` (h, w) float, ``label`` float, ``pixel`` (1 where
+    dicts: ``input`` (6, h, w), ``region`` (h, w) float, ``label`` float, ``pixel`` (1 where
     the region is known: every kind but ``pgd``)."""
 
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
@@ -238,7 +239,7 @@ def _build(ckpt: dict[str, Any]) -> HallucinationDetector:
 def detector_outputs(
     detector: nn.Module, inputs: np.ndarray, batch: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores (N,), maps (N, h, w))`` of a detector on stored inputs (N, 3, h, w), in
+    """``(scores (N,), maps (N, h, w))`` of a detector on stored inputs (N, 6, h, w), in
     batches: the image logits and the per-pixel probabilities."""
     device = next(detector.parameters()).device
     scores, maps = [], []
@@ -262,7 +263,7 @@ class Detector:
         self.module, self.threshold = module.eval(), threshold
 
     def inputs(self, x: Any, recon: Any) -> torch.Tensor:
-        """The deployment images (B, 3, h, w) of masked k-space ``x`` (B, coils, H, W, 2)
+        """The deployment images (B, 6, h, w) of masked k-space ``x`` (B, coils, H, W, 2)
         and the guarded model's output ``recon`` (B, h, w); the mask is read off ``x``
         (its measured columns)."""
         from defend.detect.features import detector_inputs

@@ -1,14 +1,21 @@
 """What a hallucination detector sees at deployment: no clean reference, no ground truth.
 
 From the measured k-space ``y`` (the estimator's input) and the guarded model's output ``f``
-alone, :func:`detector_inputs` stacks three images (B, 3, h, w):
+alone, :func:`detector_inputs` stacks six images (B, 6, h, w):
 
 * the reconstruction ``f``;
 * the zero-filled reconstruction ``|H+ y|`` (root-sum-of-squares of the coil images);
 * the measurement-space map of Bhadra et al. (2021), the reconstruction's own
   data-consistency error seen in image space: with ``H_c = M F S_c`` (mask, centred FFT,
   coil sensitivity), ``rss_c |H_c+ (H_c f - y_c)|``. A feature that the measurement does not
-  support leaves an error here; one written into the measurement (a strong attack) does not.
+  support leaves an error here; one written into the measurement (a strong attack) does not;
+* the measurement split by its conjugate symmetry (:func:`conjugate_parts`): the images of
+  the real and of the imaginary parts of k-space, ``rss_c |F^-1 Re y_c|`` and
+  ``rss_c |F^-1 i Im y_c|``, and the log-ratio of their local energies (3 x 3 means). In a
+  natural measurement the two carry comparable energy everywhere; a perturbation of the real
+  parts only (the seed paper's attack) adds a localised, point-symmetric excess to the first
+  where it writes its feature. An attacker who moves both parts removes this cue (reported
+  in docs/detection.md), so it is one input among six, not the detector.
 
 The model returns a magnitude image, so the coils' sensitivities (with their phase) are
 estimated from the fully sampled centre of k-space (:func:`sensitivities`, the low-resolution
@@ -27,7 +34,8 @@ from fastmri.data.transforms import center_crop
 from defend.models.recon import _safe_sqrt, as_kspace_mask, zero_filled
 
 #: the channels of :func:`detector_inputs`, in order
-CHANNELS = ("reconstruction", "zero_filled", "measurement_map")
+CHANNELS = ("reconstruction", "zero_filled", "measurement_map", "real_part", "imaginary_part",
+            "part_log_ratio")  # fmt: skip
 
 
 def centre_columns(mask: torch.Tensor) -> torch.Tensor:
@@ -100,18 +108,46 @@ def measurement_map(kspace: torch.Tensor, mask: torch.Tensor, recon: torch.Tenso
     return center_crop(_safe_sqrt(error.square().sum(dim=(1, -1))), tuple(recon.shape[-2:]))
 
 
+def conjugate_parts(kspace: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The root-sum-of-squares images of the real and of the imaginary parts of k-space.
+
+    A real k-space perturbation is, in image space, a conjugate-symmetric one
+    (``d(-r) = conj d(r)``): it shows in the first image only.
+
+    Args:
+        kspace: (B, coils, H, W, 2) masked k-space. shape: the (h, w) centre crop returned.
+
+    Returns:
+        (B, 2, h, w): ``rss_c |F^-1 Re y_c|`` and ``rss_c |F^-1 i Im y_c|``.
+    """
+    keep = torch.eye(2, device=kspace.device, dtype=kspace.dtype)  # rows: real, imaginary
+    images = [fastmri.ifft2c(kspace * keep[i]) for i in range(2)]
+    rss = [_safe_sqrt(image.square().sum(dim=(1, -1))) for image in images]
+    return center_crop(torch.stack(rss, dim=1), shape)
+
+
+def _log_ratio(parts: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """log of the 3 x 3 mean energy of ``parts[:, 0]`` over that of ``parts[:, 1]``, (B, h, w);
+    ``floor`` (B, 1, 1, 1) keeps empty background from dividing by zero."""
+    energy = torch.nn.functional.avg_pool2d(parts.square(), 3, 1, padding=1) + floor
+    return torch.log(energy[:, 0] / energy[:, 1])
+
+
 def detector_inputs(kspace: torch.Tensor, mask: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    """The detector's input images (module doc), each divided by the zero-filled image's 99th
-    percentile.
+    """The detector's input images (module doc): the five images divided by the zero-filled
+    image's 99th percentile, and the (scale-free) log-ratio of the two k-space parts.
 
     Args:
         kspace: (B, coils, H, W, 2) masked k-space. mask: (B or 1, 1, 1, W, 1).
         recon: (B, h, w) the guarded model's output for ``kspace``.
 
     Returns:
-        (B, 3, h, w): :data:`CHANNELS`.
+        (B, 6, h, w): :data:`CHANNELS`.
     """
-    zf = zero_filled(kspace * as_kspace_mask(mask, kspace), recon.shape[-2:])
-    scale = torch.quantile(zf.detach().flatten(1), 0.99, dim=1).clamp_min(1e-12)
-    stack = torch.stack([recon, zf, measurement_map(kspace, mask, recon)], dim=1)
-    return stack / scale.view(-1, 1, 1, 1)
+    kspace = kspace * as_kspace_mask(mask, kspace)
+    zf = zero_filled(kspace, recon.shape[-2:])
+    scale = torch.quantile(zf.detach().flatten(1), 0.99, dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    parts = conjugate_parts(kspace, tuple(recon.shape[-2:])) / scale
+    images = torch.stack([recon, zf, measurement_map(kspace, mask, recon)], dim=1) / scale
+    ratio = _log_ratio(parts, 1e-4 * torch.ones_like(scale))
+    return torch.cat([images, parts, ratio[:, None]], dim=1)

@@ -1,0 +1,334 @@
+"""Input detectors for segmentation and classification: is this image adversarial?
+
+A detector here is a binary classifier on the image a model would see (clean 0, adversarial
+1), so that ART's own ``BinaryInputDetector`` drives it: :func:`input_detector_classifier`
+wraps a trained one as ART's ``PyTorchClassifier`` (two logits) and
+:func:`load_input_detector` returns the ``BinaryInputDetector`` itself (``detect(x)`` ->
+``(report, is_adversarial)``).
+
+Training data (:func:`make_input_detection_data`): every image of a split, clean, and attacked
+by each of the task's :data:`ATTACKS` at the budgets ``defend attack`` and the robustness
+tables use (seg: ``seg-fgsm`` FGSM and 10-step PGD at l-inf 0.008; cls: ART's 20-step PGD
+at 8/255 and DGDE, whose few-pixel images are kept only where it changed the image). The
+splits are the data folder's (by volume). One ``OUT/SPLIT.npz`` per split, written
+atomically; a rerun reuses them. :func:`train_input_detector` trains
+:class:`InputDetectorNet` in the one training loop; :func:`evaluate_input_detector` gives
+the AUROC per attack on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from defend.errors import CheckpointError, DefendError
+from defend.tasks import Batch, Task
+
+#: the attacks each input detector is trained and evaluated on: name -> what makes them
+ATTACKS = {
+    "seg": ("fgsm", "pgd10"),
+    "cls": ("pgd20", "dgde"),
+}
+#: the default l-inf budgets (those of ``defend attack``: images in [0, 1])
+EPS = {"seg": 0.008, "cls": 8 / 255}
+
+
+def _attack(name: str, estimator: Any, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+    """``x`` (N, C, H, W) attacked by ``name`` (one of :data:`ATTACKS`' [task]) at l-inf
+    ``eps`` (DGDE has no eps: it changes few pixels, as far as it needs)."""
+    from defend.attacks.art_pgd import art_pgd
+    from defend.attacks.run import attack_arrays
+
+    if name == "fgsm":
+        return attack_arrays(estimator, "seg-fgsm", x, y, {"eps": eps})[0]
+    if name == "pgd10":
+        return attack_arrays(estimator, "seg-fgsm", x, y, {"eps": eps, "max_iter": 10})[0]
+    if name == "pgd20":
+        labels = np.eye(estimator.nb_classes, dtype=np.float32)[y]
+        return art_pgd(estimator, eps, 20, 64).generate(x, y=labels)
+    if name == "dgde":
+        return attack_arrays(estimator, "dgde", x, y)[0]
+    raise DefendError(f"unknown input attack {name!r}")
+
+
+def split_samples(
+    task: str, estimator: Any, x: np.ndarray, y: np.ndarray, eps: float
+) -> dict[str, Any]:
+    """The clean images of a split and their attacked versions, as detection samples:
+    ``image`` (M, C, H, W) float32, ``label`` (M,) 0/1, ``attack`` (M,) ('' for clean),
+    ``index`` (M,) the image's position in the split."""
+    images, labels, attacks, index = [x], [np.zeros(len(x), np.int64)], [np.full(len(x), "")], []
+    index.append(np.arange(len(x)))
+    for name in ATTACKS[task]:
+        x_adv = _attack(name, estimator, x, y, eps).astype(np.float32)
+        changed = np.abs(x_adv - x).reshape(len(x), -1).max(1) > 0
+        images.append(x_adv[changed])
+        labels.append(np.ones(int(changed.sum()), np.int64))
+        attacks.append(np.full(int(changed.sum()), name))
+        index.append(np.flatnonzero(changed))
+    return {
+        "image": np.concatenate(images).astype(np.float32),
+        "label": np.concatenate(labels),
+        "attack": np.concatenate(attacks),
+        "index": np.concatenate(index),
+    }
+
+
+def make_input_detection_data(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    n: int | None = None,
+    eps: float | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Make (or reuse) the input-detection data of a seg or cls ``checkpoint`` (module doc).
+
+    Args:
+        checkpoint: the guarded model. data_dir: its data folder. out: the data folder.
+        splits: which splits. n: at most this many images per split (None: all).
+        eps: the l-inf budget of the gradient attacks (default :data:`EPS`, ``defend
+            attack``'s).
+        seed: the attacks' seed (DGDE's draws, PGD's random start).
+
+    Returns:
+        The manifest (``out/manifest.json``): task, attacks, budget, images per split.
+    """
+    from defend.data import load_arrays
+    from defend.device import seed_everything
+    from defend.estimators import load_estimator
+    from defend.io import check_writable, load_checkpoint, write_json
+
+    ckpt = load_checkpoint(checkpoint)
+    task = ckpt.get("task")
+    if task not in ATTACKS:
+        raise CheckpointError(f"{checkpoint}: input detectors guard seg or cls models, not {task}")
+    eps = EPS[task] if eps is None else float(eps)
+    if not 0 < eps <= 1:
+        raise DefendError(f"eps must be in (0, 1] (images are in [0, 1]), got {eps}")
+    out = check_writable(out, "dir")
+    estimator = load_estimator(ckpt, device=device)
+    manifest = {"task": task, "checkpoint": Path(checkpoint).name, "attacks": ATTACKS[task],
+                "eps": eps, "seed": seed, "n": n}  # fmt: skip
+    old = out / "manifest.json"
+    if old.exists() and json.loads(old.read_text()) != json.loads(json.dumps(manifest)):
+        raise DefendError(f"{out} holds input-detection data of other settings; remove it")
+    write_json(old, manifest)
+    for split in splits:
+        path = out / f"{split}.npz"
+        if path.exists():
+            continue
+        seed_everything(seed)
+        x, y = load_arrays(Path(data_dir), task, split, n, checkpoint=ckpt)
+        log(f"input-detection data: {split} ({len(x)} images, attacks {', '.join(ATTACKS[task])})")
+        _save(path, split_samples(task, estimator, x, y, eps))
+    return manifest
+
+
+def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from defend.io import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def load_input_detection_data(folder: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
+    """One split of :func:`make_input_detection_data`'s folder (its arrays)."""
+    path = Path(folder) / f"{split}.npz"
+    if not path.exists():
+        raise DefendError(f"{path}: no input-detection data (defend train input-detector)")
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+#: the gain of the high-pass residual channels: a budget of 0.008 becomes ~0.4
+RESIDUAL_GAIN = 50.0
+
+
+class InputDetectorNet(nn.Module):
+    """A small all-convolutional binary classifier: ``(B, C, H, W) -> logits (B, 2)``
+    (clean, adversarial).
+
+    Its input is the image and, as steganalysis detectors do, its fixed high-pass residual
+    ``x - mean_3x3(x)`` amplified by :data:`RESIDUAL_GAIN`: a perturbation of a few
+    thousandths is invisible beside the image's contrast, not beside its smooth regions'
+    residual. Full resolution in the first layer, global mean pooling at the end.
+
+    Args:
+        in_chans: image channels. chans: first-layer channels (doubled at each of 3 strides).
+    """
+
+    def __init__(self, in_chans: int = 1, chans: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 2 * in_chans
+        for i, stride in enumerate((1, 2, 2, 2)):
+            out = chans * 2 ** max(i - 1, 0)
+            layers += [nn.Conv2d(width, out, 3, stride, 1), nn.BatchNorm2d(out), nn.ReLU()]
+            width = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x - F.avg_pool2d(x, 3, 1, padding=1, count_include_pad=False)
+        inputs = torch.cat([x, RESIDUAL_GAIN * residual], dim=1)
+        return self.head(self.features(inputs).mean(dim=(2, 3)))
+
+
+class InputSet(Dataset):
+    """Input-detection samples as batch dicts: ``input`` (C, H, W), ``label`` () long."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["label"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "input": torch.as_tensor(self.arrays["image"][i]),
+            "label": torch.tensor(int(self.arrays["label"][i])),
+        }
+
+    def shape_keys(self) -> list[tuple]:
+        return [tuple(self.arrays["image"].shape[1:])] * len(self)
+
+
+class InputDetectTask(Task):
+    """Training and validation of an :class:`InputDetectorNet`: cross-entropy of the two
+    logits, AUROC of the adversarial logit margin (monitored) and accuracy."""
+
+    name = "input-detect"
+    monitor = "auroc"
+    loss_name = "cross-entropy"
+
+    def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(pred, batch["label"], reduction="none")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        from sklearn.metrics import roc_auc_score
+
+        scores, labels = [], []
+        for batch in batches:
+            logits = model(batch["input"]).float()
+            scores.append((logits[:, 1] - logits[:, 0]).cpu())
+            labels.append(batch["label"].cpu())
+        y, s = torch.cat(labels).numpy(), torch.cat(scores).numpy()
+        both = len(np.unique(y)) == 2
+        return {
+            "auroc": float(roc_auc_score(y, s)) if both else float("nan"),
+            "accuracy": float(((s > 0) == (y == 1)).mean()),
+        }
+
+
+def train_input_detector(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    detection_data: str | os.PathLike | None = None,
+    chans: int = 16,
+    n: int | None = None,
+    eps: float | None = None,
+    config: Any = None,
+    resume: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """``defend train input-detector``: make (or reuse) the input-detection data of a seg or
+    cls ``checkpoint`` on ``data_dir`` (default ``OUT.data``), then train the detector on its
+    train split, validated (and the best checkpoint kept) on val. ``n`` and ``eps``:
+    :func:`make_input_detection_data`'s; chans: :class:`InputDetectorNet`'s.
+
+    Returns:
+        The per-epoch history (validation AUROC and accuracy).
+    """
+    from defend.device import seed_everything
+    from defend.io import check_writable
+    from defend.train import TrainConfig
+    from defend.train.loop import fit, run_config
+
+    config = config or TrainConfig()
+    out = check_writable(out, "file")
+    folder = Path(detection_data) if detection_data else Path(out).with_suffix(".data")
+    log(f"input-detection data: {folder}")
+    manifest = make_input_detection_data(
+        checkpoint, data_dir, folder, n=n, eps=eps, seed=config.seed, device=config.device, log=log
+    )
+    train_set = InputSet(load_input_detection_data(folder, "train"))
+    val_set = InputSet(load_input_detection_data(folder, "val"))
+    seed_everything(config.seed)
+    shape = train_set.arrays["image"].shape[1:]
+    model = InputDetectorNet(shape[0], chans)
+    meta = {
+        "kind": "input-detector",
+        "model_config": {"in_chans": int(shape[0]), "chans": chans},
+        "data": {"detection": manifest, "input_shape": list(shape)},
+        "run": run_config(config, data=manifest["checkpoint"], attacks=manifest["attacks"]),
+    }
+    return fit(InputDetectTask(), model, train_set, val_set, config, out, meta=meta,
+               resume=resume, log=log)  # fmt: skip
+
+
+def input_detector_classifier(path: str | os.PathLike, device: str | None = None) -> Any:
+    """A trained input detector as ART's ``PyTorchClassifier`` (2 classes: clean,
+    adversarial; inputs (N, C, H, W) in [0, 1]), what ``BinaryInputDetector`` takes."""
+    from defend.estimators.cls import make_classifier
+    from defend.io import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "input-detector":
+        raise CheckpointError(f"{path}: not an input-detector checkpoint")
+    model = InputDetectorNet(**ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    shape = tuple(ckpt["data"]["input_shape"])
+    return make_classifier(model.eval(), shape, 2, device=device)
+
+
+def load_input_detector(path: str | os.PathLike, device: str | None = None) -> Any:
+    """ART's ``BinaryInputDetector`` over a trained input detector (``detect(x)`` ->
+    ``(report, is_adversarial (N,) bool)``)."""
+    from art.defences.detector.evasion import BinaryInputDetector
+
+    return BinaryInputDetector(input_detector_classifier(path, device))
+
+
+def evaluate_input_detector(
+    detector: str | os.PathLike, folder: str | os.PathLike, split: str = "test"
+) -> dict[str, Any]:
+    """AUROC and detection rate per attack, and the false-positive rate on clean images, of
+    an input detector on a split of its data, through ART's ``BinaryInputDetector``."""
+    from sklearn.metrics import roc_auc_score
+
+    arrays = load_input_detection_data(folder, split)
+    report, flagged = load_input_detector(detector).detect(arrays["image"], batch_size=64)
+    logits = report["predictions"]
+    score = logits[:, 1] - logits[:, 0]
+    clean = arrays["label"] == 0
+    out: dict[str, Any] = {"split": split, "clean": int(clean.sum()),
+                           "false_positive_rate": float(flagged[clean].mean())}  # fmt: skip
+    for name in np.unique(arrays["attack"][~clean]):
+        picked = arrays["attack"] == name
+        y = np.r_[np.zeros(clean.sum()), np.ones(picked.sum())]
+        out[str(name)] = {
+            "n": int(picked.sum()),
+            "auroc": float(roc_auc_score(y, np.r_[score[clean], score[picked]])),
+            "detected": float(flagged[picked].mean()),
+        }
+    return out

@@ -1,0 +1,114 @@
+"""Input detectors for segmentation and classification, driven by ART's BinaryInputDetector."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from art.defences.detector.evasion import BinaryInputDetector
+
+from defend.detect.inputs import (
+    ATTACKS,
+    evaluate_input_detector,
+    input_detector_classifier,
+    load_input_detection_data,
+    load_input_detector,
+    make_input_detection_data,
+    train_input_detector,
+)
+from defend.errors import CheckpointError, DefendError
+from defend.io import load_checkpoint
+from defend.train import TrainConfig
+from entry import defend_main
+
+
+@pytest.fixture(scope="module")
+def seg_detector(seg_ckpt, synth_dir, tmp_path_factory):
+    """An input detector of the test segmentation model, trained a few epochs on 16 images
+    a split, at l-inf 0.1: the default 0.008 is below what the tiny test model and data let
+    a detector see in seconds (docs/detection.md measures it on the built-in data)."""
+    folder = tmp_path_factory.mktemp("input-detect")
+    config = TrainConfig(epochs=6, batch_size=16, lr=3e-3, progress=False)
+    history = train_input_detector(seg_ckpt, synth_dir, folder / "det.pt", n=16, eps=0.1, chans=8,
+                                   config=config, log=lambda s: None)  # fmt: skip
+    return folder, history
+
+
+def test_data_holds_clean_and_each_attack_with_the_attack_moving_the_image(seg_detector):
+    folder, _ = seg_detector
+    data = load_input_detection_data(folder / "det.data", "train")
+    assert set(data["attack"]) == {"", *ATTACKS["seg"]}
+    assert ((data["attack"] == "") == (data["label"] == 0)).all()
+    clean = data["image"][data["label"] == 0]
+    for name in ATTACKS["seg"]:
+        picked = data["attack"] == name
+        moved = np.abs(data["image"][picked] - clean[data["index"][picked]]).max()
+        assert 0 < moved <= 0.1 + 1e-6  # inside the l-inf budget, and moved
+
+
+def test_seg_detector_learns_and_art_drives_it(seg_detector):
+    """ART's BinaryInputDetector on the trained detector flags the test split's FGSM and PGD
+    images well above its false-positive rate on clean ones."""
+    folder, history = seg_detector
+    assert load_checkpoint(folder / "det.pt")["kind"] == "input-detector"
+    assert history[-1]["auroc"] > 0.8
+    metrics = evaluate_input_detector(folder / "det.pt", folder / "det.data", "val")
+    for name in ATTACKS["seg"]:
+        assert metrics[name]["auroc"] > 0.8
+        assert metrics[name]["detected"] > metrics["false_positive_rate"]
+    detector = load_input_detector(folder / "det.pt")
+    assert isinstance(detector, BinaryInputDetector)
+    val = load_input_detection_data(folder / "det.data", "val")
+    report, flagged = detector.detect(val["image"])
+    assert flagged.shape == (len(val["image"]),) and flagged.dtype == bool
+    assert report["predictions"].shape == (len(val["image"]), 2)
+
+
+def test_art_can_train_the_detector_with_its_own_fit(seg_detector):
+    """ART users keep their scripts: BinaryInputDetector.fit trains the same network."""
+    folder, _ = seg_detector
+    train = load_input_detection_data(folder / "det.data", "train")
+    classifier = input_detector_classifier(folder / "det.pt")
+    detector = BinaryInputDetector(classifier)
+    before = [p.detach().clone() for p in classifier.model.parameters()]
+    detector.fit(train["image"], np.eye(2, dtype=np.float32)[train["label"]], nb_epochs=1)
+    after = list(classifier.model.parameters())
+    assert any(not (a == b).all() for a, b in zip(after, before, strict=True))
+
+
+def test_cls_data_has_pgd_and_only_the_dgde_images_it_changed(cls_ckpt, synth_dir, tmp_path):
+    manifest = make_input_detection_data(cls_ckpt, synth_dir, tmp_path, splits=("val",), n=4,
+                                         log=lambda s: None)  # fmt: skip
+    assert manifest["attacks"] == ATTACKS["cls"]
+    data = load_input_detection_data(tmp_path, "val")
+    assert (data["attack"] == "pgd20").sum() == 4 and (data["attack"] == "").sum() == 4
+    clean = data["image"][data["label"] == 0]
+    dgde = data["attack"] == "dgde"
+    changed = np.abs(data["image"][dgde] - clean[data["index"][dgde]]).reshape(dgde.sum(), -1)
+    assert (changed.max(1) > 0).all()
+
+
+def test_bad_input_is_refused(unet_ckpt, seg_ckpt, synth_dir, tmp_path, seg_detector):
+    with pytest.raises(CheckpointError, match="seg or cls"):
+        make_input_detection_data(unet_ckpt, synth_dir, tmp_path / "a", log=lambda s: None)
+    with pytest.raises(CheckpointError, match="not an input-detector"):
+        input_detector_classifier(seg_ckpt)
+    with pytest.raises(DefendError, match="no input-detection data"):
+        load_input_detection_data(tmp_path, "train")
+    folder, _ = seg_detector
+    with pytest.raises(DefendError, match="other settings"):
+        make_input_detection_data(seg_ckpt, synth_dir, folder / "det.data", n=3,
+                                  log=lambda s: None)  # fmt: skip
+
+
+def test_cli_trains_and_evaluates_through_art(seg_detector, synth_dir, tmp_path):
+    folder, _ = seg_detector
+    done = defend_main("train", "input-detector", "--data", synth_dir, "--out", tmp_path / "d.pt")
+    assert done.returncode != 0 and "needs --checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = defend_main("detect", "inputs", "--detector", folder / "det.pt", "--split", "val",
+                       "--out", tmp_path / "m.json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "false-positive rate" in done.stdout and "AUROC" in done.stdout
+    assert set(json.loads((tmp_path / "m.json").read_text())) >= {"fgsm", "pgd10"}
