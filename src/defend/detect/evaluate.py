@@ -134,7 +134,7 @@ def _plot_roc(path: Path, labels: np.ndarray, methods: dict[str, np.ndarray], ma
     for name, scores in methods.items():
         finite = np.nan_to_num(scores[mask].astype(np.float64), posinf=1e12, neginf=-1e12)
         curves[name] = roc_curve(labels[mask], finite)[:2]
-    title = "hallucination vs clean + noise (dashed: needs the clean reference)"
+    title = "hallucination vs clean + noise\n(dashed: needs the clean reference)"
     return plot_roc(path, curves, title, dashed=ORACLE)
 
 
