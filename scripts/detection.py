@@ -32,7 +32,7 @@ from defend.train import TrainConfig
 SETTINGS: dict[str, Any] = {
     "checkpoint": "unet-standard.pt",
     "data": {"chunk": 8, "max_iter": 150},
-    "detector": {"chans": 16, "epochs": 12, "batch_size": 16, "lr": 1e-3},
+    "detector": {"chans": 16, "epochs": 10, "batch_size": 16, "lr": 1e-3},
     "evade": {"weights": (0.0, 1.0, 10.0), "n": 8},
     "inputs": {"epochs": 20, "batch_size": 16, "lr": 1e-3, "chans": 16},
 }

@@ -107,8 +107,15 @@ def test_a_real_kspace_perturbation_shows_in_the_real_part_image_only(recon_batc
 def test_settings_depend_on_the_position_not_the_chunk():
     one = draw_settings("test", np.array([5]), (32, 32), seed=0)
     many = draw_settings("test", np.array([3, 4, 5]), (32, 32), seed=0)
-    assert torch.equal(one["region"][0], many["region"][2])
-    assert one["alpha"][0] == many["alpha"][2] and one["eps"][0] == many["eps"][2]
+    copies = HELD_OUT["copies"]
+    assert len(one["eps"]) == copies and len(many["eps"]) == 3 * copies
+    for c in range(copies):  # slice 5's copies are the last of the three slices'
+        assert torch.equal(one["region"][c], many["region"][2 * copies + c])
+        assert one["alpha"][c] == many["alpha"][2 * copies + c]
+    # every test slice is attacked once at each held-out budget, in order
+    assert [(n, round(float(e), 3)) for n, e in zip(one["norm"], one["eps"], strict=True)] == [
+        (n, round(e, 3)) for n, e in HELD_OUT["budgets"]
+    ]
     drawn = draw_settings("train", np.arange(40), (32, 32), seed=0)
     assert set(drawn["region_kind"]) == set(SEEN["regions"])
     held = draw_settings("test", np.arange(40), (32, 32), seed=0)
@@ -131,14 +138,21 @@ def test_noise_negatives_have_the_attack_norm_on_movable_entries():
 
 
 def test_detection_data_resumes_and_refuses_other_settings(unet_ckpt, synth_dir, tmp_path):
-    """Four samples a slice in KINDS order, a region exactly for the hallucinations (which
-    raise the reconstruction's feature); a missing part is made again identically; a folder
-    of other settings is refused in one line."""
+    """Clean, a (hallucination, noise) pair per copy and PGD a slice, a region exactly for
+    the hallucinations (which raise the reconstruction's feature); a missing part is made
+    again identically; a folder of other settings is refused in one line."""
     settings = dict(splits=("test",), n=3, chunk=2, max_iter=5, progress=False)
     make_detection_data(unet_ckpt, synth_dir, tmp_path, **settings)
     data = load_detection_data(tmp_path, "test")
-    assert data["kind"].tolist() == list(KINDS) * 3
-    assert data["position"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    copies = HELD_OUT["copies"]
+    per_slice = ["clean", *["hallucination", "noise"] * copies, "pgd"]
+    assert set(per_slice) == set(KINDS)
+    assert data["kind"].tolist() == per_slice * 3
+    assert data["position"].tolist() == sum(([i] * len(per_slice) for i in range(3)), [])
+    budgets = data["eps"][data["kind"] == "hallucination"].reshape(3, copies)
+    assert np.allclose(budgets, [e for _, e in HELD_OUT["budgets"]])
+    noise = data["kind"] == "noise"
+    assert (data["eps"][noise] == data["eps"][data["kind"] == "hallucination"]).all()
     has_region = data["region"].reshape(len(data["kind"]), -1).any(1)
     assert (has_region == (data["kind"] == "hallucination")).all()
     assert (data["label"] == np.isin(data["kind"], ["hallucination", "pgd"])).all()

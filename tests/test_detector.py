@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import defend
-from defend.detect.data import load_detection_data, make_detection_data
+from defend.detect.data import SEEN, load_detection_data, make_detection_data
 from defend.detect.detector import DetectionSet, DetectTask, fit_detector, load_detector
 from defend.errors import CheckpointError
 from defend.io import load_checkpoint
@@ -72,14 +72,31 @@ def test_deployment_scores_are_the_training_inputs(detector, unet_ckpt, synth_di
 def test_loss_uses_the_map_only_where_the_region_is_known(detector):
     folder, _ = detector
     data = DetectionSet(load_detection_data(folder, "train"))
-    batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in data[0]}
-    pred = torch.zeros(4, 1 + batch["region"][0].numel())
+    first = 2 + 2 * SEEN["copies"]  # the first slice's samples: clean, pairs, pgd
+    batch = {k: torch.stack([data[i][k] for i in range(first)]) for k in data[0]}
+    assert (batch["pixel"] == 0).any() and (batch["pixel"] == 1).any()
+    pred = torch.zeros(first, 1 + batch["region"][0].numel())
     task = DetectTask()
     base = task.loss(pred, batch)
     pred[:, 1:] = 5.0  # the map fires everywhere
     fired = task.loss(pred, batch)
     known = batch["pixel"] > 0
     assert (fired[known] > base[known]).all() and torch.equal(fired[~known], base[~known])
+
+
+def test_flips_give_each_sample_and_its_three_mirror_images(detector):
+    folder, _ = detector
+    arrays = load_detection_data(folder, "train")
+    plain, flipped = DetectionSet(arrays), DetectionSet(arrays, flips=True)
+    assert len(flipped) == 4 * len(plain)
+    i = 1  # a hallucination: its region moves with the image
+    images = [flipped[4 * i + f] for f in range(4)]
+    assert torch.equal(images[0]["input"], plain[i]["input"])
+    for f, dims in ((1, [-1]), (2, [-2]), (3, [-1, -2])):
+        assert torch.equal(images[f]["input"], torch.flip(plain[i]["input"], dims))
+        assert torch.equal(images[f]["region"], torch.flip(plain[i]["region"], dims))
+        assert images[f]["label"] == plain[i]["label"]
+    assert torch.equal(flipped[4 * i + 3]["input"], images[3]["input"])  # fixed per item
 
 
 def test_other_checkpoints_are_refused(unet_ckpt):
@@ -114,7 +131,7 @@ def test_eval_writes_scores_metrics_and_roc(detector, tmp_path):
     metrics = evaluate_detector(folder / "det.pt", folder, tmp_path, split="val")
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     head = ["index", "label", "attack", "eps", "region", "score", *BASELINES]
-    assert list(rows[0]) == head and len(rows) == 16
+    assert list(rows[0]) == head and len(rows) == 4 * (2 + 2 * SEEN["copies"])  # 4 slices
     assert {"hallucination", "pgd"} <= set(metrics["groups"])
     for group in metrics["groups"].values():
         assert set(group) == {"detector", *BASELINES}

@@ -2,19 +2,21 @@
 
 :func:`make_detection_data` takes a reconstruction checkpoint and a data folder and, for every
 slice of each split (the folder's train / val / test, which are split by volume, so no
-volume is in two splits), makes four samples:
+volume is in two splits), makes these samples:
 
 * ``clean`` (label 0);
-* ``hallucination`` (label 1): :class:`~defend.attacks.HallucinationAttack` at a setting
-  drawn per slice from its split's :data:`SETTINGS`: region shape, size and position
-  (:func:`~defend.attacks.region.random_regions`), target contrast, norm and budget. The
-  test split holds region shapes (disk, blob) and budgets (the attack's default l-inf 0.1,
-  l2 0.1, l-inf 0.03) that train and val never show;
-* ``noise`` (label 0): Gaussian noise on the entries the attack may move (the real parts of
-  the measured k-space, as the seed paper's attack) with the l2 norm of that slice's
-  hallucination perturbation, a hard negative;
+* ``copies`` pairs (:data:`SETTINGS`: 2 a slice for train and val; on test one per held-out
+  budget, so that each budget is measured on every test slice) of
+  * ``hallucination`` (label 1): :class:`~defend.attacks.HallucinationAttack` at a setting
+    drawn per slice and copy from its split's :data:`SETTINGS`: region shape, size and
+    position (:func:`~defend.attacks.region.random_regions`), target contrast, norm and
+    budget. The test split holds region shapes (disk, blob) and budgets (the attack's
+    default l-inf 0.1, l2 0.1, l-inf 0.03) that train and val never show;
+  * ``noise`` (label 0): Gaussian noise on the entries the attack may move (the real parts
+    of the measured k-space, as the seed paper's attack) with the l2 norm of that
+    hallucination's perturbation, a hard negative;
 * ``pgd`` (label 1, reported apart): ART's PGD on the sampled k-space (10 steps) at the
-  slice's l-inf budget (0.1 where the slice's budget is l2), raising the reconstruction
+  first copy's l-inf budget (0.1 where it is l2), raising the reconstruction
   error without a localised feature.
 
 Each sample keeps what a detector sees (:func:`~defend.detect.features.detector_inputs`,
@@ -42,35 +44,48 @@ from tqdm.auto import tqdm
 from defend.errors import DefendError
 
 #: the attack settings per split: region shapes, (norm, eps) budgets (relative, the attack's
-#: units), target contrast range (a fraction of the clean image's range)
+#: units), target contrast range (a fraction of the clean image's range), hallucinations per
+#: slice (``copies``; ``each_budget``: copy c at budget c, else a budget drawn per copy)
 SEEN = {"regions": ("line", "square"), "budgets": (("inf", 0.05), ("inf", 0.2), ("2", 0.05),
-                                                   ("2", 0.2)), "alpha": (0.15, 0.5)}  # fmt: skip
+                                                   ("2", 0.2)), "alpha": (0.15, 0.5),
+        "copies": 2, "each_budget": False}  # fmt: skip
 HELD_OUT = {"regions": ("disk", "blob"), "budgets": (("inf", 0.1), ("2", 0.1), ("inf", 0.03)),
-            "alpha": (0.15, 0.5)}  # fmt: skip
+            "alpha": (0.15, 0.5), "copies": 3, "each_budget": True}  # fmt: skip
 SETTINGS = {"train": SEEN, "val": SEEN, "test": HELD_OUT}
-#: the four samples of a slice, in order, and their labels
+#: the kinds of sample; a slice gives clean, (hallucination, noise) x copies, pgd, in order
 KINDS = ("clean", "hallucination", "noise", "pgd")
 LABELS = {"clean": 0, "hallucination": 1, "noise": 0, "pgd": 1}
 #: bumped when what a part holds changes (older parts are refused, not mixed in)
-VERSION = 2
+VERSION = 3
+
+
+def attack_ids(split: str, positions: np.ndarray) -> np.ndarray:
+    """(N * copies,) one id per hallucination of the slices at ``positions``, slice-major:
+    ``position * copies + copy`` (what seeds each one, whatever the chunking)."""
+    copies = SETTINGS[split]["copies"]
+    return (np.asarray(positions)[:, None] * copies + np.arange(copies)).reshape(-1)
 
 
 def draw_settings(split: str, positions: np.ndarray, shape: tuple[int, int], seed: int) -> dict:
     """The hallucination settings of the slices at dataset ``positions`` of ``split``, each
-    drawn from its own generator (``seed``, split, position), so any chunking draws the same.
+    copy drawn from its own generator (``seed``, split, :func:`attack_ids`), so any chunking
+    draws the same.
 
     Returns:
-        ``{"region": (N, h, w) bool, "alpha": (N,), "norm": [N], "eps": (N,),
-        "region_kind": [N]}``.
+        ``{"region": (M, h, w) bool, "alpha": (M,), "norm": [M], "eps": (M,),
+        "region_kind": [M]}``, M = N * copies, slice-major.
     """
     from defend.attacks.region import random_regions
 
     choice = SETTINGS[split]
     out: dict[str, list] = {"region": [], "alpha": [], "norm": [], "eps": [], "region_kind": []}
-    for position in positions:
-        g = torch.Generator().manual_seed(_seed(seed, split, int(position), "setting"))
+    for ident in attack_ids(split, positions):
+        g = torch.Generator().manual_seed(_seed(seed, split, int(ident), "setting"))
         kind = choice["regions"][int(torch.randint(len(choice["regions"]), (1,), generator=g))]
-        norm, eps = choice["budgets"][int(torch.randint(len(choice["budgets"]), (1,), generator=g))]
+        budget = int(torch.randint(len(choice["budgets"]), (1,), generator=g))
+        if choice["each_budget"]:
+            budget = int(ident) % choice["copies"]
+        norm, eps = choice["budgets"][budget]
         low, high = choice["alpha"]
         out["alpha"].append(low + (high - low) * float(torch.rand(1, generator=g)))
         out["region"].append(random_regions(shape, 1, g, kinds=(kind,))[0])
@@ -94,8 +109,9 @@ def _seed(seed: int, split: str, position: int, what: str) -> int:
 def _hallucinate(
     estimator: Any, x: np.ndarray, settings: dict, positions: np.ndarray, seed: int, max_iter: int
 ) -> tuple[np.ndarray, list[dict[str, float]]]:
-    """Each slice of ``x`` (N, coils, H, W, 2) attacked at its own setting: one attack per
-    budget, per-sample regions and contrasts. Returns ``(x_adv, report rows)``."""
+    """Each row of ``x`` (M, coils, H, W, 2) attacked at its own setting: one attack per
+    budget, per-sample regions and contrasts; ``positions`` (M,) seed each row's start.
+    Returns ``(x_adv, report rows)``."""
     from defend.attacks import HallucinationAttack
 
     x_adv, rows = x.copy(), [{} for _ in range(len(x))]
@@ -171,8 +187,8 @@ def chunk_samples(
     seed: int = 0,
     max_iter: int = 150,
 ) -> dict[str, np.ndarray]:
-    """The four samples (:data:`KINDS`) of each slice of a chunk (module doc), as arrays of
-    4 N rows in slice-major order (clean, hallucination, noise, pgd of slice 0, then 1 ...).
+    """The samples of each slice of a chunk (module doc) in slice-major order: for slice 0
+    clean, (hallucination, noise) for each copy, pgd; then slice 1 ...
 
     Args:
         estimator: the guarded reconstruction estimator, for this chunk's k-space shape.
@@ -184,52 +200,72 @@ def chunk_samples(
     from defend.attacks.budget import KspaceBudget
     from defend.attacks.hallucination import sampled_columns
 
-    n, shape = len(x), tuple(y.shape[-2:])
-    settings = draw_settings(split, positions, shape, seed)
-    x_hal, rows = _hallucinate(estimator, x, settings, positions, seed, max_iter)
-    sampled = sampled_columns(torch.as_tensor(x), estimator).float()
-    movable = KspaceBudget(1.0).movable(sampled).expand(x.shape).numpy()  # the attack's entries
-    x_noise = _same_norm_noise(x, x_hal, movable, split, positions, seed)
-    linf = np.where(np.asarray(settings["norm"]) == "inf", settings["eps"], 0.1)
+    n, shape, copies = len(x), tuple(y.shape[-2:]), SETTINGS[split]["copies"]
+    settings, ids = draw_settings(split, positions, shape, seed), attack_ids(split, positions)
+    x_rep = np.repeat(x, copies, axis=0)
+    x_hal, rows = _hallucinate(estimator, x_rep, settings, ids, seed, max_iter)
+    sampled = sampled_columns(torch.as_tensor(x_rep), estimator).float()
+    movable = KspaceBudget(1.0).movable(sampled).expand(x_rep.shape).numpy()  # attack entries
+    x_noise = _same_norm_noise(x_rep, x_hal, movable, split, ids, seed)
+    first = slice(None, None, copies)  # PGD at the first copy's l-inf budget (else 0.1)
+    linf = np.where(np.asarray(settings["norm"][first]) == "inf", settings["eps"][first], 0.1)
     x_pgd = kspace_pgd(estimator, x, y, linf.astype(np.float32), steps=10)
-    parts = [_scores(estimator, x)]
-    parts += [_scores(estimator, k, parts[0][0]) for k in (x_hal, x_noise, x_pgd)]
-    empty = np.zeros((n, *shape), bool)
+    clean = _scores(estimator, x)
+    hal, noise = (_scores(estimator, k, clean[0].repeat_interleave(copies, 0))
+                  for k in (x_hal, x_noise))  # fmt: skip
+    parts = {"clean": clean, "hallucination": hal, "noise": noise,
+             "pgd": _scores(estimator, x_pgd, clean[0])}  # fmt: skip
+    m = n * copies
     columns = {
-        "inputs": [p[1].cpu().numpy() for p in parts],
-        "region": [empty, settings["region"].numpy(), empty, empty],
-        "label": [np.full(n, LABELS[k], np.int64) for k in KINDS],
-        "kind": [np.full(n, k) for k in KINDS],
-        "position": [positions] * 4,
-        "norm": [
-            np.full(n, ""),
-            np.asarray(settings["norm"]),
-            np.asarray(settings["norm"]),
-            np.full(n, "inf"),
-        ],  # fmt: skip
-        "eps": [np.zeros(n, np.float32), settings["eps"], settings["eps"], linf],
-        "region_kind": [
-            np.full(n, ""),
-            np.asarray(settings["region_kind"]),
-            np.full(n, ""),
-            np.full(n, ""),
-        ],  # fmt: skip
-        "strength": [
-            np.full(n, np.nan, np.float32),
-            np.array([r["strength"] for r in rows], np.float32),
-            np.full(n, np.nan, np.float32),
-            np.full(n, np.nan, np.float32),
-        ],  # fmt: skip
+        "inputs": {k: p[1].cpu().numpy() for k, p in parts.items()},
+        "region": {"hallucination": settings["region"].numpy()},
+        "position": {
+            "clean": positions,
+            "hallucination": np.repeat(positions, copies),
+            "noise": np.repeat(positions, copies),
+            "pgd": positions,
+        },  # fmt: skip
+        "norm": {
+            "hallucination": np.asarray(settings["norm"]),
+            "noise": np.asarray(settings["norm"]),
+            "pgd": np.full(n, "inf"),
+        },  # fmt: skip
+        "eps": {"hallucination": settings["eps"], "noise": settings["eps"], "pgd": linf},
+        "region_kind": {"hallucination": np.asarray(settings["region_kind"])},
+        "strength": {"hallucination": np.array([r["strength"] for r in rows], np.float32)},
     }
-    for key in parts[0][2]:
-        columns[key] = [p[2][key] for p in parts]
-    return {key: _interleave(values) for key, values in columns.items()}
+    for key in clean[2]:
+        columns[key] = {k: p[2][key] for k, p in parts.items()}
+    sizes = {"clean": n, "hallucination": m, "noise": m, "pgd": n}
+    filler = {"region": np.zeros((1, *shape), bool), "norm": np.array([""]),
+              "eps": np.zeros(1, np.float32), "region_kind": np.array([""]),
+              "strength": np.full(1, np.nan, np.float32)}  # fmt: skip
+    columns["label"] = {k: np.full(v, LABELS[k], np.int64) for k, v in sizes.items()}
+    columns["kind"] = {k: np.full(v, k) for k, v in sizes.items()}
+    order = _slice_order(n, copies)
+    return {key: _gather(values, sizes, order, filler.get(key)) for key, values in columns.items()}
 
 
-def _interleave(values: list[np.ndarray]) -> np.ndarray:
-    """[(N, ...)] * 4 -> (4 N, ...) with the four samples of each slice together."""
-    stacked = np.stack([np.asarray(v) for v in values], axis=1)
-    return stacked.reshape(-1, *stacked.shape[2:])
+def _slice_order(n: int, copies: int) -> list[tuple[str, int]]:
+    """(kind, row) of every sample, slice-major: clean, (hallucination, noise) x copies, pgd."""
+    order = []
+    for j in range(n):
+        order.append(("clean", j))
+        for c in range(j * copies, (j + 1) * copies):
+            order += [("hallucination", c), ("noise", c)]
+        order.append(("pgd", j))
+    return order
+
+
+def _gather(
+    values: dict[str, np.ndarray], sizes: dict[str, int], order: list[tuple[str, int]],
+    filler: np.ndarray | None,
+) -> np.ndarray:  # fmt: skip
+    """One column in ``order`` from its per-kind arrays; a kind without one takes ``filler``
+    (one row, repeated)."""
+    full = {k: np.asarray(values[k]) if k in values else np.repeat(filler, size, axis=0)
+            for k, size in sizes.items()}  # fmt: skip
+    return np.stack([full[kind][row] for kind, row in order])
 
 
 def make_detection_data(

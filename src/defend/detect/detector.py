@@ -61,19 +61,28 @@ class HallucinationDetector(nn.Module):
 class DetectionSet(Dataset):
     """Detection samples (:func:`~defend.detect.data.load_detection_data`'s arrays) as batch
     dicts: ``input`` (6, h, w), ``region`` (h, w) float, ``label`` float, ``pixel`` (1 where
-    the region is known: every kind but ``pgd``)."""
+    the region is known: every kind but ``pgd``).
 
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self.arrays = arrays
+    With ``flips`` each sample comes four times, as it is and mirrored along each image axis
+    and both (item ``4 i + f``: sample ``i``, flip ``f``): a mirrored measurement is as
+    natural as the original, and the flips are fixed per item, so any batch size or shuffle
+    order sees the same samples.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], flips: bool = False) -> None:
+        self.arrays, self.copies = arrays, 4 if flips else 1
 
     def __len__(self) -> int:
-        return len(self.arrays["label"])
+        return self.copies * len(self.arrays["label"])
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        a = self.arrays
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        a, (i, flip) = self.arrays, divmod(item, self.copies)
+        dims = [d for bit, d in ((1, -1), (2, -2)) if flip & bit]
+        image = torch.as_tensor(a["inputs"][i])
+        region = torch.as_tensor(a["region"][i], dtype=torch.float32)
         return {
-            "input": torch.as_tensor(a["inputs"][i]),
-            "region": torch.as_tensor(a["region"][i], dtype=torch.float32),
+            "input": torch.flip(image, dims) if dims else image,
+            "region": torch.flip(region, dims) if dims else region,
             "label": torch.tensor(float(a["label"][i])),
             "pixel": torch.tensor(float(a["kind"][i] != "pgd")),
         }
@@ -169,6 +178,7 @@ def fit_detector(
     *,
     chans: int = 16,
     fpr: float = 0.05,
+    flips: bool = True,
     config: Any = None,
     resume: bool = True,
     log: Callable[[str], None] = print,
@@ -181,6 +191,7 @@ def fit_detector(
         data: the detection data folder (its train and val splits).
         out: the detector checkpoint. chans: the U-Net's first-layer channels.
         fpr: the false-positive rate the stored threshold keeps on validation data.
+        flips: train on each sample and its three mirror images (:class:`DetectionSet`).
         config: :class:`~defend.train.TrainConfig`.
 
     Returns:
@@ -197,7 +208,7 @@ def fit_detector(
     config = config or TrainConfig()
     out = check_writable(out, "file")
     manifest = json.loads((Path(data) / "manifest.json").read_text())
-    train_set = DetectionSet(load_detection_data(data, "train"))
+    train_set = DetectionSet(load_detection_data(data, "train"), flips=flips)
     val_set = DetectionSet(load_detection_data(data, "val"))
     seed_everything(config.seed)
     model = HallucinationDetector(chans)
@@ -205,7 +216,9 @@ def fit_detector(
         "kind": "detector",
         "model_config": {"chans": chans},
         "data": {"detection": manifest, "input_shape": list(train_set.arrays["inputs"].shape[1:])},
-        "run": run_config(config, data=manifest["checkpoint"], seed_data=manifest["seed"]),
+        "run": run_config(
+            config, data=manifest["checkpoint"], seed_data=manifest["seed"], flips=flips
+        ),  # fmt: skip
     }
     history = fit(DetectTask(), model, train_set, val_set, config, out, meta=meta,
                   resume=resume, log=log)  # fmt: skip
