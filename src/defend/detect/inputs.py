@@ -42,9 +42,12 @@ ATTACKS = {
 EPS = {"seg": 0.008, "cls": 8 / 255}
 
 
-def _attack(name: str, estimator: Any, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+def _attack(
+    name: str, estimator: Any, x: np.ndarray, y: np.ndarray, eps: float, seed: int
+) -> np.ndarray:
     """``x`` (N, C, H, W) attacked by ``name`` (one of :data:`ATTACKS`' [task]) at l-inf
-    ``eps`` (DGDE has no eps: it changes few pixels, as far as it needs)."""
+    ``eps`` (DGDE has no eps: it changes few pixels, as far as it needs; ``seed`` seeds its
+    draws, the global seed ART's PGD start)."""
     from defend.attacks.art_pgd import art_pgd
     from defend.attacks.run import attack_arrays
 
@@ -56,20 +59,20 @@ def _attack(name: str, estimator: Any, x: np.ndarray, y: np.ndarray, eps: float)
         labels = np.eye(estimator.nb_classes, dtype=np.float32)[y]
         return art_pgd(estimator, eps, 20, 64).generate(x, y=labels)
     if name == "dgde":
-        return attack_arrays(estimator, "dgde", x, y)[0]
+        return attack_arrays(estimator, "dgde", x, y, seed=seed)[0]
     raise DefendError(f"unknown input attack {name!r}")
 
 
 def split_samples(
-    task: str, estimator: Any, x: np.ndarray, y: np.ndarray, eps: float
+    task: str, estimator: Any, x: np.ndarray, y: np.ndarray, eps: float, seed: int = 0
 ) -> dict[str, Any]:
     """The clean images of a split and their attacked versions, as detection samples:
     ``image`` (M, C, H, W) float32, ``label`` (M,) 0/1, ``attack`` (M,) ('' for clean),
     ``index`` (M,) the image's position in the split."""
-    images, labels, attacks, index = [x], [np.zeros(len(x), np.int64)], [np.full(len(x), "")], []
-    index.append(np.arange(len(x)))
+    images, labels = [x], [np.zeros(len(x), np.int64)]
+    attacks, index = [np.full(len(x), "")], [np.arange(len(x))]
     for name in ATTACKS[task]:
-        x_adv = _attack(name, estimator, x, y, eps).astype(np.float32)
+        x_adv = _attack(name, estimator, x, y, eps, seed).astype(np.float32)
         changed = np.abs(x_adv - x).reshape(len(x), -1).max(1) > 0
         images.append(x_adv[changed])
         labels.append(np.ones(int(changed.sum()), np.int64))
@@ -134,7 +137,7 @@ def make_input_detection_data(
         seed_everything(seed)
         x, y = load_arrays(Path(data_dir), task, split, n, checkpoint=ckpt)
         log(f"input-detection data: {split} ({len(x)} images, attacks {', '.join(ATTACKS[task])})")
-        _save(path, split_samples(task, estimator, x, y, eps))
+        _save(path, split_samples(task, estimator, x, y, eps, seed))
     return manifest
 
 
