@@ -74,6 +74,7 @@ def input_detectors(run: Path, out: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import harden
 
+    from defend.detect.detector import default_data_folder
     from defend.detect.inputs import evaluate_input_detector, train_input_detector
 
     hardening = harden.Hardening(run, 16, None)
@@ -90,7 +91,7 @@ def input_detectors(run: Path, out: Path) -> None:
             print(f"== {name}", flush=True)
             history = train_input_detector(base, run / "data", det, eps=eps, chans=d["chans"],
                                            config=config)  # fmt: skip
-            metrics = evaluate_input_detector(det, det.with_suffix(".data"), "test")
+            metrics = evaluate_input_detector(det, default_data_folder(det), "test")
             results[name] = {"metrics": metrics, "val": history[-1] if history else {}}
             budget = "default" if eps is None else f"l-inf {eps:g}"
             for attack, m in metrics.items():

@@ -362,10 +362,11 @@ def detect_inputs(
 ) -> None:
     """An input detector through ART's BinaryInputDetector: AUROC and detection rate per
     attack, false-positive rate on clean images."""
+    from defend.detect.detector import default_data_folder
     from defend.detect.inputs import evaluate_input_detector
     from defend.io import write_json
 
-    folder = detection_data or detector.with_suffix(".data")
+    folder = detection_data or default_data_folder(detector)
     metrics = evaluate_input_detector(detector, folder, split)
     typer.echo(f"false-positive rate on {metrics['clean']} clean images: "
                f"{metrics['false_positive_rate']:.3f}")  # fmt: skip

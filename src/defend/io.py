@@ -108,6 +108,17 @@ def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     return write_text(path, buffer.getvalue())
 
 
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write named arrays as one compressed ``.npz``, atomically (through a file object:
+    ``np.savez`` given a name would append ``.npz`` to the temporary one)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    return atomic_write(path, write)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as strict JSON (NaN and infinities become ``null``), atomically."""
     text = json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=False)

@@ -21,7 +21,7 @@ from defend.attacks.base import TorchAttack
 from defend.data.arrays import task_root
 from defend.device import pick_device
 from defend.errors import DefendError
-from defend.io import atomic_write, check_writable, load_checkpoint, write_csv, write_json
+from defend.io import check_writable, load_checkpoint, write_csv, write_json, write_npz
 
 #: input PSNR (dB) below which a hallucination attack's perturbation counts as visible
 VISIBLE_PSNR = 30.0
@@ -95,11 +95,6 @@ def attack_arrays(
         raise DefendError("pass params with an attack name, not with a built attack")
     x_adv = attack.generate(x, y, seed=seed, indices=indices)
     return x_adv, attack.report_rows()
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the name
-        np.savez_compressed(f, **arrays)
 
 
 def _group_params(params: dict[str, Any], positions: np.ndarray, total: int) -> dict[str, Any]:
@@ -285,7 +280,7 @@ def _write_outputs(
     if save_adversarial:
         files["adversarial"] = out / "adversarial.npz"
         arrays = _adversarial_arrays(results)
-        atomic_write(files["adversarial"], lambda p: _save_npz(p, arrays))
+        write_npz(files["adversarial"], arrays)
     write_csv(files["csv"], rows)
     first = results[0]
     k = min(figure_samples, len(first["x"]))

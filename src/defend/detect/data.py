@@ -296,7 +296,7 @@ def make_detection_data(
     from defend.data import load_groups
     from defend.data.arrays import split_size
     from defend.estimators import load_estimator
-    from defend.io import check_writable, load_checkpoint, write_json
+    from defend.io import check_writable, load_checkpoint, write_json, write_npz
 
     if chunk < 1 or max_iter < 1 or (n is not None and n < 1):
         raise DefendError(f"chunk, max_iter and n must be >= 1, got {chunk}, {max_iter}, {n}")
@@ -330,7 +330,7 @@ def make_detection_data(
             chunk_samples(estimator.reshaped(x.shape[1:]), x, y, pos, split, seed, max_iter)
             for x, y, pos in groups
         ]
-        _save_part(path, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        write_npz(path, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
     return manifest
 
 
@@ -350,16 +350,6 @@ def _merge_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             "choose another folder or remove it"
         )
     return {**new, "slices": {**slices, **new["slices"]}}
-
-
-def _save_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from defend.io import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, write)
 
 
 def load_detection_data(folder: str | os.PathLike, split: str) -> dict[str, np.ndarray]:

@@ -113,7 +113,7 @@ def make_input_detection_data(
     from defend.data import load_arrays
     from defend.device import seed_everything
     from defend.estimators import load_estimator
-    from defend.io import check_writable, load_checkpoint, write_json
+    from defend.io import check_writable, load_checkpoint, write_json, write_npz
 
     ckpt = load_checkpoint(checkpoint)
     task = ckpt.get("task")
@@ -137,18 +137,8 @@ def make_input_detection_data(
         seed_everything(seed)
         x, y = load_arrays(Path(data_dir), task, split, n, checkpoint=ckpt)
         log(f"input-detection data: {split} ({len(x)} images, attacks {', '.join(ATTACKS[task])})")
-        _save(path, split_samples(task, estimator, x, y, eps, seed))
+        write_npz(path, split_samples(task, estimator, x, y, eps, seed))
     return manifest
-
-
-def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from defend.io import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    atomic_write(path, write)
 
 
 def load_input_detection_data(folder: str | os.PathLike, split: str) -> dict[str, np.ndarray]:
@@ -262,6 +252,7 @@ def train_input_detector(
     Returns:
         The per-epoch history (validation AUROC and accuracy).
     """
+    from defend.detect.detector import default_data_folder
     from defend.device import seed_everything
     from defend.io import check_writable
     from defend.train import TrainConfig
@@ -269,7 +260,7 @@ def train_input_detector(
 
     config = config or TrainConfig()
     out = check_writable(out, "file")
-    folder = Path(detection_data) if detection_data else Path(out).with_suffix(".data")
+    folder = Path(detection_data) if detection_data else default_data_folder(out)
     log(f"input-detection data: {folder}")
     manifest = make_input_detection_data(
         checkpoint, data_dir, folder, n=n, eps=eps, seed=config.seed, device=config.device, log=log
