@@ -11,6 +11,8 @@ from defend.detect.data import (
     HELD_OUT,
     KINDS,
     SEEN,
+    SETTINGS,
+    VOLUMES,
     _same_norm_noise,
     draw_settings,
     load_detection_data,
@@ -169,3 +171,19 @@ def test_detection_data_resumes_and_refuses_other_settings(unet_ckpt, synth_dir,
     with pytest.raises(DefendError, match="other max_iter") as error:
         make_detection_data(unet_ckpt, synth_dir, tmp_path, **{**settings, "max_iter": 6})
     assert "\n" not in str(error.value)
+
+
+def test_tune_split_attacks_the_val_volumes_at_held_out_settings(unet_ckpt, synth_dir, tmp_path):
+    """``tune`` (where the detector's pooling is chosen) shows test's held-out shapes and
+    budgets on the val volumes, with draws of its own, so the test volumes stay unseen."""
+    assert VOLUMES["tune"] == "val" and SETTINGS["tune"] == HELD_OUT
+    tune = draw_settings("tune", np.arange(8), (32, 32), seed=0)
+    test = draw_settings("test", np.arange(8), (32, 32), seed=0)
+    assert set(tune["region_kind"]) <= set(HELD_OUT["regions"])
+    assert not torch.equal(tune["region"], test["region"])
+    settings = dict(n=1, chunk=1, max_iter=2, progress=False)
+    make_detection_data(unet_ckpt, synth_dir, tmp_path, splits=("val", "tune"), **settings)
+    val, held = (load_detection_data(tmp_path, s) for s in ("val", "tune"))
+    clean = [d["inputs"][d["kind"] == "clean"] for d in (val, held)]
+    np.testing.assert_array_equal(*clean)  # the same val slice, unattacked
+    assert set(held["region_kind"][held["kind"] == "hallucination"]) <= set(HELD_OUT["regions"])

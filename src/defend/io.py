@@ -15,7 +15,7 @@ import pickle
 import pickletools
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +96,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
 
-def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
-    """Write dict rows (the first row's keys are the columns) as CSV, atomically."""
+def write_csv(
+    path: str | os.PathLike, rows: list[dict[str, Any]], columns: Sequence[str] | None = None
+) -> Path:
+    """Write dict rows as CSV, atomically; the columns are ``columns`` or the first row's
+    keys (no rows and ``columns``: the header alone)."""
     import csv
     import io
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     return write_text(path, buffer.getvalue())

@@ -2,7 +2,8 @@
 
 :func:`make_detection_data` takes a reconstruction checkpoint and a data folder and, for every
 slice of each split (the folder's train / val / test, which are split by volume, so no
-volume is in two splits), makes these samples:
+volume is in two splits; ``tune`` attacks the val volumes at test's held-out settings, see
+:data:`VOLUMES`), makes these samples:
 
 * ``clean`` (label 0);
 * ``copies`` pairs (:data:`SETTINGS`: 2 a slice for train and val; on test one per held-out
@@ -51,7 +52,11 @@ SEEN = {"regions": ("line", "square"), "budgets": (("inf", 0.05), ("inf", 0.2), 
         "copies": 2, "each_budget": False}  # fmt: skip
 HELD_OUT = {"regions": ("disk", "blob"), "budgets": (("inf", 0.1), ("2", 0.1), ("inf", 0.03)),
             "alpha": (0.15, 0.5), "copies": 3, "each_budget": True}  # fmt: skip
-SETTINGS = {"train": SEEN, "val": SEEN, "test": HELD_OUT}
+SETTINGS = {"train": SEEN, "val": SEEN, "tune": HELD_OUT, "test": HELD_OUT}
+#: the data split whose volumes a detection split attacks: ``tune`` is the held-out settings
+#: on the validation volumes, where a choice such as the score pooling is made, so that the
+#: test volumes stay unseen until the final measurement
+VOLUMES = {"train": "train", "val": "val", "tune": "val", "test": "test"}
 #: the kinds of sample; a slice gives clean, (hallucination, noise) x copies, pgd, in order
 KINDS = ("clean", "hallucination", "noise", "pgd")
 LABELS = {"clean": 0, "hallucination": 1, "noise": 0, "pgd": 1}
@@ -306,7 +311,8 @@ def make_detection_data(
     out = check_writable(out, "dir")
     ckpt = load_checkpoint(checkpoint, "recon")
     estimator = load_estimator(ckpt, device=device)
-    sizes = {s: min(split_size(Path(data_dir), "recon", s, ckpt), n or math.inf) for s in splits}
+    sizes = {s: min(split_size(Path(data_dir), "recon", VOLUMES[s], ckpt), n or math.inf)
+             for s in splits}  # fmt: skip
     manifest = {
         "version": VERSION,
         "checkpoint": {"file": Path(checkpoint).name, "model_config": ckpt["model_config"]},
@@ -325,7 +331,9 @@ def make_detection_data(
         if path.exists():
             continue
         positions = np.arange(first, min(first + chunk, int(sizes[split])))
-        groups = load_groups(Path(data_dir), "recon", split, indices=positions, checkpoint=ckpt)
+        groups = load_groups(
+            Path(data_dir), "recon", VOLUMES[split], indices=positions, checkpoint=ckpt
+        )
         parts = [
             chunk_samples(estimator.reshaped(x.shape[1:]), x, y, pos, split, seed, max_iter)
             for x, y, pos in groups

@@ -220,7 +220,7 @@ def evaluate_evasion(
     """
     from defend.attacks import EvadingHallucination
     from defend.data import load_arrays
-    from defend.detect.data import load_detection_data
+    from defend.detect.data import VOLUMES, load_detection_data
     from defend.detect.detector import default_data_folder, detector_outputs, load_detector
     from defend.estimators import load_estimator
     from defend.io import check_writable, write_json
@@ -232,7 +232,7 @@ def evaluate_evasion(
     negatives = negatives["inputs"][np.isin(negatives["kind"], ["clean", "noise"])]
     negative_scores, _ = detector_outputs(det.module, negatives)
     estimator = load_estimator(checkpoint)
-    x, _ = load_arrays(Path(data_dir), "recon", split, n, checkpoint=checkpoint)
+    x, _ = load_arrays(Path(data_dir), "recon", VOLUMES[split], n, checkpoint=checkpoint)
     rows = []
     for weight in weights:
         attack = EvadingHallucination(

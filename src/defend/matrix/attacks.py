@@ -1,0 +1,97 @@
+"""The matrix's attack columns: one function per attack, one line in :data:`ATTACKS`.
+
+Each takes ``(estimator, x, y, eps, params, positions, seed)`` and returns the attacked inputs
+(the shape of ``x``). ``estimator`` is what the attacker sees: the base model's ART estimator,
+or for an adaptive column the smoothed model's EOT estimator or the detector-aware attack's
+settings in ``params``. ``eps`` is in the units of the task's ``defend attack`` command (recon:
+relative l-inf in k-space; seg and cls: l-inf in pixel units of [0, 1]); ``positions`` (N,)
+seed each sample, so that the numbers do not depend on how samples are grouped.
+
+* ``hallucination``, ``seg-fgsm``, ``dgde``: the three seed attacks (``defend attack``'s);
+* ``seg-pgd``: seg-fgsm iterated (``max_iter``), the iterative twin of FGSM;
+* ``art-pgd``: ART's own ``ProjectedGradientDescent``, the outside attack;
+* ``noise``: random signs at the same l-inf budget (uniform on the budget's corners), the
+  check that the white-box attacks beat chance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from defend.attacks.run import attack_arrays
+
+
+def _seed_attack(name: str) -> Callable[..., np.ndarray]:
+    def run(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
+            params: dict[str, Any], positions: np.ndarray, seed: int) -> np.ndarray:  # fmt: skip
+        given = dict(params) if eps is None else {**params, "eps": eps}
+        x_adv, _ = attack_arrays(estimator, name, x, y, given, seed=seed, indices=positions)
+        return x_adv
+
+    return run
+
+
+def _evading(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
+             params: dict[str, Any], positions: np.ndarray, seed: int) -> np.ndarray:  # fmt: skip
+    """The hallucination attack with the detector's logit in its loss (``params``:
+    ``detector``, ``weight``, and the hallucination attack's)."""
+    given = {k: v for k, v in params.items() if k != "weight"}
+    given["evade_weight"] = params.get("weight", 1.0)
+    return _seed_attack("hallucination-evade")(estimator, x, y, eps, given, positions, seed)
+
+
+def _seg_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
+             params: dict[str, Any], positions: np.ndarray, seed: int) -> np.ndarray:  # fmt: skip
+    return _seed_attack("seg-fgsm")(estimator, x, y, eps, params, positions, seed)
+
+
+def _art_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
+             params: dict[str, Any], positions: np.ndarray, seed: int) -> np.ndarray:  # fmt: skip
+    """ART's PGD raising the task's loss: recon on the real parts of the sampled k-space
+    (:func:`~defend.attacks.art_pgd.kspace_pgd`), images with one random start."""
+    from defend.attacks.art_pgd import art_pgd, kspace_pgd
+
+    steps = int(params.get("steps", 10))
+    np.random.seed(seed)  # ART's random start draws from numpy's global generator
+    if x.ndim == 5:
+        return kspace_pgd(estimator, x, y, eps, steps=steps)
+    target = y
+    if y.ndim == 1:  # class labels -> one-hot, as ART's classifiers take them
+        target = np.eye(estimator.nb_classes, dtype=np.float32)[y]
+    return art_pgd(estimator, eps, steps, len(x)).generate(x, y=target)
+
+
+def _noise(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
+           params: dict[str, Any], positions: np.ndarray, seed: int) -> np.ndarray:  # fmt: skip
+    """Random signs at the l-inf budget: on the real parts of the sampled k-space (recon,
+    the hallucination attack's relative units) or on the pixels (clipped to [0, 1])."""
+    signs = np.stack([np.random.default_rng([seed, int(p)]).choice([-1.0, 1.0], x.shape[1:])
+                      for p in positions]).astype(np.float32)  # fmt: skip
+    if x.ndim == 5:
+        from defend.attacks import HallucinationAttack
+        from defend.attacks.hallucination import sampled_columns
+
+        xt = torch.as_tensor(x)
+        columns = sampled_columns(xt, estimator).float()
+        bound = HallucinationAttack(estimator, eps=1.0).budget.bound(xt, columns).numpy()
+        real = (columns * torch.tensor([1.0, 0.0])).expand_as(xt).numpy()
+        return (x + signs * eps * bound * real).astype(np.float32)
+    return np.clip(x + eps * signs, 0.0, 1.0).astype(np.float32)
+
+
+#: attack column -> (function, whether it takes an eps)
+ATTACKS: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
+    "hallucination": (_seed_attack("hallucination"), True),
+    "hallucination+evade": (_evading, True),
+    "seg-fgsm": (_seed_attack("seg-fgsm"), True),
+    "seg-pgd": (_seg_pgd, True),
+    "dgde": (_seed_attack("dgde"), False),
+    "art-pgd": (_art_pgd, True),
+    "noise": (_noise, True),
+}
+#: the attacks that follow gradients (their EOT version is the adaptive attack on smoothing)
+GRADIENT = ("hallucination", "seg-fgsm", "seg-pgd", "art-pgd")

@@ -1,0 +1,192 @@
+"""What the matrix's cells need, built once and cached by a hash of its settings.
+
+Every build goes through the function under the matching command, so a cached model is what
+``defend train`` would have written:
+
+* ``data``: ``defend data synth`` (:func:`~defend.data.synthesize`), or the configured folder;
+* ``model``: ``defend train TASK`` (:func:`~defend.train.train_model`); a hardened model is
+  ``--adversarial METHOD`` fine-tuning the standard one (``--weights``) at the task's
+  default eps;
+* ``denoiser``: ``defend train denoiser`` (:func:`~defend.smooth.denoiser.train_denoiser`);
+* ``detector``: ``defend train detector`` (recon) or ``defend train input-detector``.
+
+A build lives in ``CACHE/<kind>-<hash>/`` with ``build.json`` (its settings) written last, so
+a folder without it is unfinished and is resumed (training resumes from its checkpoint). Two
+configurations that need the same build share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from defend.io import write_json
+
+#: bumped when what a build holds changes, so older caches are rebuilt rather than reused
+VERSION = 1
+#: hardening settings per method beyond the defaults of ``defend train --adversarial``
+#: (hallucination: the consistency term of docs/hardening.md)
+HARDENING_OPTIONS = {"hallucination": {"beta": 4.0}}
+
+
+@dataclass(frozen=True)
+class Build:
+    """One thing to build: its kind and settings (which hash to its folder)."""
+
+    kind: str
+    settings: dict[str, Any] = field(hash=False)
+    needs: tuple[Build, ...] = ()
+
+    @property
+    def key(self) -> str:
+        text = json.dumps([VERSION, self.kind, self.settings, [n.key for n in self.needs]],
+                          sort_keys=True)  # fmt: skip
+        return f"{self.kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Build) and other.key == self.key
+
+
+def data_build(config: dict[str, Any]) -> Build:
+    data = config["data"]
+    if data["path"]:
+        return Build("data", {"path": str(Path(data["path"]).resolve())})
+    synth = {k: data[k] for k in ("size", "volumes", "slices", "coils")}
+    return Build("data", {**synth, "seed": config["run"]["seed"]})
+
+
+def model_build(config: dict[str, Any], task: str, model: str, method: str | None) -> Build:
+    """The standard model (``method`` None) or its hardened twin."""
+    section, seed = config[task], config["run"]["seed"]
+    standard = Build("model", {"task": task, "model": model, "epochs": section["epochs"],
+                               "seed": seed, "options": section["model_options"].get(model, {})},
+                     (data_build(config),))  # fmt: skip
+    if method is None:
+        return standard
+    settings = {"task": task, "model": model, "method": method,
+                "epochs": section["hardening_epochs"],
+                "seed": seed, **HARDENING_OPTIONS.get(method, {})}  # fmt: skip
+    return Build("hardened", settings, (data_build(config), standard))
+
+
+def denoiser_build(config: dict[str, Any], task: str, base: Build) -> Build | None:
+    epochs = config["smoothing"]["denoiser_epochs"]
+    if epochs == 0:
+        return None
+    settings = {"sigma": config[task]["sigma"], "epochs": epochs, "seed": config["run"]["seed"]}
+    return Build("denoiser", settings, (data_build(config), base))
+
+
+def detector_build(config: dict[str, Any], base: Build) -> Build:
+    """The detector of ``base``: recon's trained on hallucinations of the configured
+    iterations, seg / cls's on their attacks of ``detector.n`` images a split (0: all)."""
+    settings = {
+        **config["detector"],
+        "seed": config["run"]["seed"],
+        "max_iter": config["attack"]["hallucination"].get("max_iter", 150),
+    }
+    return Build("detector", settings, (data_build(config), base))
+
+
+class Builder:
+    """Makes builds in ``cache`` (each once; what is there is reused)."""
+
+    def __init__(self, cache: Path, device: str | None, log: Callable[[str], None] = print):
+        self.cache, self.device, self.log = Path(cache), device, log
+
+    def path(self, build: Build) -> Path:
+        """The build's main file (data: its folder)."""
+        if build.kind == "data" and "path" in build.settings:
+            return Path(build.settings["path"])
+        folder = self.cache / build.key
+        return folder / ("data" if build.kind == "data" else f"{build.kind}.pt")
+
+    def done(self, build: Build) -> bool:
+        if build.kind == "data" and "path" in build.settings:
+            return True
+        return (self.cache / build.key / "build.json").exists()
+
+    def make(self, build: Build) -> Path:
+        """Build ``build`` (its needs first) unless it is done; returns :meth:`path`."""
+        for need in build.needs:
+            self.make(need)
+        if self.done(build):
+            return self.path(build)
+        self.log(f"== building {build.key}: {build.kind} {_short(build.settings)}")
+        getattr(self, f"_{build.kind}")(build)
+        write_json(self.cache / build.key / "build.json",
+                   {"kind": build.kind, "settings": build.settings,
+                    "needs": [n.key for n in build.needs]})  # fmt: skip
+        return self.path(build)
+
+    def _config(self, epochs: int, **extra: Any) -> Any:
+        from defend.train import TrainConfig
+
+        return TrainConfig(epochs=epochs, device=self.device, progress=False, **extra)
+
+    def _data(self, build: Build) -> None:
+        from defend.data import synthesize
+
+        synthesize(self.path(build), progress=False, **build.settings)
+
+    def _model(self, build: Build) -> None:
+        from defend.train import default_schedule, train_model
+
+        s = build.settings
+        _, lr = default_schedule(s["task"], s["model"])
+        config = self._config(s["epochs"], lr=lr, seed=s["seed"])
+        train_model(s["task"], self.path(build.needs[0]), self.path(build), model=s["model"],
+                    model_options=s["options"], config=config, log=_quiet)  # fmt: skip
+
+    def _hardened(self, build: Build) -> None:
+        from defend.train import default_schedule, make_objective, train_model
+
+        s = dict(build.settings)
+        data, standard = (self.path(b) for b in build.needs)
+        task, model, method = s.pop("task"), s.pop("model"), s.pop("method")
+        epochs, seed = s.pop("epochs"), s.pop("seed")
+        _, lr = default_schedule(task, model)
+        train_model(task, data, self.path(build), model=model,
+                    config=self._config(epochs, lr=lr, seed=seed), weights=standard,
+                    objective=make_objective(task, method, **s), log=_quiet)  # fmt: skip
+
+    def _denoiser(self, build: Build) -> None:
+        from defend.smooth.denoiser import train_denoiser
+
+        s = build.settings
+        data, base = (self.path(b) for b in build.needs)
+        train_denoiser(base, data, self.path(build), s["sigma"],
+                       config=self._config(s["epochs"], lr=1e-3, seed=s["seed"]),
+                       log=_quiet)  # fmt: skip
+
+    def _detector(self, build: Build) -> None:
+        from defend.io import load_checkpoint
+
+        s = build.settings
+        data, base = (self.path(b) for b in build.needs)
+        config = self._config(s["epochs"], lr=1e-3, seed=s["seed"])
+        if load_checkpoint(base)["task"] == "recon":
+            from defend.detect.detector import train_detector
+
+            train_detector(base, data, self.path(build), max_iter=s["max_iter"], config=config,
+                           progress=False, log=_quiet)  # fmt: skip
+        else:
+            from defend.detect.inputs import train_input_detector
+
+            train_input_detector(base, data, self.path(build), n=s["n"] or None,
+                                 config=config, log=_quiet)  # fmt: skip
+
+
+def _quiet(line: str) -> None:
+    """Training logs stay out of the matrix's output (the checkpoints keep the history)."""
+
+
+def _short(settings: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items() if k != "path")

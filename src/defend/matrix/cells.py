@@ -1,0 +1,314 @@
+"""A matrix cell: one defence row against one attack column at one eps.
+
+:func:`plan` lists the cells of a configuration: for every task, defence row
+(:func:`defend.matrix.defences.rows`) and attack, one cell per eps (DGDE, a few-pixel attack
+without an eps: one cell), and where ``run.adaptive`` is on the adaptive columns: ``eot``
+(the gradient attacks and DGDE against the smoothed model's expectation, REFERENCE §5) on
+smoothing rows, ``evade`` (the detector-aware hallucination attack) on recon detector rows.
+
+:func:`run_cell` attacks the first ``run.n`` samples of ``run.split`` and returns the cell's
+record (``OUT/cells/<id>.json``):
+
+* ``id``, ``task``, ``model``, ``defence``, ``attack``, ``adaptive``, ``eps``, ``params``,
+  ``seed``, ``n``, ``seconds``, ``status`` (``ok`` or ``failed`` with ``error``);
+* ``metrics``: ``clean_quality`` and ``attacked_quality`` (:data:`measures.QUALITY`, of
+  the defended system's outputs), ``success`` (:mod:`defend.matrix.measures`), ``linf`` and
+  ``l2`` of the perturbation; with a detector ``detection_auroc``, ``detected`` (attacked
+  samples flagged), ``false_positive`` (clean flagged) and ``undetected_success``; with
+  smoothing ``abstain`` and the certificates against the cell's own perturbations:
+  ``certified`` (cls: certified right with a radius covering the perturbation; seg: pixels
+  certified right so; recon: samples with a finite bound) and ``certificate_violations``
+  (samples whose smoothed output under attack broke a certificate that covered it: must
+  be 0 but for the certificates' failure probability alpha); recon ``certified_bound``
+  (median output bound);
+* ``roc``: the detector's ROC curve; ``examples``: the file of a few example images.
+
+The clean outputs, detector scores and certificates of a row are computed once per row
+(``OUT/rows/<row>.npz``) and shared by its cells.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defend.matrix import measures
+from defend.matrix.attacks import ATTACKS, GRADIENT
+from defend.matrix.defences import Row, certificates, rows, system
+
+#: example samples kept per cell for the report
+EXAMPLES = 2
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: a defence ``row``, an ``attack``, its ``adaptive`` variant, an ``eps``."""
+
+    row: Row
+    attack: str
+    adaptive: str = "none"
+    eps: float | None = None
+
+    @property
+    def id(self) -> str:
+        attack = self.attack + ("" if self.adaptive == "none" else f"+{self.adaptive}")
+        eps = "" if self.eps is None else f".eps{self.eps:.4g}"
+        return _safe(f"{self.row.task}.{self.row.model}.{self.row.defence}.{attack}{eps}")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+_-]", "_", name)
+
+
+def row_id(row: Row) -> str:
+    return _safe(f"{row.task}.{row.model}.{row.defence}")
+
+
+def plan(config: dict[str, Any]) -> list[Cell]:
+    """Every cell of the configuration, in a fixed order (module doc)."""
+    cells = []
+    for task in config["run"]["tasks"]:
+        for row in rows(config, task):
+            for attack in config[task]["attacks"]:
+                for adaptive in _variants(config, row, attack):
+                    takes_eps = ATTACKS[attack][1]
+                    for eps in config[task]["eps"] if takes_eps else [None]:
+                        cells.append(Cell(row, attack, adaptive, eps))
+    return cells
+
+
+def _variants(config: dict[str, Any], row: Row, attack: str) -> list[str]:
+    variants = ["none"]
+    if not config["run"]["adaptive"]:
+        return variants
+    if row.smoothing and (attack in GRADIENT or attack == "dgde"):
+        variants.append("eot")
+    if row.detector and row.task == "recon" and attack == "hallucination":
+        variants.append("evade")
+    return variants
+
+
+def cell_params(config: dict[str, Any], cell: Cell, paths: dict[str, Path]) -> dict[str, Any]:
+    """The attack's parameters in this cell (the configuration's, the detector for evade)."""
+    params = dict(config["attack"].get(cell.attack, {}))
+    if cell.adaptive == "evade":
+        params = {**params, **config["attack"]["evade"], "detector": str(paths["detector"])}
+    if cell.attack in ("hallucination", "seg-fgsm", "seg-pgd", "dgde"):
+        params["seed"] = config["run"]["seed"]
+    return params
+
+
+def run_cell(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Path,
+             data_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """The record of ``cell`` (module doc); a failure is recorded, not raised."""
+    start = time.perf_counter()
+    record: dict[str, Any] = {
+        "id": cell.id, "task": cell.row.task, "model": cell.row.model,
+        "defence": cell.row.defence, "attack": cell.attack, "adaptive": cell.adaptive,
+        "eps": cell.eps, "seed": config["run"]["seed"], "n": config["run"]["n"],
+        "split": config["run"]["split"],
+    }  # fmt: skip
+    try:
+        record["params"] = {k: v for k, v in cell_params(config, cell, paths).items()
+                            if k != "detector"}  # fmt: skip
+        record.update(_measure(config, cell, paths, out, data_dir))
+        record["status"] = "ok"
+    except Exception as error:  # noqa: BLE001 - a failed cell is recorded, the rest go on
+        record["status"] = "failed"
+        record["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+        record["traceback"] = traceback.format_exc(limit=6)
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    return record
+
+
+def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Path,
+             data_dir: Path) -> dict[str, Any]:  # fmt: skip
+    from defend.data import load_arrays
+
+    task, seed = cell.row.task, config["run"]["seed"]
+    defended = system(config, cell.row, paths)
+    x, y, positions = load_arrays(data_dir, task, config["run"]["split"], config["run"]["n"],
+                                  checkpoint=paths["model"], return_indices=True)  # fmt: skip
+    clean = clean_stage(config, cell.row, defended, x, y, positions, out)
+    attacker = defended.estimator
+    if cell.adaptive == "eot":
+        attacker = defended.eot(config["smoothing"]["eot"], seed)
+    attack = ATTACKS[cell.attack + ("+evade" if cell.adaptive == "evade" else "")][0]
+    x_adv = attack(attacker, x, y, cell.eps, cell_params(config, cell, paths), positions, seed)
+    adv_out = defended.outputs(x_adv, positions)
+    metrics = _quality_metrics(config, task, defended, y, clean["outputs"], adv_out)
+    metrics.update(_size(x, x_adv))
+    result: dict[str, Any] = {"metrics": metrics}
+    if defended.scores is not None:
+        adv_scores = defended.scores(x_adv, adv_out)
+        metrics.update(_detection(clean["scores"], adv_scores, defended.threshold, metrics))
+        result["roc"] = measures.roc_points(clean["scores"], adv_scores)
+    if defended.smooth is not None:
+        metrics.update(_certified(task, defended, clean, x, x_adv, y, adv_out))
+    result["examples"] = _write_examples(out, cell, x, x_adv, clean["outputs"], adv_out)
+    metrics.pop("_success")
+    return result
+
+
+def _quality_metrics(config: dict[str, Any], task: str, defended: Any, y: np.ndarray,
+                     clean_out: np.ndarray, adv_out: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    effect = None
+    if task == "recon":
+        effect = measures.recon_effect(defended.estimator, config["attack"]["hallucination"])
+    success = measures.success(task, y, clean_out, adv_out, effect)
+    metrics = {
+        "clean_quality": measures.mean(measures.quality(task, y, clean_out)),
+        "attacked_quality": measures.mean(measures.quality(task, y, adv_out)),
+        "success": measures.mean(success),
+        "quality_metric": measures.QUALITY[task],
+        "_success": success,
+    }
+    if task == "recon":
+        metrics["strength"] = measures.mean(effect(clean_out, adv_out))
+    if defended.smooth is not None:
+        metrics["abstain"] = float(np.mean([_abstained(task, o) for o in adv_out]))
+    return metrics
+
+
+def _abstained(task: str, out: np.ndarray) -> bool:
+    if task == "cls":
+        return int(out) == -1
+    return bool(np.isnan(out).any()) if task == "recon" else False
+
+
+def _size(x: np.ndarray, x_adv: np.ndarray) -> dict[str, float]:
+    delta = (x_adv - x).reshape(len(x), -1)
+    return {"linf": float(np.abs(delta).max(1).mean()),
+            "l2": float(np.linalg.norm(delta, axis=1).mean())}  # fmt: skip
+
+
+def _detection(clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: float | None,
+               metrics: dict[str, Any]) -> dict[str, float]:  # fmt: skip
+    flagged = adv_scores > threshold
+    success = metrics["_success"]
+    undetected = np.where(np.isfinite(success), (success == 1) & ~flagged, np.nan)
+    return {
+        "detection_auroc": measures.separation(clean_scores, adv_scores),
+        "detected": float(flagged.mean()),
+        "false_positive": float((clean_scores > threshold).mean()),
+        "undetected_success": measures.mean(undetected),
+    }
+
+
+def _certified(
+    task: str, defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, x_adv: np.ndarray,
+    y: np.ndarray, adv_out: np.ndarray,
+) -> dict[str, float]:  # fmt: skip
+    """The clean certificates against this cell's perturbations (module doc)."""
+    delta = (x_adv - x).reshape(len(x), -1)
+    if task == "recon":
+        return _recon_certified(defended, clean, x, x_adv, adv_out)
+    size = np.linalg.norm(delta, axis=1)
+    covered = clean["radius"] >= size
+    if task == "cls":
+        label = clean["label"]
+        right = covered & (label == y)
+        broken = covered & (label != -1) & (adv_out != -1) & (adv_out != label)
+        return {"certified": float(right.mean()), "certificate_violations": int(broken.sum())}
+    labels, predicted = clean["labels"], adv_out > 0
+    sure = labels != 255
+    right = (sure & (labels == (y > 0.5))).reshape(len(x), -1).mean(1)
+    changed = (sure & (predicted != (labels == 1))).reshape(len(x), -1).any(1)
+    return {"certified": float(np.where(covered, right, 0.0).mean()),
+            "certificate_violations": int((covered & changed).sum())}  # fmt: skip
+
+
+def _recon_certified(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray,
+                     x_adv: np.ndarray, adv_out: np.ndarray) -> dict[str, float]:  # fmt: skip
+    """Center smoothing's bound at the grid's first input radius covering the perturbation
+    (in the noise's units), checked against the smoothed outputs' actual distance."""
+    import torch
+
+    from defend.smooth.core import KspaceNoise
+
+    noise = KspaceNoise(defended.smooth.sigma, defended.estimator)
+    xt = torch.as_tensor(x)
+    size = ((torch.as_tensor(x_adv) - xt).flatten(1).norm(dim=1)
+            / noise.unit(xt).flatten()).numpy()  # fmt: skip
+    grid, bounds = clean["eps_in"], clean["eps_out"]
+    column = np.searchsorted(grid, size)  # first grid radius >= size
+    inside = column < len(grid)
+    bound = np.where(inside, bounds[np.arange(len(x)), np.minimum(column, len(grid) - 1)], np.inf)
+    smooth = defended.smooth
+    with torch.no_grad():
+        scale = smooth.forward(xt.float().to(smooth.device)).flatten(1).norm(dim=1).cpu().numpy()
+    moved = np.linalg.norm((adv_out - clean["center"]).reshape(len(x), -1), axis=1) / scale
+    finite = np.isfinite(bound)
+    return {
+        "certified": float(finite.mean()),
+        "certified_bound": float(np.median(bound[finite])) if finite.any() else float("nan"),
+        "certificate_violations": int((finite & (moved > bound)).sum()),
+    }
+
+
+def clean_stage(config: dict[str, Any], row: Row, defended: Any, x: np.ndarray, y: np.ndarray,
+                positions: np.ndarray, out: Path) -> dict[str, np.ndarray]:  # fmt: skip
+    """The row's clean outputs, detector scores and certificates, computed once per row
+    (``OUT/rows/<row>.npz``, written atomically; the same numbers whoever computes it)."""
+    from defend.io import write_npz
+
+    path = out / "rows" / f"{row_id(row)}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            found = {k: f[k] for k in f.files}
+        if np.array_equal(found["positions"], positions):
+            return found
+    stage = {"positions": positions, "outputs": defended.outputs(x, positions)}
+    if defended.scores is not None:
+        stage["scores"] = defended.scores(x, stage["outputs"])
+    if defended.smooth is not None:
+        stage.update(certificates(defended, config, x, y, positions))
+    write_npz(path, stage)
+    return stage
+
+
+def _write_examples(out: Path, cell: Cell, x: np.ndarray, x_adv: np.ndarray,
+                    clean_out: np.ndarray, adv_out: np.ndarray) -> str:  # fmt: skip
+    """A few example images of the cell (``OUT/examples/<id>.npz``: ``input``, ``attacked``,
+    ``output``, ``attacked_output``, each (k, h, w) float16); returns the file's path
+    relative to ``out``."""
+    from defend.io import write_npz
+
+    k = min(EXAMPLES, len(x))
+    images = {
+        "input": _image(x[:k]),
+        "attacked": _image(x_adv[:k]),
+        "output": _output_image(clean_out[:k]),
+        "attacked_output": _output_image(adv_out[:k]),
+    }
+    path = Path("examples") / f"{cell.id}.npz"
+    write_npz(out / path, {key: v.astype(np.float16) for key, v in images.items()})
+    return str(path)
+
+
+def _image(x: np.ndarray) -> np.ndarray:
+    """(k, h, w) images of inputs: recon k-space as its zero-filled magnitude (rss), seg / cls
+    their first channel."""
+    if x.ndim == 5:
+        import torch
+
+        from defend.models.recon import zero_filled
+
+        return zero_filled(torch.as_tensor(x)).numpy()
+    return x[:, 0]
+
+
+def _output_image(out: np.ndarray) -> np.ndarray:
+    """(k, h, w) images of outputs: recon as is, seg the first label's probability, cls a
+    flat image of the label (for a uniform layout)."""
+    if out.ndim == 3:
+        return out
+    if out.ndim == 4:
+        return 1 / (1 + np.exp(-out[:, 0]))
+    return np.broadcast_to(out.reshape(-1, 1, 1).astype(np.float32), (len(out), 8, 8)).copy()

@@ -1,0 +1,249 @@
+"""The matrix's configuration: a TOML file (or a shipped preset) checked against a schema.
+
+A configuration names the data, the tasks with their models, defences, attacks and eps sweeps,
+and the settings of the attacks and defences. :func:`load_config` reads a file or a preset
+(``smoke``, ``quick``, ``paper``; ``defend/matrix/presets/NAME.toml``), fills what it leaves
+out from :data:`DEFAULTS`, and checks every key: an unknown key, a wrong type or a bad value is
+a :class:`~defend.errors.DefendError` of one line naming the key and the file.
+
+    [run]                  # seed, samples attacked per cell, device
+    [data]                 # path = "" -> the built-in synthetic data of size / volumes / ...
+    [recon] [seg] [cls]    # models, epochs, eps, hardening methods, defences, attacks, sigma
+    [attack.NAME]          # parameters of each attack (defend attack NAME's)
+    [smoothing] [detector] # Monte Carlo counts, EOT draws, denoiser and detector training
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from defend.errors import DefendError
+
+PRESETS = ("smoke", "quick", "paper")
+TASKS = ("recon", "seg", "cls")
+#: the defence kinds a task's ``defences`` may list; ``adversarial`` stands for one row per
+#: method of the task's ``hardening``
+DEFENCE_KINDS = ("none", "adversarial", "smoothing", "detector", "adversarial+detector")
+#: the attacks a task's ``attacks`` may list (seg-pgd: seg-fgsm with its ``pgd_steps``)
+TASK_ATTACKS = {
+    "recon": ("hallucination", "art-pgd", "noise"),
+    "seg": ("seg-fgsm", "seg-pgd", "art-pgd", "noise"),
+    "cls": ("dgde", "art-pgd", "noise"),
+}
+HARDENING = {"recon": ("hallucination", "pgd"), "seg": ("pgd", "fgsm-rs", "trades"),
+             "cls": ("pgd", "fgsm-rs", "trades")}  # fmt: skip
+
+
+def _task_defaults(task: str, model: str, eps: list[float], sigma: float) -> dict[str, Any]:
+    return {
+        "models": [model],
+        "epochs": 4,
+        "eps": eps,
+        "hardening": [HARDENING[task][0]],
+        "hardening_epochs": 4,
+        "defences": list(DEFENCE_KINDS),
+        "attacks": list(TASK_ATTACKS[task]),
+        "sigma": sigma,
+        "model_options": {},
+    }
+
+
+#: every key a configuration may hold, with its default (its type is the default's)
+DEFAULTS: dict[str, Any] = {
+    "run": {
+        "seed": 0,
+        "n": 8,
+        "device": "auto",
+        "split": "test",
+        "tasks": list(TASKS),
+        "adaptive": True,
+    },  # fmt: skip
+    "data": {"path": "", "size": 32, "volumes": 8, "slices": 4, "coils": 2},
+    "recon": _task_defaults("recon", "unet", [0.05, 0.1], 0.25),
+    "seg": _task_defaults("seg", "Unet/resnet18", [0.008, 0.03], 0.25),
+    "cls": _task_defaults("cls", "resnet18", [4 / 255, 8 / 255], 0.25),
+    "attack": {
+        "hallucination": {"max_iter": 40},
+        "seg-fgsm": {"loss": "bce"},
+        "seg-pgd": {"loss": "bce", "max_iter": 10},
+        "dgde": {"max_queries": 400},
+        "art-pgd": {"steps": 10},
+        "noise": {},
+        "evade": {"weight": 1.0},
+    },
+    "smoothing": {
+        "n0": 16,
+        "n": 128,
+        "alpha": 0.01,
+        "recon_n": 1200,
+        "delta": 0.05,
+        "eot": 4,
+        "denoiser_epochs": 4,
+    },  # fmt: skip
+    "detector": {"epochs": 4, "n": 0},
+}
+#: the sections whose keys are free (an attack's parameters are checked by the attack, a
+#: model's options by ``defend train``'s model builder)
+FREE = {"attack", *(f"{task}.model_options" for task in TASKS)}
+
+
+def preset_path(name: str) -> Path:
+    """The TOML file of a shipped preset."""
+    if name not in PRESETS:
+        raise DefendError(f"unknown preset {name!r}: choose {', '.join(PRESETS)}")
+    return Path(str(resources.files("defend.matrix") / "presets" / f"{name}.toml"))
+
+
+def load_config(source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The resolved configuration of a preset name or a TOML file (None: ``quick``).
+
+    Raises:
+        DefendError: the file is missing or not TOML, or a key is unknown, of the wrong type
+            or has a bad value (one line naming the key and the file).
+    """
+    path = preset_path(str(source or "quick")) if _is_preset(source) else Path(source)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise DefendError(f"{path}: cannot read the configuration ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise DefendError(f"{path}: not valid TOML ({error})") from None
+    config = merge(DEFAULTS, raw, path)
+    check_values(config, path)
+    config["source"] = str(path)
+    return config
+
+
+def _is_preset(source: str | os.PathLike | None) -> bool:
+    return source is None or (isinstance(source, str) and source in PRESETS)
+
+
+def merge(defaults: dict[str, Any], given: dict[str, Any], path: Path, where: str = "") -> dict:
+    """``defaults`` with ``given`` laid over it, every key and type checked."""
+    out = copy.deepcopy(defaults)
+    for key, value in given.items():
+        name = f"{where}{key}"
+        if key not in defaults and where.rstrip(".") not in FREE:
+            raise DefendError(f"{path}: unknown key {name!r}" + _choices(defaults))
+        default = defaults.get(key)
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise DefendError(f"{path}: {name} must be a table")
+            out[key] = merge(default, value, path, f"{name}.")
+        elif key in defaults:
+            out[key] = _typed(value, default, name, path)
+        else:
+            out[key] = value
+    return out
+
+
+def _choices(defaults: dict[str, Any]) -> str:
+    return f" (expected one of {', '.join(defaults)})" if defaults else ""
+
+
+def _typed(value: Any, default: Any, name: str, path: Path) -> Any:
+    """``value`` if it has the type of ``default`` (an int passes for a float)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, list):
+        kinds = {type(v) for v in default} or {type(v) for v in value}
+        ok = isinstance(value, list) and all(
+            isinstance(v, tuple(kinds)) or (float in kinds and isinstance(v, int)) for v in value
+        )
+        value = [float(v) for v in value] if ok and float in kinds else value
+    else:
+        ok = isinstance(value, type(default)) and not isinstance(value, bool)
+    if not ok:
+        raise DefendError(f"{path}: {name} must be {_kind(default)}, got {value!r}")
+    return value
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, list):
+        inner = {type(v).__name__ for v in default}
+        return f"a list of {' or '.join(sorted(inner)) or 'values'}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        type(default), type(default).__name__
+    )
+
+
+def check_values(config: dict[str, Any], path: Path) -> None:
+    """Values within their ranges and choices (types are :func:`merge`'s)."""
+
+    def bad(key: str, message: str) -> DefendError:
+        return DefendError(f"{path}: {key} {message}")
+
+    run = config["run"]
+    if run["n"] < 1:
+        raise bad("run.n", f"must be >= 1, got {run['n']}")
+    for task in run["tasks"]:
+        if task not in TASKS:
+            raise bad("run.tasks", f"holds {task!r}: choose from {', '.join(TASKS)}")
+    if run["split"] not in ("train", "val", "test"):
+        raise bad("run.split", f"must be train, val or test, got {run['split']!r}")
+    for key in ("size", "volumes", "slices", "coils"):
+        if config["data"][key] < 1:
+            raise bad(f"data.{key}", f"must be >= 1, got {config['data'][key]}")
+    for task in TASKS:
+        _check_task(config[task], task, bad)
+    for key, value in config["smoothing"].items():
+        if key not in ("alpha", "delta") and value < (0 if key == "denoiser_epochs" else 1):
+            raise bad(f"smoothing.{key}", f"must be >= 1, got {value}")
+    for key, high in (("alpha", 1), ("delta", 0.5)):
+        if not 0 < config["smoothing"][key] < high:
+            raise bad(f"smoothing.{key}", f"must be in (0, {high}), got {config['smoothing'][key]}")
+    if config["detector"]["epochs"] < 1:
+        raise bad("detector.epochs", f"must be >= 1, got {config['detector']['epochs']}")
+    for name in config["attack"]:
+        if name not in DEFAULTS["attack"]:
+            raise bad(f"attack.{name}", f"is not an attack: choose {', '.join(DEFAULTS['attack'])}")
+
+
+def _check_task(section: dict[str, Any], task: str, bad: Any) -> None:
+    for key, choices in (("defences", DEFENCE_KINDS), ("attacks", TASK_ATTACKS[task]),
+                         ("hardening", HARDENING[task])):  # fmt: skip
+        for value in section[key]:
+            if value not in choices:
+                raise bad(f"{task}.{key}", f"holds {value!r}: choose from {', '.join(choices)}")
+    if not section["models"]:
+        raise bad(f"{task}.models", "must name at least one model")
+    if any(not 0 < e < 1 for e in section["eps"]) or not section["eps"]:
+        raise bad(f"{task}.eps", f"must be numbers in (0, 1), got {section['eps']}")
+    for key in ("epochs", "hardening_epochs"):
+        if section[key] < 1:
+            raise bad(f"{task}.{key}", f"must be >= 1, got {section[key]}")
+    if not section["sigma"] > 0:
+        raise bad(f"{task}.sigma", f"must be > 0, got {section['sigma']}")
+
+
+def format_config(config: dict[str, Any]) -> str:
+    """The resolved configuration as TOML (what ``defend matrix --print-config`` shows)."""
+    lines = [f"# resolved from {config.get('source', '?')}"]
+    for section, values in config.items():
+        if not isinstance(values, dict):
+            continue
+        plain = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        if plain:
+            lines += ["", f"[{section}]", *(f"{k} = {_toml(v)}" for k, v in plain.items())]
+        for key, sub in values.items():
+            if isinstance(sub, dict):
+                lines += ["", f"[{section}.{key}]", *(f"{k} = {_toml(v)}" for k, v in sub.items())]
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,209 @@
+"""The matrix's defence rows: what a defended system outputs, flags and certifies.
+
+A row is ``none`` (the standard model), ``adv-METHOD`` (the model hardened by ``defend train
+--adversarial METHOD``), ``smoothing`` (the standard model smoothed at the task's sigma, behind
+a denoiser when ``smoothing.denoiser_epochs`` > 0), ``detector`` (the standard model guarded by
+the hallucination detector (recon) or the input detector (seg, cls)) and
+``adv-METHOD+detector``. :func:`rows` lists a task's rows from the configuration,
+:func:`row_builds` names what each needs, and :class:`System` is the defended model as a cell
+sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from defend.matrix.builds import Build, denoiser_build, detector_build, model_build
+
+#: seg outputs of a smoothed model: labels as logits of this size
+LABEL_LOGIT = 10.0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One defence row: ``task``, ``model`` and the ``defence`` name (module doc)."""
+
+    task: str
+    model: str
+    defence: str
+
+    @property
+    def method(self) -> str | None:
+        """The adversarial-training method, or None (the standard model)."""
+        if not self.defence.startswith("adv-"):
+            return None
+        return self.defence[4:].removesuffix("+detector")
+
+    @property
+    def smoothing(self) -> bool:
+        return self.defence == "smoothing"
+
+    @property
+    def detector(self) -> bool:
+        return self.defence.endswith("detector")
+
+
+def rows(config: dict[str, Any], task: str) -> list[Row]:
+    """The defence rows of ``task``, per model, in the configuration's order."""
+    section, out = config[task], []
+    for model in section["models"]:
+        for kind in section["defences"]:
+            if kind in ("adversarial", "adversarial+detector"):
+                suffix = "+detector" if kind.endswith("detector") else ""
+                out += [Row(task, model, f"adv-{m}{suffix}") for m in section["hardening"]]
+            else:
+                out.append(Row(task, model, kind))
+    return out
+
+
+def row_builds(config: dict[str, Any], row: Row) -> dict[str, Build]:
+    """What ``row`` needs built: ``model``, and ``denoiser`` / ``detector`` where it has one."""
+    base = model_build(config, row.task, row.model, row.method)
+    needs = {"model": base}
+    if row.smoothing:
+        denoiser = denoiser_build(config, row.task, base)
+        if denoiser is not None:
+            needs["denoiser"] = denoiser
+    if row.detector:
+        needs["detector"] = detector_build(config, base)
+    return needs
+
+
+@dataclass
+class System:
+    """A defended model: the base ``estimator`` (what a non-adaptive attacker sees), its
+    ``outputs(x, positions)`` in the task's format (:mod:`defend.matrix.measures`), and
+    where present a ``smooth`` model and a detector (``scores(x, outputs) -> (N,)``,
+    flagged above ``threshold``)."""
+
+    task: str
+    estimator: Any
+    outputs: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    smooth: Any = None
+    denoiser: Any = None
+    scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    threshold: float | None = None
+    detector_path: Path | None = None
+
+    def eot(self, draws: int, seed: int) -> Any:
+        """The smoothed model's EOT estimator (the adaptive attacker's view)."""
+        from defend.smooth.eot import eot_estimator
+
+        torch.manual_seed(seed)
+        return eot_estimator(self.estimator, self.smooth.sigma, draws, self.denoiser)
+
+
+def system(config: dict[str, Any], row: Row, paths: dict[str, Path]) -> System:
+    """The defended model of ``row`` from its built ``paths`` (:func:`row_builds`' keys)."""
+    from defend.estimators import load_estimator
+
+    device = _device(config)
+    estimator = load_estimator(paths["model"], device=device)
+    out = System(row.task, estimator, lambda x, _: base_outputs(row.task, estimator, x))
+    if row.smoothing:
+        _add_smoothing(out, config, paths, device)
+    if row.detector:
+        _add_detector(out, paths["detector"], device)
+    return out
+
+
+def _device(config: dict[str, Any]) -> str | None:
+    device = config["run"]["device"]
+    return None if device == "auto" else device
+
+
+def base_outputs(task: str, estimator: Any, x: np.ndarray) -> np.ndarray:
+    """The base model's outputs in the task's format."""
+    pred = estimator.predict(x, batch_size=len(x))
+    return pred.argmax(1) if task == "cls" else pred
+
+
+def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
+                   device: str | None) -> None:  # fmt: skip
+    from defend.smooth import smoothed
+    from defend.smooth.denoiser import load_denoiser
+
+    task, s = out.task, config["smoothing"]
+    out.denoiser = load_denoiser(paths["denoiser"], paths["model"]) if "denoiser" in paths else None
+    options = {"delta": s["delta"]} if task == "recon" else {}
+    out.smooth = smoothed(out.estimator, config[task]["sigma"], out.denoiser, **options)
+    n = s["recon_n"] if task == "recon" else s["n"]
+    seed = config["run"]["seed"]
+
+    def outputs(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return np.stack([smoothed_output(task, out.smooth, xi, n, s, seed + int(p))
+                         for xi, p in zip(x, positions, strict=True)])  # fmt: skip
+
+    out.outputs = outputs
+
+
+def smoothed_output(task: str, smooth: Any, x: np.ndarray, n: int, s: dict[str, Any],
+                    seed: int) -> np.ndarray:  # fmt: skip
+    """One smoothed prediction in the task's output format (module doc of measures)."""
+    if task == "cls":
+        return np.asarray(smooth.predict(x, n, s["alpha"], seed=seed))
+    if task == "seg":
+        labels = smooth.predict(x, n, s["alpha"], seed=seed)
+        return np.where(labels == 1, LABEL_LOGIT, -LABEL_LOGIT).astype(np.float32)
+    center = smooth.predict(x, n, s["alpha"], seed=seed, n0=s["n0"])
+    shape = smooth.forward(torch.as_tensor(x)[None].to(smooth.device)).shape[1:]
+    return np.full(shape, np.nan, np.float32) if center is None else center.cpu().numpy()
+
+
+def _add_detector(out: System, path: Path, device: str | None) -> None:
+    out.detector_path = path
+    if out.task == "recon":
+        from defend.detect.detector import load_detector
+
+        detector = load_detector(path, device=device)
+        out.scores, out.threshold = detector.score, detector.threshold
+        return
+    from defend.detect.inputs import input_detector_classifier
+
+    classifier = input_detector_classifier(path, device=device)
+
+    def scores(x: np.ndarray, _: np.ndarray) -> np.ndarray:
+        logits = classifier.predict(x, batch_size=len(x))
+        return logits[:, 1] - logits[:, 0]
+
+    out.scores, out.threshold = scores, 0.0  # ART's BinaryInputDetector: argmax
+
+
+def certificates(system: System, config: dict[str, Any], x: np.ndarray, y: np.ndarray,
+                 positions: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+    """The smoothed model's certificates of clean samples, per sample.
+
+    Returns:
+        cls ``label`` (N,) (-1 abstain), ``radius`` (N,) l2 pixel units; seg ``labels``
+        (N, K, H, W) (255 abstain), ``radius`` (N,); recon ``center`` (N, h, w), ``eps_in``
+        (E,) the grid of input radii (the noise's units), ``eps_out`` (N, E) the bounds.
+    """
+    from defend.smooth.certify import EPS_IN
+
+    s, seed, smooth = config["smoothing"], config["run"]["seed"], system.smooth
+    found: dict[str, list] = {}
+    for xi, p in zip(x, positions, strict=True):
+        common = {"n0": s["n0"], "alpha": s["alpha"], "seed": seed + int(p)}
+        if system.task == "recon":
+            grid = [e * smooth.sigma for e in (*EPS_IN, 2.0, 4.0)]
+            center, bounds = smooth.certify(xi, n=s["recon_n"], eps_in=grid, **common)
+            shape = y.shape[1:]
+            found.setdefault("center", []).append(
+                np.full(shape, np.nan, np.float32) if center is None else center.cpu().numpy()
+            )
+            found.setdefault("eps_out", []).append(bounds)
+            found["eps_in"] = [grid]
+            continue
+        label, radius = smooth.certify(xi, n=s["n"], **common)
+        found.setdefault("labels" if system.task == "seg" else "label", []).append(label)
+        found.setdefault("radius", []).append(radius)
+    out = {k: np.asarray(v) for k, v in found.items()}
+    if "eps_in" in out:
+        out["eps_in"] = out["eps_in"][0]
+    return out

@@ -1,0 +1,281 @@
+"""The matrix's HTML report: ``OUT/report.html``, one self-contained page.
+
+Every figure is an inline base64 PNG (matplotlib, Agg) and the style sheet is inline, so the
+page opens anywhere without its folder or a network. Per task: a heatmap per metric (model /
+defence rows against attack columns, missing or NaN cells grey), the detector cells' ROC
+curves, success against eps per (defence, attack) series, and the example images of each
+cell; then the sanity flags (REFERENCE §5) and the failed cells.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from defend.io import write_text  # noqa: E402
+
+#: the heatmaps of a task, in order: (metric, title)
+HEATMAPS = (
+    ("success", "attack success (share of samples)"),
+    ("attacked_quality", "quality under attack"),
+    ("detection_auroc", "detection AUROC (attacked against clean)"),
+    ("undetected_success", "success undetected by the detector"),
+    ("certified", "certified under the cell's perturbation"),
+)
+#: the checklist of REFERENCE §5 the flags come from
+CHECKLIST = (
+    "attack success does not fall as eps grows",
+    "the iterative attack (seg-pgd) is at least as strong as the single step (seg-fgsm)",
+    "random noise is weaker than each white-box attack at the same eps "
+    "(else gradient masking is suspected)",
+    "the adaptive attack is at least as strong as the plain one "
+    "(EOT: success; evade: success undetected)",
+)
+#: the arrays of a cell's examples npz
+EXAMPLE_KEYS = ("input", "attacked", "output", "attacked_output")
+DPI = 70
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
+h1, h2, h3 { font-weight: 600; } h2 { border-bottom: 1px solid #ccc; padding-top: .5em; }
+img { max-width: 100%; display: block; margin: .3em 0; }
+figure { display: inline-block; margin: .4em 1em .4em 0; vertical-align: top; }
+figcaption { font-size: 85%; color: #555; }
+details { margin: .2em 0; } summary { cursor: pointer; font-family: monospace; }
+code { background: #f3f3f3; padding: 0 .2em; } .flag { color: #a00; } .ok { color: #070; }
+"""
+
+
+def write_report(out: Path, records: list[dict[str, Any]], flags: list[dict[str, str]]) -> Path:
+    """``OUT/report.html`` of the records (plan order) and the flags raised, atomically."""
+    out = Path(out)
+    ok = [r for r in records if r.get("status") == "ok"]
+    body = [_header(out, records)]
+    for task in dict.fromkeys(r["task"] for r in ok):
+        body.append(_task(out, task, [r for r in ok if r["task"] == task]))
+    body += [_flags(flags), _failed(records)]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>defend matrix</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    return write_text(out / "report.html", page)
+
+
+def _header(out: Path, records: list[dict[str, Any]]) -> str:
+    """The title, the configuration's source and the cell counts."""
+    source = "?"
+    config = out / "config.json"
+    if config.exists():
+        try:
+            source = json.loads(config.read_text()).get("source", "?")
+        except (OSError, ValueError):
+            pass
+    failed = sum(r.get("status") != "ok" for r in records)
+    return (
+        "<h1>defend matrix</h1>"
+        f"<p>configuration: <code>{_e(source)}</code> &middot; {len(records)} cells, "
+        f"{len(records) - failed} ok, {failed} failed</p>"
+    )
+
+
+def _task(out: Path, task: str, cells: list[dict[str, Any]]) -> str:
+    """A task's section: heatmaps, ROC curves, eps sweeps and example images."""
+    unit = cells[0]["metrics"].get("quality_metric", "")
+    parts = [f"<h2>{_e(task)}</h2><p>quality: {_e(unit)}, {cells[0]['n']} samples a cell</p>"]
+    parts.append("<h3>metrics</h3>")
+    for metric, title in HEATMAPS:
+        having = [r for r in cells if metric in r["metrics"]]
+        if having:
+            parts.append(_figure(_heatmap(having, metric, title), f"{task}: {title}"))
+    roc = [r for r in cells if r.get("roc")]
+    if roc:
+        parts += ["<h3>detector ROC</h3>", _figure(_roc(roc, task), f"{task}: ROC curves")]
+    sweep = _sweep(cells, task)
+    if sweep:
+        parts += ["<h3>success against eps</h3>", _figure(sweep, f"{task}: success vs eps")]
+    parts += ["<h3>examples</h3>", _examples(out, cells)]
+    return "\n".join(parts)
+
+
+def _heatmap(cells: list[dict[str, Any]], metric: str, title: str) -> str:
+    """A heatmap of ``metric``: rows model / defence, columns attack @eps, values written."""
+    columns = list(dict.fromkeys(_column(r) for r in cells))
+    rows = list(dict.fromkeys(_row(r) for r in cells))
+    grid = np.full((len(rows), len(columns)), np.nan)
+    for r in cells:
+        value = r["metrics"][metric]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            grid[rows.index(_row(r)), columns.index(_column(r))] = value
+    width, height = 2.8 + 0.62 * len(columns), 1.6 + 0.32 * len(rows)
+    fig, ax = plt.subplots(figsize=(width, height))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
+    finite = grid[np.isfinite(grid)]
+    unit = finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1)
+    low, high = (0.0, 1.0) if unit else (finite.min(), finite.max())
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=low, vmax=high, aspect="auto")
+    for (i, j), value in np.ndenumerate(grid):
+        if math.isfinite(value):
+            dark = (value - low) / ((high - low) or 1) < 0.6
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")  # fmt: skip
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def _roc(cells: list[dict[str, Any]], task: str) -> str:
+    """The ROC curves of the detector cells, one a cell, AUROC in the legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ax.plot([0, 1], [0, 1], color="#999", linestyle=":", linewidth=0.8)
+    for r in cells:
+        auroc = r["metrics"].get("detection_auroc")
+        label = f"{_row(r)} | {_column(r)}"
+        if isinstance(auroc, int | float) and math.isfinite(auroc):
+            label += f" (AUROC {auroc:.3f})"
+        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], linewidth=1, label=label)
+    ax.set_xlabel("false positive rate", fontsize=8)
+    ax.set_ylabel("true positive rate", fontsize=8)
+    ax.set_title(f"{task}: detector ROC", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6.5, loc="lower right")
+    return _png(fig)
+
+
+def _sweep(cells: list[dict[str, Any]], task: str) -> str | None:
+    """Success against eps per (model / defence, attack) series of >= 2 eps; None if none."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in cells:
+        value = r["metrics"].get("success")
+        if r["eps"] is None or not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        series.setdefault(f"{_row(r)} | {_attack(r)}", []).append((r["eps"], value))
+    series = {k: sorted(v) for k, v in series.items() if len({e for e, _ in v}) >= 2}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for label, points in series.items():
+        eps, success = zip(*points, strict=True)
+        ax.plot(eps, success, marker="o", markersize=3, linewidth=1, label=label)
+    ax.set_xlabel("eps", fontsize=8)
+    ax.set_ylabel("attack success", fontsize=8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"{task}: success against eps", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6.5, loc="best")
+    return _png(fig)
+
+
+def _examples(out: Path, cells: list[dict[str, Any]]) -> str:
+    """A collapsible block of example images per cell (a note where the file is missing)."""
+    parts = []
+    for r in cells:
+        path = out / r["examples"] if r.get("examples") else None
+        if path is None or not path.exists():
+            body = "<p>no example images</p>"
+        else:
+            try:
+                image, amp = _example_figure(path)
+            except (OSError, ValueError, KeyError) as error:
+                body = f"<p>example images unreadable: {_e(str(error))}</p>"
+            else:
+                caption = (f"clean input, attacked input, |difference| ×{amp:.3g} (amplified "
+                           "to the input's range), clean output, attacked output")  # fmt: skip
+                body = _figure(image, caption)
+        parts.append(f"<details><summary>{_e(r['id'])}</summary>{body}</details>")
+    return "\n".join(parts)
+
+
+def _example_figure(path: Path) -> tuple[str, float]:
+    """The example images of one cell (a row per sample) and the difference's amplification."""
+    with np.load(path) as data:
+        x, adv, y, y_adv = (np.nan_to_num(data[k].astype(np.float32)) for k in EXAMPLE_KEYS)
+    diff = np.abs(adv - x)
+    span = float(x.max() - x.min()) or 1.0
+    amp = span / float(diff.max()) if diff.max() > 0 else 1.0
+    fig, axes = plt.subplots(len(x), 5, figsize=(6.5, 1.35 * len(x)), squeeze=False)
+    titles = ("input", "attacked", f"|diff| x{amp:.3g}", "output", "attacked output")
+    for i in range(len(x)):
+        lo, hi = float(x[i].min()), float(x[i].max())
+        olo, ohi = float(min(y[i].min(), y_adv[i].min())), float(max(y[i].max(), y_adv[i].max()))
+        panels = ((x[i], lo, hi), (adv[i], lo, hi), (diff[i] * amp, 0, span),
+                  (y[i], olo, ohi), (y_adv[i], olo, ohi))  # fmt: skip
+        for ax, (image, vmin, vmax) in zip(axes[i], panels, strict=True):
+            ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, title in zip(axes[0], titles, strict=True):
+        ax.set_title(title, fontsize=7)
+    return _png(fig), amp
+
+
+def _flags(flags: list[dict[str, str]]) -> str:
+    """The checklist of REFERENCE §5 and the flags raised against it."""
+    items = "".join(f"<li>{_e(c)}</li>" for c in CHECKLIST)
+    parts = [f"<h2>sanity flags (REFERENCE §5)</h2><p>checked:</p><ul>{items}</ul>"]
+    if not flags:
+        parts.append('<p class="ok">none raised</p>')
+    else:
+        raised = "".join(
+            f'<li class="flag">{_e(f["flag"])}: <code>{_e(f["cell"])}</code> against '
+            f"<code>{_e(f['against'])}</code> ({_e(f['detail'])})</li>"
+            for f in flags
+        )
+        parts.append(f"<p>{len(flags)} raised:</p><ul>{raised}</ul>")
+    return "\n".join(parts)
+
+
+def _failed(records: list[dict[str, Any]]) -> str:
+    """The failed cells and their errors (a line saying none failed otherwise)."""
+    failed = [r for r in records if r.get("status") != "ok"]
+    if not failed:
+        return "<h2>failed cells</h2><p>none</p>"
+    items = "".join(
+        f"<li><code>{_e(r['id'])}</code>: <pre>{_e(str(r.get('error', '?')))}</pre></li>"
+        for r in failed
+    )
+    return f"<h2>failed cells</h2><ul>{items}</ul>"
+
+
+def _attack(r: dict[str, Any]) -> str:
+    return r["attack"] + ("" if r["adaptive"] == "none" else f"+{r['adaptive']}")
+
+
+def _column(r: dict[str, Any]) -> str:
+    return _attack(r) if r["eps"] is None else f"{_attack(r)} @{r['eps']:.3g}"
+
+
+def _row(r: dict[str, Any]) -> str:
+    return f"{r['model']} / {r['defence']}"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _png(fig: plt.Figure) -> str:
+    """The figure as a ``data:`` URI of a PNG (the figure is closed)."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(uri: str, caption: str) -> str:
+    """An inline image with its (plain text) caption."""
+    return (f'<figure><img src="{uri}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")  # fmt: skip

@@ -1,0 +1,176 @@
+"""The matrix's results: cell records in, ``matrix.csv``, ``matrix.md`` and sanity flags out.
+
+* ``OUT/cells/<id>.json``: one record a cell (:mod:`defend.matrix.cells`), written atomically
+  when the cell finishes; the files are the matrix's state, so a run resumes from them;
+* ``OUT/matrix.csv``: long form, ``task,model,defence,attack,adaptive,eps,metric,value,
+  seconds``, in the plan's order (whatever order the cells finished in);
+* ``OUT/matrix.md``: per task, a table per metric, defence rows against attack columns, and
+  the sanity flags;
+* ``OUT/report.html``: the same as one self-contained page of figures (heatmaps, ROC curves,
+  eps sweeps, example images, flags; :mod:`defend.matrix.html`).
+
+The flags are the evaluation checklist of REFERENCE §5, each a comparison of two cells with a
+tolerance of one sample (``1 / n``): success does not fall as eps grows; the iterative attack
+(seg-pgd) is at least as strong as the single step (seg-fgsm); random noise is weaker than
+each white-box attack at the same eps (else gradient masking is suspected); the adaptive
+attack is at least as strong as the plain one (EOT: success; evade: success undetected).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from defend.io import write_csv, write_json, write_text
+
+CSV_COLUMNS = ("task", "model", "defence", "attack", "adaptive", "eps", "metric", "value",
+               "seconds")  # fmt: skip
+#: the tables of matrix.md, in order: (metric, title)
+TABLES = (
+    ("success", "attack success (share of samples)"),
+    ("attacked_quality", "quality under attack"),
+    ("clean_quality", "clean quality"),
+    ("detection_auroc", "detection AUROC (attacked against clean)"),
+    ("undetected_success", "success undetected by the detector"),
+    ("certified", "certified under the cell's perturbation"),
+)
+#: the white-box attacks that random noise must not beat
+WHITE_BOX = ("hallucination", "seg-fgsm", "seg-pgd", "art-pgd")
+
+
+def write_cell(out: Path, record: dict[str, Any]) -> Path:
+    """``OUT/cells/<id>.json``, atomically."""
+    return write_json(out / "cells" / f"{record['id']}.json", record)
+
+
+def read_cells(folders: Iterable[Path]) -> dict[str, dict[str, Any]]:
+    """Every cell record under ``FOLDER/cells`` of each folder (shards merge), by id; an
+    unreadable file (a run killed mid-write never leaves one, but a copy might) is skipped."""
+    found = {}
+    for folder in folders:
+        for path in sorted((Path(folder) / "cells").glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            found[record["id"]] = record
+    return found
+
+
+def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The long-form rows of the cells that finished, metrics in their record's order."""
+    out = []
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        for metric, value in r["metrics"].items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            out.append({"task": r["task"], "model": r["model"], "defence": r["defence"],
+                        "attack": r["attack"], "adaptive": r["adaptive"],
+                        "eps": "" if r["eps"] is None else f"{r['eps']:.6g}", "metric": metric,
+                        "value": f"{value:.6g}", "seconds": f"{r['seconds']:.3f}"})  # fmt: skip
+    return out
+
+
+def _column(r: dict[str, Any]) -> str:
+    name = r["attack"] + ("" if r["adaptive"] == "none" else f"+{r['adaptive']}")
+    return name if r["eps"] is None else f"{name} @{r['eps']:.3g}"
+
+
+def _row(r: dict[str, Any]) -> str:
+    return f"{r['model']} / {r['defence']}"
+
+
+def tables(records: list[dict[str, Any]]) -> str:
+    """The markdown tables of the finished cells, per task and metric."""
+    lines = []
+    ok = [r for r in records if r.get("status") == "ok"]
+    for task in dict.fromkeys(r["task"] for r in ok):
+        cells = [r for r in ok if r["task"] == task]
+        unit = cells[0]["metrics"].get("quality_metric", "")
+        lines += [f"## {task} (quality: {unit}, {cells[0]['n']} samples a cell)", ""]
+        for metric, title in TABLES:
+            having = [r for r in cells if metric in r["metrics"]]
+            if having:
+                lines += [f"**{title}**", "", *_table(having, metric), ""]
+    return "\n".join(lines)
+
+
+def _table(cells: list[dict[str, Any]], metric: str) -> list[str]:
+    columns = list(dict.fromkeys(_column(r) for r in cells))
+    rows = list(dict.fromkeys(_row(r) for r in cells))
+    value = {(_row(r), _column(r)): r["metrics"][metric] for r in cells}
+    head = ["| model / defence | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 1) + "|"]  # fmt: skip
+    body = [f"| {row} | " + " | ".join(_number(value.get((row, c))) for c in columns) + " |"
+            for row in rows]  # fmt: skip
+    return head + body
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return ""
+    return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.3f}"
+
+
+def flags(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The sanity flags raised by the finished cells (module doc)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    by = {(r["task"], r["model"], r["defence"], r["attack"], r["adaptive"], r["eps"]): r
+          for r in ok}  # fmt: skip
+    found: list[dict[str, str]] = []
+
+    def check(stronger: dict | None, weaker: dict | None, metric: str, name: str) -> None:
+        if stronger is None or weaker is None:
+            return
+        a, b = stronger["metrics"].get(metric), weaker["metrics"].get(metric)
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+            return
+        if a + 1 / stronger["n"] < b - 1e-9:
+            found.append({"flag": name, "cell": stronger["id"], "against": weaker["id"],
+                          "detail": f"{metric} {a:.3f} against {b:.3f}"})  # fmt: skip
+
+    for (task, model, defence, attack, adaptive, eps), r in by.items():
+        key = (task, model, defence)
+        larger = [e for (*k, a, v, e) in by if tuple(k) == key and a == attack and v == adaptive
+                  and e is not None and eps is not None and e > eps]  # fmt: skip
+        if larger:
+            bigger = by[(*key, attack, adaptive, min(larger))]
+            check(bigger, r, "success", "success falls as eps grows")
+        if attack == "seg-pgd":
+            check(r, by.get((*key, "seg-fgsm", adaptive, eps)), "success",
+                  "iterative attack weaker than single-step")  # fmt: skip
+        if attack == "noise" and adaptive == "none":
+            for white in WHITE_BOX:
+                check(by.get((*key, white, "none", eps)), r, "success",
+                      "random noise beats a white-box attack (gradient masking?)")  # fmt: skip
+        if adaptive == "eot":
+            check(r, by.get((*key, attack, "none", eps)), "success", "EOT attack weaker than plain")
+        if adaptive == "evade":
+            check(r, by.get((*key, attack, "none", eps)), "undetected_success",
+                  "detector-aware attack weaker than plain")  # fmt: skip
+    return found
+
+
+def write_results(out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """``matrix.csv``, ``matrix.md`` and ``flags.json`` from the records (plan order)."""
+    write_csv(out / "matrix.csv", csv_rows(records), CSV_COLUMNS)
+    raised = flags(records)
+    failed = [r for r in records if r.get("status") != "ok"]
+    text = ["# defend matrix", "", tables(records)]
+    text += ["## sanity flags (REFERENCE §5)", ""]
+    text += [f"- {f['flag']}: `{f['cell']}` against `{f['against']}` ({f['detail']})"
+             for f in raised] or ["- none raised"]  # fmt: skip
+    if failed:
+        text += ["", "## failed cells", ""]
+        text += [f"- `{r['id']}`: {r.get('error', '?')}" for r in failed]
+    write_text(out / "matrix.md", "\n".join(text) + "\n")
+    from defend.matrix.html import write_report
+
+    write_report(out, records, raised)
+    write_json(out / "flags.json", raised)
+    return {"flags": raised, "failed": [r["id"] for r in failed]}

@@ -1,0 +1,153 @@
+"""``defend matrix``: plan the cells, build what they need, run the missing ones, report.
+
+:func:`run_matrix` is the whole job and what the CLI calls:
+
+1. the configuration (:func:`~defend.matrix.config.load_config`) goes to ``OUT/config.json``;
+   a folder holding another configuration's cells is refused (one line);
+2. :func:`~defend.matrix.cells.plan` lists the cells (``shard=(i, n)``: every n-th from the
+   i-th, for machines without a cluster; ``defend report`` merges the shards' folders);
+3. the builds of the cells still to run are made in ``cache`` (default ``OUT/../cache``,
+   shared by every configuration beside it);
+4. each missing cell runs (a cell whose record is there is done; a failed one runs again)
+   and its record is written atomically the moment it finishes, so a run killed at any point
+   and started again runs only what is missing and ends with the same ``matrix.csv``
+   (``seconds`` aside); ``force`` runs every cell again;
+5. ``matrix.csv``, ``matrix.md`` and ``report.html`` are written from all records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from defend.errors import DefendError
+from defend.io import check_writable, write_json
+from defend.matrix.builds import Builder, data_build
+from defend.matrix.cells import Cell, plan, run_cell
+from defend.matrix.config import load_config
+from defend.matrix.defences import row_builds
+from defend.matrix.results import read_cells, write_cell, write_results
+
+ENGINES = ("local", "ray")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n`` (None stays None)."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise DefendError(f"--shard must be I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise DefendError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def _check_folder(out: Path, config: dict[str, Any]) -> None:
+    """Refuse a folder whose cells were made with another configuration."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps({k: v for k, v in config.items() if k != "source"}))
+    old.pop("source", None)
+    if old != new:
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise DefendError(
+            f"{out} holds a matrix of another configuration (differing: {', '.join(keys)}); "
+            "choose another --out or remove it"
+        )
+
+
+def run_matrix(
+    source: str | os.PathLike | dict[str, Any] | None = None,
+    out: str | os.PathLike = "runs/matrix",
+    *,
+    engine: str = "local",
+    address: str | None = None,
+    shard: tuple[int, int] | None = None,
+    force: bool = False,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the matrix of ``source`` (a preset name, a TOML file or a loaded configuration;
+    None: ``quick``) into ``out`` (module doc).
+
+    Returns:
+        ``{"cells": n, "ran": n, "failed": [ids], "flags": [...], "out": str}``.
+    """
+    if engine not in ENGINES:
+        raise DefendError(f"--engine must be {' or '.join(ENGINES)}, got {engine!r}")
+    config = source if isinstance(source, dict) else load_config(source)
+    out = check_writable(out, "dir")
+    _check_folder(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config)
+    cells = plan(config)
+    if shard is not None:
+        cells = cells[shard[0] :: shard[1]]
+    if force:
+        shutil.rmtree(out / "rows", ignore_errors=True)
+    done = read_cells([out])
+    todo = [c for c in cells if force or done.get(c.id, {}).get("status") != "ok"]
+    log(f"matrix: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
+    builder = Builder(Path(cache) if cache else out.parent / "cache", _device(config), log)
+    if engine == "ray":
+        from defend.matrix.ray_engine import run_ray
+
+        run_ray(config, todo, builder, out, address, progress, log)
+    else:
+        _run_local(config, todo, builder, out, progress)
+    return report(out, cells=[c.id for c in cells], ran=len(todo))
+
+
+def _device(config: dict[str, Any]) -> str | None:
+    device = config["run"]["device"]
+    return None if device == "auto" else device
+
+
+def cell_paths(config: dict[str, Any], cell: Cell, builder: Builder) -> tuple[dict, Path]:
+    """Build (or find) what ``cell`` needs: ``({name: path}, data folder)``."""
+    needs = row_builds(config, cell.row)
+    paths = {name: builder.make(build) for name, build in needs.items()}
+    return paths, builder.make(data_build(config))
+
+
+def _run_local(config: dict[str, Any], todo: list[Cell], builder: Builder, out: Path,
+               progress: bool) -> None:  # fmt: skip
+    bar = tqdm(todo, desc="matrix", unit="cell", disable=not progress)
+    for cell in bar:
+        bar.set_postfix_str(cell.id[-40:])
+        paths, data = cell_paths(config, cell, builder)
+        write_cell(out, run_cell(config, cell, paths, out, data))
+
+
+def report(out: str | os.PathLike, *, folders: list[Path] | None = None,
+           cells: list[str] | None = None, ran: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Write ``matrix.csv``, ``matrix.md`` (and the HTML report) of ``out`` from the records
+    in ``folders`` (default ``[out]``; shards' folders merge), in plan order."""
+    out = Path(out)
+    records = read_cells(folders or [out])
+    if not records:
+        raise DefendError(f"{out}: no cell records (OUT/cells/*.json) to report")
+    order = cells or _planned(out) or sorted(records)
+    ordered = [records[i] for i in order if i in records]
+    summary = write_results(out, ordered)
+    missing = [i for i in order if i not in records]
+    return {"cells": len(order), "ran": ran, "missing": missing, "out": str(out), **summary}
+
+
+def _planned(out: Path) -> list[str] | None:
+    """The cell ids of the configuration kept in ``OUT/config.json``, in plan order."""
+    path = out / "config.json"
+    if not path.exists():
+        return None
+    return [c.id for c in plan(json.loads(path.read_text()))]

@@ -1,0 +1,146 @@
+"""``OUT/report.html`` of ``defend matrix`` (:mod:`defend.matrix.html`): self-contained, and it
+renders in a real browser (headless Chromium; skipped where missing, but not under CI)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from defend.matrix.html import write_report
+from defend.matrix.results import flags, write_results
+
+IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"')
+
+
+def _record(out: Path, task: str, defence: str, attack: str, eps: float | None,
+            **metrics: Any) -> dict[str, Any]:  # fmt: skip
+    """A finished cell record with an examples npz of 2 random (16, 16) samples."""
+    cell_id = f"{task}.net.{defence}.{attack}" + ("" if eps is None else f".eps{eps:.4g}")
+    rng = np.random.default_rng(len(cell_id))
+    x = rng.random((2, 16, 16))
+    images = {"input": x, "attacked": x + 0.01 * rng.standard_normal(x.shape),
+              "output": x**2, "attacked_output": x**2 + 0.1 * rng.random(x.shape)}  # fmt: skip
+    examples = Path("examples") / f"{cell_id}.npz"
+    (out / "examples").mkdir(parents=True, exist_ok=True)
+    np.savez(out / examples, **{k: v.astype(np.float16) for k, v in images.items()})
+    base = {"clean_quality": 30.0, "attacked_quality": 20.0, "success": 0.5,
+            "quality_metric": "psnr", "linf": eps or 0.0, "l2": 1.0}  # fmt: skip
+    return {"id": cell_id, "task": task, "model": "net", "defence": defence, "attack": attack,
+            "adaptive": "none", "eps": eps, "params": {}, "seed": 0, "n": 8, "seconds": 0.1,
+            "status": "ok", "metrics": {**base, **metrics}, "examples": str(examples)}  # fmt: skip
+
+
+def _records(out: Path) -> list[dict[str, Any]]:
+    """Recon cells (an eps sweep whose success falls: a flag; a detector cell), a cls cell
+    with a NaN quality and a certificate, and a failed seg cell."""
+    detector = _record(out, "recon", "detector", "hallucination", 0.01, detection_auroc=0.8,
+                       detected=0.75, false_positive=0.125, undetected_success=0.25)  # fmt: skip
+    detector["roc"] = {"fpr": [0.0, 0.25, 0.5, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0]}
+    failed = {"id": "seg.net.none.seg-fgsm.eps0.03", "task": "seg", "model": "net",
+              "defence": "none", "attack": "seg-fgsm", "adaptive": "none", "eps": 0.03,
+              "n": 8, "status": "failed", "error": "RuntimeError: <boom> & more"}  # fmt: skip
+    smooth = _record(out, "cls", "smooth", "art-pgd", 0.03, attacked_quality=float("nan"),
+                     certified=0.5, abstain=0.125)  # fmt: skip
+    return [
+        _record(out, "recon", "none", "hallucination", 0.01, success=0.75),
+        _record(out, "recon", "none", "hallucination", 0.03, success=0.25),
+        detector,
+        smooth,
+        failed,
+    ]
+
+
+@pytest.fixture
+def report(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    records = _records(tmp_path)
+    raised = flags(records)
+    return write_report(tmp_path, records, raised), raised
+
+
+def test_report_is_self_contained(report: tuple[Path, list[dict[str, Any]]]) -> None:
+    path, raised = report
+    text = path.read_text()
+    images = IMG.findall(text)
+    alts = [alt for _, alt in images]
+    from PIL import Image
+
+    for data, _ in images:  # every inline image is a valid PNG
+        assert Image.open(io.BytesIO(base64.b64decode(data))).format == "PNG"
+    assert any("attack success" in a for a in alts)  # heatmaps
+    assert any("certified" in a for a in alts) and any("AUROC" in a for a in alts)
+    assert any("ROC curves" in a for a in alts)
+    assert any("success vs eps" in a for a in alts)  # the recon sweep has 2 eps
+    assert sum("clean input" in a for a in alts) == 4  # examples of the 4 finished cells
+    assert len(text) < 2_000_000
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r'(src|href)="(?!data:)', text)
+    assert "<script" not in text and "<link" not in text
+    assert "sanity flags" in text and raised and "success falls as eps grows" in text
+    assert "seg.net.none.seg-fgsm.eps0.03" in text and "&lt;boom&gt; &amp; more" in text
+    assert "5 cells, 4 ok, 1 failed" in text
+
+
+def test_report_without_flags_or_failures(tmp_path: Path) -> None:
+    records = _records(tmp_path)[3:4]
+    text = write_report(tmp_path, records, []).read_text()
+    assert "none raised" in text and "failed cells</h2><p>none</p>" in text
+
+
+def test_write_results_writes_the_report(tmp_path: Path) -> None:
+    summary = write_results(tmp_path, _records(tmp_path))
+    assert (tmp_path / "report.html").exists() and (tmp_path / "matrix.md").exists()
+    assert summary["failed"] == ["seg.net.none.seg-fgsm.eps0.03"]
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and Path("/usr/bin/chromium").exists():
+        found = "/usr/bin/chromium"
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI needs it for the report's browser test)")
+        pytest.skip("chromium is not installed")
+    return found
+
+
+def _browse(chromium: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+               "--window-size=1200,2000", *args]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_report_renders_in_chromium(
+    report: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    chromium = _chromium()
+    path, _ = report
+    shot = tmp_path / "shot.png"
+    done = _browse(chromium, tmp_path, f"--screenshot={shot}", path.as_uri())
+    assert shot.exists(), done.stderr[-2000:]
+    assert shot.stat().st_size > 20_000
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape[:2] == (2000, 1200) and pixels.std() > 10
+    # a copy with a probe script: how many images did the browser decode?
+    probe = tmp_path / "probe.html"
+    script = ("<script>window.addEventListener('load', () => { const i = [...document.images];"
+              " document.body.dataset.decoded = i.filter(m => m.complete && m.naturalWidth > 0)"
+              ".length + '/' + i.length; });</script>")  # fmt: skip
+    probe.write_text(path.read_text().replace("</body>", script + "</body>"))
+    dom = _browse(chromium, tmp_path, "--virtual-time-budget=10000", "--dump-dom",
+                  probe.as_uri()).stdout  # fmt: skip
+    found = re.search(r'data-decoded="(\d+)/(\d+)"', dom)
+    assert found, dom[-2000:]
+    decoded, total = int(found[1]), int(found[2])
+    assert total == len(IMG.findall(path.read_text())) and decoded == total > 0
