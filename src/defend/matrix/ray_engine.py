@@ -1,0 +1,139 @@
+"""``defend matrix --engine ray``: the cells as Ray tasks, on a local Ray or a cluster.
+
+The design keeps the local engine's results:
+
+1. **Builds first, level by level.** The builds the cells need (data, models, denoisers,
+   detectors) are collected and run as Ray tasks in dependency order, one level at a time
+   (a level's builds need only earlier levels), so two cells never train the same model at
+   once. Each build declares ``num_cpus=1`` and, where the driver sees CUDA, one GPU.
+2. **Then the cells**, one task each (one CPU, :data:`CELL_GPUS` of a GPU where there is
+   one). The driver writes each record the moment it arrives (``OUT/cells/<id>.json``,
+   atomically), so a killed run resumes as the local one does; a task Ray loses (a worker
+   died) becomes a failed record, and the other cells go on.
+
+Every cell is seeded by its own settings and each task runs with one torch thread, so a
+Ray run gives the same ``matrix.csv`` as the local engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from defend.errors import DefendError
+from defend.matrix.builds import Build, Builder, data_build
+from defend.matrix.cells import Cell
+from defend.matrix.defences import row_builds
+
+#: the share of a GPU a cell asks for where the driver sees one (builds ask for a whole one)
+CELL_GPUS = 0.5
+
+
+def _gpus() -> float:
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
+
+
+def levels(builds: list[Build]) -> list[list[Build]]:
+    """The builds and everything they need, in levels: a build's needs lie in earlier levels."""
+    depth: dict[Build, int] = {}
+
+    def visit(build: Build) -> int:
+        if build not in depth:
+            depth[build] = 1 + max((visit(n) for n in build.needs), default=-1)
+        return depth[build]
+
+    for build in builds:
+        visit(build)
+    out: list[list[Build]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for build, level in depth.items():
+        out[level].append(build)
+    return out
+
+
+def _make(cache: Path, device: str | None, build: Build) -> str:
+    """A Ray task: make one build (its needs are done)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return str(Builder(cache, device, log=lambda _: None).make(build))
+
+
+def _cell(config: dict[str, Any], cell: Cell, cache: Path, device: str | None,
+          out: Path) -> dict[str, Any]:  # fmt: skip
+    """A Ray task: one cell's record (its builds are done)."""
+    import torch
+
+    from defend.matrix.cells import run_cell
+    from defend.matrix.run import cell_paths
+
+    torch.set_num_threads(1)
+    paths, data = cell_paths(config, cell, Builder(cache, device, log=lambda _: None))
+    return run_cell(config, cell, paths, out, data)
+
+
+def run_ray(
+    config: dict[str, Any],
+    todo: list[Cell],
+    builder: Builder,
+    out: Path,
+    address: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+    *,
+    num_cpus: int | None = None,
+) -> None:
+    """Run ``todo`` on Ray (module doc): on the cluster at ``address``, or on a local Ray
+    started for the run (``num_cpus``: its CPUs, default all) and shut down after it."""
+    try:
+        import ray
+    except ImportError:
+        raise DefendError("--engine ray needs Ray: pip install 'defend[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        options = {"address": address} if address else {"num_cpus": num_cpus}
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", **options)
+    try:
+        _builds(ray, config, todo, builder, log)
+        _cells(ray, config, todo, builder, out, progress)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _builds(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder,
+            log: Callable[[str], None]) -> None:  # fmt: skip
+    wanted = [data_build(config)] + [b for c in todo for b in row_builds(config, c.row).values()]
+    make = ray.remote(num_cpus=1, num_gpus=_gpus())(_make)
+    for level in levels(wanted):
+        missing = [b for b in level if not builder.done(b)]
+        for build in missing:
+            log(f"== building {build.key} on Ray")
+        ray.get([make.remote(builder.cache, builder.device, b) for b in missing])
+
+
+def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder, out: Path,
+           progress: bool) -> None:  # fmt: skip
+    from defend.matrix.results import write_cell
+
+    task = ray.remote(num_cpus=1, num_gpus=CELL_GPUS * _gpus(), max_retries=0)(_cell)
+    pending = {task.remote(config, c, builder.cache, builder.device, out): c for c in todo}
+    bar = tqdm(total=len(pending), desc="matrix (ray)", unit="cell", disable=not progress)
+    while pending:
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        cell = pending.pop(ready)
+        try:
+            record = ray.get(ready)
+        except Exception as error:  # noqa: BLE001 - a lost task is a failed cell
+            record = {"id": cell.id, "task": cell.row.task, "model": cell.row.model,
+                      "defence": cell.row.defence, "attack": cell.attack,
+                      "adaptive": cell.adaptive, "eps": cell.eps, "status": "failed",
+                      "error": f"ray: {type(error).__name__}: {error}".splitlines()[0],
+                      "seconds": 0.0}  # fmt: skip
+        write_cell(out, record)
+        bar.update()
+    bar.close()
