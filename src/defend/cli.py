@@ -826,6 +826,7 @@ def matrix_command(
     force: bool = typer.Option(False, help="Run every cell again (builds are kept)."),
     engine: str = typer.Option("local", help="local (one process) or ray."),
     address: str = typer.Option(None, help="ray: the address of an existing cluster."),
+    workers: int = typer.Option(None, help="ray: CPUs of the local Ray (default all)."),
     shard: str = typer.Option(None, help="I/N: run every N-th cell from the I-th only."),
     cache: Path = typer.Option(None, help="Where builds are cached (default OUT/../cache)."),
     progress: bool = PROGRESS,
@@ -845,7 +846,7 @@ def matrix_command(
         return
     summary = run_matrix(resolved, out, engine=engine, address=address,
                          shard=parse_shard(shard), force=force, cache=cache,
-                         progress=progress, log=typer.echo)  # fmt: skip
+                         workers=workers, progress=progress, log=typer.echo)  # fmt: skip
     _show_matrix(summary)
 
 

@@ -5,14 +5,19 @@ The design keeps the local engine's results:
 1. **Builds first, level by level.** The builds the cells need (data, models, denoisers,
    detectors) are collected and run as Ray tasks in dependency order, one level at a time
    (a level's builds need only earlier levels), so two cells never train the same model at
-   once. Each build declares ``num_cpus=1`` and, where the driver sees CUDA, one GPU.
-2. **Then the cells**, one task each (one CPU, :data:`CELL_GPUS` of a GPU where there is
-   one). The driver writes each record the moment it arrives (``OUT/cells/<id>.json``,
-   atomically), so a killed run resumes as the local one does; a task Ray loses (a worker
-   died) becomes a failed record, and the other cells go on.
+   once. Each build declares one CPU and, where the driver sees CUDA, :data:`BUILD_GPUS`.
+2. **Then the cells**, one task each (one CPU, :data:`CELL_GPUS` of a GPU where the driver
+   sees CUDA). All builds are done, so a cell only resolves their paths. The driver writes
+   each record the moment it arrives (``OUT/cells/<id>.json``, atomically), so a killed run
+   resumes as the local one does; a task Ray loses (a worker died) becomes a failed record,
+   and the other cells go on.
 
 Every cell is seeded by its own settings and each task runs with one torch thread, so a
-Ray run gives the same ``matrix.csv`` as the local engine.
+Ray run gives the same ``matrix.csv`` as the local engine (``seconds`` aside).
+
+On a cluster (``address``) every node must have ``defend`` installed and see the cache and
+``OUT`` at the same paths (a shared file system): builds and the cells' row stages and
+examples are written by the workers.
 """
 
 from __future__ import annotations
@@ -28,14 +33,17 @@ from defend.matrix.builds import Build, Builder, data_build
 from defend.matrix.cells import Cell
 from defend.matrix.defences import row_builds
 
-#: the share of a GPU a cell asks for where the driver sees one (builds ask for a whole one)
+#: the GPUs a build (training) asks for where the driver sees CUDA (else none)
+BUILD_GPUS = 1.0
+#: the share of a GPU a cell asks for where the driver sees CUDA (else none)
 CELL_GPUS = 0.5
 
 
-def _gpus() -> float:
+def _gpus(share: float) -> float:
+    """``share`` where the driver sees CUDA, else 0."""
     import torch
 
-    return 1.0 if torch.cuda.is_available() else 0.0
+    return share if torch.cuda.is_available() else 0.0
 
 
 def levels(builds: list[Build]) -> list[list[Build]]:
@@ -88,11 +96,14 @@ def run_ray(
     num_cpus: int | None = None,
 ) -> None:
     """Run ``todo`` on Ray (module doc): on the cluster at ``address``, or on a local Ray
-    started for the run (``num_cpus``: its CPUs, default all) and shut down after it."""
+    started for the run (``num_cpus``: its CPUs, default all) and shut down after it; a Ray
+    already initialised is used as it is (and left running). Nothing to run starts nothing."""
     try:
         import ray
     except ImportError:
         raise DefendError("--engine ray needs Ray: pip install 'defend[ray]'") from None
+    if not todo:
+        return
     started = not ray.is_initialized()
     if started:
         options = {"address": address} if address else {"num_cpus": num_cpus}
@@ -108,7 +119,7 @@ def run_ray(
 def _builds(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder,
             log: Callable[[str], None]) -> None:  # fmt: skip
     wanted = [data_build(config)] + [b for c in todo for b in row_builds(config, c.row).values()]
-    make = ray.remote(num_cpus=1, num_gpus=_gpus())(_make)
+    make = ray.remote(num_cpus=1, num_gpus=_gpus(BUILD_GPUS))(_make)
     for level in levels(wanted):
         missing = [b for b in level if not builder.done(b)]
         for build in missing:
@@ -120,7 +131,7 @@ def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder,
            progress: bool) -> None:  # fmt: skip
     from defend.matrix.results import write_cell
 
-    task = ray.remote(num_cpus=1, num_gpus=CELL_GPUS * _gpus(), max_retries=0)(_cell)
+    task = ray.remote(num_cpus=1, num_gpus=_gpus(CELL_GPUS), max_retries=0)(_cell)
     pending = {task.remote(config, c, builder.cache, builder.device, out): c for c in todo}
     bar = tqdm(total=len(pending), desc="matrix (ray)", unit="cell", disable=not progress)
     while pending:
@@ -129,11 +140,17 @@ def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder,
         try:
             record = ray.get(ready)
         except Exception as error:  # noqa: BLE001 - a lost task is a failed cell
-            record = {"id": cell.id, "task": cell.row.task, "model": cell.row.model,
-                      "defence": cell.row.defence, "attack": cell.attack,
-                      "adaptive": cell.adaptive, "eps": cell.eps, "status": "failed",
-                      "error": f"ray: {type(error).__name__}: {error}".splitlines()[0],
-                      "seconds": 0.0}  # fmt: skip
+            record = lost(config, cell, error)
         write_cell(out, record)
         bar.update()
     bar.close()
+
+
+def lost(config: dict[str, Any], cell: Cell, error: BaseException) -> dict[str, Any]:
+    """The failed record of a cell whose task Ray lost (``run_cell`` records its own errors)."""
+    run = config["run"]
+    return {"id": cell.id, "task": cell.row.task, "model": cell.row.model,
+            "defence": cell.row.defence, "attack": cell.attack, "adaptive": cell.adaptive,
+            "eps": cell.eps, "seed": run["seed"], "n": run["n"], "split": run["split"],
+            "status": "failed", "seconds": 0.0,
+            "error": f"ray: {type(error).__name__}: {error}".splitlines()[0]}  # fmt: skip

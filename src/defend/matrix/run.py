@@ -75,11 +75,15 @@ def run_matrix(
     shard: tuple[int, int] | None = None,
     force: bool = False,
     cache: str | os.PathLike | None = None,
+    workers: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the matrix of ``source`` (a preset name, a TOML file or a loaded configuration;
     None: ``quick``) into ``out`` (module doc).
+
+    Args:
+        workers: ray: the CPUs of the local Ray started for the run (default all).
 
     Returns:
         ``{"cells": n, "ran": n, "failed": [ids], "flags": [...], "out": str}``.
@@ -103,7 +107,7 @@ def run_matrix(
     if engine == "ray":
         from defend.matrix.ray_engine import run_ray
 
-        run_ray(config, todo, builder, out, address, progress, log)
+        run_ray(config, todo, builder, out, address, progress, log, num_cpus=workers)
     else:
         _run_local(config, todo, builder, out, progress)
     return report(out, cells=[c.id for c in cells], ran=len(todo))
