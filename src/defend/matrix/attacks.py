@@ -52,7 +52,8 @@ def _seg_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
 def _art_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
              params: dict[str, Any], positions: np.ndarray, seed: int) -> np.ndarray:  # fmt: skip
     """ART's PGD raising the task's loss: recon on the real parts of the sampled k-space
-    (:func:`~defend.attacks.art_pgd.kspace_pgd`), images with one random start."""
+    (:func:`~defend.attacks.art_pgd.kspace_pgd`), images from one random start (ART starts
+    at random only for classifiers: seg starts from the clean image)."""
     from defend.attacks.art_pgd import art_pgd, kspace_pgd
 
     steps = int(params.get("steps", 10))
@@ -62,7 +63,8 @@ def _art_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
     target = y
     if y.ndim == 1:  # class labels -> one-hot, as ART's classifiers take them
         target = np.eye(estimator.nb_classes, dtype=np.float32)[y]
-    return art_pgd(estimator, eps, steps, len(x)).generate(x, y=target)
+    random_init = 1 if y.ndim == 1 else 0
+    return art_pgd(estimator, eps, steps, len(x), random_init).generate(x, y=target)
 
 
 def _noise(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
