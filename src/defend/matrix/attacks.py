@@ -44,11 +44,6 @@ def _evading(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
     return _seed_attack("hallucination-evade")(estimator, x, y, eps, given, positions, seed)
 
 
-def _seg_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
-             params: dict[str, Any], positions: np.ndarray, seed: int) -> np.ndarray:  # fmt: skip
-    return _seed_attack("seg-fgsm")(estimator, x, y, eps, params, positions, seed)
-
-
 def _art_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
              params: dict[str, Any], positions: np.ndarray, seed: int) -> np.ndarray:  # fmt: skip
     """ART's PGD raising the task's loss: recon on the real parts of the sampled k-space
@@ -90,7 +85,7 @@ ATTACKS: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
     "hallucination": (_seed_attack("hallucination"), True),
     "hallucination+evade": (_evading, True),
     "seg-fgsm": (_seed_attack("seg-fgsm"), True),
-    "seg-pgd": (_seg_pgd, True),
+    "seg-pgd": (_seed_attack("seg-fgsm"), True),  # with the configured max_iter
     "dgde": (_seed_attack("dgde"), False),
     "art-pgd": (_art_pgd, True),
     "noise": (_noise, True),

@@ -103,7 +103,7 @@ def system(config: dict[str, Any], row: Row, paths: dict[str, Path]) -> System:
     """The defended model of ``row`` from its built ``paths`` (:func:`row_builds`' keys)."""
     from defend.estimators import load_estimator
 
-    device = _device(config)
+    device = config_device(config)
     estimator = load_estimator(paths["model"], device=device)
     out = System(row.task, estimator, lambda x, _: base_outputs(row.task, estimator, x))
     if row.smoothing:
@@ -113,7 +113,8 @@ def system(config: dict[str, Any], row: Row, paths: dict[str, Path]) -> System:
     return out
 
 
-def _device(config: dict[str, Any]) -> str | None:
+def config_device(config: dict[str, Any]) -> str | None:
+    """``run.device`` as a torch device name, None for ``auto`` (CUDA if present)."""
     device = config["run"]["device"]
     return None if device == "auto" else device
 

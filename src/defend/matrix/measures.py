@@ -79,12 +79,12 @@ def recon_effect(estimator: Any, params: dict[str, Any]) -> Any:
 
 
 def separation(clean_scores: np.ndarray, adv_scores: np.ndarray) -> float:
-    """AUROC of detector scores, attacked samples (positives) against clean ones."""
-    from sklearn.metrics import roc_auc_score
+    """AUROC of detector scores, attacked samples (positives) against clean ones
+    (:func:`defend.detect.evaluate.separation`'s)."""
+    from defend.detect.evaluate import separation as scored
 
-    labels = np.r_[np.zeros(len(clean_scores)), np.ones(len(adv_scores))]
-    scores = np.nan_to_num(np.r_[clean_scores, adv_scores].astype(np.float64))
-    return float(roc_auc_score(labels, scores))
+    labels = np.r_[np.zeros(len(clean_scores)), np.ones(len(adv_scores))].astype(np.int64)
+    return scored(labels, np.r_[clean_scores, adv_scores])["auroc"]
 
 
 def roc_points(clean_scores: np.ndarray, adv_scores: np.ndarray) -> dict[str, list[float]]:

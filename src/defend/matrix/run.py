@@ -31,7 +31,7 @@ from defend.io import check_writable, write_json
 from defend.matrix.builds import Builder, data_build
 from defend.matrix.cells import Cell, plan, run_cell
 from defend.matrix.config import load_config
-from defend.matrix.defences import row_builds
+from defend.matrix.defences import config_device, row_builds
 from defend.matrix.results import read_cells, write_cell, write_results
 
 ENGINES = ("local", "ray")
@@ -103,7 +103,7 @@ def run_matrix(
     done = read_cells([out])
     todo = [c for c in cells if force or done.get(c.id, {}).get("status") != "ok"]
     log(f"matrix: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
-    builder = Builder(Path(cache) if cache else out.parent / "cache", _device(config), log)
+    builder = Builder(Path(cache) if cache else out.parent / "cache", config_device(config), log)
     if engine == "ray":
         from defend.matrix.ray_engine import run_ray
 
@@ -111,11 +111,6 @@ def run_matrix(
     else:
         _run_local(config, todo, builder, out, progress)
     return report(out, cells=[c.id for c in cells], ran=len(todo))
-
-
-def _device(config: dict[str, Any]) -> str | None:
-    device = config["run"]["device"]
-    return None if device == "auto" else device
 
 
 def cell_paths(config: dict[str, Any], cell: Cell, builder: Builder) -> tuple[dict, Path]:
