@@ -169,7 +169,7 @@ def test_forward_counter_and_interleaving():
 
 
 def test_missing_run_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(DefendError, match="defend demo"):
+    with pytest.raises(DefendError, match="defend bench models"):
         bench_attacks(tmp_path / "nowhere")
     result = CliRunner().invoke(app, ["bench", "attacks", "--help"])
     assert result.exit_code == 0 and "--pixel-th" in result.output
@@ -205,7 +205,7 @@ def test_jsonable_is_the_io_one():
 
 @pytest.fixture
 def demo_dir(tmp_path, synth_dir, unet_ckpt, varnet_ckpt, seg_ckpt, cls_ckpt):
-    """A folder laid out as `defend demo` writes it (links to the session's models)."""
+    """A folder laid out as `defend bench models` writes it (links to the session's models)."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "data").symlink_to(synth_dir)
@@ -220,7 +220,7 @@ def demo_dir(tmp_path, synth_dir, unet_ckpt, varnet_ckpt, seg_ckpt, cls_ckpt):
 
 
 def test_bench_attacks_command_on_a_demo_folder(tmp_path, demo_dir):
-    """`defend bench attacks` end to end on a folder laid out as `defend demo` writes it."""
+    """`defend bench attacks` end to end on a folder laid out as `defend bench models` writes it."""
     run_dir = demo_dir
     out = tmp_path / "bench.json"
     args = ["bench", "attacks", str(run_dir), "--n", "2", "--iters", "1", "--repeats", "1"]

@@ -201,8 +201,8 @@ def test_attack_errors_are_one_line(seg_ckpt, unet_ckpt, synth_dir, tmp_path):
     assert "Traceback" not in wrong_task.stderr + bad_eps.stderr + bad_mask.stderr
 
 
-def test_demo_quick_runs_everything_and_resumes(tmp_path):
-    out = invoke("demo", tmp_path / "run", "--quick", "--n", "2")
+def test_bench_models_quick_trains_everything_and_resumes(tmp_path):
+    out = invoke("bench", "models", tmp_path / "run", "--quick", "--n", "2")
     for name in ("recon-unet", "recon-varnet", "seg", "cls"):
         assert (tmp_path / "run" / f"{name}.pt").exists()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -214,5 +214,5 @@ def test_demo_quick_runs_everything_and_resumes(tmp_path):
         "dgde/cls",
     }
     assert "strength" in out and "zf_ssim" in out
-    again = invoke("demo", tmp_path / "run", "--quick", "--n", "2")
+    again = invoke("bench", "models", tmp_path / "run", "--quick", "--n", "2")
     assert again.count("already trained") == 4

@@ -24,8 +24,8 @@ import defend.data
 import defend.data.synth as synth
 import defend.io
 import defend.train
+from defend.bench.models import run_models
 from defend.cli import INTERRUPTED, app
-from defend.demo import run_demo
 from defend.device import pick_device
 from defend.errors import DefendError, ModelOptionError, OutputError
 from defend.io import check_writable, load_checkpoint, load_weights_file
@@ -93,8 +93,8 @@ def test_pick_device_checks_the_machine(monkeypatch):
         ["attack", "dgde", "--checkpoint", "c.pt", "--data", "d", "--out", "{tmp}/a"],
         ["attack", "seg-fgsm", "--checkpoint", "c.pt", "--data", "d", "--out", "{tmp}/a"],
         ["attack", "hallucination", "--checkpoint", "c.pt", "--data", "d", "--out", "{tmp}/a"],
-        ["demo", "{tmp}/demo"],
-        ["bench", "attacks", "{tmp}/demo", "--out", "{tmp}/b.json"],
+        ["bench", "models", "{tmp}/bench"],
+        ["bench", "attacks", "{tmp}/bench", "--out", "{tmp}/b.json"],
     ],
 )
 def test_commands_check_device_before_work(command, tmp_path):
@@ -145,7 +145,7 @@ def test_check_writable_read_only_folder(tmp_path):
         ["attack", "dgde", "--checkpoint", "c.pt", "--data", "{data}", "--out", "{bad}/a"],
         ["attack", "seg-fgsm", "--checkpoint", "c.pt", "--data", "{data}", "--out", "{bad}/a"],
         ["attack", "hallucination", "--checkpoint", "c.pt", "--data", "{data}", "--out", "{bad}"],
-        ["demo", "{bad}/demo", "--quick"],
+        ["bench", "models", "{bad}/bench", "--quick"],
         ["data", "synth", "{bad}/data"],
         ["bench", "attacks", "{data}", "--out", "{bad}/b.json"],
     ],
@@ -402,7 +402,7 @@ def test_synth_keeps_a_complete_set_and_refuses_other_settings(tmp_path):
 def test_no_progress_everywhere():
     commands = get_command(app).commands
     groups = {"data": ["synth"], "attack": ["hallucination", "seg-fgsm", "dgde"]}
-    found = [commands["demo"], commands["train"]]
+    found = [commands["bench"].commands["models"], commands["train"]]
     found += [commands[g].commands[c] for g, names in groups.items() for c in names]
     for command in found:
         assert "progress" in {p.name for p in command.params}, command.name
@@ -430,11 +430,11 @@ def test_attack_progress_is_the_attack_verbose(flag, verbose, monkeypatch, tmp_p
     assert seen["verbose"] is verbose
 
 
-# ------------------------------------------------------------------------------- 8. demo
+# ----------------------------------------------------------------- 8. bench models
 
 
 @pytest.fixture
-def fake_demo_steps(monkeypatch) -> list[str]:
+def fake_model_steps(monkeypatch) -> list[str]:
     """Replace synthesis, training and attacks by stubs that record what they were asked."""
     calls: list[str] = []
     monkeypatch.setattr(defend.data, "synthesize", lambda out, **k: calls.append(f"synth {k}"))
@@ -448,39 +448,38 @@ def fake_demo_steps(monkeypatch) -> list[str]:
     return calls
 
 
-def test_demo_refuses_a_folder_with_other_settings(fake_demo_steps, tmp_path):
-    out = tmp_path / "demo"
-    run_demo(out, quick=True, log=lambda s: None)
-    settings = json.loads((out / "demo.json").read_text())
+def test_bench_models_refuses_a_folder_with_other_settings(fake_model_steps, tmp_path):
+    out = tmp_path / "bench"
+    run_models(out, quick=True, log=lambda s: None)
+    settings = json.loads((out / "models.json").read_text())
     assert settings["quick"] is True and settings["data"]["size"] == 32
     assert {t["epochs"] for t in settings["training"].values()} == {1}
-    fake_demo_steps.clear()
-    message = refused("demo", out)
+    fake_model_steps.clear()
+    message = refused("bench", "models", out)
     assert message == (
-        f"{out}: holds a --quick demo (32 px, 1 epoch); the full demo needs another folder or "
-        "removing it"
+        f"{out}: holds a --quick models folder (32 px, 1 epoch); the full one needs another "
+        "folder or removing it"
     )
-    with pytest.raises(DefendError, match=r"holds a demo with seed 0 \(you asked seed 3\)"):
-        run_demo(out, quick=True, seed=3, log=lambda s: None)
-    assert fake_demo_steps == []  # refused before anything ran
-    assert json.loads((out / "demo.json").read_text()) == settings
-    run_demo(out, quick=True, n=2, log=lambda s: None)  # same settings: resumes
-    assert any(c.startswith("train") for c in fake_demo_steps)
+    with pytest.raises(DefendError, match=r"holds models with seed 0 \(you asked seed 3\)"):
+        run_models(out, quick=True, seed=3, log=lambda s: None)
+    assert fake_model_steps == []  # refused before anything ran
+    assert json.loads((out / "models.json").read_text()) == settings
+    run_models(out, quick=True, n=2, log=lambda s: None)  # same settings: resumes
+    assert any(c.startswith("train") for c in fake_model_steps)
 
 
-def test_demo_refuses_an_older_folder_with_other_data(fake_demo_steps, tmp_path):
-    out = tmp_path / "demo"
+def test_bench_models_refuses_an_older_folder_with_other_data(fake_model_steps, tmp_path):
+    out = tmp_path / "bench"
     params = {"size": 32, "coils": 2, "volumes": 4, "slices": 4, "seed": 0}
     (out / "data").mkdir(parents=True)
     (out / "data" / "dataset.json").write_text(json.dumps({"params": params}))
-    with pytest.raises(DefendError, match="holds a demo with data of size 32"):
-        run_demo(out, log=lambda s: None)
-    assert not (out / "demo.json").exists() and fake_demo_steps == []
+    with pytest.raises(DefendError, match="holds models with data of size 32"):
+        run_models(out, log=lambda s: None)
+    assert not (out / "models.json").exists() and fake_model_steps == []
 
 
-def test_demo_refuses_bad_n_before_any_work(fake_demo_steps, tmp_path):
-    from defend.demo import run_demo
+def test_bench_models_refuses_bad_n_before_any_work(fake_model_steps, tmp_path):
 
     with pytest.raises(DefendError, match="--n must be >= 1"):
-        run_demo(tmp_path / "d", n=0, quick=True, log=lambda s: None)
-    assert fake_demo_steps == [] and not (tmp_path / "d").exists()
+        run_models(tmp_path / "d", n=0, quick=True, log=lambda s: None)
+    assert fake_model_steps == [] and not (tmp_path / "d").exists()

@@ -323,3 +323,32 @@ def test_attacks_target_the_smoothed_model(seg_ckpt, synth_dir, tmp_path):
     gap = np.abs(torch.sigmoid(torch.as_tensor(eot.predict(x))) - torch.sigmoid(
         torch.as_tensor(estimator.predict(x)))).mean()  # fmt: skip
     assert 0 < float(gap) < 0.2
+
+
+def test_frozen_eot_is_one_deterministic_estimate_and_dgde_moves_the_smoothed_model(
+    cls_ckpt, cls_images
+):
+    """With frozen draws the EOT classifier answers every query the same, whatever the batch
+    (fresh draws do not), so the black-box DGDE sees one function; what it finds without
+    pruning (the matrix's adaptive DGDE) moves the smoothed classifier's own fresh
+    Monte-Carlo prediction off the right label (wrong or abstaining) on some images."""
+    from defend.attacks.run import attack_arrays
+
+    x, labels = cls_images
+    estimator = defend.load_estimator(cls_ckpt)
+    frozen = eot_estimator(estimator, sigma=0.25, draws=16, frozen_seed=3)
+    first = frozen.predict(x[:6], batch_size=6)
+    assert np.array_equal(first, frozen.predict(x[:6], batch_size=2))
+    assert np.array_equal(first[:1], frozen.predict(x[:1]))
+    fresh = eot_estimator(estimator, sigma=0.25, draws=16)
+    assert not np.array_equal(fresh.predict(x[:6]), fresh.predict(x[:6]))
+    smooth = smoothed(estimator, sigma=0.25)
+    x_adv, rows = attack_arrays(
+        frozen, "dgde", x[:6], labels[:6], {"max_queries": 300, "prune": False}
+    )
+    moved = []
+    for i, row in enumerate(rows):
+        before = smooth.predict(x[i], n=200, alpha=0.01, seed=1)
+        after = smooth.predict(x_adv[i], n=200, alpha=0.01, seed=1)
+        moved.append(row["success"] == 1 and before == labels[i] and after != labels[i])
+    assert any(moved)

@@ -3,9 +3,9 @@
 Notebook entry points::
 
     import defend
-    est = defend.load_estimator("runs/demo/recon-unet.pt")      # an ART estimator
-    x, y = defend.load_arrays("runs/demo/data", "recon", "val", 8)  # its input format
-    smoothed = defend.load_smoothed("runs/demo/cls-resnet18.pt", sigma=0.25)  # certify()
+    est = defend.load_estimator("runs/bench/recon-unet.pt")      # an ART estimator
+    x, y = defend.load_arrays("runs/bench/data", "recon", "val", 8)  # its input format
+    smoothed = defend.load_smoothed("runs/bench/cls-resnet18.pt", sigma=0.25)  # certify()
     detector = defend.load_detector("runs/det.pt")        # score(x, recon), heatmap(x, recon)
 """
 

@@ -791,29 +791,6 @@ def certify(
     typer.echo(f"wrote {out}/certificates.csv, summary.json, certified.png")
 
 
-@app.command("demo")
-def demo(
-    out: Path = typer.Argument(Path("runs/demo"), help="Folder for data and checkpoints."),
-    seed: int = typer.Option(0, help="Random seed."),
-    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
-    n: int = typer.Option(4, help="Test samples per attack."),
-    quick: bool = typer.Option(False, help="Smoke run: 32 px data, 1 epoch, short attacks."),
-    progress: bool = PROGRESS,
-) -> None:
-    """The main job on the built-in data: synthesise it, train every model, attack each.
-
-    An interrupted demo resumes when run again with the same options; a folder that holds a
-    demo with other settings (e.g. a --quick one) is refused.
-    """
-    from defend.demo import format_demo, run_demo
-
-    summary = run_demo(
-        out, seed=seed, device=device, n=n, quick=quick, progress=progress, log=typer.echo
-    )
-    typer.echo(f"== summary ({out / 'summary.json'})")
-    typer.echo(format_demo(summary))
-
-
 @app.command("matrix")
 def matrix_command(
     config: str = typer.Argument(
@@ -868,6 +845,7 @@ def _show_matrix(summary: dict[str, Any]) -> None:
     out = Path(summary["out"])
     typer.echo((out / "matrix.md").read_text())
     typer.echo(f"tables: {out / 'matrix.md'}, long form: {out / 'matrix.csv'}")
+    typer.echo(f"report: {out / 'report.html'} (open it in a browser)")
     if summary.get("missing"):
         typer.echo(f"{len(summary['missing'])} cells not run yet (run defend matrix again)")
     if summary["failed"]:
@@ -884,9 +862,33 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 
 
+@bench_app.command("models")
+def bench_models_command(
+    out: Path = typer.Argument(Path("runs/bench"), help="Folder for data and checkpoints."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    n: int = typer.Option(4, help="Test samples per attack."),
+    quick: bool = typer.Option(False, help="Smoke run: 32 px data, 1 epoch, short attacks."),
+    progress: bool = PROGRESS,
+) -> None:
+    """The models `bench attacks` and `bench certify` time: synthesise the built-in data,
+    train the four default models, attack each once.
+
+    An interrupted run resumes when run again with the same options; a folder that holds
+    models of other settings (e.g. a --quick one) is refused.
+    """
+    from defend.bench.models import format_models, run_models
+
+    summary = run_models(
+        out, seed=seed, device=device, n=n, quick=quick, progress=progress, log=typer.echo
+    )
+    typer.echo(f"== summary ({out / 'summary.json'})")
+    typer.echo(format_models(summary))
+
+
 @bench_app.command("attacks")
 def bench_attacks_command(
-    run_dir: Path = typer.Argument(Path("runs/demo"), help="Folder `defend demo` wrote."),
+    run_dir: Path = typer.Argument(Path("runs/bench"), help="Folder `defend bench models` wrote."),
     n: int = typer.Option(4, help="Samples per task, attacked as one batch."),
     out: Path = typer.Option(None, help="Also write the results to this JSON file."),
     split: str = typer.Option("test", help="Data split the samples come from."),
@@ -948,7 +950,7 @@ def bench_attacks_command(
 @bench_app.command("train")
 def bench_train_command(
     data: Path = typer.Argument(
-        Path("runs/demo/data"), help="Data folder with a train split (defend data synth DIR)."
+        Path("runs/bench/data"), help="Data folder with a train split (defend data synth DIR)."
     ),
     out: Path = typer.Option(None, help="Also write the results to this JSON file."),
     tasks: str = typer.Option(
@@ -993,7 +995,7 @@ def bench_train_command(
 
 @bench_app.command("certify")
 def bench_certify_command(
-    run_dir: Path = typer.Argument(Path("runs/demo"), help="Folder `defend demo` wrote."),
+    run_dir: Path = typer.Argument(Path("runs/bench"), help="Folder `defend bench models` wrote."),
     samples: int = typer.Option(2, help="Test samples certified per model."),
     n0: int = typer.Option(100, help="Selection samples (recon: centre candidates)."),
     n: int = typer.Option(2000, help="Estimation samples."),

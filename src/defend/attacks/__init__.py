@@ -7,6 +7,8 @@
 - :class:`DGDE` (any ART classifier): black-box few-pixel differential evolution.
 - :class:`EvadingHallucination`: the hallucination attack with a detector's score in its
   loss (the adaptive attack on a detector).
+- :class:`EvadingPGD`: l-inf PGD on images with an input detector's score in its loss (the
+  adaptive attack on a segmentation or classification input detector).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ _CLASSES = {
     "TorchAttack": "base",
     "DGDE": "dgde",
     "EvadingHallucination": "evading",
+    "EvadingPGD": "evading_pgd",
     "HallucinationAttack": "hallucination",
     "SegmentationFGSM": "seg_fgsm",
     "region_mask": "region",
@@ -34,6 +37,7 @@ __all__ = [
     "ATTACKS",
     "DGDE",
     "EvadingHallucination",
+    "EvadingPGD",
     "HallucinationAttack",
     "SegmentationFGSM",
     "TorchAttack",

@@ -96,9 +96,9 @@ class DGDE(TorchAttack):
             seed: uniform noise on every pixel).
 
     The defaults aim at few pixels within about 400 queries per image: on the built-in
-    64 px data (the demo's resnet18, its 32 test images) every image flips, with 16 pixels
-    on average from healthy to lesion and 64 from lesion to healthy (45 overall, 1.1 % of
-    the image). The seed's DE alone is about ``noise="uniform", prune=False,
+    64 px data (``defend bench models``' resnet18, its 32 test images) every image flips,
+    with 16 pixels on average from healthy to lesion and 64 from lesion to healthy (45
+    overall, 1.1 % of the image). The seed's DE alone is about ``noise="uniform", prune=False,
     population=20, max_iter=1000, patience=200, max_queries=20_000``.
     """
 

@@ -9,7 +9,7 @@ warm-up (:mod:`defend.bench.timing`):
 2. **HallucinationAttack vs ART's ProjectedGradientDescent** and
 3. **DGDE vs ART's PixelAttack** (:mod:`defend.bench.art`), on the same estimators and inputs.
 
-:func:`bench_attacks` runs everything on a ``defend demo`` folder; :func:`bench_suite` on
+:func:`bench_attacks` runs everything on a ``defend bench models`` folder; :func:`bench_suite` on
 estimators and arrays you already hold (:mod:`defend.bench.suite`); :func:`format_bench`
 prints the result (:mod:`defend.bench.report`) and :func:`defend.io.jsonable` makes it strict
 JSON.

@@ -1,7 +1,8 @@
 """Certification benchmark: smoothing's sampling throughput over the base model's own.
 
-``defend bench certify RUN_DIR`` (:func:`bench_certify`) takes each model of a ``defend demo``
-folder and, in one process, times interleaved (certify, floor, certify, floor, ...):
+``defend bench certify RUN_DIR`` (:func:`bench_certify`) takes each model of a
+``defend bench models`` folder and, in one process, times interleaved (certify, floor,
+certify, floor, ...):
 
 * **certify**: ``certify`` of the smoothed model on one sample (:mod:`defend.smooth.core`:
   ``n0 + n`` noisy copies for classification and segmentation, ``n0 + 3 n`` for center
@@ -98,7 +99,7 @@ def _art_row(estimator: Any, smooth: Any, x: np.ndarray, n: int, batch_size: int
 
 
 def bench_certify(
-    run_dir: str | os.PathLike = "runs/demo",
+    run_dir: str | os.PathLike = "runs/bench",
     *,
     samples: int = 2,
     n0: int = 100,
@@ -109,7 +110,7 @@ def bench_certify(
     threads: int | None = 1,
     log: Log = print,
 ) -> list[dict[str, Any]]:
-    """The certification benchmark (module doc) on a ``defend demo`` folder.
+    """The certification benchmark (module doc) on a ``defend bench models`` folder.
 
     Returns:
         One row per model: ``model``, ``task``, ``samples_per_s`` (certify), ``floor_per_s``,
@@ -125,7 +126,9 @@ def bench_certify(
     run_dir = Path(run_dir)
     missing = [m for m in DEMO_MODELS if not (run_dir / f"{m}.pt").is_file()]
     if missing:
-        raise DefendError(f"{run_dir}: lacks {', '.join(missing)}.pt (run `defend demo` first)")
+        raise DefendError(
+            f"{run_dir}: lacks {', '.join(missing)}.pt (run `defend bench models` first)"
+        )
     if min(samples, n0, n, batch_size, repeats) < 1:
         raise DefendError("--samples, --n0, --n, --batch-size and --repeats must be >= 1")
     rows = []

@@ -1,7 +1,7 @@
-"""The whole benchmark: on estimators and arrays you hold, or on a ``defend demo`` folder.
+"""The whole benchmark: on estimators and arrays you hold, or on a ``defend bench models`` folder.
 
 :func:`bench_suite` runs the floors (:mod:`defend.bench.floors`) and the comparisons with ART
-(:mod:`defend.bench.art`) on whatever it is given; :func:`bench_attacks` loads a demo folder's
+(:mod:`defend.bench.art`) on whatever it is given; :func:`bench_attacks` loads a models folder's
 four checkpoints and test samples (read the way each model was trained: its checkpoint's
 acquisition, classes and channels), then runs :func:`bench_suite` under a chosen torch
 thread count and records the machine it ran on.
@@ -26,7 +26,7 @@ from defend.bench.floors import hallucination_vs_floor, seg_pgd_vs_floor
 from defend.bench.timing import Log, timed, torch_threads
 from defend.errors import DefendError
 
-#: the checkpoints a ``defend demo`` folder holds, by name
+#: the checkpoints a ``defend bench models`` folder holds, by name
 DEMO_MODELS = ("recon-unet", "recon-varnet", "seg", "cls")
 
 
@@ -133,21 +133,21 @@ def _balanced(labels: np.ndarray, n: int) -> np.ndarray:
     return np.array(sorted(picked))
 
 
-def _check_demo(run_dir: Path, n: int, iters: int, repeats: int) -> None:
-    """A clear error for a folder that is not a finished ``defend demo`` or bad counts."""
+def _check_models_folder(run_dir: Path, n: int, iters: int, repeats: int) -> None:
+    """A clear error for a folder that is not a finished ``defend bench models`` or bad counts."""
     missing = [f"{name}.pt" for name in DEMO_MODELS if not (run_dir / f"{name}.pt").is_file()]
     if not (run_dir / "data").is_dir():
         missing.insert(0, "data/")
     if missing:
         raise DefendError(
-            f"{run_dir}: lacks {', '.join(missing)} (run `defend demo {run_dir}` first)"
+            f"{run_dir}: lacks {', '.join(missing)} (run `defend bench models {run_dir}` first)"
         )
     if n < 1 or repeats < 1 or iters < 1:
         raise DefendError(f"n, repeats and iters must be >= 1, got {n}, {repeats}, {iters}")
 
 
-def _load_demo(run_dir: Path, n: int, split: str, device: str | None) -> dict[str, Any]:
-    """The demo's estimators and ``n`` samples per task (classifier images: classes in turn),
+def _load_models(run_dir: Path, n: int, split: str, device: str | None) -> dict[str, Any]:
+    """The folder's estimators and ``n`` samples per task (classifier images: classes in turn),
     each read as its checkpoint was trained; :func:`bench_suite`'s arguments."""
     from defend.data import load_arrays
     from defend.data.arrays import checkpoint_data_args
@@ -210,7 +210,7 @@ def _config(
 
 
 def bench_attacks(
-    run_dir: str | os.PathLike = "runs/demo",
+    run_dir: str | os.PathLike = "runs/bench",
     *,
     n: int = 4,
     split: str = "test",
@@ -223,7 +223,7 @@ def bench_attacks(
     threads: int | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
-    """The attack benchmark on a ``defend demo`` folder (``data/`` and the four checkpoints).
+    """The attack benchmark on a ``defend bench models`` folder (``data/``, four checkpoints).
 
     Args:
         run_dir: holds ``data/``, ``recon-unet.pt``, ``recon-varnet.pt``, ``seg.pt``, ``cls.pt``.
@@ -239,7 +239,7 @@ def bench_attacks(
         :func:`bench_suite`'s result plus ``"config"``; see :func:`format_bench`.
     """
     run_dir = Path(run_dir)
-    _check_demo(run_dir, n, iters, repeats)
+    _check_models_folder(run_dir, n, iters, repeats)
     start = time.perf_counter()
     settings = {
         "iters": iters,
@@ -249,7 +249,7 @@ def bench_attacks(
         "dgde_params": dgde_params,
     }
     with torch_threads(threads):
-        inputs = _load_demo(run_dir, n, split, device)
+        inputs = _load_models(run_dir, n, split, device)
         result = bench_suite(**inputs, **settings, log=log)
         used_threads = torch.get_num_threads()
     seconds = time.perf_counter() - start

@@ -3,7 +3,8 @@
 Each takes ``(estimator, x, y, eps, params, positions, seed)`` and returns the attacked inputs
 (the shape of ``x``). ``estimator`` is what the attacker sees: the base model's ART estimator,
 or for an adaptive column the smoothed model's EOT estimator or the detector-aware attack's
-settings in ``params``. ``eps`` is in the units of the task's ``defend attack`` command (recon:
+settings in ``params`` (``ATTACK+evade``: the attack with the detector's score in its
+loss). ``eps`` is in the units of the task's ``defend attack`` command (recon:
 relative l-inf in k-space; seg and cls: l-inf in pixel units of [0, 1]); ``positions`` (N,)
 seed each sample, so that the numbers do not depend on how samples are grouped.
 
@@ -42,6 +43,20 @@ def _evading(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
     given = {k: v for k, v in params.items() if k != "weight"}
     given["evade_weight"] = params.get("weight", 1.0)
     return _seed_attack("hallucination-evade")(estimator, x, y, eps, given, positions, seed)
+
+
+def _evading_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
+                 params: dict[str, Any], positions: np.ndarray,
+                 seed: int) -> np.ndarray:  # fmt: skip
+    """PGD with the input detector's margin in its loss (``params``: ``detector``,
+    ``weight``, and the steps of the attack it adapts: ``max_iter`` or ART PGD's ``steps``)."""
+    from defend.attacks import EvadingPGD
+
+    steps = int(params.get("max_iter", params.get("steps", 10)))
+    attack = EvadingPGD(estimator, params["detector"], eps=eps, max_iter=steps,
+                        evade_weight=params.get("weight", 1.0), seed=seed)  # fmt: skip
+    x_adv, _ = attack_arrays(estimator, attack, x, y, seed=seed, indices=positions)
+    return x_adv
 
 
 def _art_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
@@ -84,11 +99,15 @@ def _noise(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
 ATTACKS: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
     "hallucination": (_seed_attack("hallucination"), True),
     "hallucination+evade": (_evading, True),
+    "seg-pgd+evade": (_evading_pgd, True),
+    "art-pgd+evade": (_evading_pgd, True),
     "seg-fgsm": (_seed_attack("seg-fgsm"), True),
     "seg-pgd": (_seed_attack("seg-fgsm"), True),  # with the configured max_iter
     "dgde": (_seed_attack("dgde"), False),
     "art-pgd": (_art_pgd, True),
     "noise": (_noise, True),
 }
+#: per task, the attacks with a detector-aware version (``NAME+evade``) against its detector
+EVADING = {"recon": ("hallucination",), "seg": ("seg-pgd", "art-pgd"), "cls": ("art-pgd",)}
 #: the attacks that follow gradients (their EOT version is the adaptive attack on smoothing)
 GRADIENT = ("hallucination", "seg-fgsm", "seg-pgd", "art-pgd")

@@ -83,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "recon_n": 1200,
         "delta": 0.05,
         "eot": 4,
+        "query_draws": 32,
         "denoiser_epochs": 4,
     },  # fmt: skip
     "detector": {"epochs": 4, "n": 0},

@@ -91,12 +91,15 @@ class System:
     threshold: float | None = None
     detector_path: Path | None = None
 
-    def eot(self, draws: int, seed: int) -> Any:
-        """The smoothed model's EOT estimator (the adaptive attacker's view)."""
+    def eot(self, draws: int, seed: int, frozen: bool = False) -> Any:
+        """The smoothed model's EOT estimator (the adaptive attacker's view); ``frozen``:
+        the same ``draws`` noise images for every query (a black-box attacker's
+        deterministic estimate, :mod:`defend.smooth.eot`)."""
         from defend.smooth.eot import eot_estimator
 
         torch.manual_seed(seed)
-        return eot_estimator(self.estimator, self.smooth.sigma, draws, self.denoiser)
+        frozen_seed = seed if frozen else None
+        return eot_estimator(self.estimator, self.smooth.sigma, draws, self.denoiser, frozen_seed)
 
 
 def system(config: dict[str, Any], row: Row, paths: dict[str, Path]) -> System:

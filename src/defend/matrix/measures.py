@@ -11,6 +11,10 @@ Success, per sample:
   for every attack in the hallucination attack's region;
 * seg: the Dice falls by at least a tenth of its clean value (:data:`SEG_DROP`);
 * cls: an image classified right when clean is classified wrong (rate over those).
+
+A smoothed model that abstains under attack gives no answer, so no wrong one: that sample is
+not a success (recon, cls; the ``abstain`` metric counts them), while quality counts an
+abstention as wrong (accuracy) or leaves it out (SSIM).
 """
 
 from __future__ import annotations
@@ -53,13 +57,19 @@ def success(task: str, y: np.ndarray, clean: np.ndarray, adv: np.ndarray,
     ``(clean (N, h, w), adv) -> strength (N,)``."""
     if task == "recon":
         strength = effect(clean, adv)
-        return np.where(np.isfinite(strength), strength >= STRENGTH, np.nan)
+        judged = np.where(np.isfinite(strength), strength >= STRENGTH, np.nan)
+        return np.where(_abstained(adv) & ~_abstained(clean), 0.0, judged)
     if task == "seg":
         before, after = quality(task, y, clean), quality(task, y, adv)
         judged = np.isfinite(before) & (before > 0) & np.isfinite(after)
         return np.where(judged, after < (1 - SEG_DROP) * np.where(judged, before, 1), np.nan)
-    right = np.asarray(clean) == np.asarray(y)
-    return np.where(right, np.asarray(adv) != np.asarray(y), np.nan)
+    right, adv = np.asarray(clean) == np.asarray(y), np.asarray(adv)
+    return np.where(right, (adv != np.asarray(y)) & (adv != -1), np.nan)
+
+
+def _abstained(images: np.ndarray) -> np.ndarray:
+    """(N,) bool: recon outputs (N, h, w) that are all NaN (the smoothed model abstained)."""
+    return np.isnan(np.asarray(images).reshape(len(images), -1)).all(1)
 
 
 def recon_effect(estimator: Any, params: dict[str, Any]) -> Any:

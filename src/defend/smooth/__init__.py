@@ -1,7 +1,7 @@
 """Denoised smoothing: smoothed predictors with certificates for the three tasks.
 
     import defend
-    smoothed = defend.load_smoothed("runs/demo/cls-resnet18.pt", sigma=0.25)
+    smoothed = defend.load_smoothed("runs/bench/cls-resnet18.pt", sigma=0.25)
     label, radius = smoothed.certify(x[0], n0=100, n=10_000, alpha=0.001)
 
 :mod:`defend.smooth.core` holds the algorithms; :func:`smoothed` picks the one of an

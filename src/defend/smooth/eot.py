@@ -10,6 +10,13 @@ base model runs on the smoothed one unchanged:
 * classification: the log of the mean softmax (logits of the soft smoothed classifier);
 * segmentation: the logit of the mean per-pixel probability;
 * reconstruction: the mean reconstruction.
+
+A black-box attack (DGDE) only queries predictions, and fresh noise on every query makes
+them random: it keeps a few-pixel change that flipped one noisy estimate and not the
+smoothed model. ``frozen_seed`` fixes the ``draws`` noise images once (common random
+numbers, the same for every input and query), so the attacker sees one deterministic
+Monte-Carlo estimate of the smoothed model and what fools it transfers to the fresh draws
+of the smoothed prediction.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class ExpectedOutput(nn.Module):
         noise: :class:`ImageNoise` or :class:`KspaceNoise`. draws: copies per input.
         combine: (B, draws, ...) -> (B, ...) (:data:`COMBINE`).
         denoiser: a module from noisy to clean inputs, or None.
+        frozen_seed: None for fresh noise on every call; else the seed of ``draws`` noise
+            images (C, H, W) drawn once and used for every input (module doc).
     """
 
     def __init__(
@@ -59,17 +68,27 @@ class ExpectedOutput(nn.Module):
         draws: int,
         combine: Callable[[torch.Tensor], torch.Tensor],
         denoiser: nn.Module | None = None,
+        frozen_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.base, self.denoiser = base, denoiser
         self._forward, self.noise, self.draws, self.combine = forward, noise, draws, combine
+        self.frozen_seed, self._frozen = frozen_seed, None
+
+    def _draws(self, x: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise (B, draws, ...) for inputs ``x`` (B, ...)."""
+        if self.frozen_seed is None:
+            return torch.randn((len(x), self.draws, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        if self._frozen is None or self._frozen.shape[1:] != x.shape[1:]:
+            generator = torch.Generator().manual_seed(self.frozen_seed)
+            self._frozen = torch.randn((self.draws, *x.shape[1:]), generator=generator)
+        return self._frozen.to(x.device, x.dtype).expand(len(x), *self._frozen.shape)
 
     def forward(self, x: torch.Tensor, *unused: Any) -> torch.Tensor:
         """The expected output (B, ...) of inputs ``x`` (B, ...); a reconstruction model's
         mask argument is unused (the base estimator applies its own)."""
         scale = self.noise.scale(x).unsqueeze(1)
-        noise = torch.randn((len(x), self.draws, *x.shape[1:]), device=x.device, dtype=x.dtype)
-        noisy = (x.unsqueeze(1) + scale * noise).flatten(0, 1)
+        noisy = (x.unsqueeze(1) + scale * self._draws(x)).flatten(0, 1)
         if self.denoiser is not None:
             noisy = self.denoiser(noisy)
         out = self._forward(noisy)
@@ -80,21 +99,26 @@ class SmoothedReconEstimator(ReconEstimator):
     """A reconstruction EOT estimator; :meth:`reshaped` smooths the base estimator's reshaped
     copy (fastMRI data mixes k-space widths)."""
 
-    #: (base estimator, sigma, draws, denoiser)
+    #: (base estimator, sigma, draws, denoiser, frozen_seed)
     smoothing: tuple = ()
 
     def reshaped(self, input_shape: tuple[int, ...]) -> ReconEstimator:
         if tuple(input_shape) == tuple(self.input_shape):
             return self
-        base, sigma, draws, denoiser = self.smoothing
-        return eot_estimator(base.reshaped(input_shape), sigma, draws, denoiser)
+        base, sigma, draws, denoiser, frozen_seed = self.smoothing
+        return eot_estimator(base.reshaped(input_shape), sigma, draws, denoiser, frozen_seed)
 
 
 def eot_estimator(
-    estimator: Any, sigma: float, draws: int, denoiser: nn.Module | None = None
+    estimator: Any,
+    sigma: float,
+    draws: int,
+    denoiser: nn.Module | None = None,
+    frozen_seed: int | None = None,
 ) -> Any:
     """The smoothed version of ``estimator`` (``defend.load_estimator``'s) for EOT attacks:
-    the same kind of estimator, input and output format, around :class:`ExpectedOutput`."""
+    the same kind of estimator, input and output format, around :class:`ExpectedOutput`
+    (``frozen_seed``: fixed noise draws, for black-box attacks; module doc)."""
     from defend.attacks.base import torch_forward
     from defend.estimators.cls import make_classifier
 
@@ -104,9 +128,13 @@ def eot_estimator(
         raise DefendError(f"--eot must be >= 1 (noise draws per step), got {draws}")
     forward, base = torch_forward(estimator), estimator.model
     device = estimator.device
+
+    def expected(noise: Any, task: str) -> ExpectedOutput:
+        return ExpectedOutput(forward, base, noise, draws, COMBINE[task], denoiser, frozen_seed)
+
     if isinstance(estimator, ReconEstimator):
         noise = KspaceNoise(sigma, estimator)
-        model = ExpectedOutput(forward, base, noise, draws, COMBINE["recon"], denoiser)
+        model = expected(noise, "recon")
         smoothed = SmoothedReconEstimator(
             model,
             estimator.mask,
@@ -115,11 +143,11 @@ def eot_estimator(
             loss=estimator.loss_function,
             acquisition=estimator.acquisition,
         )
-        smoothed.smoothing = (estimator, sigma, draws, denoiser)
+        smoothed.smoothing = (estimator, sigma, draws, denoiser, frozen_seed)
         return smoothed
     if isinstance(estimator, SegEstimator):
-        model = ExpectedOutput(forward, base, ImageNoise(sigma), draws, COMBINE["seg"], denoiser)
+        model = expected(ImageNoise(sigma), "seg")
         loss = estimator.loss_function
         return SegEstimator(model, estimator.input_shape, device=device, loss=loss)
-    model = ExpectedOutput(forward, base, ImageNoise(sigma), draws, COMBINE["cls"], denoiser)
+    model = expected(ImageNoise(sigma), "cls")
     return make_classifier(model, estimator.input_shape, estimator.nb_classes, device=device)

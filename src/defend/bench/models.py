@@ -1,9 +1,11 @@
-"""The main job on the built-in data: synthesise it, train every default model, attack each.
+"""The models the benchmarks time: synthesise the built-in data, train the four default
+models, attack each once.
 
-``defend demo RUN_DIR`` calls :func:`run_demo`; every step resumes or is skipped when its
-output is already there, so an interrupted demo picks up where it stopped. ``RUN_DIR/demo.json``
-records the settings, so that a demo with other settings (``--quick`` against the full one)
-is refused rather than mixed into the same folder.
+``defend bench models RUN_DIR`` calls :func:`run_models`; ``defend bench attacks`` and
+``defend bench certify`` take the folder it writes. Every step resumes or is skipped when its
+output is already there, so an interrupted run picks up where it stopped.
+``RUN_DIR/models.json`` records the settings, so that a folder with other settings
+(``--quick`` against the full one) is refused rather than mixed into.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 from defend.errors import DefendError
 from defend.io import write_json
 
-#: Tag of ``OUT/demo.json``.
-DEMO_FORMAT = "defend-demo-v1"
+#: Tag of ``OUT/models.json``.
+MODELS_FORMAT = "defend-bench-models-v1"
 
 #: (checkpoint name, task, model name)
 MODELS = (
@@ -41,7 +43,7 @@ QUICK_DATA = {"size": 32, "coils": 2, "volumes": 4, "slices": 4}
 FULL_DATA = {"size": 64, "coils": 4, "volumes": 24, "slices": 8}
 QUICK_ATTACK = {"hallucination": {"max_iter": 5}, "dgde": {"max_queries": 300}}
 
-#: the metrics shown in the demo's summary for each attack
+#: the metrics shown in the summary for each attack
 HEADLINE = {
     "hallucination": ("strength", "recon_ssim", "recon_psnr", "input_psnr"),
     "seg-fgsm": ("dice_clean", "dice_adv", "dice_diff"),
@@ -49,8 +51,8 @@ HEADLINE = {
 }
 
 
-def demo_settings(*, seed: int = 0, quick: bool = False) -> dict[str, Any]:
-    """What a demo run folder holds, as stored in ``OUT/demo.json``: the data and training
+def models_settings(*, seed: int = 0, quick: bool = False) -> dict[str, Any]:
+    """What a models folder holds, as stored in ``OUT/models.json``: the data and training
     settings that ``seed`` and ``quick`` imply (not ``n`` or the device, which only change
     the attacks, rerun every time)."""
     from defend.train import default_schedule
@@ -60,7 +62,7 @@ def demo_settings(*, seed: int = 0, quick: bool = False) -> dict[str, Any]:
         epochs, lr = default_schedule(task, model)
         training[name] = {"epochs": 1 if quick else epochs, "lr": lr}
     return {
-        "format": DEMO_FORMAT,
+        "format": MODELS_FORMAT,
         "quick": quick,
         "seed": seed,
         "data": dict(QUICK_DATA if quick else FULL_DATA),
@@ -69,10 +71,10 @@ def demo_settings(*, seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def _describe(settings: dict[str, Any]) -> str:
-    """``"--quick demo (32 px, 1 epoch)"`` / ``"full demo (64 px, 8 to 20 epochs)"``."""
+    """``"--quick models folder (32 px, 1 epoch)"`` / ``"full models folder (64 px, ...)"``."""
     epochs = sorted({t["epochs"] for t in settings.get("training", {}).values()}) or [0]
     span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
-    kind = "--quick demo" if settings.get("quick") else "full demo"
+    kind = "--quick models folder" if settings.get("quick") else "full models folder"
     size = settings.get("data", {}).get("size", "?")
     return f"{kind} ({size} px, {span} epoch{'' if epochs == [1] else 's'})"
 
@@ -88,13 +90,13 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def check_demo_folder(out: Path, settings: dict[str, Any]) -> None:
-    """Refuse a run folder that holds a demo with other settings (one line naming them).
+def check_models_folder(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse a run folder that holds models of other settings (one line naming them).
 
     Raises:
-        DefendError: ``OUT/demo.json`` is unreadable or records other settings.
+        DefendError: ``OUT/models.json`` is unreadable or records other settings.
     """
-    path = out / "demo.json"
+    path = out / "models.json"
     if not path.is_file():
         _check_legacy_data(out, settings)
         return
@@ -107,19 +109,18 @@ def check_demo_folder(out: Path, settings: dict[str, Any]) -> None:
     if old.get("quick") != settings["quick"]:
         wanted = "--quick" if settings["quick"] else "full"
         raise DefendError(
-            f"{out}: holds a {_describe(old)}; the {wanted} demo needs another folder or "
-            "removing it"
+            f"{out}: holds a {_describe(old)}; the {wanted} one needs another folder or removing it"
         )
     was, now = _flat(old), _flat(settings)
     keys = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
     raise DefendError(
-        f"{out}: holds a demo with {', '.join(f'{k} {was.get(k)}' for k in keys)} (you asked "
+        f"{out}: holds models with {', '.join(f'{k} {was.get(k)}' for k in keys)} (you asked "
         f"{', '.join(f'{k} {now.get(k)}' for k in keys)}); use another folder or remove it"
     )
 
 
 def _check_legacy_data(out: Path, settings: dict[str, Any]) -> None:
-    """A folder without ``demo.json`` (an older demo): its data must fit ``settings``."""
+    """A folder without ``models.json`` (an older one): its data must fit ``settings``."""
     try:
         params = json.loads((out / "data" / "dataset.json").read_text())["params"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -130,13 +131,13 @@ def _check_legacy_data(out: Path, settings: dict[str, Any]) -> None:
         was = ", ".join(f"{k} {params.get(k)}" for k in keys)
         now = ", ".join(f"{k} {wanted[k]}" for k in keys)
         raise DefendError(
-            f"{out}: holds a demo with data of {was} (you asked {now}); use another folder or "
+            f"{out}: holds models with data of {was} (you asked {now}); use another folder or "
             "remove it"
         )
 
 
-def run_demo(
-    out: str | os.PathLike = "runs/demo",
+def run_models(
+    out: str | os.PathLike = "runs/bench",
     *,
     seed: int = 0,
     device: str | None = None,
@@ -147,9 +148,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Synthesise data into ``out/data``, train the four default models, run the attacks.
 
-    The settings (:func:`demo_settings`) go to ``out/demo.json`` first; a folder holding a demo
-    with other settings (a ``quick`` one, another seed) is refused before anything is done,
-    and one with the same settings resumes.
+    The settings (:func:`models_settings`) go to ``out/models.json`` first; a folder holding
+    models of other settings (a ``quick`` one, another seed) is refused before anything is
+    done, and one with the same settings resumes.
 
     Args:
         out: run folder (data, checkpoints, attack outputs, ``summary.json``).
@@ -163,7 +164,7 @@ def run_demo(
     mean headline metrics of each attack on ``n`` test samples.
 
     Raises:
-        DefendError: a bad device, an unwritable ``out``, or one holding another demo.
+        DefendError: a bad device, an unwritable ``out``, or one holding other models.
     """
     from defend.data import synthesize
     from defend.device import pick_device
@@ -175,9 +176,9 @@ def run_demo(
         raise DefendError(f"--n must be >= 1, got {n}")
     pick_device(device)
     check_writable(out, "dir")
-    settings = demo_settings(seed=seed, quick=quick)
-    check_demo_folder(out, settings)
-    write_json(out / "demo.json", settings)
+    settings = models_settings(seed=seed, quick=quick)
+    check_models_folder(out, settings)
+    write_json(out / "models.json", settings)
     data = out / "data"
     if not (data / "dataset.json").exists():
         log(f"== synthesising data into {data}")
@@ -203,7 +204,7 @@ def _run_attacks(
     progress: bool,
     log: Callable[[str], None],
 ) -> dict[str, dict[str, float]]:
-    """Run :data:`ATTACKS` on the demo's checkpoints; the headline means of each."""
+    """Run :data:`ATTACKS` on the folder's checkpoints; the headline means of each."""
     from defend.attacks.run import run_attack
 
     means = {}
@@ -226,8 +227,8 @@ def _run_attacks(
     return means
 
 
-def format_demo(summary: dict[str, Any]) -> str:
-    """The demo's summary as two aligned blocks of text."""
+def format_models(summary: dict[str, Any]) -> str:
+    """The summary as two aligned blocks of text."""
     lines = ["models (validation split):"]
     for name, metrics in summary["models"].items():
         lines.append(f"  {name:14s} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
