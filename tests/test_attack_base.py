@@ -112,3 +112,20 @@ def test_per_sample_regions_must_match_the_samples(unet, kspace):
     attack = HallucinationAttack(unet, eps=0.02, max_iter=2, region_mask=regions)
     with pytest.raises(defend.errors.DefendError, match="4 region masks for 2 samples"):
         attack.generate(kspace[2:], indices=[2, 3])
+
+
+def test_model_mode_restores_each_submodule_own_mode():
+    """A wrapper in training mode (a new nn.Module, as an ART wrapper or the EOT model is)
+    around an eval-mode model: after an eval block the model is in eval mode again, not
+    switched to training by the wrapper's recursive ``train(True)``."""
+    from defend.device import model_mode
+
+    inner = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+    wrapper = torch.nn.Sequential(inner)
+    assert wrapper.training and not inner.training
+    with model_mode(wrapper, training=False):
+        assert not any(m.training for m in wrapper.modules())
+    assert wrapper.training and not any(m.training for m in inner.modules())
+    with model_mode(wrapper, training=True):
+        assert all(m.training for m in wrapper.modules())
+    assert not inner[1].training

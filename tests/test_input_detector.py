@@ -57,6 +57,11 @@ def test_seg_detector_learns_and_art_drives_it(seg_detector):
     for name in ATTACKS["seg"]:
         assert metrics[name]["auroc"] > 0.8
         assert metrics[name]["detected"] > metrics["false_positive_rate"]
+        assert metrics[name]["detected_calibrated"] > metrics["false_positive_rate_calibrated"]
+    # calibrated on val's clean images at 5 %: it flags at most that share of them
+    calibration = load_checkpoint(folder / "det.pt")["calibration"]
+    assert calibration["fpr"] == 0.05 and calibration["threshold"] == metrics["threshold"]
+    assert metrics["false_positive_rate_calibrated"] <= 0.05
     detector = load_input_detector(folder / "det.pt")
     assert isinstance(detector, BinaryInputDetector)
     val = load_input_detection_data(folder / "det.data", "val")

@@ -343,12 +343,18 @@ def test_frozen_eot_is_one_deterministic_estimate_and_dgde_moves_the_smoothed_mo
     fresh = eot_estimator(estimator, sigma=0.25, draws=16)
     assert not np.array_equal(fresh.predict(x[:6]), fresh.predict(x[:6]))
     smooth = smoothed(estimator, sigma=0.25)
+    before = [smooth.predict(x[i], n=200, alpha=0.01, seed=1) for i in range(6)]
+    attacker = eot_estimator(estimator, sigma=0.25, draws=16, frozen_seed=3)  # unused yet
     x_adv, rows = attack_arrays(
-        frozen, "dgde", x[:6], labels[:6], {"max_queries": 300, "prune": False}
+        attacker, "dgde", x[:6], labels[:6], {"max_queries": 300, "prune": False}
     )
+    # the attack ran the base model inside the EOT wrapper (a module in training mode until
+    # it took its base's mode): the base's batch norms must come back in eval mode, else
+    # the smoothed model answers differently after an attack, on the clean images too
+    assert not any(m.training for m in estimator.model.modules())
+    assert before == [smooth.predict(x[i], n=200, alpha=0.01, seed=1) for i in range(6)]
     moved = []
     for i, row in enumerate(rows):
-        before = smooth.predict(x[i], n=200, alpha=0.01, seed=1)
         after = smooth.predict(x_adv[i], n=200, alpha=0.01, seed=1)
-        moved.append(row["success"] == 1 and before == labels[i] and after != labels[i])
+        moved.append(row["success"] == 1 and before[i] == labels[i] and after != labels[i])
     assert any(moved)

@@ -369,11 +369,14 @@ def detect_inputs(
     folder = detection_data or default_data_folder(detector)
     metrics = evaluate_input_detector(detector, folder, split)
     typer.echo(f"false-positive rate on {metrics['clean']} clean images: "
-               f"{metrics['false_positive_rate']:.3f}")  # fmt: skip
+               f"{metrics['false_positive_rate']:.3f} (ART's argmax), "
+               f"{metrics['false_positive_rate_calibrated']:.3f} (calibrated threshold "
+               f"{metrics['threshold']:.3g})")  # fmt: skip
     for name, m in metrics.items():
         if isinstance(m, dict):
             typer.echo(f"{name:>8s}  n {m['n']:4d}  AUROC {m['auroc']:.3f}  "
-                       f"detected {m['detected']:.3f}")  # fmt: skip
+                       f"detected {m['detected']:.3f} (argmax), "
+                       f"{m['detected_calibrated']:.3f} (calibrated)")  # fmt: skip
     if out is not None:
         write_json(out, metrics)
         typer.echo(f"wrote {out}")

@@ -80,10 +80,13 @@ def seed_everything(seed: int) -> None:
 
 @contextlib.contextmanager
 def model_mode(model: torch.nn.Module, training: bool) -> Iterator[None]:
-    """Put ``model`` in training or eval mode for a block, then restore its previous mode."""
-    was_training = model.training
+    """Put ``model`` in training or eval mode for a block, then restore the previous mode of
+    each of its submodules (a wrapper in training mode around an eval-mode model, as ART's
+    wrappers are, must not leave that model in training mode: ``train(mode)`` recurses)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.train(training)
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode

@@ -6,8 +6,9 @@ The adaptive attack on an input detector (:mod:`defend.detect.inputs`), as
 
     loss(x') = task_loss(f(x'), y) - evade_weight * s(x'),
 
-where ``s`` is the detector's logit margin (adversarial minus clean logit: flagged when > 0,
-ART's ``BinaryInputDetector`` argmax) on the same step's images, so the gradient runs through
+where ``s`` is the detector's logit margin (adversarial minus clean logit; flagged above
+the checkpoint's calibrated threshold, :func:`defend.detect.inputs.input_threshold`) on the
+same step's images, so the gradient runs through
 the model and the detector together. The task loss follows the model's output: logits
 (B, K) are a classifier (cross-entropy to the labels), logits (B, K, H, W) a segmentation
 model (per-pixel BCE to the masks, the seed's stronger loss). ``evade_weight = 0`` is plain
@@ -39,10 +40,12 @@ class EvadingPGD(TorchAttack):
         eps: l-inf budget in the images' units. max_iter: PGD steps (>= 1).
         step: step as a fraction of eps (default 2.5 / max_iter, Madry et al.).
         evade_weight: the weight of the detector's margin in the loss (>= 0).
+        threshold: the margin above which an image counts as flagged (default: the
+            checkpoint's calibrated one; 0, ART's argmax, for a classifier passed directly).
     """
 
     attack_params = TorchAttack.attack_params + [
-        "detector", "eps", "max_iter", "step", "evade_weight",
+        "detector", "eps", "max_iter", "step", "evade_weight", "threshold",
     ]  # fmt: skip
     _estimator_requirements = (BaseEstimator,)  # and a torch forward (checked below)
 
@@ -54,6 +57,7 @@ class EvadingPGD(TorchAttack):
         max_iter: int = 10,
         step: float | None = None,
         evade_weight: float = 1.0,
+        threshold: float | None = None,
         batch_size: int = 16,
         seed: int = 0,
         verbose: bool = False,
@@ -61,12 +65,14 @@ class EvadingPGD(TorchAttack):
         if detector is None:
             raise DefendError("the detector-aware PGD needs an input detector checkpoint")
         if isinstance(detector, str | os.PathLike):
-            from defend.detect.inputs import input_detector_classifier
+            from defend.detect.inputs import input_detector_classifier, input_threshold
 
             self._detector = input_detector_classifier(detector, device=str(estimator.device))
+            threshold = input_threshold(detector) if threshold is None else threshold
             detector = str(detector)
         else:
             self._detector = detector
+        self.threshold = 0.0 if threshold is None else float(threshold)
         self.detector, self.eps, self.max_iter, self.step = detector, eps, max_iter, step
         self.evade_weight = evade_weight
         super().__init__(estimator, batch_size=batch_size, seed=seed, verbose=verbose)
@@ -137,5 +143,5 @@ class EvadingPGD(TorchAttack):
                 "detector_adv": self.detector_margin(x_adv),
                 "linf": (x_adv - x).abs().flatten(1).amax(1),
             }
-        report["flagged"] = (report["detector_adv"] > 0).float()
+        report["flagged"] = (report["detector_adv"] > self.threshold).float()
         return x_adv.detach(), report

@@ -237,13 +237,14 @@ def fit_detector(
 def calibrate(path: Path, val_set: DetectionSet, fpr: float) -> float:
     """Store in checkpoint ``path`` the score threshold whose false-positive rate on the
     validation negatives is at most ``fpr`` (rewritten atomically); returns it."""
+    from defend.detect.evaluate import threshold_at_fpr
     from defend.io import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
     detector = _build(ckpt)
     negatives = val_set.arrays["label"] == 0
     scores = detector_outputs(detector, val_set.arrays["inputs"][negatives])[0]
-    threshold = float(np.quantile(scores, 1 - fpr, method="higher"))
+    threshold = threshold_at_fpr(scores, fpr)
     ckpt["calibration"] = {"fpr": fpr, "threshold": threshold, "negatives": int(negatives.sum())}
     save_checkpoint(path, ckpt)
     return threshold

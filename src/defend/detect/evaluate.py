@@ -34,6 +34,15 @@ ORACLE = ("psnr", "ssim", "nrmse")
 FPR = 0.05
 
 
+def threshold_at_fpr(negative_scores: np.ndarray, fpr: float) -> float:
+    """The score threshold (flagged: ``score > threshold``) that flags at most a share
+    ``fpr`` of ``negative_scores`` (N,), the scores of clean samples: their ``1 - fpr``
+    quantile (an observed score) raised by a relative 1e-4, so that the same samples scored
+    in another batching (float rounding of the convolutions) stay below it."""
+    top = float(np.quantile(negative_scores, 1 - fpr, method="higher"))
+    return top + 1e-4 * max(1.0, abs(top))
+
+
 def separation(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """AUROC, AUPRC and the TPR at :data:`FPR` of ``scores`` (N,) for binary ``labels`` (N,)."""
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve

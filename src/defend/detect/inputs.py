@@ -12,8 +12,13 @@ tables use (seg: ``seg-fgsm`` FGSM and 10-step PGD at l-inf 0.008; cls: ART's 20
 at 8/255 and DGDE, whose few-pixel images are kept only where it changed the image). The
 splits are the data folder's (by volume). One ``OUT/SPLIT.npz`` per split, written
 atomically; a rerun reuses them. :func:`train_input_detector` trains
-:class:`InputDetectorNet` in the one training loop; :func:`evaluate_input_detector` gives
-the AUROC per attack on the test split.
+:class:`InputDetectorNet` in the one training loop and calibrates it: the threshold on its
+score (the adversarial-minus-clean logit margin, :func:`input_scores`) that flags 5 % of the
+validation split's clean images is stored in the checkpoint (:func:`input_threshold`).
+ART's ``BinaryInputDetector`` flags by argmax (margin > 0) instead, which a briefly trained
+detector, seeing two attacked images for each clean one, can push onto every clean image.
+:func:`evaluate_input_detector` gives the AUROC per attack on the test split, and the
+detection and false-positive rates at both thresholds.
 """
 
 from __future__ import annotations
@@ -240,14 +245,16 @@ def train_input_detector(
     chans: int = 16,
     n: int | None = None,
     eps: float | None = None,
+    fpr: float = 0.05,
     config: Any = None,
     resume: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
     """``defend train input-detector``: make (or reuse) the input-detection data of a seg or
     cls ``checkpoint`` on ``data_dir`` (default ``OUT.data``), then train the detector on its
-    train split, validated (and the best checkpoint kept) on val. ``n`` and ``eps``:
-    :func:`make_input_detection_data`'s; chans: :class:`InputDetectorNet`'s.
+    train split, validated (and the best checkpoint kept) on val, and calibrate both
+    checkpoints at false-positive rate ``fpr`` on val's clean images (module doc). ``n`` and
+    ``eps``: :func:`make_input_detection_data`'s; chans: :class:`InputDetectorNet`'s.
 
     Returns:
         The per-epoch history (validation AUROC and accuracy).
@@ -256,8 +263,10 @@ def train_input_detector(
     from defend.device import seed_everything
     from defend.io import check_writable
     from defend.train import TrainConfig
-    from defend.train.loop import fit, run_config
+    from defend.train.loop import best_path, fit, run_config
 
+    if not 0 < fpr < 1:
+        raise DefendError(f"--fpr must be in (0, 1), got {fpr}")
     config = config or TrainConfig()
     out = check_writable(out, "file")
     folder = Path(detection_data) if detection_data else default_data_folder(out)
@@ -276,8 +285,42 @@ def train_input_detector(
         "data": {"detection": manifest, "input_shape": list(shape)},
         "run": run_config(config, data=manifest["checkpoint"], attacks=manifest["attacks"]),
     }
-    return fit(InputDetectTask(), model, train_set, val_set, config, out, meta=meta,
-               resume=resume, log=log)  # fmt: skip
+    history = fit(InputDetectTask(), model, train_set, val_set, config, out, meta=meta,
+                  resume=resume, log=log)  # fmt: skip
+    for path in (out, best_path(out)):
+        if path.exists():
+            calibrate_input_detector(path, val_set.arrays, fpr)
+    return history
+
+
+def input_scores(classifier: Any, images: np.ndarray) -> np.ndarray:
+    """The detector's score (N,) of images (N, C, H, W): its adversarial-minus-clean logit
+    margin (ART's argmax flags a score > 0)."""
+    logits = classifier.predict(images.astype(np.float32), batch_size=64)
+    return logits[:, 1] - logits[:, 0]
+
+
+def calibrate_input_detector(path: Path, val: dict[str, np.ndarray], fpr: float) -> float:
+    """Store in checkpoint ``path`` the score threshold that flags at most a share ``fpr``
+    of the clean images of ``val`` (an input-detection split), rewritten atomically."""
+    from defend.detect.evaluate import threshold_at_fpr
+    from defend.io import load_checkpoint, save_checkpoint
+
+    clean = val["label"] == 0
+    threshold = threshold_at_fpr(input_scores(input_detector_classifier(path), val["image"][clean]),
+                                 fpr)  # fmt: skip
+    ckpt = load_checkpoint(path)
+    ckpt["calibration"] = {"fpr": fpr, "threshold": threshold, "negatives": int(clean.sum())}
+    save_checkpoint(path, ckpt)
+    return threshold
+
+
+def input_threshold(path: str | os.PathLike) -> float:
+    """The calibrated score threshold of an input detector checkpoint (0, ART's argmax, for
+    a checkpoint trained before calibration existed)."""
+    from defend.io import load_checkpoint
+
+    return float(load_checkpoint(path).get("calibration", {}).get("threshold", 0.0))
 
 
 def input_detector_classifier(path: str | os.PathLike, device: str | None = None) -> Any:
@@ -306,17 +349,24 @@ def load_input_detector(path: str | os.PathLike, device: str | None = None) -> A
 def evaluate_input_detector(
     detector: str | os.PathLike, folder: str | os.PathLike, split: str = "test"
 ) -> dict[str, Any]:
-    """AUROC and detection rate per attack, and the false-positive rate on clean images, of
-    an input detector on a split of its data, through ART's ``BinaryInputDetector``."""
+    """AUROC per attack of an input detector on a split of its data, and its detection and
+    false-positive rates through ART's ``BinaryInputDetector`` (argmax: ``detected``,
+    ``false_positive_rate``) and at its calibrated threshold (``detected_calibrated``,
+    ``false_positive_rate_calibrated``, ``threshold``)."""
     from sklearn.metrics import roc_auc_score
 
     arrays = load_input_detection_data(folder, split)
     report, flagged = load_input_detector(detector).detect(arrays["image"], batch_size=64)
     logits = report["predictions"]
     score = logits[:, 1] - logits[:, 0]
+    threshold = input_threshold(detector)
+    calibrated = score > threshold
     clean = arrays["label"] == 0
-    out: dict[str, Any] = {"split": split, "clean": int(clean.sum()),
-                           "false_positive_rate": float(flagged[clean].mean())}  # fmt: skip
+    out: dict[str, Any] = {
+        "split": split, "clean": int(clean.sum()), "threshold": threshold,
+        "false_positive_rate": float(flagged[clean].mean()),
+        "false_positive_rate_calibrated": float(calibrated[clean].mean()),
+    }  # fmt: skip
     for name in np.unique(arrays["attack"][~clean]):
         picked = arrays["attack"] == name
         y = np.r_[np.zeros(clean.sum()), np.ones(picked.sum())]
@@ -324,5 +374,6 @@ def evaluate_input_detector(
             "n": int(picked.sum()),
             "auroc": float(roc_auc_score(y, np.r_[score[clean], score[picked]])),
             "detected": float(flagged[picked].mean()),
+            "detected_calibrated": float(calibrated[picked].mean()),
         }
     return out

@@ -159,7 +159,7 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
         adv_out = defended.outputs(x_adv, positions)
     metrics = _quality_metrics(config, task, defended, y, clean["outputs"], adv_out)
     metrics.update(_size(x, x_adv))
-    result: dict[str, Any] = {"metrics": metrics}
+    result: dict[str, Any] = {"metrics": metrics, "n": len(x)}  # the split may hold fewer
     if defended.scores is not None:
         adv_scores = defended.scores(x_adv, adv_out)
         metrics.update(_detection(clean["scores"], adv_scores, defended.threshold, metrics))
@@ -175,9 +175,10 @@ def _evade_best(config: dict[str, Any], defended: Any, attack: Any, x: np.ndarra
                 y: np.ndarray, positions: np.ndarray, eps: float | None, params: dict[str, Any],
                 clean_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """The detector-aware attack at ``attack.evade.weight`` and at weight 0 (the same attack
-    without the detector's term), per sample the better for the attacker: a success the detector misses, else a
-    success, else the weighted attempt. So the adaptive column is at least as strong as the
-    plain one by construction (REFERENCE §5); returns ``(x_adv, outputs)``."""
+    without the detector's term), per sample the better for the attacker: a success the
+    detector misses, else a success, else the weighted attempt. So the adaptive column is at
+    least as strong as the plain one by construction (REFERENCE §5); returns
+    ``(x_adv, outputs)``."""
     effect = None
     if defended.task == "recon":
         effect = measures.recon_effect(defended.estimator, config["attack"]["hallucination"])

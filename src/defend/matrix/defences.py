@@ -168,15 +168,11 @@ def _add_detector(out: System, path: Path, device: str | None) -> None:
         detector = load_detector(path, device=device)
         out.scores, out.threshold = detector.score, detector.threshold
         return
-    from defend.detect.inputs import input_detector_classifier
+    from defend.detect.inputs import input_detector_classifier, input_scores, input_threshold
 
     classifier = input_detector_classifier(path, device=device)
-
-    def scores(x: np.ndarray, _: np.ndarray) -> np.ndarray:
-        logits = classifier.predict(x, batch_size=len(x))
-        return logits[:, 1] - logits[:, 0]
-
-    out.scores, out.threshold = scores, 0.0  # ART's BinaryInputDetector: argmax
+    out.scores = lambda x, _: input_scores(classifier, x)
+    out.threshold = input_threshold(path)  # calibrated at its false-positive rate
 
 
 def certificates(system: System, config: dict[str, Any], x: np.ndarray, y: np.ndarray,

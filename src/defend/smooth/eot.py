@@ -74,6 +74,7 @@ class ExpectedOutput(nn.Module):
         self.base, self.denoiser = base, denoiser
         self._forward, self.noise, self.draws, self.combine = forward, noise, draws, combine
         self.frozen_seed, self._frozen = frozen_seed, None
+        self.train(base.training)  # a new module is in training mode; take the base's
 
     def _draws(self, x: torch.Tensor) -> torch.Tensor:
         """Standard normal noise (B, draws, ...) for inputs ``x`` (B, ...)."""
