@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,14 @@ def test_smoke_matrix_records_every_cell(smoke):
             assert 0 <= r["metrics"]["detection_auroc"] <= 1 and r["roc"]["fpr"]
         if r["defence"] == "smoothing":
             assert r["metrics"]["certificate_violations"] == 0
+    by_id = {r["id"]: r for r in records}
+    for cell in plan(config):
+        if cell.adaptive != "none":  # per-sample worst case of the adaptive and plain attack
+            adaptive = by_id[cell.id]
+            plain = by_id[replace(cell, adaptive="none").id]
+            assert adaptive["worst_case_of"] == [f"{cell.attack}+{cell.adaptive}", cell.attack]
+            key = "undetected_success" if cell.adaptive == "evade" else "success"
+            assert adaptive["metrics"][key] >= plain["metrics"][key] - 1e-9, cell.id
     rows = _rows(out / "matrix.csv")
     assert set(rows[0]) == {"task", "model", "defence", "attack", "adaptive", "eps", "metric",
                             "value"}  # fmt: skip

@@ -5,16 +5,18 @@
 without an eps: one cell), and where ``run.adaptive`` is on the adaptive columns: ``eot``
 (the gradient attacks and DGDE against the smoothed model's expectation, REFERENCE §5:
 EOT gradients from ``smoothing.eot`` fresh draws a step, DGDE's queries answered by
-``smoothing.query_draws`` fixed draws) on
-smoothing rows, ``evade`` (the detector-aware attack: the hallucination attack, seg-pgd or
-ART's PGD with the detector's score in the loss, :data:`ATTACKS`' ``NAME+evade``, and per
-sample the better of it and the plain attack) on detector rows.
+``smoothing.query_draws`` fixed draws) on smoothing rows, ``evade`` (the detector-aware
+attack: the hallucination attack, seg-pgd or ART's PGD with the detector's score in the
+loss, :data:`ATTACKS`' ``NAME+evade``) on detector rows. An adaptive cell also runs the
+column's plain attack and keeps per sample the worse outcome for the defence (REFERENCE
+§5's per-example worst case), so it reports the strongest attack known against the row.
 
 :func:`run_cell` attacks the first ``run.n`` samples of ``run.split`` and returns the cell's
 record (``OUT/cells/<id>.json``):
 
 * ``id``, ``task``, ``model``, ``defence``, ``attack``, ``adaptive``, ``eps``, ``params``,
-  ``seed``, ``n``, ``seconds``, ``status`` (``ok`` or ``failed`` with ``error``);
+  ``seed``, ``n``, ``seconds``, ``status`` (``ok`` or ``failed`` with ``error``), on
+  adaptive cells ``worst_case_of`` (the two attacks whose per-sample worst it reports);
 * ``metrics``: ``clean_quality`` and ``attacked_quality`` (:data:`measures.QUALITY`, of
   the defended system's outputs), ``success`` (:mod:`defend.matrix.measures`), ``linf`` and
   ``l2`` of the perturbation; with a detector ``detection_auroc``, ``detected`` (attacked
@@ -36,7 +38,7 @@ from __future__ import annotations
 import re
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,8 @@ def run_cell(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
         "eps": cell.eps, "seed": config["run"]["seed"], "n": config["run"]["n"],
         "split": config["run"]["split"],
     }  # fmt: skip
+    if cell.adaptive != "none":  # per sample the worse of the two for the defence
+        record["worst_case_of"] = [f"{cell.attack}+{cell.adaptive}", cell.attack]
     try:
         record["params"] = {k: v for k, v in cell_params(config, cell, paths).items()
                             if k != "detector"}  # fmt: skip
@@ -144,19 +148,15 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     x, y, positions = load_arrays(data_dir, task, config["run"]["split"], config["run"]["n"],
                                   checkpoint=paths["model"], return_indices=True)  # fmt: skip
     clean = clean_stage(config, cell.row, defended, x, y, positions, out)
-    attacker = defended.estimator
-    if cell.adaptive == "eot":
-        black_box = cell.attack not in GRADIENT  # queries predictions: fixed noise draws
-        draws = config["smoothing"]["query_draws" if black_box else "eot"]
-        attacker = defended.eot(draws, seed, frozen=black_box)
-    attack = ATTACKS[cell.attack + ("+evade" if cell.adaptive == "evade" else "")][0]
-    params = cell_params(config, cell, paths)
-    if cell.adaptive == "evade":
-        x_adv, adv_out = _evade_best(config, defended, attack, x, y, positions, cell.eps,
-                                     params, clean["outputs"])  # fmt: skip
-    else:
-        x_adv = attack(attacker, x, y, cell.eps, params, positions, seed)
+    plain = (ATTACKS[cell.attack][0], defended.estimator,
+             cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
+    if cell.adaptive == "none":
+        x_adv = plain[0](plain[1], x, y, cell.eps, plain[2], positions, seed)
         adv_out = defended.outputs(x_adv, positions)
+    else:
+        tries = [_adaptive(config, cell, defended, paths), plain]
+        x_adv, adv_out = _worst_case(config, defended, tries, x, y, positions, cell.eps,
+                                     clean["outputs"])  # fmt: skip
     metrics = _quality_metrics(config, task, defended, y, clean["outputs"], adv_out)
     metrics.update(_size(x, x_adv))
     result: dict[str, Any] = {"metrics": metrics, "n": len(x)}  # the split may hold fewer
@@ -171,30 +171,46 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     return result
 
 
-def _evade_best(config: dict[str, Any], defended: Any, attack: Any, x: np.ndarray,
-                y: np.ndarray, positions: np.ndarray, eps: float | None, params: dict[str, Any],
+def _adaptive(config: dict[str, Any], cell: Cell, defended: Any,
+              paths: dict[str, Path]) -> tuple[Any, Any, dict[str, Any]]:  # fmt: skip
+    """``(attack, estimator, params)`` of the adaptive attack: the column's attack against
+    the smoothed model's EOT estimator (fixed draws for the black-box DGDE, fresh draws a
+    step for the gradient attacks), or the detector-aware ``NAME+evade`` attack."""
+    params = cell_params(config, cell, paths)
+    if cell.adaptive == "evade":
+        return ATTACKS[cell.attack + "+evade"][0], defended.estimator, params
+    black_box = cell.attack not in GRADIENT  # queries predictions: fixed noise draws
+    draws = config["smoothing"]["query_draws" if black_box else "eot"]
+    seed = config["run"]["seed"]
+    return ATTACKS[cell.attack][0], defended.eot(draws, seed, frozen=black_box), params
+
+
+def _worst_case(config: dict[str, Any], defended: Any, tries: list[tuple[Any, Any, dict]],
+                x: np.ndarray, y: np.ndarray, positions: np.ndarray, eps: float | None,
                 clean_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The detector-aware attack at ``attack.evade.weight`` and at weight 0 (the same attack
-    without the detector's term), per sample the better for the attacker: a success the
-    detector misses, else a success, else the weighted attempt. So the adaptive column is at
-    least as strong as the plain one by construction (REFERENCE §5); returns
-    ``(x_adv, outputs)``."""
+    """Per sample the attacker's best of ``tries`` (``(attack, estimator, params)``: the
+    adaptive attack, then the column's plain one), REFERENCE §5's per-example worst case:
+    a success the detector misses, else a success, else the lower quality; ties go to the
+    first. So an adaptive column is at least as strong as its plain one by construction;
+    returns ``(x_adv, outputs)``."""
+    task, seed = defended.task, config["run"]["seed"]
     effect = None
-    if defended.task == "recon":
+    if task == "recon":
         effect = measures.recon_effect(defended.estimator, config["attack"]["hallucination"])
     tried, ranks = [], []
-    for weight in (params.get("weight", 1.0), 0.0):
-        given = {**params, "weight": weight}
-        x_w = attack(defended.estimator, x, y, eps, given, positions, config["run"]["seed"])
-        out_w = defended.outputs(x_w, positions)
-        success = np.nan_to_num(measures.success(defended.task, y, clean_out, out_w, effect))
-        flagged = defended.scores(x_w, out_w) > defended.threshold
-        tried.append((x_w, out_w))
-        ranks.append(success * (2 - flagged))  # 2: undetected success, 1: flagged, 0: none
-    best = np.stack(ranks).argmax(0)  # the first of the best: the weighted attempt on ties
-    pick = [tried[b] for b in best]
-    return (np.stack([p[0][i] for i, p in enumerate(pick)]),
-            np.stack([p[1][i] for i, p in enumerate(pick)]))  # fmt: skip
+    for attack, estimator, params in tries:
+        x_t = attack(estimator, x, y, eps, params, positions, seed)
+        out_t = defended.outputs(x_t, positions)
+        success = np.nan_to_num(measures.success(task, y, clean_out, out_t, effect))
+        flagged = 0.0
+        if defended.scores is not None:
+            flagged = defended.scores(x_t, out_t) > defended.threshold
+        worse = 1 - np.clip(np.nan_to_num(measures.quality(task, y, out_t), nan=1.0), 0, 1)
+        tried.append((x_t, out_t))
+        ranks.append(success * (2 - flagged) * 2 + worse)  # tier 0 / 2 / 4, quality within
+    best = np.stack(ranks).argmax(0)
+    return (np.stack([tried[b][0][i] for i, b in enumerate(best)]),
+            np.stack([tried[b][1][i] for i, b in enumerate(best)]))  # fmt: skip
 
 
 def _quality_metrics(config: dict[str, Any], task: str, defended: Any, y: np.ndarray,
