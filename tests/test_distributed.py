@@ -149,3 +149,23 @@ def test_draws_and_attacked_rows_do_not_depend_on_the_split():
     mask, sub = Share.of(9, World(rank=1, size=2)).select(picks)
     assert mask.tolist() == picks[4:].tolist()
     assert sub == Share(2, 5, 5)  # rows 4, 6, 8: the last 3 of the attacked 0, 2, 4, 6, 8
+
+
+def test_matrix_builds_train_under_torchrun(synth_dir, tmp_path):
+    """``run.train_processes = 2``: the matrix's model builds train in 2 torchrun processes
+    (its own build, kept apart in the cache) and hold the one-process build's run (the
+    tolerance of the module doc)."""
+    from defend.matrix import load_config
+    from defend.matrix.builds import Builder, model_build
+
+    config = load_config("smoke")
+    config["data"]["path"] = str(synth_dir)
+    config["recon"]["model_options"] = {"unet": {"chans": 8, "num_pool_layers": 2}}
+    builds = {}
+    for processes in (1, 2):
+        config["run"]["train_processes"] = processes
+        build = model_build(config, "recon", "unet", None)
+        builds[processes] = Builder(tmp_path / f"cache{processes}", "cpu", log=print).make(build)
+    assert builds[1].parent.name != builds[2].parent.name  # another hash: another build
+    assert_same_run(builds[1], builds[2])
+    assert builds[2].with_suffix(".spec.json").exists()  # what the torchrun processes read

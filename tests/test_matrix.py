@@ -55,6 +55,7 @@ def test_presets_resolve(name):
         ("[seg]\neps = [2.0]\n", "seg.eps must be numbers in (0, 1)"),
         ('[cls]\nattacks = ["fgsm"]\n', "cls.attacks holds 'fgsm'"),
         ("[smoothing]\nalpha = 1.5\n", "smoothing.alpha must be in (0, 1)"),
+        ("[run]\ntrain_processes = 0\n", "run.train_processes must be >= 1"),
         ("[run\n", "not valid TOML"),
     ],
 )

@@ -65,14 +65,16 @@ def data_build(config: dict[str, Any]) -> Build:
 def model_build(config: dict[str, Any], task: str, model: str, method: str | None) -> Build:
     """The standard model (``method`` None) or its hardened twin."""
     section, seed = config[task], config["run"]["seed"]
+    processes = config["run"]["train_processes"]  # > 1: trained under torchrun, its own build
+    many = {"processes": processes} if processes > 1 else {}
     standard = Build("model", {"task": task, "model": model, "epochs": section["epochs"],
-                               "seed": seed, "options": section["model_options"].get(model, {})},
-                     (data_build(config),))  # fmt: skip
+                               "seed": seed, "options": section["model_options"].get(model, {}),
+                               **many}, (data_build(config),))  # fmt: skip
     if method is None:
         return standard
     settings = {"task": task, "model": model, "method": method,
                 "epochs": section["hardening_epochs"],
-                "seed": seed, **HARDENING_OPTIONS.get(method, {})}  # fmt: skip
+                "seed": seed, **HARDENING_OPTIONS.get(method, {}), **many}  # fmt: skip
     return Build("hardened", settings, (data_build(config), standard))
 
 
@@ -137,25 +139,39 @@ class Builder:
         synthesize(self.path(build), progress=False, **build.settings)
 
     def _model(self, build: Build) -> None:
-        from defend.train import default_schedule, train_model
-
-        s = build.settings
-        _, lr = default_schedule(s["task"], s["model"])
-        config = self._config(s["epochs"], lr=lr, seed=s["seed"])
-        train_model(s["task"], self.path(build.needs[0]), self.path(build), model=s["model"],
-                    model_options=s["options"], config=config, log=_quiet)  # fmt: skip
+        s = dict(build.settings)
+        self._train({"task": s["task"], "data": str(self.path(build.needs[0])),
+                     "out": str(self.path(build)), "model": s["model"],
+                     "options": s["options"], "epochs": s["epochs"], "seed": s["seed"],
+                     "device": self.device}, s.get("processes", 1))  # fmt: skip
 
     def _hardened(self, build: Build) -> None:
-        from defend.train import default_schedule, make_objective, train_model
-
         s = dict(build.settings)
-        data, standard = (self.path(b) for b in build.needs)
-        task, model, method = s.pop("task"), s.pop("model"), s.pop("method")
-        epochs, seed = s.pop("epochs"), s.pop("seed")
-        _, lr = default_schedule(task, model)
-        train_model(task, data, self.path(build), model=model,
-                    config=self._config(epochs, lr=lr, seed=seed), weights=standard,
-                    objective=make_objective(task, method, **s), log=_quiet)  # fmt: skip
+        data, standard = (str(self.path(b)) for b in build.needs)
+        processes = s.pop("processes", 1)
+        spec = {"task": s.pop("task"), "data": data, "out": str(self.path(build)),
+                "model": s.pop("model"), "method": s.pop("method"), "epochs": s.pop("epochs"),
+                "seed": s.pop("seed"), "device": self.device, "weights": standard,
+                "method_options": s}  # fmt: skip
+        self._train(spec, processes)
+
+    def _train(self, spec: dict[str, Any], processes: int) -> None:
+        """:func:`train_spec` here, or in ``processes`` processes under torchrun (one per
+        GPU, Gloo on CPU; rank 0 writes the checkpoint, as ``defend train`` does)."""
+        if processes == 1:
+            return train_spec(spec)
+        import subprocess
+        import sys
+
+        spec_file = Path(spec["out"]).with_suffix(".spec.json")
+        write_json(spec_file, spec)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", str(processes), "-m", "defend.matrix.builds",
+                   str(spec_file)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"torchrun training of {spec['out']} failed: {last}")
 
     def _denoiser(self, build: Build) -> None:
         from defend.smooth.denoiser import train_denoiser
@@ -184,9 +200,32 @@ class Builder:
                                  config=config, log=_quiet)  # fmt: skip
 
 
+def train_spec(spec: dict[str, Any]) -> None:
+    """``defend train``'s function for a model build (``spec``: task, data, out, model,
+    epochs, seed, device, and ``options`` for a standard model or ``method``,
+    ``method_options`` and ``weights`` for a hardened one fine-tuned from it)."""
+    from defend.train import TrainConfig, default_schedule, make_objective, train_model
+
+    _, lr = default_schedule(spec["task"], spec["model"])
+    config = TrainConfig(epochs=spec["epochs"], device=spec["device"], progress=False, lr=lr,
+                         seed=spec["seed"])  # fmt: skip
+    objective = None
+    if spec.get("method"):
+        objective = make_objective(spec["task"], spec["method"], **spec["method_options"])
+    train_model(spec["task"], Path(spec["data"]), Path(spec["out"]), model=spec["model"],
+                model_options=spec.get("options"), config=config,
+                weights=spec.get("weights"), objective=objective, log=_quiet)  # fmt: skip
+
+
 def _quiet(line: str) -> None:
     """Training logs stay out of the matrix's output (the checkpoints keep the history)."""
 
 
 def _short(settings: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in settings.items() if k != "path")
+
+
+if __name__ == "__main__":  # one process of a torchrun-trained build (Builder._train)
+    import sys
+
+    train_spec(json.loads(Path(sys.argv[1]).read_text()))

@@ -6,7 +6,7 @@ and the settings of the attacks and defences. :func:`load_config` reads a file o
 out from :data:`DEFAULTS`, and checks every key: an unknown key, a wrong type or a bad value is
 a :class:`~defend.errors.DefendError` of one line naming the key and the file.
 
-    [run]                  # seed, samples attacked per cell, device
+    [run]                  # seed, samples attacked per cell, device, train_processes
     [data]                 # path = "" -> the built-in synthetic data of size / volumes / ...
     [recon] [seg] [cls]    # models, epochs, eps, hardening methods, defences, attacks, sigma
     [attack.NAME]          # parameters of each attack (defend attack NAME's)
@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "split": "test",
         "tasks": list(TASKS),
         "adaptive": True,
+        "train_processes": 1,
     },  # fmt: skip
     "data": {"path": "", "size": 32, "volumes": 8, "slices": 4, "coils": 2},
     "recon": _task_defaults("recon", "unet", [0.05, 0.1], 0.25),
@@ -183,8 +184,9 @@ def check_values(config: dict[str, Any], path: Path) -> None:
         return DefendError(f"{path}: {key} {message}")
 
     run = config["run"]
-    if run["n"] < 1:
-        raise bad("run.n", f"must be >= 1, got {run['n']}")
+    for key in ("n", "train_processes"):
+        if run[key] < 1:
+            raise bad(f"run.{key}", f"must be >= 1, got {run[key]}")
     for task in run["tasks"]:
         if task not in TASKS:
             raise bad("run.tasks", f"holds {task!r}: choose from {', '.join(TASKS)}")

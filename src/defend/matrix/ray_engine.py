@@ -5,7 +5,8 @@ The design keeps the local engine's results:
 1. **Builds first, level by level.** The builds the cells need (data, models, denoisers,
    detectors) are collected and run as Ray tasks in dependency order, one level at a time
    (a level's builds need only earlier levels), so two cells never train the same model at
-   once. Each build declares one CPU and, where the driver sees CUDA, :data:`BUILD_GPUS`.
+   once. Each build declares one CPU and, where the driver sees CUDA, :data:`BUILD_GPUS`;
+   a model trained under torchrun (``run.train_processes = N``) declares N of each.
 2. **Then the cells**, one task each (one CPU, :data:`CELL_GPUS` of a GPU where the driver
    sees CUDA). All builds are done, so a cell only resolves their paths. The driver writes
    each record the moment it arrives (``OUT/cells/<id>.json``, atomically), so a killed run
@@ -120,11 +121,26 @@ def _builds(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder
             log: Callable[[str], None]) -> None:  # fmt: skip
     wanted = [data_build(config)] + [b for c in todo for b in row_builds(config, c.row).values()]
     make = ray.remote(num_cpus=1, num_gpus=_gpus(BUILD_GPUS))(_make)
+    most, cpus = max(b.settings.get("processes", 1) for b in wanted), _cluster_cpus(ray)
+    if most > cpus:  # Ray would wait for them forever
+        raise DefendError(f"run.train_processes = {most} needs {most} CPUs a build; "
+                          f"the Ray cluster has {cpus:g}")  # fmt: skip
     for level in levels(wanted):
         missing = [b for b in level if not builder.done(b)]
         for build in missing:
             log(f"== building {build.key} on Ray")
-        ray.get([make.remote(builder.cache, builder.device, b) for b in missing])
+        ray.get([_needs(make, b).remote(builder.cache, builder.device, b) for b in missing])
+
+
+def _cluster_cpus(ray: Any) -> float:
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
+def _needs(make: Any, build: Build) -> Any:
+    """The build's task with its resources: a model trained under torchrun
+    (``run.train_processes``) asks for a CPU and, on CUDA, a GPU per process."""
+    processes = build.settings.get("processes", 1)
+    return make.options(num_cpus=processes, num_gpus=_gpus(BUILD_GPUS * processes))
 
 
 def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder, out: Path,
