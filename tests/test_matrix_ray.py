@@ -25,11 +25,14 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _config() -> dict:
-    """cls and seg of the smoke preset (seg: none and smoothing, whose EOT and Monte Carlo
-    draws must also match): builds data -> models -> hardened (three levels)."""
+    """cls and seg of the smoke preset, fewer attacks (seg: seg-pgd against none and
+    smoothing, whose EOT and Monte Carlo draws must also match): builds data -> models ->
+    hardened (three levels)."""
     config = load_config("smoke")
     config["run"]["tasks"] = ["cls", "seg"]
     config["seg"]["defences"] = ["none", "smoothing"]
+    config["seg"]["attacks"] = ["seg-pgd"]
+    config["cls"]["attacks"] = ["dgde", "art-pgd"]
     return config
 
 
