@@ -129,9 +129,7 @@ class Builder:
         return self.path(build)
 
     def _config(self, epochs: int, **extra: Any) -> Any:
-        from defend.train import TrainConfig
-
-        return TrainConfig(epochs=epochs, device=self.device, progress=False, **extra)
+        return _train_config(epochs, self.device, **extra)
 
     def _data(self, build: Build) -> None:
         from defend.data import synthesize
@@ -139,7 +137,7 @@ class Builder:
         synthesize(self.path(build), progress=False, **build.settings)
 
     def _model(self, build: Build) -> None:
-        s = dict(build.settings)
+        s = build.settings
         self._train({"task": s["task"], "data": str(self.path(build.needs[0])),
                      "out": str(self.path(build)), "model": s["model"],
                      "options": s["options"], "epochs": s["epochs"], "seed": s["seed"],
@@ -204,17 +202,22 @@ def train_spec(spec: dict[str, Any]) -> None:
     """``defend train``'s function for a model build (``spec``: task, data, out, model,
     epochs, seed, device, and ``options`` for a standard model or ``method``,
     ``method_options`` and ``weights`` for a hardened one fine-tuned from it)."""
-    from defend.train import TrainConfig, default_schedule, make_objective, train_model
+    from defend.train import default_schedule, make_objective, train_model
 
     _, lr = default_schedule(spec["task"], spec["model"])
-    config = TrainConfig(epochs=spec["epochs"], device=spec["device"], progress=False, lr=lr,
-                         seed=spec["seed"])  # fmt: skip
+    config = _train_config(spec["epochs"], spec["device"], lr=lr, seed=spec["seed"])
     objective = None
     if spec.get("method"):
         objective = make_objective(spec["task"], spec["method"], **spec["method_options"])
     train_model(spec["task"], Path(spec["data"]), Path(spec["out"]), model=spec["model"],
                 model_options=spec.get("options"), config=config,
                 weights=spec.get("weights"), objective=objective, log=_quiet)  # fmt: skip
+
+
+def _train_config(epochs: int, device: str | None, **extra: Any) -> Any:
+    from defend.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, device=device, progress=False, **extra)
 
 
 def _quiet(line: str) -> None:

@@ -121,7 +121,8 @@ def _builds(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder
             log: Callable[[str], None]) -> None:  # fmt: skip
     wanted = [data_build(config)] + [b for c in todo for b in row_builds(config, c.row).values()]
     make = ray.remote(num_cpus=1, num_gpus=_gpus(BUILD_GPUS))(_make)
-    most, cpus = max(b.settings.get("processes", 1) for b in wanted), _cluster_cpus(ray)
+    most = max(b.settings.get("processes", 1) for b in wanted)
+    cpus = float(ray.cluster_resources().get("CPU", 0))
     if most > cpus:  # Ray would wait for them forever
         raise DefendError(f"run.train_processes = {most} needs {most} CPUs a build; "
                           f"the Ray cluster has {cpus:g}")  # fmt: skip
@@ -130,10 +131,6 @@ def _builds(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder
         for build in missing:
             log(f"== building {build.key} on Ray")
         ray.get([_needs(make, b).remote(builder.cache, builder.device, b) for b in missing])
-
-
-def _cluster_cpus(ray: Any) -> float:
-    return float(ray.cluster_resources().get("CPU", 0))
 
 
 def _needs(make: Any, build: Build) -> Any:
