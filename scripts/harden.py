@@ -40,10 +40,12 @@ class Spec:
     epochs: int
     adversarial: dict[str, Any] = field(default_factory=dict)  # make_objective's keywords
     start: str | None = None  # the name of the model whose weights it starts from
+    options: dict[str, Any] = field(default_factory=dict)  # model options (``--set K=V``)
 
     def command(self) -> str:
         """The ``defend train`` options of this model."""
         parts = [f"--model {self.model}"] if self.model else []
+        parts += [f"--set {key}={value}" for key, value in self.options.items()]
         parts.append(f"--epochs {self.epochs}")
         if self.start:
             parts.append(f"--weights {self.start}.pt")
@@ -61,6 +63,11 @@ HALLUCINATION = {"method": "hallucination", "beta": 4.0}
 #: lesions stand 0.56 above the white matter, so at the default 0.008 only partial-volume
 #: boundary pixels can flip (``docs/hardening.md``)
 STRONG_SEG = {"eps": 0.1, "warmup_epochs": 3}
+
+#: VarNet with twice the cascade U-Nets' channels and one more pooling layer
+WIDE = {"chans": 16, "pools": 3}
+#: VarNet followed by an image-domain U-Net of the default U-Net's size (``refine_chans``)
+REFINE = {"refine_chans": 16}
 
 #: each table's models; a hardened model's twin is the standard model of its section trained
 #: for as many epochs in all (those of the model it starts from included)
@@ -91,6 +98,41 @@ SECTIONS: dict[str, list[Spec]] = {
             8,
             {**HALLUCINATION, "beta": 8.0, "eps": 0.15},
             start="varnet-standard",
+        ),
+    ],  # fmt: skip
+    "recon-varnet-wide": [
+        Spec("varnetL-standard", "recon", "varnet", 20, options=WIDE),
+        Spec("varnetL-standard-28", "recon", "varnet", 28, options=WIDE),
+        Spec(
+            "varnetL-hallucination",
+            "recon",
+            "varnet",
+            8,
+            HALLUCINATION,
+            start="varnetL-standard",
+            options=WIDE,
+        ),
+    ],  # fmt: skip
+    "recon-varnet-refine": [
+        Spec("varnetR-standard", "recon", "varnet", 20, options=REFINE),
+        Spec("varnetR-standard-28", "recon", "varnet", 28, options=REFINE),
+        Spec(
+            "varnetR-hallucination",
+            "recon",
+            "varnet",
+            8,
+            HALLUCINATION,
+            start="varnetR-standard",
+            options=REFINE,
+        ),
+        Spec(
+            "varnetR-h-beta1",
+            "recon",
+            "varnet",
+            8,
+            {**HALLUCINATION, "beta": 1.0},
+            start="varnetR-standard",
+            options=REFINE,
         ),
     ],  # fmt: skip
     "seg": [
@@ -229,6 +271,7 @@ class Hardening:
             self.data,
             out,
             model=spec.model,
+            model_options=spec.options or None,
             config=config,
             objective=objective,
             weights=weights,

@@ -104,6 +104,28 @@ def test_varnet_expands_one_mask_to_the_batch():
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
 
 
+def test_varnet_refine_unet_runs_on_the_cascades_output():
+    """refine_chans > 0: an image U-Net after the cascades (as ReconUnet runs its own); 0, the
+    default, is fastMRI's VarNet with its state dict unchanged."""
+    torch.manual_seed(0)
+    plain = ReconVarNet(crop=(24, 24)).eval()
+    refined = ReconVarNet(crop=(24, 24), refine_chans=4, refine_pools=2).eval()
+    assert not any(key.startswith("refine") for key in plain.state_dict())
+    refined.varnet.load_state_dict(plain.varnet.state_dict())
+    mask, k = column_mask(32), kspace(2, 2, 32)
+    with torch.no_grad():
+        image = plain(k, mask)
+        out = refined(k, mask)
+        mean = image.mean(dim=(-2, -1), keepdim=True)
+        std = image.std(dim=(-2, -1), keepdim=True)
+        x = ((image - mean) / (std + 1e-11)).clamp(-6, 6).unsqueeze(1)
+        expected = refined.refine(x).squeeze(1) * std + mean
+    assert out.shape == (2, 24, 24)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="refine_chans"):
+        ReconVarNet(refine_chans=-1)
+
+
 def test_recon_unet_output_is_in_target_units():
     """Scaling k-space by c scales the reconstruction by c (per-sample normalisation)."""
     torch.manual_seed(0)

@@ -184,12 +184,25 @@ class ReconUnet(nn.Module):
             The reconstruction, shape ``(B, h, w)``, in the units of the target image.
         """
         kspace = masked_kspace * as_kspace_mask(mask, masked_kspace)
-        image = zero_filled(kspace, self.crop)
-        mean = image.mean(dim=(-2, -1), keepdim=True)
-        std = _safe_sqrt(image.var(dim=(-2, -1), keepdim=True))  # finite gradient at std 0
-        x = ((image - mean) / (std + self.eps)).clamp(-self.clamp, self.clamp)
-        out = self.unet(x.unsqueeze(1)).squeeze(1)
-        return out * std + mean
+        return image_unet(self.unet, zero_filled(kspace, self.crop), self.eps, self.clamp)
+
+
+def image_unet(unet: nn.Module, image: torch.Tensor, eps: float, clamp: float) -> torch.Tensor:
+    """A 1-in, 1-out U-Net on a magnitude image in its own units, as fastMRI's leaderboard
+    U-Net runs: normalised per sample (mean / standard deviation over the pixels, ``eps`` added
+    to the deviation), clamped to ``+-clamp``, the U-Net, scaled back (``out * std + mean``).
+
+    Args:
+        unet: maps (B, 1, h, w) to (B, 1, h, w).
+        image: (B, h, w) magnitude images.
+
+    Returns:
+        (B, h, w) in the units of ``image``.
+    """
+    mean = image.mean(dim=(-2, -1), keepdim=True)
+    std = _safe_sqrt(image.var(dim=(-2, -1), keepdim=True))  # finite gradient at std 0
+    x = ((image - mean) / (std + eps)).clamp(-clamp, clamp)
+    return unet(x.unsqueeze(1)).squeeze(1) * std + mean
 
 
 class ReconVarNet(nn.Module):
@@ -202,7 +215,15 @@ class ReconVarNet(nn.Module):
         chans: channels of each cascade's U-Net (leaderboard: 18).
         pools: pooling layers of each cascade's U-Net (leaderboard: 4).
         crop: ``(h, w)`` centre crop of the output, or ``None``.
+        refine_chans: 0 (fastMRI's VarNet, which ends on a data-consistency step), or the
+            channels of an image-domain U-Net run on the cropped output as
+            :class:`ReconUnet` runs its own (:func:`image_unet`). That U-Net may depart from
+            the measured k-space, which the last data-consistency step otherwise keeps.
+        refine_pools: pooling layers of that U-Net.
     """
+
+    eps = ReconUnet.eps
+    clamp = ReconUnet.clamp
 
     def __init__(
         self,
@@ -212,9 +233,17 @@ class ReconVarNet(nn.Module):
         chans: int = 8,
         pools: int = 2,
         crop: Sequence[int] | None = None,
+        refine_chans: int = 0,
+        refine_pools: int = 3,
     ):
         super().__init__()
         self.crop = _as_crop(crop)
+        if refine_chans < 0 or refine_pools < 0:
+            raise ValueError(f"refine_chans and refine_pools must be >= 0, got "
+                             f"{refine_chans} and {refine_pools}")  # fmt: skip
+        self.refine = (
+            Unet(1, 1, chans=refine_chans, num_pool_layers=refine_pools) if refine_chans else None
+        )
         self.varnet = VarNet(
             num_cascades=num_cascades,
             sens_chans=sens_chans,
@@ -237,5 +266,5 @@ class ReconVarNet(nn.Module):
         mask = as_kspace_mask(mask, masked_kspace)
         if mask.shape[0] != masked_kspace.shape[0]:
             mask = mask.expand(masked_kspace.shape[0], -1, -1, -1, -1)
-        out = self.varnet(masked_kspace * mask, mask, num_low_frequencies=None)
-        return _crop(out, self.crop)
+        out = _crop(self.varnet(masked_kspace * mask, mask, num_low_frequencies=None), self.crop)
+        return out if self.refine is None else image_unet(self.refine, out, self.eps, self.clamp)
