@@ -41,12 +41,15 @@ class Spec:
     adversarial: dict[str, Any] = field(default_factory=dict)  # make_objective's keywords
     start: str | None = None  # the name of the model whose weights it starts from
     options: dict[str, Any] = field(default_factory=dict)  # model options (``--set K=V``)
+    lr: float | None = None  # the learning rate (default: the task's, ``default_schedule``)
 
     def command(self) -> str:
         """The ``defend train`` options of this model."""
         parts = [f"--model {self.model}"] if self.model else []
         parts += [f"--set {key}={value}" for key, value in self.options.items()]
         parts.append(f"--epochs {self.epochs}")
+        if self.lr is not None:
+            parts.append(f"--lr {self.lr:g}")
         if self.start:
             parts.append(f"--weights {self.start}.pt")
         for key, value in self.adversarial.items():
@@ -124,6 +127,26 @@ SECTIONS: dict[str, list[Spec]] = {
             HALLUCINATION,
             start="varnetR-standard",
             options=REFINE,
+        ),
+        Spec(
+            "varnetR-h-lr1e-3",
+            "recon",
+            "varnet",
+            8,
+            HALLUCINATION,
+            start="varnetR-standard",
+            options=REFINE,
+            lr=1e-3,
+        ),
+        Spec(
+            "varnetR-h-beta2-lr1e-3",
+            "recon",
+            "varnet",
+            8,
+            {**HALLUCINATION, "beta": 2.0},
+            start="varnetR-standard",
+            options=REFINE,
+            lr=1e-3,
         ),
         Spec(
             "varnetR-h-beta1",
@@ -256,7 +279,7 @@ class Hardening:
             if ckpt["epoch"] >= spec.epochs or ckpt.get("stopped"):
                 return out
         weights = self.train(spec_named(spec.start)) if spec.start else None
-        _, lr = default_schedule(spec.task, spec.model)
+        lr = spec.lr or default_schedule(spec.task, spec.model)[1]
         config = TrainConfig(epochs=spec.epochs, lr=lr, device=self.device, progress=False)
         adversarial = dict(spec.adversarial)
         objective = (
