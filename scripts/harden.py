@@ -139,6 +139,16 @@ SECTIONS: dict[str, list[Spec]] = {
             lr=1e-3,
         ),
         Spec(
+            "varnetR-h-lr1e-3-warmup3",
+            "recon",
+            "varnet",
+            8,
+            {**HALLUCINATION, "warmup_epochs": 3},
+            start="varnetR-standard",
+            options=REFINE,
+            lr=1e-3,
+        ),
+        Spec(
             "varnetR-h-beta2-lr1e-3",
             "recon",
             "varnet",
