@@ -72,6 +72,22 @@ WIDE = {"chans": 16, "pools": 3}
 #: VarNet followed by an image-domain U-Net of the default U-Net's size (``refine_chans``)
 REFINE = {"refine_chans": 16}
 
+
+def _refined(name: str, lr: float | None = None, **adversarial: Any) -> Spec:
+    """The refine VarNet hallucination-trained for 8 epochs from ``varnetR-standard``, with
+    :data:`HALLUCINATION` updated by ``adversarial``."""
+    return Spec(
+        name,
+        "recon",
+        "varnet",
+        8,
+        {**HALLUCINATION, **adversarial},
+        start="varnetR-standard",
+        options=REFINE,
+        lr=lr,
+    )
+
+
 #: each table's models; a hardened model's twin is the standard model of its section trained
 #: for as many epochs in all (those of the model it starts from included)
 SECTIONS: dict[str, list[Spec]] = {
@@ -119,55 +135,12 @@ SECTIONS: dict[str, list[Spec]] = {
     "recon-varnet-refine": [
         Spec("varnetR-standard", "recon", "varnet", 20, options=REFINE),
         Spec("varnetR-standard-28", "recon", "varnet", 28, options=REFINE),
-        Spec(
-            "varnetR-hallucination",
-            "recon",
-            "varnet",
-            8,
-            HALLUCINATION,
-            start="varnetR-standard",
-            options=REFINE,
-        ),
-        Spec(
-            "varnetR-h-lr1e-3",
-            "recon",
-            "varnet",
-            8,
-            HALLUCINATION,
-            start="varnetR-standard",
-            options=REFINE,
-            lr=1e-3,
-        ),
-        Spec(
-            "varnetR-h-lr1e-3-warmup3",
-            "recon",
-            "varnet",
-            8,
-            {**HALLUCINATION, "warmup_epochs": 3},
-            start="varnetR-standard",
-            options=REFINE,
-            lr=1e-3,
-        ),
-        Spec(
-            "varnetR-h-beta2-lr1e-3",
-            "recon",
-            "varnet",
-            8,
-            {**HALLUCINATION, "beta": 2.0},
-            start="varnetR-standard",
-            options=REFINE,
-            lr=1e-3,
-        ),
-        Spec(
-            "varnetR-h-beta1",
-            "recon",
-            "varnet",
-            8,
-            {**HALLUCINATION, "beta": 1.0},
-            start="varnetR-standard",
-            options=REFINE,
-        ),
-    ],  # fmt: skip
+        _refined("varnetR-hallucination"),
+        _refined("varnetR-h-lr1e-3", lr=1e-3),
+        _refined("varnetR-h-lr1e-3-warmup3", lr=1e-3, warmup_epochs=3),
+        _refined("varnetR-h-beta2-lr1e-3", lr=1e-3, beta=2.0),
+        _refined("varnetR-h-beta1", beta=1.0),
+    ],
     "seg": [
         Spec("seg-standard", "seg", None, 10),
         Spec("seg-pgd", "seg", None, 10, {"method": "pgd"}),
