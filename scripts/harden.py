@@ -73,14 +73,14 @@ WIDE = {"chans": 16, "pools": 3}
 REFINE = {"refine_chans": 16}
 
 
-def _refined(name: str, lr: float | None = None, **adversarial: Any) -> Spec:
-    """The refine VarNet hallucination-trained for 8 epochs from ``varnetR-standard``, with
+def _refined(name: str, epochs: int = 8, lr: float | None = None, **adversarial: Any) -> Spec:
+    """The refine VarNet hallucination-trained for ``epochs`` from ``varnetR-standard``, with
     :data:`HALLUCINATION` updated by ``adversarial``."""
     return Spec(
         name,
         "recon",
         "varnet",
-        8,
+        epochs,
         {**HALLUCINATION, **adversarial},
         start="varnetR-standard",
         options=REFINE,
@@ -135,11 +135,15 @@ SECTIONS: dict[str, list[Spec]] = {
     "recon-varnet-refine": [
         Spec("varnetR-standard", "recon", "varnet", 20, options=REFINE),
         Spec("varnetR-standard-28", "recon", "varnet", 28, options=REFINE),
+        Spec("varnetR-standard-36", "recon", "varnet", 36, options=REFINE),
         _refined("varnetR-hallucination"),
         _refined("varnetR-h-lr1e-3", lr=1e-3),
         _refined("varnetR-h-lr1e-3-warmup3", lr=1e-3, warmup_epochs=3),
         _refined("varnetR-h-beta2-lr1e-3", lr=1e-3, beta=2.0),
         _refined("varnetR-h-beta1", beta=1.0),
+        _refined("varnetR-h16-beta2", 16, lr=1e-3, warmup_epochs=3, beta=2.0),
+        _refined("varnetR-h16-beta3", 16, lr=1e-3, warmup_epochs=3, beta=3.0),
+        _refined("varnetR-h16-beta4", 16, lr=1e-3, warmup_epochs=3, beta=4.0),
     ],
     "seg": [
         Spec("seg-standard", "seg", None, 10),
