@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from defend.cpu_kernels import pin_cpu_kernels
+
+pin_cpu_kernels()  # the same CPU numbers on every x86-64 machine (before torch computes)
+
 __version__ = "0.1.0"
 __all__ = ["load_arrays", "load_detector", "load_estimator", "load_smoothed"]
 

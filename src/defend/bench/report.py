@@ -20,12 +20,17 @@ def _yes(met: bool) -> str:
     return "yes" if met else "NO"
 
 
+def _kernels(cfg: dict[str, Any]) -> str:
+    """``cpu kernels avx2 (pinned), `` for the header (nothing for results saved before)."""
+    return f"cpu kernels {cfg['cpu_kernels']}, " if cfg.get("cpu_kernels") else ""
+
+
 def _config_lines(cfg: dict[str, Any]) -> list[str]:
     """The run's header: folder, split, device, threads, torch, repeats."""
     return [
         f"defend bench attacks: {cfg['run_dir']} ({cfg['split']} split, n={cfg['n']}), "
         f"device {cfg['device']}{' ' + cfg['gpu'] if cfg.get('gpu') else ''}, "
-        f"{cfg['threads']} torch thread(s), torch {cfg['torch']}, "
+        f"{cfg['threads']} torch thread(s), {_kernels(cfg)}torch {cfg['torch']}, "
         f"median of {cfg['repeats']} interleaved repeats after a warm-up",
         "",
     ]
@@ -191,7 +196,8 @@ def format_train_bench(result: dict[str, Any]) -> str:
         f"defend bench train: {cfg['data_dir']}, epoch = {cfg['batches']} training batches of "
         f"{cfg['batch_size']}, device {cfg['device']}"
         f"{' ' + cfg['gpu'] if cfg.get('gpu') else ''}, {cfg['threads']} torch thread(s), "
-        f"torch {cfg['torch']}, median of {cfg['repeats']} interleaved repeats after a warm-up",
+        f"{_kernels(cfg)}torch {cfg['torch']}, "
+        f"median of {cfg['repeats']} interleaved repeats after a warm-up",
         f"timed: {cfg['timed']}",
         "",
     ]

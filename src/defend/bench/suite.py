@@ -24,6 +24,7 @@ from defend.attacks.base import estimator_device
 from defend.bench.art import art_pgd_vs_hallucination, dgde_vs_floor_and_pixel_attack
 from defend.bench.floors import hallucination_vs_floor, seg_pgd_vs_floor
 from defend.bench.timing import Log, timed, torch_threads
+from defend.cpu_kernels import cpu_kernels
 from defend.errors import DefendError
 
 #: the checkpoints a ``defend bench models`` folder holds, by name
@@ -200,6 +201,7 @@ def _config(
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        "cpu_kernels": cpu_kernels(),
         "pixel_th": list(settings["pixel_th"]),
         "pixel_max_iter": settings["pixel_max_iter"],
         "recon_input": list(inputs["recon_x"].shape),

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from defend.bench.timing import Log, paired, timed, torch_threads
+from defend.cpu_kernels import cpu_kernels
 from defend.device import autocast, pick_device, seed_everything
 from defend.errors import DefendError
 from defend.estimators.base import model_mode
@@ -396,6 +397,7 @@ def bench_train(
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        "cpu_kernels": cpu_kernels(),
         "timed": TIMED,
         "goal": GOAL,
         "seconds": time.perf_counter() - start,
