@@ -232,6 +232,7 @@ def test_bench_attacks_command_on_a_demo_folder(tmp_path, demo_dir):
         assert part in result.output
     saved = json.loads(out.read_text())
     assert saved["config"]["n"] == 2 and saved["config"]["pixel_th"] == [1]
+    assert f"cpu kernels {saved['config']['cpu_kernels']}, torch" in result.output
     assert [row["name"] for row in saved["floors"]][-1] == "dgde"
     assert saved["art_pixel"]["params"]["dgde"]["max_queries"] == 100
 
@@ -263,6 +264,7 @@ def test_bench_train_rows_per_method(synth_dir):
     text = format_train_bench(result)
     for part in ("recon/varnet", "hallucination", "trades", "ideal", "goal", "own ideal", "cpu r"):
         assert part in text
+    assert f"cpu kernels {result['config']['cpu_kernels']}, torch" in text
     json.dumps(jsonable(result), allow_nan=False)
 
 

@@ -1,4 +1,4 @@
-"""The same CPU numbers on every x86-64 machine: oneDNN, MKL and ATen pinned to AVX2 kernels.
+"""The same CPU numbers on x86-64 Linux machines: oneDNN, MKL and ATen pinned to AVX2 kernels.
 
 PyTorch picks its CPU kernels by the widest vectors the processor has. AVX-512 kernels add
 in another order than AVX2 ones, so the same seed rounds differently, and over a training
@@ -6,14 +6,17 @@ run the differences grow into another model. Measured on an AVX-512 AMD EPYC: a 
 U-Net on the built-in data reaches validation SSIM 0.8730 with its own kernels and 0.8715
 with AVX2 ones, the value docs/hardening.md recorded on another machine, to every digit;
 108 of the 275 numbers of ``defend matrix smoke`` change. :func:`pin_cpu_kernels` caps the
-three kernel libraries at AVX2, which every x86-64 CPU of the last decade has. The cost
-there: the quick matrix took 9 min 23 s against 8 min 29 s, 3-epoch trainings 0.9-1.25x.
+three kernel libraries at AVX2, which most x86-64 CPUs of the last decade have. The cost
+there: the quick matrix took 9 min 25 s against about 8.5 min, 3-epoch trainings 0.9-1.25x.
 
-``import defend`` calls it, before torch computes anything, and child processes (torchrun,
-Ray workers) inherit the setting. It only sets variables the user has not set, and
-``DEFEND_CPU_KERNELS=native`` turns it off. A notebook that ran torch on the CPU before
-importing ``defend`` keeps the kernels it started with: :func:`cpu_kernels` says which.
-GPU kernels are not affected.
+``import defend`` calls it, before torch computes anything; every process that imports
+``defend`` (the CLI, torchrun and Ray workers) sets it again, and child processes inherit it.
+It only sets variables the user has not set (oneDNN's older ``DNNL_MAX_CPU_ISA`` counts),
+and ``DEFEND_CPU_KERNELS=native`` turns it off. It applies on Linux x86-64 CPUs with AVX2;
+elsewhere the machine's own kernels run. A notebook that ran torch on the CPU before
+importing ``defend`` may keep some of the kernels it started with. Equal numbers need the
+same torch release (its oneDNN and MKL) as well, and oneDNN may block its loops by cache
+size, which no variable pins. GPU kernels are not affected.
 """
 
 from __future__ import annotations
@@ -43,20 +46,29 @@ def _has_avx2() -> bool:
 def pin_cpu_kernels() -> bool:
     """Cap oneDNN, MKL and ATen at AVX2 kernels, unless ``DEFEND_CPU_KERNELS=native``.
 
-    Only unset variables are set, and only on x86-64 CPUs with AVX2. Returns whether the
-    pin applies (it takes effect only if torch has not yet run a CPU kernel).
+    Only unset variables are set, and only on x86-64 Linux CPUs with AVX2. Returns whether
+    the pin applies (it takes effect only if torch has not yet run a CPU kernel).
     """
     if os.environ.get("DEFEND_CPU_KERNELS", "").lower() == "native" or not _has_avx2():
         return False
     for name, value in PINNED.items():
+        if name == "ONEDNN_MAX_CPU_ISA" and "DNNL_MAX_CPU_ISA" in os.environ:
+            continue  # the user capped oneDNN under its older name
         os.environ.setdefault(name, value)
     return True
 
 
 def cpu_kernels() -> str:
-    """The CPU kernels torch runs, as benchmarks print them: ``avx2 (pinned)``, ``avx512``..."""
+    """The CPU kernels, as benchmarks print them: ATen's capability, then ``(pinned)`` when
+    all three libraries are capped at AVX2, else the caps that are set, e.g. ``avx512``,
+    ``avx2 (pinned)``, ``avx2 (ONEDNN_MAX_CPU_ISA=AVX512_CORE)``."""
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability().lower()
-    pinned = all(os.environ.get(name, "").lower() == v.lower() for name, v in PINNED.items())
-    return f"{capability} (pinned)" if pinned and capability == "avx2" else capability
+    caps = {n: os.environ[n] for n in (*PINNED, "DNNL_MAX_CPU_ISA") if n in os.environ}
+    pinned = all(caps.get(n, "").lower() == v.lower() for n, v in PINNED.items())
+    if capability == "avx2" and pinned:
+        return "avx2 (pinned)"
+    caps.pop("ATEN_CPU_CAPABILITY", None)  # the capability itself says it
+    named = ", ".join(f"{n}={v}" for n, v in caps.items())
+    return f"{capability} ({named})" if named else capability
