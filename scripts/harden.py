@@ -71,10 +71,19 @@ STRONG_SEG = {"eps": 0.1, "warmup_epochs": 3}
 WIDE = {"chans": 16, "pools": 3}
 #: VarNet followed by an image-domain U-Net of the default U-Net's size (``refine_chans``)
 REFINE = {"refine_chans": 16}
+#: the same with twice the refine U-Net's channels
+REFINE32 = {"refine_chans": 32}
 
 
-def _refined(name: str, epochs: int = 8, lr: float | None = None, **adversarial: Any) -> Spec:
-    """The refine VarNet hallucination-trained for ``epochs`` from ``varnetR-standard``, with
+def _refined(
+    name: str,
+    epochs: int = 8,
+    lr: float | None = None,
+    start: str = "varnetR-standard",
+    options: dict[str, Any] = REFINE,
+    **adversarial: Any,
+) -> Spec:
+    """A refine VarNet hallucination-trained for ``epochs`` from ``start``, with
     :data:`HALLUCINATION` updated by ``adversarial``."""
     return Spec(
         name,
@@ -82,8 +91,8 @@ def _refined(name: str, epochs: int = 8, lr: float | None = None, **adversarial:
         "varnet",
         epochs,
         {**HALLUCINATION, **adversarial},
-        start="varnetR-standard",
-        options=REFINE,
+        start=start,
+        options=options,
         lr=lr,
     )
 
@@ -118,7 +127,7 @@ SECTIONS: dict[str, list[Spec]] = {
             {**HALLUCINATION, "beta": 8.0, "eps": 0.15},
             start="varnet-standard",
         ),
-    ],  # fmt: skip
+    ],
     "recon-varnet-wide": [
         Spec("varnetL-standard", "recon", "varnet", 20, options=WIDE),
         Spec("varnetL-standard-28", "recon", "varnet", 28, options=WIDE),
@@ -131,7 +140,7 @@ SECTIONS: dict[str, list[Spec]] = {
             start="varnetL-standard",
             options=WIDE,
         ),
-    ],  # fmt: skip
+    ],
     "recon-varnet-refine": [
         Spec("varnetR-standard", "recon", "varnet", 20, options=REFINE),
         Spec("varnetR-standard-28", "recon", "varnet", 28, options=REFINE),
@@ -144,6 +153,22 @@ SECTIONS: dict[str, list[Spec]] = {
         _refined("varnetR-h16-beta2", 16, lr=1e-3, warmup_epochs=3, beta=2.0),
         _refined("varnetR-h16-beta3", 16, lr=1e-3, warmup_epochs=3, beta=3.0),
         _refined("varnetR-h16-beta4", 16, lr=1e-3, warmup_epochs=3, beta=4.0),
+    ],
+    "recon-varnet-refine32": [
+        Spec("varnetR32-standard", "recon", "varnet", 20, options=REFINE32),
+        Spec("varnetR32-standard-36", "recon", "varnet", 36, options=REFINE32),
+        *(
+            _refined(
+                f"varnetR32-h16-beta{beta:g}",
+                16,
+                1e-3,
+                "varnetR32-standard",
+                REFINE32,
+                warmup_epochs=3,
+                beta=beta,
+            )
+            for beta in (3.0, 4.0)
+        ),
     ],
     "seg": [
         Spec("seg-standard", "seg", None, 10),
@@ -174,7 +199,7 @@ SECTIONS: dict[str, list[Spec]] = {
         ),
         Spec("unet-hallucination", "recon", "unet", 8, HALLUCINATION, start="unet-standard"),
         Spec("unet-h-scratch-beta6", "recon", "unet", 16, {**HALLUCINATION, "beta": 6.0}),
-    ],  # fmt: skip
+    ],
 }
 
 #: the columns of each task's table: (measurement key, header)
