@@ -73,6 +73,8 @@ WIDE = {"chans": 16, "pools": 3}
 REFINE = {"refine_chans": 16}
 #: the same with twice the refine U-Net's channels
 REFINE32 = {"refine_chans": 32}
+#: :func:`_refined` arguments that start from the REFINE32 standard model
+FROM_R32: dict[str, Any] = {"start": "varnetR32-standard", "options": REFINE32}
 
 
 def _refined(
@@ -157,18 +159,8 @@ SECTIONS: dict[str, list[Spec]] = {
     "recon-varnet-refine32": [
         Spec("varnetR32-standard", "recon", "varnet", 20, options=REFINE32),
         Spec("varnetR32-standard-36", "recon", "varnet", 36, options=REFINE32),
-        *(
-            _refined(
-                f"varnetR32-h16-beta{beta:g}",
-                16,
-                1e-3,
-                "varnetR32-standard",
-                REFINE32,
-                warmup_epochs=3,
-                beta=beta,
-            )
-            for beta in (3.0, 4.0)
-        ),
+        _refined("varnetR32-h16-beta3", 16, lr=1e-3, warmup_epochs=3, beta=3.0, **FROM_R32),
+        _refined("varnetR32-h16-beta4", 16, lr=1e-3, warmup_epochs=3, beta=4.0, **FROM_R32),
     ],
     "seg": [
         Spec("seg-standard", "seg", None, 10),
