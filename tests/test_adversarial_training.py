@@ -95,12 +95,27 @@ def test_eps_warm_up_and_mix():
         ("cls", "pgd", {"beta": -1.0}, "--beta must be"),
         ("cls", "pgd", {"step": float("nan")}, "--step must be a finite number"),
         ("seg", "pgd", {"norm": "2"}, "--norm is for recon"),
+        ("recon", "pgd", {"clean_floor": 0.1}, "--clean-floor is for --adversarial halluc"),
+        ("cls", "trades", {"clean_floor": 0.1}, "--clean-floor is for recon --adversarial"),
+        ("recon", "hallucination", {"clean_floor": -0.1}, "--clean-floor must be >= 0"),
+        ("recon", "hallucination", {"clean_floor": float("nan")}, "--clean-floor must be"),
     ],
 )
 def test_wrong_settings_are_one_line(task, method, kwargs, message):
     with pytest.raises(DefendError, match=None) as error:
         make_objective(task, method, **kwargs)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_hallucination_floor_is_a_setting():
+    """Hallucination training's best checkpoint keeps a clean-SSIM floor (default 0.03), stored
+    with the objective's settings; the other methods have none."""
+    task = ReconTask()
+    default = make_objective("recon", "hallucination")
+    assert default.floor(task) == ("ssim", 0.03) and default.config()["clean_floor"] == 0.03
+    wider = make_objective("recon", "hallucination", clean_floor=0.1)
+    assert wider.floor(task) == ("ssim", 0.1) and wider.config()["clean_floor"] == 0.1
+    assert make_objective("recon", "pgd").floor(task) is None
 
 
 def test_cli_wrong_combination_is_one_line_before_data(tmp_path):
@@ -144,7 +159,8 @@ def test_each_method_trains_and_validates_robustly(
         log=lambda s: None,
     )
     ckpt = load_checkpoint(out, task)
-    assert ckpt["monitor"] == {"metric": monitor[0], "higher_is_better": monitor[1]}
+    floor = {"clean_floor": {"metric": "ssim", "margin": 0.03}} if method == "hallucination" else {}
+    assert ckpt["monitor"] == {"metric": monitor[0], "higher_is_better": monitor[1], **floor}
     assert monitor[0] in history[0] and ckpt["best"][monitor[0]] == history[0][monitor[0]]
     assert ckpt["run"]["objective"]["name"] == method
     assert ckpt["run"]["objective"]["eps"] == {"recon": 0.1, "seg": 0.008, "cls": 8 / 255}[task]
@@ -322,3 +338,38 @@ def test_bench_robustness_refuses_checkpoints_of_two_tasks(unet_ckpt, cls_ckpt, 
         "the checkpoints must be of one task to compare",
     )
     assert not out.exists()
+
+
+def _bn_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 2)
+    )
+
+
+@pytest.mark.parametrize("mix", [1.0, 0.5])
+def test_trades_forwards_clean_and_adversarial_batches_separately(mix):
+    """TRADES' clean outputs are a clean-only forward in training mode (BatchNorm by clean
+    statistics alone), and the running statistics are those of a clean then an adversarial
+    forward: one forward of both concatenated fails both checks."""
+    from defend.train.objectives import image_objective
+
+    objective = image_objective("trades", 0.5, steps=2, clip=None, beta=6.0, mix=mix)
+    made = []
+    attack = objective.perturb
+    objective.perturb = lambda *args: made.append(attack(*args)) or made[-1]
+    data = Features(16, 0)
+    batch = {"input": data.x, "target": data.y}
+    model, twin = _bn_model(), _bn_model()
+    model.train()
+    losses = objective.loss(ClsTask(), model, batch, epoch=0)
+    rows = objective.attacked(batch).nonzero()[:, 0]
+    twin.train()
+    with torch.no_grad():
+        clean, adversarial = twin(data.x), twin(made[0])  # two forwards, clean first
+    task = ClsTask()
+    divergence = torch.zeros(16).index_put((rows,), task.divergence(adversarial, clean[rows], {}))
+    expected = task.loss(clean, batch) + 6.0 * divergence
+    torch.testing.assert_close(losses.detach(), expected)
+    for key in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(model[1], key), getattr(twin[1], key))

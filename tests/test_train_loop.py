@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from defend.errors import CheckpointError, DefendError
 from defend.io import load_checkpoint, load_weights_file, save_checkpoint
 from defend.tasks import ClsTask
-from defend.train import Adversarial, TrainConfig, best_path, fit
+from defend.train import Adversarial, Objective, TrainConfig, best_path, fit
 from defend.train.loop import run_config
 from defend.train.objectives import image_objective
 from defend.train.perturb import linf_pgd
@@ -281,3 +281,106 @@ def test_pgd_training_is_more_robust_than_standard_training(tmp_path):
         )
         accuracy[name] = _pgd_accuracy(model, val, eps)
     assert accuracy["pgd"] > 0.85 and accuracy["pgd"] > accuracy["standard"] + 0.1, accuracy
+
+
+class _Scripted(Objective):
+    """Standard training validated by scripted numbers: a robust metric (lower is better) and,
+    through :class:`_ScriptedClean`, the clean accuracy; a clean floor of ``margin``."""
+
+    name = "scripted"
+
+    def __init__(self, robust, margin) -> None:
+        self.robust, self.margin = iter(robust), margin
+
+    def robust_metrics(self, task, model, batches):
+        return {"robust_strength": next(self.robust)}
+
+    def monitor(self, task):
+        return "robust_strength", False
+
+    def floor(self, task):
+        return None if self.margin is None else ("accuracy", self.margin)
+
+
+class _ScriptedClean(ClsTask):
+    def __init__(self, clean) -> None:
+        self.clean = iter(clean)
+
+    def evaluate(self, model, batches):
+        return {**super().evaluate(model, batches), "accuracy": next(self.clean)}
+
+
+@pytest.mark.parametrize(
+    ("clean", "robust", "margin", "best"),
+    [
+        # epoch 3 is the most robust because its clean quality collapsed: not chosen
+        ((0.90, 0.92, 0.60, 0.91), (0.5, 0.4, 0.1, 0.3), 0.03, 4),
+        ((0.90, 0.92, 0.60, 0.91), (0.5, 0.4, 0.1, 0.3), None, 3),  # no floor: it is
+        # epoch 1 falls below the floor when epoch 2 raises the best clean value
+        ((0.50, 0.90, 0.89), (0.1, 0.6, 0.7), 0.03, 2),
+        ((0.50, 0.90, 0.89), (0.1, 0.6, 0.7), float("inf"), 1),
+    ],
+)
+def test_best_checkpoint_keeps_a_clean_floor(tmp_path, clean, robust, margin, best):
+    out = tmp_path / "m.pt"
+    config = TrainConfig(epochs=len(clean), batch_size=16, lr=1e-2, progress=False)
+    fit(
+        _ScriptedClean(clean), make_model(), Blobs(128, 0), Blobs(64, 1), config, out,
+        meta=META, objective=_Scripted(robust, margin), log=lambda s: None,
+    )  # fmt: skip
+    kept = load_checkpoint(best_path(out))
+    assert kept["epoch"] == best and load_checkpoint(out)["best"]["epoch"] == best
+    floor = kept["monitor"].get("clean_floor")
+    assert floor == (None if margin is None else {"metric": "accuracy", "margin": margin})
+
+
+def test_above_floor():
+    from defend.train.loop import above_floor
+
+    history = [{"ssim": 0.9}, {"ssim": float("nan")}, {"ssim": 0.8}]
+    assert above_floor(history, history[0], ("ssim", 0.0))
+    assert not above_floor(history, history[2], ("ssim", 0.05))
+    assert above_floor(history, history[2], ("ssim", 0.1))
+    assert not above_floor(history, history[1], ("ssim", 1.0))  # NaN: below
+    assert above_floor([{"ssim": float("nan")}], {"ssim": float("nan")}, ("ssim", 0.1))
+    assert above_floor(history, history[2], None)
+
+
+def _cpu_autocast(device: torch.device, enabled: bool = True):
+    """CUDA's bfloat16 autocast, on the CPU (``defend.device.autocast`` is a no-op there)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+
+def test_validation_is_full_precision_under_amp(monkeypatch):
+    """Robust validation's attack sees float32 outputs and its metrics are those of amp off,
+    with amp on under a bfloat16 autocast (CUDA's, simulated on the CPU); the training steps,
+    their attacks included, do run under it (so the check can fire)."""
+    from defend.train import loop
+
+    monkeypatch.setattr(loop, "autocast", _cpu_autocast)
+    dtypes: list[torch.dtype] = []
+
+    def watched(attack):
+        def run(task, model, batch, eps, steps):
+            with torch.no_grad():
+                dtypes.append(task.forward(model, batch).dtype)
+            return attack(task, model, batch, eps, steps)
+
+        return run
+
+    pgd = image_objective("pgd", 0.5, steps=3, clip=None)
+    pgd.perturb, pgd.val_perturb = watched(pgd.perturb), watched(pgd.val_perturb)
+    model, metrics = make_model(), {}
+    for amp in (True, False):
+        torch.manual_seed(0)
+        config = TrainConfig(batch_size=16, amp=amp)
+        metrics[amp] = loop.evaluate(
+            ClsTask(), model, Features(64, 1), config, torch.device("cpu"), pgd
+        )
+    assert dtypes == [torch.float32] * 8 and "robust_accuracy" in metrics[True]
+    assert metrics[True] == metrics[False]
+    dtypes.clear()
+    config = TrainConfig(epochs=1, batch_size=16, amp=True, progress=False)
+    fit(ClsTask(), make_model(), Blobs(32, 0), Blobs(16, 1), config, None, meta=META,
+        objective=pgd, log=lambda s: None)  # fmt: skip
+    assert dtypes == [torch.bfloat16] * 2 + [torch.float32]  # 2 training batches, validation

@@ -35,7 +35,13 @@ from defend.train.objectives import Objective, Standard
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings; stored in every checkpoint."""
+    """Optimisation settings; stored in every checkpoint.
+
+    ``amp``: bfloat16 autocast of the training steps on CUDA (for tasks whose models allow
+    it, ``Task.amp_safe``), the training attacks included, as Wong et al. 2020 ("Fast is
+    better than free") train in mixed precision; validation, robust validation included, is
+    always in full precision (:func:`evaluate`).
+    """
 
     epochs: int = 10
     batch_size: int = 8
@@ -91,21 +97,27 @@ def evaluate(
     objective: Objective | None = None,
 ) -> dict[str, float]:
     """Validation metrics of ``model`` on ``dataset`` (eval mode, no gradients), and the
-    ``objective``'s metrics under attack (``robust_*``; attacks take their own gradients)."""
+    ``objective``'s metrics under attack (``robust_*``; attacks take their own gradients).
+
+    Always in full precision, whatever ``config.amp``: autocast is for training speed, and
+    an attack under it follows bfloat16 gradients and is weaker (Carlini et al. 2019, "On
+    Evaluating Adversarial Robustness": evaluate against the strongest attack), so the
+    robust metrics that pick the best checkpoint would overstate robustness; the clean
+    metrics are computed at the same precision as the robust ones beside them.
+    """
     loader = shape_loader(
         dataset,
         config.batch_size,
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
     )
-    amp = config.amp and task.amp_safe
 
     def batches() -> Iterator[Batch]:
         for batch in loader:
             yield to_device(batch, device)
 
     model.eval()
-    with torch.no_grad(), autocast(device, amp):
+    with torch.no_grad():
         metrics = task.evaluate(model, batches())
         if objective is not None:
             metrics.update(objective.robust_metrics(task, model, batches()))
@@ -265,7 +277,9 @@ def fit(
         config: optimisation settings.
         out: checkpoint path, rewritten atomically after every epoch; the best epoch by
             ``objective.monitor`` (the task's metric, or its robust version for adversarial
-            training) is also kept at :func:`best_path`. ``None`` writes nothing.
+            training) is also kept at :func:`best_path`, among the epochs above the
+            objective's clean floor if it has one (:meth:`_Run.improved`). ``None`` writes
+            nothing.
         meta: stored in the checkpoint beside the weights: ``model_config`` (to rebuild the
             model), ``data`` (input/target shapes, acquisition, classes) and ``run`` (what
             identifies the run, :func:`run_config`; default: ``config``'s fields).
@@ -289,6 +303,9 @@ def fit(
     meta["run"] = {**meta["run"], "objective": objective.config()}
     metric, higher = objective.monitor(task)
     meta["monitor"] = {"metric": metric, "higher_is_better": higher}
+    floor = objective.floor(task)
+    if floor is not None:
+        meta["monitor"]["clean_floor"] = {"metric": floor[0], "margin": floor[1]}
     with distributed.process_group(config.device) as world:
         if config.batch_size < world.size:
             raise DefendError(
@@ -390,6 +407,21 @@ def collapse(
     return None
 
 
+def above_floor(
+    history: list[dict[str, float]], record: dict[str, float], floor: tuple[str, float] | None
+) -> bool:
+    """Whether ``record`` may be the best checkpoint under an objective's clean ``floor``
+    ``(metric, margin)`` (:meth:`~defend.train.objectives.Objective.floor`): its clean
+    ``metric`` is within ``margin`` of the highest finite value in ``history`` (the records so
+    far, ``record``'s own included). True without a floor or a finite value; a NaN is below.
+    """
+    if floor is None:
+        return True
+    key, margin = floor
+    top = max((r[key] for r in history if math.isfinite(r.get(key, math.nan))), default=None)
+    return top is None or record.get(key, math.nan) >= top - margin
+
+
 class _Run:
     """The state of one training run: history, best record, checkpoints, early stop."""
 
@@ -408,6 +440,7 @@ class _Run:
         self.objective, self.config, self.out, self.meta = objective, config, out, meta
         self.world = world or World()
         self.metric, self.higher = objective.monitor(task)
+        self.floor = objective.floor(task)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] | None = None
         self.start = 0
@@ -423,7 +456,16 @@ class _Run:
         return bool(self.stopped) or (self.start >= self.config.epochs and bool(self.history))
 
     def improved(self, metrics: dict[str, float]) -> bool:
-        if self.best is None:
+        """Whether the epoch just added to the history (``metrics``) becomes the best.
+
+        Under a clean floor (:func:`above_floor`) only an epoch above it can; it replaces a
+        kept best that has fallen below it (the highest clean value rose: that is this epoch,
+        so it is above), else it must beat the kept best's monitor. So the kept best is always
+        above the floor of the run so far.
+        """
+        if not above_floor(self.history, metrics, self.floor):
+            return False
+        if self.best is None or not above_floor(self.history, self.best, self.floor):
             return True
         sign = 1 if self.higher else -1
         return _rank(sign * metrics[self.metric]) > _rank(sign * self.best[self.metric])

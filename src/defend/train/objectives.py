@@ -11,9 +11,14 @@ the validation metrics and keeps the best checkpoint by ``objective.monitor``.
   function (:mod:`defend.train.perturb`) makes adversarial inputs for a fraction ``mix`` of
   each batch with the model in eval mode, at an eps that warms up linearly over the first
   epochs. With ``beta == 0`` the step minimises the task's loss on the mixed batch (Madry et
-  al.); with ``beta > 0`` it minimises the clean loss plus ``beta`` times the task's
-  divergence between the adversarial and the clean output (TRADES, Zhang et al.). Robust
-  validation attacks every validation batch at the full eps with more steps.
+  al.), in one forward pass: the batch it trains on is the mixture (all adversarial at
+  ``mix`` 1), so BatchNorm's statistics are those of that one training distribution, as in
+  the mixed batches of Goodfellow et al. 2015 and Kurakin et al. 2017. With ``beta > 0`` it
+  minimises the clean loss plus ``beta`` times the task's divergence between the adversarial
+  and the clean output (TRADES, Zhang et al. 2019), the clean and the adversarial inputs in
+  separate forward passes (:meth:`Adversarial._trades`): the clean output is a reference and
+  must not be normalised by adversarial statistics. Robust validation attacks every
+  validation batch at the full eps with more steps, in full precision.
 
 :data:`METHODS` and :func:`make_objective` build each method of ``defend train
 --adversarial`` from its settings; a new method is one function and one line there.
@@ -71,6 +76,13 @@ class Objective:
     def monitor(self, task: Task) -> tuple[str, bool]:
         """The validation metric that picks the best checkpoint, and whether higher is better."""
         return task.monitor, True
+
+    def floor(self, task: Task) -> tuple[str, float] | None:
+        """The clean-quality floor of the best checkpoint: ``(clean metric, margin)`` (the
+        metric higher-is-better), or None for none. With a floor, an epoch can be the best
+        only while its clean validation metric is within ``margin`` of the highest seen in the
+        run so far (:func:`defend.train.loop.above_floor`)."""
+        return None
 
     def probe(self, task: Task, model: nn.Module, batch: Batch) -> tuple[float, float] | None:
         """A robustness check on a training batch after each epoch: ``(robust, clean)`` values
@@ -189,14 +201,37 @@ class Adversarial(Objective):
         if self.beta == 0:
             inputs = clean.index_put((rows,), adversarial)
             return task.loss(task.forward(model, {**batch, "input": inputs}), batch)
-        both = {**batch, **{k: torch.cat([v, v[rows]]) for k, v in _tensors(batch).items()}}
-        pred = task.forward(model, {**both, "input": torch.cat([clean, adversarial])})
-        pred_clean, pred_adv = pred[: len(clean)], pred[len(clean) :]
+        return self._trades(task, model, batch, rows, adversarial)
+
+    def _trades(
+        self,
+        task: Task,
+        model: nn.Module,
+        batch: Batch,
+        rows: torch.Tensor,
+        adversarial: torch.Tensor,
+    ) -> torch.Tensor:
+        """TRADES' per-sample losses ``(B,)``: the clean loss plus ``beta`` times the divergence
+        of the adversarial outputs ``(k, ...)`` of ``rows`` (k,) from their clean outputs.
+
+        The clean batch and the adversarial rows go through the model in two training-mode
+        forward passes, clean first, as in Zhang et al.'s reference code: BatchNorm normalises
+        each with its own batch statistics, so the clean outputs (those of the clean loss and
+        the divergence's reference) are what a clean-only forward gives, and the running
+        statistics take one update from each pass. (One forward of both concatenated would
+        normalise the clean images by statistics of clean and adversarial images together.)
+        The adversarial pass runs also where ``rows`` is empty (a process holding none of the
+        global batch's attacked rows): every process makes the same forward passes, which
+        SyncBatchNorm and DistributedDataParallel's buffer broadcasts need.
+        """
+        pred_clean = task.forward(model, batch)
         losses = task.loss(pred_clean, batch)
+        attacked = _take(batch, rows)
+        pred_adv = task.forward(model, {**attacked, "input": adversarial})
         if not len(rows):
             return losses
-        divergence = task.divergence(pred_adv, pred_clean[rows], _take(batch, rows))
-        return losses + self.beta * divergence.new_zeros(len(clean)).index_put((rows,), divergence)
+        divergence = task.divergence(pred_adv, pred_clean[rows], attacked)
+        return losses + self.beta * divergence.new_zeros(len(losses)).index_put((rows,), divergence)
 
     def _attack(
         self,
@@ -267,22 +302,42 @@ def _robust(metrics: dict[str, float]) -> dict[str, float]:
     return {f"robust_{k}": v for k, v in metrics.items() if not k.startswith("zf_")}
 
 
-def _tensors(batch: Batch) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+#: the default clean floor of hallucination training's best checkpoint, in SSIM: the margin
+#: of the hardening target (docs/hardening.md: validation SSIM >= the twin's - 0.03)
+CLEAN_FLOOR = 0.03
 
 
 class Hallucination(Adversarial):
     """Hallucination training: robust validation adds the hallucination strength of
     ``defend attack hallucination``'s default target (a line at the centre, contrast 0.3) at
-    the training eps, and the best checkpoint is the one with the lowest strength.
+    the training eps, and the best checkpoint is the one with the lowest strength among the
+    epochs whose clean validation SSIM is within ``clean_floor`` of the best seen so far.
+
+    The floor is needed because a model that gives up clean quality (a blurred
+    reconstruction) also shows less of any inserted feature: without it, a collapsed epoch
+    would be "most robust".
 
     Args:
-        budget: the training budget; the other arguments as :class:`Adversarial`.
+        budget: the training budget.
+        clean_floor: the floor's margin in SSIM (>= 0; ``inf``: no floor).
+        kwargs: as :class:`Adversarial`.
     """
 
-    def __init__(self, perturb: Perturb, budget: KspaceBudget, **kwargs: Any) -> None:
-        super().__init__(perturb, **kwargs)
+    def __init__(
+        self,
+        perturb: Perturb,
+        budget: KspaceBudget,
+        clean_floor: float = CLEAN_FLOOR,
+        **kwargs: Any,
+    ) -> None:
+        if not clean_floor >= 0:
+            raise DefendError(f"--clean-floor must be >= 0 (SSIM), got {clean_floor}")
+        super().__init__(perturb, clean_floor=clean_floor, **kwargs)
         self.budget = budget
+        self.clean_floor = clean_floor
+
+    def floor(self, task: Task) -> tuple[str, float] | None:
+        return task.monitor, self.clean_floor
 
     def robust_metrics(
         self, task: Task, model: nn.Module, batches: Iterable[Batch]
@@ -390,6 +445,7 @@ def kspace_objective(
     steps: int,
     step: float | None = None,
     norm: str = "inf",
+    clean_floor: float | None = None,
     **kwargs: Any,
 ) -> Adversarial:
     """``pgd`` or ``hallucination`` training of a reconstruction model on its k-space input.
@@ -401,8 +457,12 @@ def kspace_objective(
             k-space norm). steps: attack steps per batch.
         step: step size as a fraction of eps (default :func:`_step_fraction`).
         norm: ``inf`` or ``2`` (per coil).
+        clean_floor: hallucination: the best checkpoint's clean-SSIM margin (default
+            :data:`CLEAN_FLOOR`; :class:`Hallucination`).
         kwargs: ``mix``, ``warmup_epochs``, ``beta``, ``val_steps`` (:class:`Adversarial`).
     """
+    if clean_floor is not None and method != "hallucination":
+        raise DefendError("--clean-floor is for --adversarial hallucination")
     budget = KspaceBudget(eps, norm)
     attack = perturb.kspace_pgd if method == "pgd" else perturb.hallucinate
 
@@ -413,7 +473,10 @@ def kspace_objective(
     settings = {"step": _step_fraction(step, steps), "norm": norm}
     if method == "pgd":
         return Adversarial(run, method, eps, steps, **kwargs, **settings)
-    return Hallucination(run, budget, name=method, eps=eps, steps=steps, **kwargs, **settings)
+    floor = {} if clean_floor is None else {"clean_floor": clean_floor}
+    return Hallucination(
+        run, budget, name=method, eps=eps, steps=steps, **floor, **kwargs, **settings
+    )
 
 
 #: ``defend train --adversarial`` methods per task
@@ -440,6 +503,7 @@ def make_objective(
     beta: float | None = None,
     attack_loss: str | None = None,
     norm: str = "inf",
+    clean_floor: float | None = None,
 ) -> Adversarial:
     """The adversarial-training objective of ``defend train TASK --adversarial METHOD``.
 
@@ -450,6 +514,8 @@ def make_objective(
         step: step size as a fraction of eps. mix: attacked fraction of each batch.
         warmup_epochs: linear eps warm-up. beta: TRADES / consistency weight (trades: 6).
         attack_loss: seg ``bce`` (default) or ``training``. norm: recon ``inf`` or ``2``.
+        clean_floor: recon hallucination: the best checkpoint's clean-SSIM margin
+            (default :data:`CLEAN_FLOOR`).
     """
     if method not in METHODS.get(task, ()):
         fits = [t for t, methods in METHODS.items() if method in methods]
@@ -468,7 +534,9 @@ def make_objective(
     if task == "recon":
         if attack_loss is not None:
             raise DefendError("--attack-loss is for seg and cls; recon attacks use their own")
-        return kspace_objective(method, eps, steps, step, norm, **settings)
+        return kspace_objective(method, eps, steps, step, norm, clean_floor, **settings)
+    if clean_floor is not None:
+        raise DefendError("--clean-floor is for recon --adversarial hallucination")
     if norm != "inf":
         raise DefendError("--norm is for recon; image attacks are l-inf")
     if attack_loss is None:
