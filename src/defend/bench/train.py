@@ -57,8 +57,8 @@ INHERENT: dict[str, tuple[int, int, str]] = {
         1,
         1,
         "trades: steps + 2 + 1 forward: its training step runs the clean and the adversarial "
-        "batch together (2B rows), and its inner attack's reference is one no-grad clean "
-        "forward",
+        "batch in two forward passes (2B rows), and its inner attack's reference is one no-grad "
+        "clean forward",
     ),
     "hallucination": (
         0,
