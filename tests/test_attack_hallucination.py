@@ -104,6 +104,9 @@ def test_input_strength_is_what_a_faithful_reconstruction_shows(unet, kspace):
     r = attack.report
     assert np.all(r["strength"] > 0.2), r["strength"]
     np.testing.assert_allclose(r["input_strength"], r["strength"], rtol=1e-4, atol=1e-5)
+    # a faithful model adds nothing: success is judged on the net strength, not the raw one
+    np.testing.assert_allclose(r["net_strength"], 0, atol=1e-5)
+    assert not r["success"].any()
 
 
 def test_l2_budget_per_coil_and_complex_part(unet, kspace):

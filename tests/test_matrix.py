@@ -112,24 +112,40 @@ def test_smoke_matrix_records_every_cell(smoke):
     records = [json.loads((out / "cells" / f"{c.id}.json").read_text()) for c in plan(config)]
     assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
     for r in records:
-        assert {"clean_quality", "attacked_quality", "success"} <= set(r["metrics"])
+        judged = {"feature_recall", "missed"} if r["attack"] == "real-feature" else {"success"}
+        assert {"clean_quality", "attacked_quality", *judged} <= set(r["metrics"])
         assert r["seed"] == 0 and r["n"] == config["run"]["n"] and r["seconds"] > 0
         assert (out / r["examples"]).exists()
         if r["defence"].endswith("detector"):
             assert 0 <= r["metrics"]["detection_auroc"] <= 1 and r["roc"]["fpr"]
         if r["defence"] == "smoothing":
             assert r["metrics"]["certificate_violations"] == 0
+            assert {"abstain", "clean_abstain"} <= set(r["metrics"])
+        if r["task"] == "recon":  # success is judged on the feature beyond the measurement's
+            m = r["metrics"]
+            assert m["net_strength"] == pytest.approx(m["strength"] - m["input_strength"])
+        if r["attack"] == "inside-radius":  # the certificate check that can fire
+            assert {"covered", "violated"} <= set(r["metrics"]) and r["defence"] == "smoothing"
+        for metric in judged | {"attacked_quality"}:
+            low, high = r["intervals"][metric]
+            assert r["counts"][metric] <= r["n"] and len(r["per_sample"][metric]) == r["n"]
+            if r["counts"][metric] > 1:
+                assert low <= r["metrics"][metric] <= high
     by_id = {r["id"]: r for r in records}
+    recon_rows = {r["defence"] for r in records if r["task"] == "recon"}
+    assert {r["defence"] for r in records if r["attack"] == "real-feature"} == recon_rows
+    assert any(r["attack"] == "inside-radius" for r in records)
     for cell in plan(config):
         if cell.adaptive != "none":  # per-sample worst case of the adaptive and plain attack
             adaptive = by_id[cell.id]
             plain = by_id[replace(cell, adaptive="none").id]
             assert adaptive["worst_case_of"] == [f"{cell.attack}+{cell.adaptive}", cell.attack]
+            assert {"adaptive_success", "plain_success"} <= set(adaptive["metrics"])
             key = "undetected_success" if cell.adaptive == "evade" else "success"
             assert adaptive["metrics"][key] >= plain["metrics"][key] - 1e-9, cell.id
     rows = _rows(out / "matrix.csv")
     assert set(rows[0]) == {"task", "model", "defence", "attack", "adaptive", "eps", "metric",
-                            "value"}  # fmt: skip
+                            "value", "ci_low", "ci_high", "n"}  # fmt: skip
     assert {r["adaptive"] for r in rows} == {"none", "eot", "evade"}
     text = (out / "matrix.md").read_text()
     assert "## recon" in text and "## seg" in text and "## cls" in text

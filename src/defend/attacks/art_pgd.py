@@ -9,14 +9,16 @@ import numpy as np
 import torch
 
 
-def art_pgd(estimator: Any, eps: Any, steps: int, batch: int, random_init: int = 1) -> Any:
-    """ART's l-inf ``ProjectedGradientDescent``, step eps / 4 (``eps``: a number or an array
-    broadcasting on the input; ART starts at random only for classifiers)."""
+def art_pgd(estimator: Any, eps: Any, steps: int, batch: int, random_init: int = 1,
+            norm: float = np.inf) -> Any:  # fmt: skip
+    """ART's ``ProjectedGradientDescent`` in ``norm`` (l-inf by default, or 2), step eps / 4
+    (``eps``: a number or an array broadcasting on the input, per sample for l2; ART starts
+    at random only for classifiers)."""
     from art.attacks.evasion import ProjectedGradientDescent
 
     return ProjectedGradientDescent(
         estimator,
-        norm=np.inf,
+        norm=norm,
         eps=eps,
         eps_step=eps / 4,
         max_iter=steps,

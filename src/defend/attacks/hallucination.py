@@ -35,6 +35,10 @@ from defend.errors import DefendError
 from defend.metrics import image_similarity
 from defend.models.recon import acquired_columns, zero_filled
 
+#: net strength (:meth:`HallucinationAttack.effect` beyond the feature in the attacked
+#: measurement) from which a hallucination counts as a success: half the feature added
+SUCCESS_STRENGTH = 0.5
+
 
 def sampled_columns(x: torch.Tensor, estimator: Any) -> torch.Tensor:
     """Which k-space columns were measured: acquired in x and in the estimator's mask.
@@ -85,9 +89,11 @@ class HallucinationAttack(TorchAttack):
             or one per sample (N,) (hallucination training draws them at random).
         weight_inside / weight_outside: loss weights of the two terms (paper: 1, 1).
         random_start: start from uniform noise of one step's size (as the paper).
-        image_metrics: add PSNR / SSIM / NRMSE of input and reconstruction and the
-            feature's strength in the zero-filled input (:meth:`input_strength`) to the report
-            (per sample, on the CPU; training turns them off).
+        image_metrics: add PSNR / SSIM / NRMSE of input and reconstruction, the feature's
+            strength in the zero-filled input (:meth:`input_strength`), ``net_strength``
+            (``strength - input_strength``: what the model added beyond what the attacked
+            measurement holds) and ``success`` (``net_strength >= SUCCESS_STRENGTH``) to the
+            report (per sample, on the CPU; training turns them off).
     """
 
     attack_params = TorchAttack.attack_params + [
@@ -432,6 +438,8 @@ class HallucinationAttack(TorchAttack):
             crop = tuple(y0.shape[-2:])
             inputs = (zero_filled(x * sampled, crop), zero_filled(x_adv * sampled, crop))
             report["input_strength"] = self.input_strength(y0, *inputs, region, rows)
+            report["net_strength"] = report["strength"] - report["input_strength"]
+            report["success"] = (report["net_strength"] >= SUCCESS_STRENGTH).float()
             report.update(self._image_metrics(y0, y_adv, *inputs, region))
         return report
 

@@ -12,7 +12,10 @@ seed each sample, so that the numbers do not depend on how samples are grouped.
 * ``seg-pgd``: seg-fgsm iterated (``max_iter``), the iterative twin of FGSM;
 * ``art-pgd``: ART's own ``ProjectedGradientDescent``, the outside attack;
 * ``noise``: random signs at the same l-inf budget (uniform on the budget's corners), the
-  check that the white-box attacks beat chance.
+  check that the white-box attacks beat chance;
+* ``real-feature`` (recon, no eps): not an attack but a real finding, the hallucination
+  attack's feature put into the imaged object and acquired through the coils and the mask
+  (:mod:`defend.data.lesion`), the check that a defence still shows what is there.
 """
 
 from __future__ import annotations
@@ -95,6 +98,21 @@ def _noise(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
     return np.clip(x + eps * signs, 0.0, 1.0).astype(np.float32)
 
 
+def _real_feature(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
+                  params: dict[str, Any], positions: np.ndarray,
+                  seed: int) -> np.ndarray:  # fmt: skip
+    """k-space of the same slices with a real feature acquired in them: the hallucination
+    attack's region (``params``: its region settings) at ``alpha`` x the range of the
+    ground truth ``y`` (N, h, w), through the coils and the measured columns."""
+    from defend.attacks.hallucination import sampled_columns
+    from defend.data.lesion import add_lesion
+    from defend.matrix.measures import Hallucination
+
+    feature = torch.as_tensor(Hallucination(estimator, params).feature(y))
+    xt = torch.as_tensor(x).float()
+    return add_lesion(xt, sampled_columns(xt, estimator), feature).numpy()
+
+
 #: attack column -> (function, whether it takes an eps)
 ATTACKS: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
     "hallucination": (_seed_attack("hallucination"), True),
@@ -106,6 +124,7 @@ ATTACKS: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
     "dgde": (_seed_attack("dgde"), False),
     "art-pgd": (_art_pgd, True),
     "noise": (_noise, True),
+    "real-feature": (_real_feature, False),
 }
 #: per task, the attacks with a detector-aware version (``NAME+evade``) against its detector
 EVADING = {"recon": ("hallucination",), "seg": ("seg-pgd", "art-pgd"), "cls": ("art-pgd",)}

@@ -17,16 +17,22 @@ record (``OUT/cells/<id>.json``):
 * ``id``, ``task``, ``model``, ``defence``, ``attack``, ``adaptive``, ``eps``, ``params``,
   ``seed``, ``n``, ``seconds``, ``status`` (``ok`` or ``failed`` with ``error``), on
   adaptive cells ``worst_case_of`` (the two attacks whose per-sample worst it reports);
-* ``metrics``: ``clean_quality`` and ``attacked_quality`` (:data:`measures.QUALITY`, of
-  the defended system's outputs), ``success`` (:mod:`defend.matrix.measures`), ``linf`` and
-  ``l2`` of the perturbation; with a detector ``detection_auroc``, ``detected`` (attacked
-  samples flagged), ``false_positive`` (clean flagged) and ``undetected_success``; with
-  smoothing ``abstain`` and the certificates against the cell's own perturbations:
-  ``certified`` (cls: certified right with a radius covering the perturbation; seg: pixels
-  certified right so; recon: samples with a finite bound) and ``certificate_violations``
-  (samples whose smoothed output under attack broke a certificate that covered it: must
-  be 0 but for the certificates' failure probability alpha); recon ``certified_bound``
-  (median output bound);
+* ``metrics`` (the mean over the samples judged), ``intervals`` (95 %, ``[low, high]``),
+  ``counts`` (samples judged) and ``per_sample`` of each outcome
+  (:mod:`defend.matrix.outcomes`): ``clean_quality`` and ``attacked_quality``
+  (:data:`measures.QUALITY` of the defended system's outputs, abstentions scored against
+  it), ``success`` (:mod:`defend.matrix.measures`), ``linf`` and ``l2`` of the
+  perturbation; recon ``strength``, ``input_strength`` (the feature in the attacked
+  measurement) and ``net_strength`` (their difference, on which success is judged);
+  adaptive cells ``adaptive_success`` and ``plain_success``, each attack's own; with a
+  detector ``detected`` (attacked samples flagged), ``false_positive`` (clean flagged),
+  ``undetected_success`` and ``detection_auroc``; with smoothing ``abstain`` and
+  ``clean_abstain`` (share of samples; seg: of pixels) and the certificates against the
+  cell's own perturbations: ``certified`` (cls: certified right with a radius covering the
+  perturbation; seg: pixels certified right so; recon: samples with a finite bound) and
+  ``certificate_violations`` (samples whose smoothed output under attack broke a
+  certificate that covered it: must be 0 but for the certificates' failure probability
+  alpha); recon ``certified_bound`` (median output bound);
 * ``roc``: the detector's ROC curve; ``examples``: the file of a few example images.
 
 The clean outputs, detector scores and certificates of a row are computed once per row
@@ -44,12 +50,14 @@ from typing import Any
 
 import numpy as np
 
-from defend.matrix import measures
+from defend.matrix import inside_radius, measures, outcomes
 from defend.matrix.attacks import ATTACKS, EVADING, GRADIENT
 from defend.matrix.defences import Row, certificates, rows, system
 
 #: example samples kept per cell for the report
 EXAMPLES = 2
+#: the column of smoothing rows that attacks inside each certificate
+INSIDE = "inside-radius"
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,9 @@ def plan(config: dict[str, Any]) -> list[Cell]:
     for task in config["run"]["tasks"]:
         for row in rows(config, task):
             for attack in config[task]["attacks"]:
+                if attack == INSIDE:  # only smoothing rows have certificates
+                    cells += [Cell(row, attack)] if row.smoothing else []
+                    continue
                 for adaptive in _variants(config, row, attack):
                     takes_eps = ATTACKS[attack][1]
                     for eps in config[task]["eps"] if takes_eps else [None]:
@@ -105,6 +116,8 @@ def cell_params(config: dict[str, Any], cell: Cell, paths: dict[str, Path]) -> d
     params = dict(config["attack"].get(cell.attack, {}))
     if cell.adaptive == "evade":
         params = {**params, **config["attack"]["evade"], "detector": str(paths["detector"])}
+    if cell.attack == "real-feature":  # the hallucination attack's feature, as a real one
+        params = dict(config["attack"]["hallucination"])
     if cell.attack in ("hallucination", "seg-fgsm", "seg-pgd", "dgde"):
         params["seed"] = config["run"]["seed"]
     if cell.attack == "dgde" and cell.adaptive == "eot":
@@ -143,32 +156,60 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
              data_dir: Path) -> dict[str, Any]:  # fmt: skip
     from defend.data import load_arrays
 
-    task, seed = cell.row.task, config["run"]["seed"]
+    task = cell.row.task
     defended = system(config, cell.row, paths)
     x, y, positions = load_arrays(data_dir, task, config["run"]["split"], config["run"]["n"],
                                   checkpoint=paths["model"], return_indices=True)  # fmt: skip
     clean = clean_stage(config, cell.row, defended, x, y, positions, out)
-    plain = (ATTACKS[cell.attack][0], defended.estimator,
-             cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
-    if cell.adaptive == "none":
-        x_adv = plain[0](plain[1], x, y, cell.eps, plain[2], positions, seed)
-        adv_out = defended.outputs(x_adv, positions)
-    else:
-        tries = [_adaptive(config, cell, defended, paths), plain]
-        x_adv, adv_out = _worst_case(config, defended, tries, x, y, positions, cell.eps,
-                                     clean["outputs"])  # fmt: skip
-    metrics = _quality_metrics(config, task, defended, y, clean["outputs"], adv_out)
-    metrics.update(_size(x, x_adv))
-    result: dict[str, Any] = {"metrics": metrics, "n": len(x)}  # the split may hold fewer
+    judge = outcomes.Judge(config, defended, x, y, clean["outputs"])
+    x_adv, adv_out, samples = _attacked(config, cell, paths, judge, clean, positions)
+    samples.update(outcomes.size(x, x_adv))
+    result: dict[str, Any] = {"n": len(x)}  # the split may hold fewer
+    extra: dict[str, Any] = {"quality_metric": measures.QUALITY[task]}
     if defended.scores is not None:
         adv_scores = defended.scores(x_adv, adv_out)
-        metrics.update(_detection(clean["scores"], adv_scores, defended.threshold, metrics))
+        samples.update(outcomes.detection(clean["scores"], adv_scores, defended.threshold,
+                                          samples.get("success")))  # fmt: skip
+        extra["detection_auroc"] = measures.separation(clean["scores"], adv_scores)
         result["roc"] = measures.roc_points(clean["scores"], adv_scores)
-    if defended.smooth is not None:
-        metrics.update(_certified(task, defended, clean, x, x_adv, y, adv_out))
-    result["examples"] = _write_examples(out, cell, x, x_adv, clean["outputs"], adv_out)
-    metrics.pop("_success")
+    if "violated" in samples:
+        extra["certificate_violations"] = int(np.nansum(samples["violated"]))
+    elif defended.smooth is not None and "success" in samples:  # not on a real feature
+        certified, counted = _certified(task, defended, clean, x, x_adv, y, adv_out)
+        samples.update(certified)
+        extra.update(counted)
+    result.update(outcomes.summarise(task, samples))
+    result["metrics"].update(extra)
+    shown = judge.clean, judge.shown(x_adv, adv_out)
+    result["examples"] = _write_examples(out, cell, x, x_adv, *shown)
     return result
+
+
+Attacked = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]
+
+
+def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
+              judge: outcomes.Judge, clean: dict[str, np.ndarray],
+              positions: np.ndarray) -> Attacked:  # fmt: skip
+    """``(x_adv, outputs, samples)`` of the cell's attack: the column's attack, the
+    per-sample worst case of it and its adaptive twin, the real feature's recall, or the
+    inside-radius check (:mod:`defend.matrix.inside_radius`)."""
+    defended, x, y, seed = judge.defended, judge.x, judge.y, config["run"]["seed"]
+    if cell.attack == INSIDE:
+        x_adv = inside_radius.attack(defended, clean, x, y, config)
+        adv_out = defended.outputs(x_adv, positions)
+        samples = judge(x_adv, adv_out)
+        samples.update(inside_radius.outcomes(defended.task, clean, adv_out))
+        return x_adv, adv_out, samples
+    plain = (ATTACKS[cell.attack][0], defended.estimator,
+             cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
+    if cell.adaptive != "none":
+        tries = [_adaptive(config, cell, defended, paths), plain]
+        return outcomes.worst_case(judge, tries, x, y, positions, cell.eps, seed)
+    x_adv = plain[0](plain[1], x, y, cell.eps, plain[2], positions, seed)
+    adv_out = defended.outputs(x_adv, positions)
+    real = cell.attack == "real-feature"
+    return x_adv, adv_out, judge.recall(x_adv, adv_out) if real else judge(x_adv, adv_out)
 
 
 def _adaptive(config: dict[str, Any], cell: Cell, defended: Any,
@@ -185,84 +226,13 @@ def _adaptive(config: dict[str, Any], cell: Cell, defended: Any,
     return ATTACKS[cell.attack][0], defended.eot(draws, seed, frozen=black_box), params
 
 
-def _worst_case(config: dict[str, Any], defended: Any, tries: list[tuple[Any, Any, dict]],
-                x: np.ndarray, y: np.ndarray, positions: np.ndarray, eps: float | None,
-                clean_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Per sample the attacker's best of ``tries`` (``(attack, estimator, params)``: the
-    adaptive attack, then the column's plain one), REFERENCE §5's per-example worst case:
-    a success the detector misses, else a success, else the lower quality; ties go to the
-    first. So an adaptive column is at least as strong as its plain one by construction;
-    returns ``(x_adv, outputs)``."""
-    task, seed = defended.task, config["run"]["seed"]
-    effect = None
-    if task == "recon":
-        effect = measures.recon_effect(defended.estimator, config["attack"]["hallucination"])
-    tried, ranks = [], []
-    for attack, estimator, params in tries:
-        x_t = attack(estimator, x, y, eps, params, positions, seed)
-        out_t = defended.outputs(x_t, positions)
-        success = np.nan_to_num(measures.success(task, y, clean_out, out_t, effect))
-        flagged = 0.0
-        if defended.scores is not None:
-            flagged = defended.scores(x_t, out_t) > defended.threshold
-        worse = 1 - np.clip(np.nan_to_num(measures.quality(task, y, out_t), nan=1.0), 0, 1)
-        tried.append((x_t, out_t))
-        ranks.append(success * (2 - flagged) * 2 + worse)  # tier 0 / 2 / 4, quality within
-    best = np.stack(ranks).argmax(0)
-    return (np.stack([tried[b][0][i] for i, b in enumerate(best)]),
-            np.stack([tried[b][1][i] for i, b in enumerate(best)]))  # fmt: skip
-
-
-def _quality_metrics(config: dict[str, Any], task: str, defended: Any, y: np.ndarray,
-                     clean_out: np.ndarray, adv_out: np.ndarray) -> dict[str, Any]:  # fmt: skip
-    effect = None
-    if task == "recon":
-        effect = measures.recon_effect(defended.estimator, config["attack"]["hallucination"])
-    success = measures.success(task, y, clean_out, adv_out, effect)
-    metrics = {
-        "clean_quality": measures.mean(measures.quality(task, y, clean_out)),
-        "attacked_quality": measures.mean(measures.quality(task, y, adv_out)),
-        "success": measures.mean(success),
-        "quality_metric": measures.QUALITY[task],
-        "_success": success,
-    }
-    if task == "recon":
-        metrics["strength"] = measures.mean(effect(clean_out, adv_out))
-    if defended.smooth is not None:
-        metrics["abstain"] = float(np.mean([_abstained(task, o) for o in adv_out]))
-    return metrics
-
-
-def _abstained(task: str, out: np.ndarray) -> bool:
-    if task == "cls":
-        return int(out) == -1
-    return bool(np.isnan(out).any()) if task == "recon" else False
-
-
-def _size(x: np.ndarray, x_adv: np.ndarray) -> dict[str, float]:
-    delta = (x_adv - x).reshape(len(x), -1)
-    return {"linf": float(np.abs(delta).max(1).mean()),
-            "l2": float(np.linalg.norm(delta, axis=1).mean())}  # fmt: skip
-
-
-def _detection(clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: float | None,
-               metrics: dict[str, Any]) -> dict[str, float]:  # fmt: skip
-    flagged = adv_scores > threshold
-    success = metrics["_success"]
-    undetected = np.where(np.isfinite(success), (success == 1) & ~flagged, np.nan)
-    return {
-        "detection_auroc": measures.separation(clean_scores, adv_scores),
-        "detected": float(flagged.mean()),
-        "false_positive": float((clean_scores > threshold).mean()),
-        "undetected_success": measures.mean(undetected),
-    }
-
-
 def _certified(
     task: str, defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, x_adv: np.ndarray,
     y: np.ndarray, adv_out: np.ndarray,
-) -> dict[str, float]:  # fmt: skip
-    """The clean certificates against this cell's perturbations (module doc)."""
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # fmt: skip
+    """The clean certificates against this cell's perturbations (module doc): per sample
+    ``certified`` (N,), and the counts (``certificate_violations``, recon
+    ``certified_bound``)."""
     delta = (x_adv - x).reshape(len(x), -1)
     if task == "recon":
         return _recon_certified(defended, clean, x, x_adv, adv_out)
@@ -272,27 +242,27 @@ def _certified(
         label = clean["label"]
         right = covered & (label == y)
         broken = covered & (label != -1) & (adv_out != -1) & (adv_out != label)
-        return {"certified": float(right.mean()), "certificate_violations": int(broken.sum())}
-    labels, predicted = clean["labels"], adv_out > 0
-    sure = labels != 255
+        return ({"certified": right.astype(np.float64)},
+                {"certificate_violations": int(broken.sum())})  # fmt: skip
+    labels, predicted = clean["labels"], np.nan_to_num(adv_out) > 0
+    sure, abstaining = labels != 255, np.isnan(adv_out)
     right = (sure & (labels == (y > 0.5))).reshape(len(x), -1).mean(1)
-    changed = (sure & (predicted != (labels == 1))).reshape(len(x), -1).any(1)
-    return {"certified": float(np.where(covered, right, 0.0).mean()),
-            "certificate_violations": int((covered & changed).sum())}  # fmt: skip
+    changed = (sure & ~abstaining & (predicted != (labels == 1))).reshape(len(x), -1).any(1)
+    return ({"certified": np.where(covered, right, 0.0)},
+            {"certificate_violations": int((covered & changed).sum())})  # fmt: skip
 
 
-def _recon_certified(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray,
-                     x_adv: np.ndarray, adv_out: np.ndarray) -> dict[str, float]:  # fmt: skip
+def _recon_certified(
+    defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, x_adv: np.ndarray,
+    adv_out: np.ndarray,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # fmt: skip
     """Center smoothing's bound at the grid's first input radius covering the perturbation
     (in the noise's units), checked against the smoothed outputs' actual distance."""
     import torch
 
-    from defend.smooth.core import KspaceNoise
-
-    noise = KspaceNoise(defended.smooth.sigma, defended.estimator)
+    unit = defended.smooth.noise.unit  # the noise's: fixed, from the training split
     xt = torch.as_tensor(x)
-    size = ((torch.as_tensor(x_adv) - xt).flatten(1).norm(dim=1)
-            / noise.unit(xt).flatten()).numpy()  # fmt: skip
+    size = ((torch.as_tensor(x_adv) - xt).flatten(1).norm(dim=1) / unit).numpy()
     grid, bounds = clean["eps_in"], clean["eps_out"]
     column = np.searchsorted(grid, size)  # first grid radius >= size
     inside = column < len(grid)
@@ -302,11 +272,10 @@ def _recon_certified(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray,
         scale = smooth.forward(xt.float().to(smooth.device)).flatten(1).norm(dim=1).cpu().numpy()
     moved = np.linalg.norm((adv_out - clean["center"]).reshape(len(x), -1), axis=1) / scale
     finite = np.isfinite(bound)
-    return {
-        "certified": float(finite.mean()),
+    return ({"certified": finite.astype(np.float64)}, {
         "certified_bound": float(np.median(bound[finite])) if finite.any() else float("nan"),
         "certificate_violations": int((finite & (moved > bound)).sum()),
-    }
+    })  # fmt: skip
 
 
 def clean_stage(config: dict[str, Any], row: Row, defended: Any, x: np.ndarray, y: np.ndarray,

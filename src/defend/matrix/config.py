@@ -31,9 +31,9 @@ TASKS = ("recon", "seg", "cls")
 DEFENCE_KINDS = ("none", "adversarial", "smoothing", "detector", "adversarial+detector")
 #: the attacks a task's ``attacks`` may list (seg-pgd: seg-fgsm with its ``pgd_steps``)
 TASK_ATTACKS = {
-    "recon": ("hallucination", "art-pgd", "noise"),
-    "seg": ("seg-fgsm", "seg-pgd", "art-pgd", "noise"),
-    "cls": ("dgde", "art-pgd", "noise"),
+    "recon": ("hallucination", "art-pgd", "noise", "real-feature"),
+    "seg": ("seg-fgsm", "seg-pgd", "art-pgd", "noise", "inside-radius"),
+    "cls": ("dgde", "art-pgd", "noise", "inside-radius"),
 }
 HARDENING = {"recon": ("hallucination", "pgd"), "seg": ("pgd", "fgsm-rs", "trades"),
              "cls": ("pgd", "fgsm-rs", "trades")}  # fmt: skip
@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "art-pgd": {"steps": 10},
         "noise": {},
         "evade": {"weight": 1.0},
+        "inside-radius": {"steps": 10},
     },
     "smoothing": {
         "n0": 16,

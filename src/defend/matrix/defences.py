@@ -19,10 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from defend.matrix.builds import Build, denoiser_build, detector_build, model_build
-
-#: seg outputs of a smoothed model: labels as logits of this size
-LABEL_LOGIT = 10.0
+from defend.matrix.builds import Build, data_build, denoiser_build, detector_build, model_build
+from defend.matrix.measures import LABEL_LOGIT, zero_filled_images
 
 
 @dataclass(frozen=True)
@@ -63,10 +61,13 @@ def rows(config: dict[str, Any], task: str) -> list[Row]:
 
 
 def row_builds(config: dict[str, Any], row: Row) -> dict[str, Build]:
-    """What ``row`` needs built: ``model``, and ``denoiser`` / ``detector`` where it has one."""
+    """What ``row`` needs built: ``model``, and ``denoiser`` / ``detector`` where it has one;
+    a recon smoothing row also ``data`` (its noise's k-space unit is the training split's)."""
     base = model_build(config, row.task, row.model, row.method)
     needs = {"model": base}
     if row.smoothing:
+        if row.task == "recon":
+            needs["data"] = data_build(config)
         denoiser = denoiser_build(config, row.task, base)
         if denoiser is not None:
             needs["denoiser"] = denoiser
@@ -80,7 +81,9 @@ class System:
     """A defended model: the base ``estimator`` (what a non-adaptive attacker sees), its
     ``outputs(x, positions)`` in the task's format (:mod:`defend.matrix.measures`), and
     where present a ``smooth`` model and a detector (``scores(x, outputs) -> (N,)``,
-    flagged above ``threshold``)."""
+    flagged above ``threshold``). A system that may abstain declares its ``fallback(x,
+    shape)``: recon, the images it shows instead (the zero-filled images of the inputs);
+    seg and cls abstentions are scored as wrong labels (:func:`measures.resolve`)."""
 
     task: str
     estimator: Any
@@ -90,6 +93,7 @@ class System:
     scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     threshold: float | None = None
     detector_path: Path | None = None
+    fallback: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] | None = None
 
     def eot(self, draws: int, seed: int, frozen: bool = False) -> Any:
         """The smoothed model's EOT estimator (the adaptive attacker's view); ``frozen``:
@@ -99,7 +103,9 @@ class System:
 
         torch.manual_seed(seed)
         frozen_seed = seed if frozen else None
-        return eot_estimator(self.estimator, self.smooth.sigma, draws, self.denoiser, frozen_seed)
+        unit = self.smooth.noise.unit if self.task == "recon" else None  # the same noise
+        return eot_estimator(self.estimator, self.smooth.sigma, draws, self.denoiser, frozen_seed,
+                             unit)  # fmt: skip
 
 
 def system(config: dict[str, Any], row: Row, paths: dict[str, Path]) -> System:
@@ -130,12 +136,14 @@ def base_outputs(task: str, estimator: Any, x: np.ndarray) -> np.ndarray:
 
 def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
                    device: str | None) -> None:  # fmt: skip
-    from defend.smooth import smoothed
+    from defend.smooth import smoothed, training_unit
     from defend.smooth.denoiser import load_denoiser
 
     task, s = out.task, config["smoothing"]
     out.denoiser = load_denoiser(paths["denoiser"], paths["model"]) if "denoiser" in paths else None
-    options = {"delta": s["delta"]} if task == "recon" else {}
+    options = {}
+    if task == "recon":  # the noise fixed before any input: std sigma x the training unit
+        options = {"delta": s["delta"], "unit": training_unit(paths["data"], paths["model"])}
     out.smooth = smoothed(out.estimator, config[task]["sigma"], out.denoiser, **options)
     n = s["recon_n"] if task == "recon" else s["n"]
     seed = config["run"]["seed"]
@@ -145,6 +153,8 @@ def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
                          for xi, p in zip(x, positions, strict=True)])  # fmt: skip
 
     out.outputs = outputs
+    if task == "recon":
+        out.fallback = lambda x, shape: zero_filled_images(out.estimator, x, shape)
 
 
 def smoothed_output(task: str, smooth: Any, x: np.ndarray, n: int, s: dict[str, Any],
@@ -154,7 +164,8 @@ def smoothed_output(task: str, smooth: Any, x: np.ndarray, n: int, s: dict[str, 
         return np.asarray(smooth.predict(x, n, s["alpha"], seed=seed))
     if task == "seg":
         labels = smooth.predict(x, n, s["alpha"], seed=seed)
-        return np.where(labels == 1, LABEL_LOGIT, -LABEL_LOGIT).astype(np.float32)
+        logits = np.where(labels == 1, LABEL_LOGIT, -LABEL_LOGIT)
+        return np.where(labels == smooth.ABSTAIN, np.nan, logits).astype(np.float32)
     center = smooth.predict(x, n, s["alpha"], seed=seed, n0=s["n0"])
     shape = smooth.forward(torch.as_tensor(x)[None].to(smooth.device)).shape[1:]
     return np.full(shape, np.nan, np.float32) if center is None else center.cpu().numpy()

@@ -2,7 +2,8 @@
 
 Every figure is an inline base64 PNG (matplotlib, Agg) and the style sheet is inline, so the
 page opens anywhere without its folder or a network. Per task: a heatmap per metric (model /
-defence rows against attack columns, missing or NaN cells grey), the detector cells' ROC
+defence rows against attack columns, each value with its 95 % interval, missing or NaN
+cells grey), the detector cells' ROC
 curves, success against eps per (defence, attack) series, and the example images of each
 cell; then the sanity flags (REFERENCE §5) and the failed cells.
 """
@@ -24,22 +25,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from defend.io import write_text  # noqa: E402
+from defend.matrix.outcomes import estimate  # noqa: E402
 
 #: the heatmaps of a task, in order: (metric, title)
 HEATMAPS = (
-    ("success", "attack success (share of samples)"),
-    ("attacked_quality", "quality under attack"),
+    ("success", "attack success (share of samples; abstentions count against the defence)"),
+    ("attacked_quality", "quality under attack (abstentions scored as the fallback)"),
+    ("abstain", "abstentions under attack (share of samples; seg: of pixels)"),
+    ("net_strength", "net hallucination strength (beyond the feature in the measurement)"),
+    ("feature_recall", "real-feature recall (strength of a real finding in the output)"),
+    ("missed", "real findings missed (recall below half)"),
     ("detection_auroc", "detection AUROC (attacked against clean)"),
     ("undetected_success", "success undetected by the detector"),
     ("certified", "certified under the cell's perturbation"),
 )
-#: the checklist of REFERENCE §5 the flags come from
+#: the checklist of Carlini et al. 2019, §5, the flags come from (each raised only where the
+#: two measurements' 95 % intervals separate)
 CHECKLIST = (
     "attack success does not fall as eps grows",
     "the iterative attack (seg-pgd) is at least as strong as the single step (seg-fgsm)",
     "random noise is weaker than each white-box attack at the same eps "
     "(else gradient masking is suspected)",
-    "the adaptive attack is at least as strong as the plain one "
+    "the adaptive attack on its own is at least as strong as the plain one on its own "
     "(EOT: success; evade: success undetected)",
 )
 #: the arrays of a cell's examples npz
@@ -114,11 +121,15 @@ def _heatmap(cells: list[dict[str, Any]], metric: str, title: str) -> str:
     columns = list(dict.fromkeys(_column(r) for r in cells))
     rows = list(dict.fromkeys(_row(r) for r in cells))
     grid = np.full((len(rows), len(columns)), np.nan)
+    spans: dict[tuple[int, int], str] = {}
     for r in cells:
-        value = r["metrics"][metric]
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            grid[rows.index(_row(r)), columns.index(_column(r))] = value
-    width, height = 2.8 + 0.62 * len(columns), 1.6 + 0.32 * len(rows)
+        found = estimate(r, metric)
+        if found is not None:
+            at = rows.index(_row(r)), columns.index(_column(r))
+            grid[at] = found.value
+            if math.isfinite(found.low) and math.isfinite(found.high):
+                spans[at] = f"\n[{found.low:.2f}, {found.high:.2f}]"
+    width, height = 2.8 + 0.7 * len(columns), 1.6 + 0.45 * len(rows)
     fig, ax = plt.subplots(figsize=(width, height))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
     finite = grid[np.isfinite(grid)]
@@ -128,8 +139,8 @@ def _heatmap(cells: list[dict[str, Any]], metric: str, title: str) -> str:
     for (i, j), value in np.ndenumerate(grid):
         if math.isfinite(value):
             dark = (value - low) / ((high - low) or 1) < 0.6
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")  # fmt: skip
+            ax.text(j, i, f"{value:.2f}{spans.get((i, j), '')}", ha="center", va="center",
+                    fontsize=6, color="white" if dark else "black")  # fmt: skip
     ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_title(title, fontsize=9)

@@ -1,20 +1,27 @@
 """What a cell measures: the defended system's quality, the attack's success, detection.
 
-Outputs are in each task's format: recon images (N, h, w) (NaN where the smoothed model
-abstains); seg per-pixel logits (N, K, H, W) (smoothed labels as +-10, abstaining pixels as
-background); cls labels (N,) (-1 where the smoothed model abstains, counted wrong).
+Outputs are in each task's format: recon images (N, h, w); seg per-pixel logits (N, K, H, W)
+(smoothed labels as +-:data:`LABEL_LOGIT`); cls labels (N,). A smoothed model may abstain:
+recon outputs an all-NaN image, seg NaN logits at the abstaining pixels, cls the label -1.
 
-Success, per sample:
+An abstention is no answer, and no answer is a failure of the defence, as certified accuracy
+counts it (Cohen et al. 2019; Carlini et al. 2019, §5). :func:`resolve` turns outputs into
+what is scored: cls -1 is a wrong label; a seg pixel that abstains takes the wrong label;
+a recon abstention shows the defence's declared fallback, the zero-filled image of its input.
+:func:`abstained` is the share that abstained (per sample; seg: the share of its pixels).
 
-* recon: the hallucinated feature is at least half there (strength >= 0.5: the mean change in
-  the attack's region over the intended change, :meth:`HallucinationAttack.effect`), measured
-  for every attack in the hallucination attack's region;
+Success, per sample, on resolved outputs:
+
+* recon: the model added at least half the feature beyond what the attacked measurement
+  holds: ``net_strength = strength - input_strength >= 0.5`` (:data:`STRENGTH`), where
+  ``strength`` is the mean change in the attack's region over the intended change
+  (:meth:`HallucinationAttack.effect`) and ``input_strength`` that of the zero-filled image
+  (:meth:`HallucinationAttack.input_strength`): a model faithful to the measurement shows
+  the part of the feature the attack wrote into measured k-space, which is not a
+  hallucination; every attack is measured in the hallucination attack's region;
 * seg: the Dice falls by at least a tenth of its clean value (:data:`SEG_DROP`);
-* cls: an image classified right when clean is classified wrong (rate over those).
-
-A smoothed model that abstains under attack gives no answer, so no wrong one: that sample is
-not a success (recon, cls; the ``abstain`` metric counts them), while quality counts an
-abstention as wrong (accuracy) or leaves it out (SSIM).
+* cls: an image classified right when clean is classified wrong or abstained on (rate over
+  the images classified right when clean).
 """
 
 from __future__ import annotations
@@ -24,22 +31,58 @@ from typing import Any
 import numpy as np
 import torch
 
-#: recon: strength from which a hallucination counts as a success
-STRENGTH = 0.5
+from defend.attacks.hallucination import SUCCESS_STRENGTH
+
+#: recon: net strength from which a hallucination counts as a success
+STRENGTH = SUCCESS_STRENGTH
 #: seg: the relative Dice drop from which an attack counts as a success
 SEG_DROP = 0.1
 #: the quality metric of each task
 QUALITY = {"recon": "ssim", "seg": "dice", "cls": "accuracy"}
+#: seg outputs of a smoothed model: labels as logits of this size
+LABEL_LOGIT = 10.0
+
+
+def abstained(task: str, out: np.ndarray) -> np.ndarray:
+    """(N,) share of each output that abstained: cls / recon 0 or 1, seg the share of
+    pixels (NaN logits)."""
+    out = np.asarray(out)
+    if task == "cls":
+        return (out == -1).astype(np.float64)
+    missing = np.isnan(out.reshape(len(out), -1))
+    return missing.mean(1) if task == "seg" else missing.all(1).astype(np.float64)
+
+
+def resolve(task: str, out: np.ndarray, y: np.ndarray,
+            fallback: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """The outputs as scored, abstentions counted against the defence (module doc).
+
+    Args:
+        out: outputs in the task's format, abstentions marked. y: the ground truth.
+        fallback: recon only, (N, h, w) the images shown where the model abstains (the
+            zero-filled images of the inputs); required when a recon output abstains.
+    """
+    out = np.asarray(out)
+    if task == "cls":
+        return out
+    if task == "seg":
+        wrong = np.where(np.asarray(y) > 0.5, -LABEL_LOGIT, LABEL_LOGIT).astype(out.dtype)
+        return np.where(np.isnan(out), wrong, out)
+    gave_up = abstained(task, out) == 1
+    if not gave_up.any():
+        return out
+    if fallback is None:
+        raise ValueError("a recon output abstained and no fallback image was given")
+    return np.where(gave_up[:, None, None], fallback, out)
 
 
 def quality(task: str, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(N,) per-sample quality of outputs ``out`` against the ground truth ``y``: recon SSIM,
-    seg Dice (mean over labels present; NaN with none), cls 1 if right else 0."""
+    """(N,) per-sample quality of resolved outputs ``out`` against the ground truth ``y``:
+    recon SSIM, seg Dice (mean over labels present; NaN with none), cls 1 if right else 0."""
     if task == "recon":
         from defend.metrics import image_similarity
 
-        return np.array([image_similarity(t, o)["ssim"] if np.isfinite(o).all() else np.nan
-                         for t, o in zip(y, out, strict=True)])  # fmt: skip
+        return np.array([image_similarity(t, o)["ssim"] for t, o in zip(y, out, strict=True)])
     if task == "seg":
         from defend.metrics import dice_iou
 
@@ -51,41 +94,74 @@ def quality(task: str, y: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def success(task: str, y: np.ndarray, clean: np.ndarray, adv: np.ndarray,
-            effect: Any = None) -> np.ndarray:  # fmt: skip
+            net_strength: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """(N,) float: 1 where the attack succeeded, 0 where not, NaN where it cannot be judged
-    (cls: wrong when clean; seg: no clean Dice; recon: abstained). ``effect``: recon's
-    ``(clean (N, h, w), adv) -> strength (N,)``."""
+    (cls: wrong when clean; seg: no clean Dice). Outputs resolved (:func:`resolve`);
+    recon needs ``net_strength`` (N,) (:meth:`Hallucination.strengths`)."""
     if task == "recon":
-        strength = effect(clean, adv)
-        judged = np.where(np.isfinite(strength), strength >= STRENGTH, np.nan)
-        return np.where(_abstained(adv) & ~_abstained(clean), 0.0, judged)
+        return (np.asarray(net_strength) >= STRENGTH).astype(np.float64)
     if task == "seg":
         before, after = quality(task, y, clean), quality(task, y, adv)
         judged = np.isfinite(before) & (before > 0) & np.isfinite(after)
         return np.where(judged, after < (1 - SEG_DROP) * np.where(judged, before, 1), np.nan)
-    right, adv = np.asarray(clean) == np.asarray(y), np.asarray(adv)
-    return np.where(right, (adv != np.asarray(y)) & (adv != -1), np.nan)
+    right = np.asarray(clean) == np.asarray(y)
+    return np.where(right, np.asarray(adv) != np.asarray(y), np.nan)
 
 
-def _abstained(images: np.ndarray) -> np.ndarray:
-    """(N,) bool: recon outputs (N, h, w) that are all NaN (the smoothed model abstained)."""
-    return np.isnan(np.asarray(images).reshape(len(images), -1)).all(1)
+class Hallucination:
+    """The hallucination attack's feature, measured in the outputs of any recon attack.
 
+    Args:
+        estimator: the reconstruction estimator (its mask: which k-space was measured).
+        params: the hallucination attack's settings (region, region_size, region_center,
+            alpha; its defaults: the paper's centred line, contrast 0.3).
+    """
 
-def recon_effect(estimator: Any, params: dict[str, Any]) -> Any:
-    """``(clean, adv) -> strength (N,)`` in the region of the hallucination attack of
-    ``params`` (its defaults: the paper's centred line, contrast 0.3)."""
-    from defend.attacks import HallucinationAttack
+    def __init__(self, estimator: Any, params: dict[str, Any]) -> None:
+        from defend.attacks import HallucinationAttack
 
-    keep = ("region", "region_size", "region_center", "alpha")
-    attack = HallucinationAttack(estimator, **{k: v for k, v in params.items() if k in keep})
+        keep = ("region", "region_size", "region_center", "alpha")
+        self.estimator = estimator
+        self.attack = HallucinationAttack(estimator, **{k: v for k, v in params.items()
+                                                        if k in keep})  # fmt: skip
 
-    def strength(clean: np.ndarray, adv: np.ndarray) -> np.ndarray:
+    def feature(self, y: np.ndarray) -> np.ndarray:
+        """(N, h, w) the attack's target feature on images ``y`` (N, h, w): its region at
+        ``alpha`` x each image's range (what a real finding of the same contrast adds)."""
+        yt = torch.as_tensor(y).float()
+        region = self.attack.regions(tuple(yt.shape[-2:]), len(yt), yt.device).float()
+        contrast = self.attack.alphas(len(yt), yt.device) * (yt.amax((1, 2)) - yt.amin((1, 2)))
+        return (region * contrast[:, None, None]).numpy()
+
+    def strengths(self, clean: np.ndarray, adv: np.ndarray, x: np.ndarray,
+                  x_adv: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+        """Per sample ``strength``, ``input_strength`` and ``net_strength`` (each (N,)) of
+        resolved outputs ``clean``, ``adv`` (N, h, w) of k-space ``x``, ``x_adv``
+        (N, coils, H, W, 2) (module doc)."""
+        from defend.attacks.hallucination import sampled_columns
+        from defend.models.recon import zero_filled
+
         y0, y1 = torch.as_tensor(clean).float(), torch.as_tensor(adv).float()
-        region = attack.regions(tuple(y0.shape[-2:]), len(y0), y0.device)
-        return attack.effect(y0, y1, region)[0].numpy()
+        region = self.attack.regions(tuple(y0.shape[-2:]), len(y0), y0.device)
+        strength = self.attack.effect(y0, y1, region)[0]
+        k0, k1 = torch.as_tensor(x).float(), torch.as_tensor(x_adv).float()
+        sampled = sampled_columns(k0, self.estimator).to(k0.dtype)
+        crop = tuple(y0.shape[-2:])
+        zf, zf_adv = zero_filled(k0 * sampled, crop), zero_filled(k1 * sampled, crop)
+        written = self.attack.input_strength(y0, zf, zf_adv, region)
+        return {"strength": strength.numpy(), "input_strength": written.numpy(),
+                "net_strength": (strength - written).numpy()}  # fmt: skip
 
-    return strength
+
+def zero_filled_images(estimator: Any, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(N, h, w) the zero-filled images of k-space ``x`` (N, coils, H, W, 2) on its measured
+    columns, centre-cropped to ``shape`` (h, w): a recon defence's fallback where it
+    abstains."""
+    from defend.attacks.hallucination import sampled_columns
+    from defend.models.recon import zero_filled
+
+    k = torch.as_tensor(x).float()
+    return zero_filled(k * sampled_columns(k, estimator).to(k.dtype), shape).numpy()
 
 
 def separation(clean_scores: np.ndarray, adv_scores: np.ndarray) -> float:

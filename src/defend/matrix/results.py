@@ -3,17 +3,22 @@
 * ``OUT/cells/<id>.json``: one record a cell (:mod:`defend.matrix.cells`), written atomically
   when the cell finishes; the files are the matrix's state, so a run resumes from them;
 * ``OUT/matrix.csv``: long form, ``task,model,defence,attack,adaptive,eps,metric,value,
-  seconds``, in the plan's order (whatever order the cells finished in);
-* ``OUT/matrix.md``: per task, a table per metric, defence rows against attack columns, and
-  the sanity flags;
+  ci_low,ci_high,n,seconds`` (the 95 % interval and the samples judged, where the metric
+  has them), in the plan's order (whatever order the cells finished in);
+* ``OUT/matrix.md``: per task, a table per metric, defence rows against attack columns,
+  each value with its interval, and the sanity flags;
 * ``OUT/report.html``: the same as one self-contained page of figures (heatmaps, ROC curves,
   eps sweeps, example images, flags; :mod:`defend.matrix.html`).
 
-The flags are the evaluation checklist of REFERENCE §5, each a comparison of two cells with a
-tolerance of one sample (``1 / n``): success does not fall as eps grows; the iterative attack
-(seg-pgd) is at least as strong as the single step (seg-fgsm); random noise is weaker than
-each white-box attack at the same eps (else gradient masking is suspected); the adaptive
-attack is at least as strong as the plain one (EOT: success; evade: success undetected).
+The flags are the evaluation checklist of Carlini et al. 2019 ("On Evaluating Adversarial
+Robustness", §5), each a comparison of two measurements raised only where their 95 %
+intervals separate (:func:`defend.intervals.separated`), so a flag is a difference the
+samples support: success does not fall as eps grows; the iterative attack (seg-pgd) is at
+least as strong as the single step (seg-fgsm); random noise is weaker than each white-box
+attack at the same eps (else gradient masking is suspected); within an adaptive cell, the
+adaptive attack on its own is at least as strong as the plain one on its own (EOT:
+``adaptive_success`` against ``plain_success``; evade: the same undetected), which the
+cell's per-sample worst case of the two could never show.
 """
 
 from __future__ import annotations
@@ -24,15 +29,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from defend.intervals import Estimate, separated
 from defend.io import write_csv, write_json, write_text
+from defend.matrix.outcomes import estimate
 
 CSV_COLUMNS = ("task", "model", "defence", "attack", "adaptive", "eps", "metric", "value",
-               "seconds")  # fmt: skip
+               "ci_low", "ci_high", "n", "seconds")  # fmt: skip
 #: the tables of matrix.md, in order: (metric, title)
 TABLES = (
-    ("success", "attack success (share of samples)"),
-    ("attacked_quality", "quality under attack"),
+    ("success", "attack success (share of samples; abstentions count against the defence)"),
+    ("attacked_quality", "quality under attack (abstentions scored as the defence's fallback)"),
     ("clean_quality", "clean quality"),
+    ("abstain", "abstentions under attack (share of samples; seg: of pixels)"),
+    ("net_strength", "net hallucination strength (beyond the feature in the measurement)"),
+    ("feature_recall", "real-feature recall (strength of a real finding in the output)"),
+    ("missed", "real findings missed (recall below half)"),
+    ("adaptive_success", "the adaptive attack's own success (before the worst case)"),
+    ("plain_success", "the plain attack's own success in the adaptive cell"),
     ("detection_auroc", "detection AUROC (attacked against clean)"),
     ("undetected_success", "success undetected by the detector"),
     ("certified", "certified under the cell's perturbation"),
@@ -69,11 +82,19 @@ def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric, value in r["metrics"].items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
+            low, high = r.get("intervals", {}).get(metric, ("", ""))
+            count = r.get("counts", {}).get(metric, "")
             out.append({"task": r["task"], "model": r["model"], "defence": r["defence"],
                         "attack": r["attack"], "adaptive": r["adaptive"],
                         "eps": "" if r["eps"] is None else f"{r['eps']:.6g}", "metric": metric,
-                        "value": f"{value:.6g}", "seconds": f"{r['seconds']:.3f}"})  # fmt: skip
+                        "value": f"{value:.6g}", "ci_low": _csv_number(low),
+                        "ci_high": _csv_number(high), "n": count,
+                        "seconds": f"{r['seconds']:.3f}"})  # fmt: skip
     return out
+
+
+def _csv_number(value: Any) -> str:
+    return "" if value is None or value == "" else f"{value:.6g}"
 
 
 def _column(r: dict[str, Any]) -> str:
@@ -92,7 +113,12 @@ def tables(records: list[dict[str, Any]]) -> str:
     for task in dict.fromkeys(r["task"] for r in ok):
         cells = [r for r in ok if r["task"] == task]
         unit = cells[0]["metrics"].get("quality_metric", "")
-        lines += [f"## {task} (quality: {unit}, {cells[0]['n']} samples a cell)", ""]
+        lines += [
+            f"## {task} (quality: {unit}, {cells[0]['n']} samples a cell)",
+            "",
+            "Each value with its 95 % interval (Wilson for rates, t for means).",
+            "",
+        ]
         for metric, title in TABLES:
             having = [r for r in cells if metric in r["metrics"]]
             if having:
@@ -103,7 +129,7 @@ def tables(records: list[dict[str, Any]]) -> str:
 def _table(cells: list[dict[str, Any]], metric: str) -> list[str]:
     columns = list(dict.fromkeys(_column(r) for r in cells))
     rows = list(dict.fromkeys(_row(r) for r in cells))
-    value = {(_row(r), _column(r)): r["metrics"][metric] for r in cells}
+    value = {(_row(r), _column(r)): estimate(r, metric) for r in cells}
     head = ["| model / defence | " + " | ".join(columns) + " |",
             "|---" * (len(columns) + 1) + "|"]  # fmt: skip
     body = [f"| {row} | " + " | ".join(_number(value.get((row, c))) for c in columns) + " |"
@@ -111,10 +137,15 @@ def _table(cells: list[dict[str, Any]], metric: str) -> list[str]:
     return head + body
 
 
-def _number(value: Any) -> str:
+def _number(value: Estimate | None) -> str:
+    """``0.500 [0.24, 0.76]``; the interval left out where there is none."""
     if value is None:
         return ""
-    return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.3f}"
+    if math.isnan(value.value):
+        return "nan"
+    if not (math.isfinite(value.low) and math.isfinite(value.high)):
+        return f"{value.value:.3f}"
+    return f"{value.value:.3f} [{value.low:.2f}, {value.high:.2f}]"
 
 
 def flags(records: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -124,15 +155,11 @@ def flags(records: list[dict[str, Any]]) -> list[dict[str, str]]:
           for r in ok}  # fmt: skip
     found: list[dict[str, str]] = []
 
-    def check(stronger: dict | None, weaker: dict | None, metric: str, name: str) -> None:
+    def check(stronger: dict | None, weaker: dict | None, metric: str, name: str,
+              weaker_metric: str | None = None) -> None:  # fmt: skip
         if stronger is None or weaker is None:
             return
-        a, b = stronger["metrics"].get(metric), weaker["metrics"].get(metric)
-        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
-            return
-        if a + 1 / stronger["n"] < b - 1e-9:
-            found.append({"flag": name, "cell": stronger["id"], "against": weaker["id"],
-                          "detail": f"{metric} {a:.3f} against {b:.3f}"})  # fmt: skip
+        found.extend(_flag(stronger, metric, weaker, weaker_metric or metric, name))
 
     for (task, model, defence, attack, adaptive, eps), r in by.items():
         key = (task, model, defence)
@@ -149,11 +176,24 @@ def flags(records: list[dict[str, Any]]) -> list[dict[str, str]]:
                 check(by.get((*key, white, "none", eps)), r, "success",
                       "random noise beats a white-box attack (gradient masking?)")  # fmt: skip
         if adaptive == "eot":
-            check(r, by.get((*key, attack, "none", eps)), "success", "EOT attack weaker than plain")
+            check(r, r, "adaptive_success", "EOT attack weaker than plain", "plain_success")
         if adaptive == "evade":
-            check(r, by.get((*key, attack, "none", eps)), "undetected_success",
-                  "detector-aware attack weaker than plain")  # fmt: skip
+            check(r, r, "adaptive_undetected_success", "detector-aware attack weaker than plain",
+                  "plain_undetected_success")  # fmt: skip
     return found
+
+
+def _flag(stronger: dict[str, Any], metric: str, weaker: dict[str, Any], weaker_metric: str,
+          name: str) -> list[dict[str, str]]:  # fmt: skip
+    """The flag ``name`` where ``stronger``'s ``metric`` lies wholly below ``weaker``'s
+    ``weaker_metric`` (95 % intervals separate), else none."""
+    a, b = estimate(stronger, metric), estimate(weaker, weaker_metric)
+    if a is None or b is None or not separated(a, b):
+        return []
+    what = metric if metric == weaker_metric else f"{metric} against {weaker_metric}"
+    detail = (f"{what} {a.value:.3f} [{a.low:.2f}, {a.high:.2f}] against "
+              f"{b.value:.3f} [{b.low:.2f}, {b.high:.2f}]")  # fmt: skip
+    return [{"flag": name, "cell": stronger["id"], "against": weaker["id"], "detail": detail}]
 
 
 def write_results(out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:

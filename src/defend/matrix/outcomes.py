@@ -1,0 +1,193 @@
+"""A cell's per-sample outcomes and their summary: the numbers and intervals it records.
+
+:class:`Judge` scores one attacked batch against the row's clean outputs, per sample
+(:mod:`defend.matrix.measures`: abstentions count against the defence, recon success on the
+net strength); :func:`worst_case` keeps per sample the attacker's best of several attacks
+(Carlini et al. 2019, §5: the per-example worst case) and records each attack's own success
+beside it; :func:`detection` and :func:`certified` add a detector's and a certificate's
+outcomes; :func:`summarise` turns the per-sample outcomes into the cell's ``metrics``, each
+with its 95 % interval and the number of samples judged (:mod:`defend.intervals`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from defend import intervals
+from defend.matrix import measures
+
+#: per-sample outcomes that are 0 or 1 on every task (rates: Wilson intervals)
+RATES = ("success", "adaptive_success", "plain_success", "undetected_success",
+         "adaptive_undetected_success", "plain_undetected_success", "detected",
+         "false_positive", "missed", "covered", "violated")  # fmt: skip
+#: outcomes that are 0 or 1 per sample on recon and cls, a share of pixels on seg
+SHARES = ("abstain", "clean_abstain", "certified")
+#: an attack: ``(attack, estimator, params)`` as :data:`defend.matrix.attacks.ATTACKS` runs it
+Try = tuple[Callable[..., np.ndarray], Any, dict[str, Any]]
+
+
+def is_rate(task: str, metric: str) -> bool:
+    """Whether ``metric`` is a rate of 0 / 1 outcomes on ``task`` (else a mean)."""
+    if metric in RATES:
+        return True
+    if metric in SHARES:
+        return task != "seg"
+    return task == "cls" and metric in ("clean_quality", "attacked_quality")
+
+
+class Judge:
+    """Per-sample outcomes of attacked outputs against the row's clean outputs.
+
+    Args:
+        config: the matrix configuration (the hallucination attack's region for recon).
+        defended: the row's :class:`~defend.matrix.defences.System`.
+        x: (N, ...) clean inputs. y: their ground truth. clean_out: the system's clean
+            outputs (abstentions marked, :mod:`defend.matrix.measures`).
+    """
+
+    def __init__(self, config: dict[str, Any], defended: Any, x: np.ndarray, y: np.ndarray,
+                 clean_out: np.ndarray) -> None:  # fmt: skip
+        self.task, self.defended, self.x, self.y = defended.task, defended, x, y
+        self.feature = None
+        if self.task == "recon":
+            params = config["attack"]["hallucination"]
+            self.feature = measures.Hallucination(defended.estimator, params)
+        self.clean_abstain = measures.abstained(self.task, clean_out)
+        self.clean = self.shown(x, clean_out)
+        self.clean_quality = measures.quality(self.task, y, self.clean)
+
+    def shown(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The outputs as scored (:func:`measures.resolve`): recon abstentions replaced by
+        the system's declared fallback for inputs ``x``."""
+        fallback = None
+        if self.task == "recon" and measures.abstained(self.task, out).any():
+            if self.defended.fallback is None:
+                raise ValueError("a recon system abstained without a declared fallback")
+            fallback = self.defended.fallback(x, tuple(self.y.shape[1:]))
+        return measures.resolve(self.task, out, self.y, fallback)
+
+    def __call__(self, x_adv: np.ndarray, adv_out: np.ndarray) -> dict[str, np.ndarray]:
+        """Per sample (each (N,)): ``clean_quality``, ``attacked_quality``, ``success``;
+        recon ``strength``, ``input_strength``, ``net_strength``; a smoothed system
+        ``abstain`` and ``clean_abstain``."""
+        task, shown = self.task, self.shown(x_adv, adv_out)
+        samples = {"clean_quality": self.clean_quality,
+                   "attacked_quality": measures.quality(task, self.y, shown)}  # fmt: skip
+        net = None
+        if self.feature is not None:
+            samples.update(self.feature.strengths(self.clean, shown, self.x, x_adv))
+            net = samples["net_strength"]
+        samples["success"] = measures.success(task, self.y, self.clean, shown, net)
+        if self.defended.smooth is not None:
+            samples["abstain"] = measures.abstained(task, adv_out)
+            samples["clean_abstain"] = self.clean_abstain
+        return samples
+
+    def recall(self, x_feature: np.ndarray, out: np.ndarray) -> dict[str, np.ndarray]:
+        """Per sample (each (N,)) of a real feature acquired in ``x_feature``
+        (``real-feature``, recon): ``feature_recall`` (its strength in the outputs),
+        ``input_recall`` (in the zero-filled input), ``missed`` (recall below
+        :data:`measures.STRENGTH`), ``clean_quality``, ``attacked_quality`` (against the
+        ground truth with the feature); a smoothed system ``abstain``, ``clean_abstain``."""
+        shown = self.shown(x_feature, out)
+        found = self.feature.strengths(self.clean, shown, self.x, x_feature)
+        truth = self.y + self.feature.feature(self.y)
+        missed = (found["strength"] < measures.STRENGTH).astype(np.float64)
+        samples = {"clean_quality": self.clean_quality,
+                   "attacked_quality": measures.quality(self.task, truth, shown),
+                   "feature_recall": found["strength"], "input_recall": found["input_strength"],
+                   "missed": missed}  # fmt: skip
+        if self.defended.smooth is not None:
+            samples["abstain"] = measures.abstained(self.task, out)
+            samples["clean_abstain"] = self.clean_abstain
+        return samples
+
+
+def worst_case(judge: Judge, tries: list[Try], x: np.ndarray, y: np.ndarray,
+               positions: np.ndarray, eps: float | None,
+               seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+    """Per sample the attacker's best of ``tries`` (the adaptive attack, then the column's
+    plain one): a success the detector misses, else a success, else the lower quality;
+    ties go to the first. Returns ``(x_adv, outputs, samples)``: the chosen inputs, the
+    system's outputs and the :class:`Judge` outcomes of the choice, with each attack's own
+    ``adaptive_success`` / ``plain_success`` (with a detector also ``*_undetected_success``)
+    so that the adaptive attack can be checked against the plain one."""
+    defended = judge.defended
+    tried, ranks, outcomes = [], [], []
+    for attack, estimator, params in tries:
+        x_t = attack(estimator, x, y, eps, params, positions, seed)
+        out_t = defended.outputs(x_t, positions)
+        samples = judge(x_t, out_t)
+        hit = np.nan_to_num(samples["success"])
+        if defended.scores is not None:
+            flagged = defended.scores(x_t, out_t) > defended.threshold
+            samples["undetected_success"] = _undetected(samples["success"], flagged)
+        worse = 1 - np.clip(np.nan_to_num(samples["attacked_quality"], nan=1.0), 0, 1)
+        missed = np.nan_to_num(samples.get("undetected_success", hit))
+        tried.append((x_t, out_t))
+        outcomes.append(samples)
+        ranks.append(2 * hit + 2 * missed + worse)  # tiers 0 / 2 / 4, quality within
+    best = np.stack(ranks).argmax(0)
+    pick = lambda arrays: np.stack([arrays[b][i] for i, b in enumerate(best)])  # noqa: E731
+    chosen = {k: pick([o[k] for o in outcomes]) for k in outcomes[0]}
+    for name, samples in zip(("adaptive", "plain"), outcomes, strict=True):
+        chosen[f"{name}_success"] = samples["success"]
+        if "undetected_success" in samples:
+            chosen[f"{name}_undetected_success"] = samples["undetected_success"]
+    return pick([t[0] for t in tried]), pick([t[1] for t in tried]), chosen
+
+
+def _undetected(success: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """(N,) 1 where the attack succeeded and the detector missed it (NaN: not judged)."""
+    return np.where(np.isfinite(success), (success == 1) & ~flagged, np.nan)
+
+
+def detection(clean_scores: np.ndarray, adv_scores: np.ndarray, threshold: float,
+              success: np.ndarray | None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per sample ``detected`` (attacked flagged), ``false_positive`` (clean flagged) and,
+    given ``success``, ``undetected_success`` (success the detector missed), each (N,)."""
+    flagged = adv_scores > threshold
+    found = {"detected": flagged.astype(np.float64),
+             "false_positive": (clean_scores > threshold).astype(np.float64)}  # fmt: skip
+    if success is not None:
+        found["undetected_success"] = _undetected(success, flagged)
+    return found
+
+
+def size(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarray]:
+    """Per sample ``linf`` and ``l2`` (N,) of the perturbation, in the input's units."""
+    delta = (x_adv - x).reshape(len(x), -1)
+    return {"linf": np.abs(delta).max(1), "l2": np.linalg.norm(delta, axis=1)}
+
+
+def summarise(task: str, samples: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The cell's ``metrics`` (the mean over judged samples), ``intervals`` (95 %:
+    ``[low, high]``, Wilson for rates, t for means), ``counts`` (samples judged) and
+    ``per_sample`` (the outcomes, NaN where not judged), each keyed by metric."""
+    summary: dict[str, Any] = {"metrics": {}, "intervals": {}, "counts": {}, "per_sample": {}}
+    for metric, values in samples.items():
+        values = np.asarray(values, np.float64)
+        found = (intervals.rate if is_rate(task, metric) else intervals.mean)(values)
+        summary["metrics"][metric] = found.value
+        summary["intervals"][metric] = [found.low, found.high]
+        summary["counts"][metric] = found.n
+        summary["per_sample"][metric] = [round(float(v), 6) for v in values]
+    return summary
+
+
+def estimate(record: dict[str, Any], metric: str) -> intervals.Estimate | None:
+    """``metric`` of a cell record with its interval, None where the record lacks it."""
+    value = record.get("metrics", {}).get(metric)
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    low, high = record.get("intervals", {}).get(metric, (math.nan, math.nan))
+    count = record.get("counts", {}).get(metric, record.get("n", 0))
+    return intervals.Estimate(float(value), _float(low), _float(high), int(count))
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
