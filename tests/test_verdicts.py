@@ -175,9 +175,15 @@ def test_eps_flag_needs_separated_intervals():
 
 
 def test_csv_and_tables_carry_the_intervals(tmp_path):
-    record = _record("c", "none", {"success": np.r_[np.ones(8), np.zeros(24)],
-                                   "abstain": np.r_[np.ones(4), np.zeros(28)],
-                                   "attacked_quality": np.r_[np.ones(24), np.zeros(8)]})
+    record = _record(
+        "c",
+        "none",
+        {
+            "success": np.r_[np.ones(8), np.zeros(24)],
+            "abstain": np.r_[np.ones(4), np.zeros(28)],
+            "attacked_quality": np.r_[np.ones(24), np.zeros(8)],
+        },
+    )
     results.write_results(tmp_path, [record])
     with (tmp_path / "matrix.csv").open() as f:
         rows = {r["metric"]: r for r in csv.DictReader(f)}
