@@ -2,6 +2,7 @@
 
     python scripts/harden.py runs/harden --out docs/hardening.md
     python scripts/harden.py runs/harden --sections seg,cls      # some tables only
+    python scripts/harden.py --from-json docs/hardening.json     # the tables again, no training
 
 Every model is trained by ``defend train``'s function (:func:`defend.train.train_model`, with
 :func:`defend.train.make_objective` for ``--adversarial``) and attacked by ``defend bench
@@ -203,6 +204,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("hallucination_strength", "hallucination strength"),
         ("strength_ratio", "x twin"),
         ("hallucination_input_strength", "strength in input"),
+        ("net_strength", "net strength"),
         ("hallucination_input_psnr", "input PSNR dB"),
         ("art_pgd_ssim", "ART PGD SSIM"),
     ],
@@ -382,6 +384,11 @@ def section_table(specs: list[Spec], results: list[dict[str, Any]]) -> str:
         if "hallucination_strength" in values:
             ratio = values["hallucination_strength"] / standard["hallucination_strength"]
             values["strength_ratio"] = ratio
+            # what the model added beyond the feature the attacked measurement holds (the
+            # mean of the per-sample differences is the difference of the means)
+            written = values.get("hallucination_input_strength")
+            if written is not None:
+                values["net_strength"] = values["hallucination_strength"] - written
         row = [
             spec.name,
             f"`{spec.command()}`",
@@ -395,14 +402,29 @@ def section_table(specs: list[Spec], results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def from_json(path: Path, out: Path) -> None:
+    """The tables again from the measurements of an earlier run (``OUT.json``), no training:
+    for columns computed from what was measured (``net strength``)."""
+    raw = json.loads(Path(path).read_text())
+    tables = {name: section_table(SECTIONS[name], raw[name]) for name in SECTIONS if name in raw}
+    write_text(out.with_suffix(".tables.md"), render(tables))
+    print(f"wrote {out.with_suffix('.tables.md')} from {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="folder for data, checkpoints and measurements")
+    parser.add_argument("run", type=Path, nargs="?", help="folder of data, checkpoints, results")
+    parser.add_argument("--from-json", type=Path, default=None, help="re-render tables only")
     parser.add_argument("--out", type=Path, default=Path("docs/hardening.md"))
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
     parser.add_argument("--n", type=int, default=16, help="test samples attacked per model")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
+    if args.from_json is not None:
+        from_json(args.from_json, args.out)
+        return
+    if args.run is None:
+        parser.error("give RUN_DIR (or --from-json FILE)")
     names = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(names) - set(SECTIONS))
     if unknown:
