@@ -134,11 +134,15 @@ def test_bench_suite_structure_and_ratios(tiny):
     assert 0 <= dgde["success"] <= 1 and dgde["forwards_per_image"] > 0
     assert dgde["forwards_per_image"] >= dgde["queries_per_image"]  # + the bench's own checks
     (row,) = pix["pixel_attack"]
-    assert row["th"] == 1 and 0 <= row["success"] <= 1
+    assert row["th"] == 1 and 0 <= row["success"] <= 1 and row["measured"] is True
     assert row["forwards_per_image"] > 0
-    for r in (row, pix["search"], pix["projected_defaults"]):
+    projected = pix["projected_defaults"]
+    assert projected["measured"] is False and "projected, not measured" in projected["name"]
+    for r in (row, projected):
         assert positive(r["speedup"]) and positive(r["s_per_image"])
+    assert set(pix) == {"dgde", "pixel_attack", "projected_defaults", "params", "goals"}
     assert set(pix["goals"]) == {"success", "pixels", "speed"}
+    assert "max_iter=1 (ART's default is 100)" in pix["params"]["pixel_attack"]
 
     text = format_bench(result)
     for part in (
@@ -147,9 +151,109 @@ def test_bench_suite_structure_and_ratios(tiny):
         "3. DGDE vs ART",
         "hallucination/varnet",
         "goal",
+        "PixelAttack th=None, projected, not measured",
     ):
         assert part in text
     json.dumps(jsonable(result), allow_nan=False)  # strict JSON
+
+
+# ---------------------------------------------------------------- DGDE vs PixelAttack goals
+
+
+def _attack_row(name: str, success: list[bool], pixels: list[float], s_per_image: float) -> dict:
+    """A measured row as the bench builds it (pixels NaN where the attack failed)."""
+    each = [p if ok else math.nan for ok, p in zip(success, pixels, strict=True)]
+    ok = [p for p in each if not math.isnan(p)]
+    return {
+        "name": name,
+        "success": float(np.mean(success)),
+        "pixels": float(np.mean(ok)) if ok else math.nan,
+        "pixels_each": each,
+        "s_per_image": s_per_image,
+        "measured": True,
+    }
+
+
+DGDE_ROW = _attack_row("DGDE", [True, True], [40.0, 42.0], 1.0)
+
+
+def test_pixel_attack_runs_at_arts_defaults():
+    """PixelAttack's max_iter in the library and the CLI is ART's own default (it was 5)."""
+    import inspect
+
+    from art.attacks.evasion import PixelAttack
+
+    import defend.cli
+    from defend.bench.art import PIXEL_MAX_ITER, dgde_vs_floor_and_pixel_attack
+
+    art_default = inspect.signature(PixelAttack.__init__).parameters["max_iter"].default
+    assert PIXEL_MAX_ITER == art_default == 100
+    for fn in (dgde_vs_floor_and_pixel_attack, bench_suite, bench_attacks):
+        assert inspect.signature(fn).parameters["pixel_max_iter"].default == art_default
+    option = inspect.signature(defend.cli.bench_attacks_command).parameters["pixel_max_iter"]
+    assert option.default.default == art_default
+
+
+def test_pixel_goals_are_not_passed_when_art_never_succeeds():
+    """No th flips an image: pixels and speed are not comparable, so not met (the old code
+    met the pixel goal on a NaN and the speed goal on the sum over th)."""
+    from defend.bench.art import pixel_goals
+
+    rows = [
+        _attack_row(f"PixelAttack th={th}", [False, False], [th, th], s)
+        for th, s in ((1, 10.0), (5, 9.0), (20, 8.0))
+    ]
+    goals = pixel_goals(DGDE_ROW, rows)
+    assert goals["success"]["met"] is True  # 1.00 vs 0.00: a measured fact
+    for key in ("pixels", "speed"):
+        assert goals[key]["met"] is False and goals[key]["status"].startswith("not comparable")
+    assert goals["speed"]["speedup"] == pytest.approx(8.0)  # the fastest th, not 27 (the sum)
+    text = format_bench({"floors": [], "art_pixel": _pixel_result(rows, goals)})
+    assert "NO (not comparable: PixelAttack flipped no image at any th)" in text
+
+
+def _pixel_result(rows: list[dict], goals: dict) -> dict:
+    """A table 3 result around the given rows and goals, for format_bench."""
+    dgde = {**DGDE_ROW, "forwards_per_image": 300.0}
+    rows = [{**r, "forwards_per_image": 1000.0, "speedup": r["s_per_image"]} for r in rows]
+    params = {"images": 2, "labels": "own", "pixel_attack": "PixelAttack(...)", "forwards": "f"}
+    return {"dgde": dgde, "pixel_attack": rows, "params": params, "goals": goals}
+
+
+def test_pixel_speed_is_against_the_best_single_th():
+    """Speed against the fastest th that flips an image (not the sum over th, not a th that
+    never succeeds); pixels against the fewest-pixel th on the images both flipped."""
+    from defend.bench.art import pixel_goals
+
+    rows = [
+        _attack_row("PixelAttack th=1", [True, False], [1.0, 1.0], 6.0),
+        _attack_row("PixelAttack th=5", [False, True], [5.0, 5.0], 4.0),
+        _attack_row("PixelAttack th=20", [False, False], [20.0, 20.0], 3.0),
+    ]
+    goals = pixel_goals(DGDE_ROW, rows)  # the sum, 13 s, would be 13x: met
+    assert goals["speed"]["against"] == "PixelAttack th=5"
+    assert goals["speed"]["speedup"] == pytest.approx(4.0) and goals["speed"]["met"] is False
+    assert goals["speed"]["status"] == "not met"
+    pixels = goals["pixels"]  # th=1 flipped image 0 with 1 pixel; DGDE needed 40 there
+    assert pixels["against"] == "PixelAttack th=1" and pixels["images"] == 1
+    assert (pixels["dgde"], pixels["art"], pixels["met"]) == (40.0, 1.0, False)
+    fast = [{**r, "s_per_image": 12.0} for r in rows[:2]]
+    assert pixel_goals(DGDE_ROW, fast)["speed"]["met"] is True  # 12x a succeeding th
+
+
+def test_projected_rows_take_no_part_in_the_goals():
+    """A projected row (measured False) is labelled so and never read by a goal, however
+    good it would look."""
+    from defend.bench.art import PROJECTED, pixel_goals
+
+    rows = [_attack_row("PixelAttack th=1", [True, False], [1.0, 1.0], 20.0)]
+    projected = {
+        **_attack_row(f"PixelAttack th=None, {PROJECTED}", [True, True], [50.0, 50.0], 1e4),
+        "measured": False,
+    }
+    assert pixel_goals(DGDE_ROW, [*rows, projected]) == pixel_goals(DGDE_ROW, rows)
+    with pytest.raises(ValueError, match="measured"):
+        pixel_goals(DGDE_ROW, [projected])
 
 
 def test_forward_counter_and_interleaving():
@@ -324,5 +428,51 @@ def test_bench_certify_command_on_a_demo_folder(tmp_path, demo_dir):
     rows = json.loads(out.read_text())
     assert [r["model"] for r in rows] == ["recon-unet", "recon-varnet", "seg", "cls"]
     assert all(r["samples_per_s"] > 0 and r["floor_per_s"] > 0 for r in rows)
-    assert rows[0]["noisy_copies"] == 8 + 3 * 240 and rows[2]["noisy_copies"] == 8 + 240
+    for row in rows[2:]:  # seg, cls: n0 + n draws per sample, counted
+        assert row["draws"] == 8 + 240 and row["draws_each"] == [8 + 240]
+    for row in rows[:2]:  # recon: the bound's n draws (and its clean forward) only if kept
+        (draws,) = row["draws_each"]
+        assert draws == (8 + 2 * 240 if row["abstained"] else 8 + 3 * 240 + 1), row
     assert 0 <= rows[3]["agreement"] <= 1 and "ratio" in result.output
+
+
+class FlipAfterSelection:
+    """A toy base for center smoothing whose outputs jump after the first ``n0 + n`` rows of
+    every ``n0 + 2 n``: the candidates agree (radius 0), the centre's test draws all fall
+    outside, so the centre abstains, deterministically. Counts the rows it is sent."""
+
+    def __init__(self, n0: int, n: int) -> None:
+        self.n0, self.n, self.rows = n0, n, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        index = self.rows + torch.arange(len(x))
+        self.rows += len(x)
+        far = (index % (self.n0 + 2 * self.n) >= self.n0 + self.n).float()
+        return (100.0 * far)[:, None, None].expand(len(x), 4, 4)
+
+
+def test_bench_certify_counts_the_draws_of_an_abstaining_centre():
+    """An abstaining centre stops after n0 + 2n draws: the bench divides by those (the rows
+    the base saw), not by the n0 + 3n the old formula assumed (the recon "1.487")."""
+    from defend.bench.certify import _time_certify, certify_once
+    from defend.smooth.core import CenterSmoothing, ImageNoise
+
+    n0, n = 16, 224  # the smallest n center smoothing accepts at delta 0.1, alpha 0.025
+    base = FlipAfterSelection(n0, n)
+    smooth = CenterSmoothing(base, 0.05, ImageNoise(0.05), delta=0.1)
+    x = np.zeros((2, 1, 4, 4), dtype=np.float32)
+    seconds, rows, abstained = certify_once(smooth, "recon", x[0], n0, n, 64)
+    assert abstained and rows == base.rows == n0 + 2 * n and seconds > 0
+    assert smooth.base is base  # the counting wrapper is gone
+
+    floor_rows = []
+
+    def floor(batch: torch.Tensor) -> torch.Tensor:
+        floor_rows.append(len(batch))
+        return batch
+
+    row = _time_certify(smooth, "recon", floor, x, torch.as_tensor(x), (n0, n, 64), 1)
+    assert row["draws_each"] == [n0 + 2 * n] * 2 and row["abstained"] == 2
+    assert row["draws"] == 2 * (n0 + 2 * n) < row["formula_draws"] == 2 * (n0 + 3 * n)
+    assert sum(floor_rows) == 2 * row["draws"]  # the floor replays the same rows, both rounds
+    assert row["ratio"] == pytest.approx(row["samples_per_s"] / row["floor_per_s"])

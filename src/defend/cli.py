@@ -898,7 +898,9 @@ def bench_attacks_command(
     iters: int = typer.Option(20, help="Iterations of the gradient attacks and ART's PGD."),
     repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
     pixel_th: str = typer.Option("1,5,20", help="PixelAttack pixel counts, comma-separated."),
-    pixel_max_iter: int = typer.Option(5, help="PixelAttack's DE generations per pixel count."),
+    pixel_max_iter: int = typer.Option(
+        100, help="PixelAttack's DE generations per pixel count (100: ART's default)."
+    ),
     dgde_patience: int = typer.Option(
         None, help="DGDE generations without progress to stop (default: DGDE's)."
     ),

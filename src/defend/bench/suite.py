@@ -21,7 +21,11 @@ import numpy as np
 import torch
 
 from defend.attacks.base import estimator_device
-from defend.bench.art import art_pgd_vs_hallucination, dgde_vs_floor_and_pixel_attack
+from defend.bench.art import (
+    PIXEL_MAX_ITER,
+    art_pgd_vs_hallucination,
+    dgde_vs_floor_and_pixel_attack,
+)
 from defend.bench.floors import hallucination_vs_floor, seg_pgd_vs_floor
 from defend.bench.timing import Log, timed, torch_threads
 from defend.cpu_kernels import cpu_kernels
@@ -84,7 +88,7 @@ def bench_suite(
     iters: int = 20,
     repeats: int = 3,
     pixel_th: Sequence[int] = (1, 5, 20),
-    pixel_max_iter: int = 5,
+    pixel_max_iter: int = PIXEL_MAX_ITER,
     dgde_params: dict[str, Any] | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
@@ -219,7 +223,7 @@ def bench_attacks(
     iters: int = 20,
     repeats: int = 3,
     pixel_th: Sequence[int] = (1, 5, 20),
-    pixel_max_iter: int = 5,
+    pixel_max_iter: int = PIXEL_MAX_ITER,
     dgde_params: dict[str, Any] | None = None,
     device: str | None = None,
     threads: int | None = None,
@@ -232,7 +236,8 @@ def bench_attacks(
         n: samples per task, attacked as one batch (classifier images: classes in turn).
         iters: iterations of the gradient attacks (and ART PGD's steps).
         repeats: timed repeats (after a warm-up); medians are reported.
-        pixel_th: PixelAttack's fixed pixel counts. pixel_max_iter: its DE generations.
+        pixel_th: PixelAttack's fixed pixel counts (a row each). pixel_max_iter: its DE
+            generations (default ART's, :data:`~defend.bench.art.PIXEL_MAX_ITER`).
         dgde_params: DGDE arguments (default :data:`~defend.bench.floors.BENCH_DGDE`).
         device: torch device (default: CUDA when available).
         threads: torch CPU threads during the run (None: as they are).
