@@ -195,25 +195,25 @@ def test_certify_every_skip_th_sample_and_its_foreground(seg_ckpt, synth_dir, tm
 
 def test_center_smoothing_bound_holds_inside_eps_in(unet_ckpt, synth_dir):
     """Center smoothing: for random and PGD (EOT) k-space perturbations of l2 norm eps_in
-    (in the noise's unit), the smoothed reconstruction moves less than the certified
-    eps_out (alpha 0.05 split between centre and bound; PREDICT's centre test at 0.05);
-    a perturbation 40 times larger moves it further."""
-    from defend.smooth.core import KspaceNoise
+    k-space units (the training split's unit, the noise's), the smoothed reconstruction
+    moves less than the certified eps_out (alpha 0.05 split between centre and bound;
+    PREDICT's centre test at 0.05); a perturbation 40 times larger moves it further."""
+    from defend.smooth import training_unit
 
     x, _ = defend.load_arrays(synth_dir, "recon", "test", 1, checkpoint=unet_ckpt)
     estimator = defend.load_estimator(unet_ckpt)
     sigma, eps_in = 0.05, 0.05
-    smooth = smoothed(estimator, sigma=sigma, delta=0.1)
+    unit = training_unit(synth_dir, unet_ckpt)
+    smooth = smoothed(estimator, sigma=sigma, unit=unit, delta=0.1)
+    assert smooth.noise_std == pytest.approx(sigma * unit)
     settings = dict(n0=16, n=600, alpha=0.05, batch_size=300)
     center, eps_out = smooth.certify(x[0], eps_in=eps_in, **settings)
     assert center is not None and 0 < eps_out < 1
-    noise = KspaceNoise(sigma, estimator)
     xt = torch.as_tensor(x)
-    unit = float(noise.unit(xt))
-    measured = (noise.scale(xt) > 0).numpy()
+    measured = (smooth.noise.scale(xt) > 0).numpy()
     with torch.no_grad():
         scale = float(smooth.forward(xt).norm())
-    eot = eot_estimator(estimator, sigma=sigma, draws=8)
+    eot = eot_estimator(estimator, sigma=sigma, draws=8, unit=unit)
     torch.manual_seed(0)
 
     def moved(x_new):
@@ -227,6 +227,94 @@ def test_center_smoothing_bound_holds_inside_eps_in(unet_ckpt, synth_dir):
         assert moved(x_new[0]) <= eps_out
     far = pgd_l2(eot, x, center[None].numpy(), [40 * radius], mask=measured.astype(np.float32))
     assert moved(far[0]) > eps_out
+
+
+def test_kspace_noise_is_one_gaussian_whatever_the_input(unet_ckpt, synth_dir):
+    """The shift argument of the certificates: the noisy copies of x and of x + delta are
+    the same draws shifted by delta, for delta = x (twice the k-space: a per-sample scale
+    would double the noise) and for delta zeroing a sampled column (a support of the input's
+    non-zero columns would drop the column's noise); the support is the estimator's mask."""
+    from defend.smooth.core import Smooth
+
+    x, _ = defend.load_arrays(synth_dir, "recon", "test", 1, checkpoint=unet_ckpt)
+    estimator = defend.load_estimator(unet_ckpt)
+    smooth = smoothed(estimator, sigma=0.25, unit=0.5, delta=0.1)
+    xt = torch.as_tensor(x[0])
+    mask = estimator.mask.cpu().reshape(-1)
+    column = int(mask.nonzero()[0])
+    zeroed = xt.clone()
+    zeroed[..., column, :] = 0
+    support = (smooth.noise.scale(xt[None])[0] > 0).any(-1).any(-2).any(0)
+    assert torch.equal(support, mask) and smooth.noise_std == pytest.approx(0.125)
+    identity = Smooth(lambda v: v, 0.25, smooth.noise)
+    noisy = torch.cat(list(identity.outputs(xt, 32, 32, seed=5, phase=0)))
+    for moved in (2 * xt, zeroed):
+        shifted = torch.cat(list(identity.outputs(moved, 32, 32, seed=5, phase=0)))
+        torch.testing.assert_close(shifted - noisy, (moved - xt).expand_as(noisy))
+    assert (noisy - xt)[..., ~mask, :].abs().max() == 0  # no noise off the sampled columns
+    spread = (noisy - xt)[..., mask, :].std()
+    assert abs(float(spread) / 0.125 - 1) < 0.05  # noise_std on each sampled component
+
+
+def test_one_kspace_unit_for_attacks_noise_and_radii(unet_ckpt, synth_dir):
+    """The attacks' relative l-inf unit is the rms magnitude of the sampled complex entries
+    whichever parts move, and the noise's unit is the same quantity pooled over the training
+    split (every slice under the evaluation mask), the same number on every call."""
+    import defend.smooth as smooth_module
+    from defend.attacks.budget import KspaceBudget, kspace_unit
+    from defend.smooth import training_unit
+
+    estimator = defend.load_estimator(unet_ckpt)
+    x, _ = defend.load_arrays(synth_dir, "recon", "train", None, checkpoint=unet_ckpt)
+    xt = torch.as_tensor(x).double()
+    mask = estimator.mask.cpu().double()
+    expected = kspace_unit(xt, mask)
+    manual = (xt * mask).flatten(1).norm(dim=1) / (mask.sum() * x.shape[1] * x.shape[2]).sqrt()
+    torch.testing.assert_close(expected.flatten(), manual)
+    for part in ("real", "complex"):
+        torch.testing.assert_close(KspaceBudget(0.1, part=part).unit(xt, mask), expected)
+    unit = training_unit(synth_dir, unet_ckpt)
+    assert unit == pytest.approx(float(expected.square().mean().sqrt()), rel=1e-12)
+    smooth_module._UNITS.clear()
+    assert training_unit(synth_dir, unet_ckpt) == unit  # recomputed: the same digits
+
+
+def test_recon_smoothing_refuses_a_noise_it_cannot_fix(unet_ckpt):
+    """Without a unit (nor a denoiser that stores one) reconstruction smoothing refuses to
+    guess one from the input; a unit other than the denoiser's is refused too."""
+    estimator = defend.load_estimator(unet_ckpt)
+    with pytest.raises(DefendError, match="k-space unit"):
+        smoothed(estimator, sigma=0.1)
+    with pytest.raises(DefendError, match="k-space unit"):
+        eot_estimator(estimator, sigma=0.1, draws=2)
+    denoiser = torch.nn.Identity()
+    denoiser.kspace_unit = 2.0
+    assert smoothed(estimator, sigma=0.1, denoiser=denoiser).noise_std == pytest.approx(0.2)
+    with pytest.raises(DefendError, match="denoiser was trained for noise of k-space unit 2"):
+        smoothed(estimator, sigma=0.1, denoiser=denoiser, unit=3.0)
+
+
+def test_recon_denoiser_and_certify_record_the_noise(unet_ckpt, synth_dir, tmp_path):
+    """`defend train denoiser` stores its k-space noise (the training split's unit), loading
+    it gives smoothing that noise, and `defend certify` records unit and noise_std."""
+    from defend.io import load_checkpoint
+    from defend.smooth import training_unit
+    from defend.smooth.certify import certify_split
+    from defend.smooth.denoiser import load_denoiser, train_denoiser
+    from defend.train import TrainConfig
+
+    unit = training_unit(synth_dir, unet_ckpt)
+    den = tmp_path / "den.pt"
+    config = TrainConfig(epochs=1, batch_size=8, progress=False)
+    train_denoiser(unet_ckpt, synth_dir, den, 0.1, depth=2, width=4, config=config,
+                   log=lambda line: None)  # fmt: skip
+    assert load_checkpoint(den)["noise"] == {"sigma": 0.1, "unit": unit, "noise_std": 0.1 * unit}
+    assert load_denoiser(den, unet_ckpt).kspace_unit == unit
+    assert load_smoothed(unet_ckpt, 0.1, den).noise_std == pytest.approx(0.1 * unit)
+    summary = certify_split(unet_ckpt, synth_dir, tmp_path / "c", 0.1, n_samples=1, n0=4,
+                            n=600, alpha=0.2, batch_size=300, progress=False)  # fmt: skip
+    settings = summary["settings"]
+    assert settings["unit"] == unit and settings["noise_std"] == pytest.approx(0.1 * unit)
 
 
 # ---------------------------------------------------------------------------- CLI

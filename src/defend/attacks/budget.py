@@ -4,11 +4,21 @@ One :class:`KspaceBudget` is what the hallucination attack, k-space PGD adversar
 and hallucination training share: which entries may move, how large the budget is, how a step
 is taken and how a perturbation is projected back.
 
-Relative budgets (the default) are fractions of the measured k-space's norm: l2 per coil, a
-fraction of the coil's sampled k-space norm (Morshuis et al.); l-inf, a fraction of the
-root-mean-square of the entries that may move, ``eps * ||k|| / sqrt(#movable)``, so that a
-perturbation filling the box has l2 norm ``eps`` times the k-space norm. Absolute budgets are
-raw k-space units.
+Relative budgets (the default) are fractions of the measured k-space's scale: l2 per coil, a
+fraction of the coil's sampled k-space norm (Morshuis et al.); l-inf, ``eps`` times the sample's
+k-space unit (:func:`kspace_unit`) on every component that may move. Absolute budgets are raw
+k-space units.
+
+The k-space unit is one definition shared by the attacks, the smoothing noise and the
+certified radii (:class:`defend.smooth.core.KspaceNoise`): the root-mean-square magnitude of
+the sampled complex entries, ``||k sampled||_2 / sqrt(#sampled entries)``, an entry being one
+complex number (coil, row, sampled column), so both its real and imaginary parts enter the
+norm. With ``part="real"`` (the seed paper's) the l-inf box has exactly as many components as
+there are entries, and a perturbation filling it has l2 norm ``eps`` times the sampled k-space
+norm; with ``part="complex"`` twice as many components move, each within the same box
+(``sqrt(2) eps`` times the norm). An attack's budget is relative to each sample's own unit (its
+threat model); the smoothing noise uses the unit of the training split, fixed before any input
+is seen.
 """
 
 from __future__ import annotations
@@ -21,13 +31,29 @@ import torch
 from defend.errors import DefendError
 
 
+def kspace_unit(x: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
+    """The k-space unit of each sample: the root-mean-square magnitude of its sampled complex
+    entries, ``sqrt(sum |k|^2 / #entries)`` over coils x rows x sampled columns.
+
+    Args:
+        x: (B, coils, H, W, 2) k-space (real and imaginary parts in the last axis).
+        sampled: (B or 1, 1, 1, W, 1) 0/1, the sampled columns.
+
+    Returns:
+        (B, 1, 1, 1, 1), in the units of ``x``; 0 for a sample without sampled energy.
+    """
+    entries = sampled.flatten(1).sum(1) * x.shape[1] * x.shape[2]
+    norm = (x * sampled).flatten(1).norm(dim=1)
+    return (norm / entries.clamp_min(1).sqrt()).view(-1, 1, 1, 1, 1)
+
+
 @dataclass(frozen=True)
 class KspaceBudget:
     """An l-inf or l2 budget on the sampled entries of k-space ``(B, coils, H, W, 2)``.
 
     Args:
         eps: the budget (relative: at most 1; absolute: raw units).
-        norm: ``"inf"`` (per real component) or ``"2"`` (per coil).
+        norm: ``"inf"`` (per moved component, in k-space units) or ``"2"`` (per coil).
         mode: ``"relative"`` or ``"absolute"``.
         part: ``"real"`` (only real parts move, as the seed paper) or ``"complex"``.
     """
@@ -60,16 +86,13 @@ class KspaceBudget:
         return sampled * torch.tensor([1.0, 0.0], device=sampled.device, dtype=sampled.dtype)
 
     def unit(self, x: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
-        """What relative l-inf eps is a fraction of: ``||k sampled|| / sqrt(#movable)``,
-        per sample, (B, 1, 1, 1, 1).
+        """What relative l-inf eps is a fraction of: the k-space unit of each sample
+        (:func:`kspace_unit`, whichever ``part`` moves), (B, 1, 1, 1, 1).
 
         Args:
             x: (B, coils, H, W, 2) masked k-space; sampled: its (B, 1, 1, W, 1) 0/1 columns.
         """
-        parts = 1 if self.part == "real" else 2
-        movable = sampled.flatten(1).sum(1) * x.shape[1] * x.shape[2] * parts
-        norm = (x * sampled).flatten(1).norm(dim=1)
-        return (norm / movable.clamp_min(1).sqrt()).view(-1, 1, 1, 1, 1)
+        return kspace_unit(x, sampled)
 
     def bound(self, x: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
         """The absolute budget per sample (l-inf: (B, 1, 1, 1, 1)) or per coil (l2:

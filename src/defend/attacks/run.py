@@ -153,9 +153,11 @@ def _adversarial_arrays(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def _smoothed_estimator(
-    estimator: Any, ckpt: dict[str, Any], smooth: dict[str, Any], seed: int
+    estimator: Any, ckpt: dict[str, Any], smooth: dict[str, Any], seed: int, data_dir: Any
 ) -> Any:
-    """The EOT estimator of the smoothed model (``run_attack``'s ``smooth``)."""
+    """The EOT estimator of the smoothed model (``run_attack``'s ``smooth``; recon: its noise
+    in the k-space unit of ``data_dir``'s training split)."""
+    from defend.smooth import training_unit
     from defend.smooth.denoiser import load_denoiser
     from defend.smooth.eot import eot_estimator
 
@@ -164,8 +166,9 @@ def _smoothed_estimator(
         raise DefendError(f"--smooth-sigma must be a finite number > 0, got {sigma}")
     denoiser = smooth.get("denoiser")
     denoiser = None if denoiser is None else load_denoiser(denoiser, ckpt)
+    unit = training_unit(data_dir, ckpt) if ckpt["task"] == "recon" else None
     torch.manual_seed(seed)
-    return eot_estimator(estimator, sigma, smooth.get("eot", 8), denoiser)
+    return eot_estimator(estimator, sigma, smooth.get("eot", 8), denoiser, unit=unit)
 
 
 def run_attack(
@@ -220,7 +223,8 @@ def run_attack(
     ckpt = load_checkpoint(checkpoint, task)
     estimator = load_estimator(ckpt, device=device)
     if smooth is not None:
-        estimator = _smoothed_estimator(estimator, ckpt, smooth, (params or {}).get("seed", 0))
+        seed = (params or {}).get("seed", 0)
+        estimator = _smoothed_estimator(estimator, ckpt, smooth, seed, data_dir)
     make_attack(name, estimator, params)  # bad parameters fail before data loads
     if skip == 1:
         groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)

@@ -10,12 +10,19 @@ rows), and writes into ``out``:
   all labels; accuracy counts a pixel certified with its true label) and
   ``foreground_accuracy`` (the same over the true foreground pixels only, e.g. the lesion:
   the few pixels that matter, which the all-pixel means hide; empty without any);
-  reconstruction ``index,eps_in,eps_out,abstain`` (``eps_out`` relative to the norm of the
-  noise-free output); ``index`` is the dataset position;
-* ``summary.json``: the settings, the means, and the curve of the figure;
+  reconstruction ``index,eps_in,eps_out,abstain`` (``eps_in`` in k-space units, ``eps_out``
+  relative to the norm of the noise-free output); ``index`` is the dataset position;
+* ``summary.json``: the settings (reconstruction: with the noise's ``unit`` and
+  ``noise_std``), the means, and the curve of the figure;
 * ``certified.png``: certified accuracy against the l2 radius (classification), certified
   pixel accuracy against the radius over a range of ``tau`` (segmentation), or the output
   bound against ``eps_in`` (reconstruction).
+
+Reconstruction noise is fixed before any sample is seen: std ``sigma * unit`` on the real and
+imaginary parts of the entries the checkpoint's acquisition samples, ``unit`` the k-space unit
+of ``data_dir``'s training split (:func:`defend.smooth.training_unit`); a certificate covers
+every perturbation of those parts with l2 norm at most ``eps_in * unit``
+(:class:`defend.smooth.core.KspaceNoise`).
 
 A run that stops keeps the finished samples in ``certificates.partial.jsonl`` and resumes
 from there with the same settings (other settings are refused); the final files are written
@@ -44,7 +51,7 @@ DEFAULTS = {
     "recon": {"n0": 30, "n": 2000, "alpha": 0.01},
 }
 #: the tau values of the segmentation curve and the eps_in values of the reconstruction one
-#: (in units of sigma)
+#: (multiples of sigma, so eps_in = EPS_IN * sigma in k-space units)
 TAUS = (0.55, 0.65, 0.75, 0.85, 0.95)
 EPS_IN = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -137,7 +144,7 @@ COLUMNS = {
 FIGURE = {
     "cls": ("l2 radius (pixel units)", "certified accuracy"),
     "seg": ("l2 radius (pixel units)", "certified pixel accuracy"),
-    "recon": ("eps_in (l2, units of sigma's)", "eps_out (median, relative)"),
+    "recon": ("eps_in (l2, k-space units)", "eps_out (median, relative)"),
 }
 
 
@@ -188,11 +195,11 @@ def certify_split(
     (module doc).
 
     Args:
-        sigma: the noise level (images: [0, 1] units; recon: relative, ``KspaceNoise``).
+        sigma: the noise std (images: [0, 1] units; recon: k-space units, module doc).
         denoiser: a ``defend train denoiser`` checkpoint, or None.
         n0, n, alpha: selection and estimation samples, failure probability (default
             :data:`DEFAULTS`). tau: segmentation's vote threshold. eps_in: the
-            reconstruction's input radius (default ``sigma``, in the noise's units).
+            reconstruction's input radius (default ``sigma``, k-space units).
 
     Returns:
         The summary (also ``out/summary.json``), with ``rows``.
@@ -211,9 +218,15 @@ def certify_split(
         **{k: v for k, v in (("n0", n0), ("n", n), ("alpha", alpha)) if v is not None},
     }
     eps_in = sigma if eps_in is None else eps_in
-    smooth = load_smoothed(checkpoint, sigma, denoiser, device=device)
+    noise = {}
+    if task == "recon":
+        from defend.smooth import training_unit
+
+        noise["unit"] = training_unit(data_dir, ckpt)
+    smooth = load_smoothed(checkpoint, sigma, denoiser, device=device, **noise)
     if task == "recon":
         smooth.check_samples(counts["n"], counts["alpha"] / 2)  # certify halves alpha
+        noise["noise_std"] = smooth.noise_std
     x, y, positions = _every(data_dir, task, split, n_samples, skip, ckpt)
     settings = {
         "checkpoint": Path(checkpoint).name,
@@ -225,6 +238,7 @@ def certify_split(
         **counts,
         "tau": tau if task == "seg" else None,
         "eps_in": eps_in if task == "recon" else None,
+        **noise,
     }
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "certificates.partial.jsonl"

@@ -19,14 +19,16 @@ whatever ``f`` and ``D`` are, with probability at least ``1 - alpha`` over the n
 * :class:`CenterSmoothing` (Kumar & Goldstein 2021): the output is the sample of ``f`` closest
   (in median l2 distance) to the others, accepted if a ball around it holds half the noisy
   outputs; ``certify`` bounds how far that output moves, ``||g(x + delta) - g(x)||_2 <=
-  eps_out`` for every ``||delta||_2 <= eps_in``, by 3 times a quantile of the distances of
-  fresh samples to it.
+  eps_out`` for every ``||delta||_2 <= eps_in * unit``, by 3 times a quantile of the distances
+  of fresh samples to it.
 
-Noise lives in the input's own units: images in [0, 1] get ``sigma`` per pixel (not clipped,
-as Cohen et al.); k-space gets ``sigma`` times the root-mean-square of its measured real and
-imaginary components on the measured entries only (:class:`KspaceNoise`), so that
-``sigma = 0.1`` is noise of about 10 % of the k-space norm, and radii ``eps_in`` are l2 norms
-in the same unit.
+The noise distribution is fixed before any input is seen, as the certificates' shift
+argument needs (the noisy copies of ``x`` and ``x + delta`` are one Gaussian shifted by
+``delta``): images in [0, 1] get std ``sigma`` on every pixel (not clipped, as Cohen et al.),
+radii in pixel units; k-space gets std ``noise_std = sigma * unit`` on the real and the
+imaginary part of every entry the acquisition samples, ``unit`` an absolute k-space amplitude
+measured once on the training split (:class:`KspaceNoise`), and radii ``eps_in`` are l2 norms
+over those components in multiples of ``unit``.
 
 Sampling is batched on the model's device in chunks of ``batch_size``: ``n = 100_000`` never
 holds ``n`` copies. The noise comes in blocks of :data:`BLOCK` draws, each from a CPU
@@ -85,10 +87,19 @@ def _block_noise(seed: int, phase: int, block: int, shape: tuple[int, ...]) -> t
 
 
 class ImageNoise:
-    """Gaussian noise of std ``sigma`` on every pixel of images in [0, 1] (not clipped)."""
+    """Gaussian noise of std ``sigma`` on every pixel of images in [0, 1] (not clipped).
+
+    The radii's unit is one pixel value (``unit = 1``), so ``noise_std = sigma``."""
+
+    unit = 1.0
 
     def __init__(self, sigma: float) -> None:
         self.sigma = sigma
+
+    @property
+    def noise_std(self) -> float:
+        """The noise std of every pixel."""
+        return self.sigma
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """The noise std of each entry of images ``x`` (B, C, H, W)."""
@@ -96,36 +107,88 @@ class ImageNoise:
 
 
 class KspaceNoise:
-    """Gaussian noise on the measured k-space entries of a reconstruction input.
+    """Gaussian noise of one fixed std on the k-space entries the acquisition samples.
 
-    The std is ``sigma`` times the root-mean-square of the measured real and imaginary
-    components of each sample (:meth:`defend.attacks.budget.KspaceBudget.unit` with both
-    parts), on the measured columns only (the estimator's and the sample's own, the entries
-    the attacks perturb: :func:`defend.attacks.hallucination.sampled_columns`).
+    Every real and every imaginary part of every sampled entry (all coils and rows of the
+    columns in ``mask``) gets independent ``N(0, noise_std^2)`` noise, ``noise_std = sigma *
+    unit``; the other entries get none. ``unit`` is an absolute k-space amplitude fixed before
+    any input is seen: the k-space unit (:func:`defend.attacks.budget.kspace_unit`, the
+    root-mean-square magnitude of the sampled complex entries, the unit of the attacks'
+    relative l-inf budgets) of the training split (:func:`defend.smooth.training_unit`).
+    ``mask`` is the acquisition's sampling mask (the estimator's), not the input's non-zero
+    columns. The distribution is therefore the same for every input, and the certificates
+    of :class:`CenterSmoothing` hold for perturbations ``delta`` of the real and imaginary
+    parts of the sampled entries (zero elsewhere) with ``||delta||_2 <= eps_in * unit``, the
+    l2 norm over all those components: radii ``eps_in`` are in multiples of ``unit``
+    (``noise_std / sigma``).
 
     Args:
-        sigma: relative noise level. estimator: the reconstruction estimator (its mask).
+        sigma: the noise std in units of ``unit``.
+        unit: the k-space unit, raw k-space units (> 0).
+        mask: the sampled columns, bool (1, 1, 1, W, 1) or (1, 1, W, 1); None only for
+            training a denoiser under random training masks (noise on each input's acquired
+            columns, :func:`defend.models.recon.acquired_columns`): no certificate rests on
+            that mode.
     """
 
-    def __init__(self, sigma: float, estimator: Any) -> None:
-        self.sigma, self.estimator = sigma, estimator
+    def __init__(self, sigma: float, unit: float, mask: torch.Tensor | None) -> None:
+        if not (0 < sigma < math.inf and 0 < unit < math.inf):
+            raise DefendError(f"k-space noise needs sigma and unit > 0, got {sigma}, {unit}")
+        self.sigma, self.unit = float(sigma), float(unit)
+        self.mask = None if mask is None else torch.as_tensor(mask).reshape(1, 1, 1, -1, 1) != 0
 
-    def unit(self, x: torch.Tensor) -> torch.Tensor:
-        """The unit of ``sigma`` and of l2 radii for k-space ``x`` (B, coils, H, W, 2): the
-        rms of each sample's measured components, (B, 1, 1, 1, 1)."""
-        from defend.attacks.budget import KspaceBudget
-        from defend.attacks.hallucination import sampled_columns
+    @property
+    def noise_std(self) -> float:
+        """The std of each noisy component (raw k-space units): ``sigma * unit``."""
+        return self.sigma * self.unit
 
-        sampled = sampled_columns(x, self.estimator).to(x.dtype)
-        return KspaceBudget(1.0, part="complex").unit(x, sampled)
+    def support(self, x: torch.Tensor) -> torch.Tensor:
+        """The columns that get noise for k-space ``x`` (B, coils, H, W, 2), bool
+        (1 or B, 1, 1, W, 1): the mask (the same for every ``x``)."""
+        if self.mask is None:
+            from defend.models.recon import acquired_columns
+
+            return acquired_columns(x)
+        if self.mask.shape[-2] != x.shape[-2]:
+            raise DefendError(
+                f"the noise's mask has {self.mask.shape[-2]} columns, the k-space {x.shape[-2]}"
+            )
+        return self.mask.to(x.device)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """The noise std of each entry of ``x`` (B, coils, H, W, 2): 0 off the measured
-        columns."""
-        from defend.attacks.hallucination import sampled_columns
+        """The noise std of each entry of ``x`` (B, coils, H, W, 2): ``noise_std`` on the
+        sampled columns, 0 elsewhere; it depends on ``x``'s shape only."""
+        return (self.noise_std * self.support(x).to(x.dtype)).expand_as(x)
 
-        sampled = sampled_columns(x, self.estimator).to(x.dtype)
-        return (self.sigma * self.unit(x) * sampled).expand_as(x)
+
+def kspace_noise(
+    sigma: float, estimator: Any, unit: float | None = None, denoiser: Any = None
+) -> KspaceNoise:
+    """The smoothing noise of a reconstruction estimator: :class:`KspaceNoise` on its mask.
+
+    Args:
+        unit: the k-space unit (:func:`defend.smooth.training_unit`); None: the unit a
+            denoiser was trained with (its ``kspace_unit``, :func:`defend.smooth.denoiser.
+            load_denoiser`).
+
+    Raises:
+        DefendError: no unit at all, or a unit other than the denoiser's (other data).
+    """
+    stored = getattr(denoiser, "kspace_unit", None)
+    if unit is None:
+        unit = stored
+    if unit is None:
+        raise DefendError(
+            "reconstruction smoothing needs its k-space unit, fixed before any input is seen: "
+            "pass unit= (defend.smooth.training_unit(data, checkpoint)) or a denoiser trained "
+            "with one"
+        )
+    if stored is not None and not math.isclose(stored, unit, rel_tol=1e-6):
+        raise DefendError(
+            f"the denoiser was trained for noise of k-space unit {stored:.6g}, this smoothing "
+            f"uses {unit:.6g}: other training data"
+        )
+    return KspaceNoise(sigma, unit, estimator.mask)
 
 
 class Smooth:
@@ -149,8 +212,16 @@ class Smooth:
     ) -> None:
         if not 0 < sigma < math.inf:
             raise DefendError(f"--sigma must be a finite number > 0, got {sigma}")
+        if noise.sigma != sigma:
+            raise DefendError(f"the noise's sigma {noise.sigma} is not the smoothing's {sigma}")
         self.base, self.sigma, self.noise = base, sigma, noise
         self.denoiser, self.device = denoiser, torch.device(device)
+
+    @property
+    def noise_std(self) -> float:
+        """The std of each noisy input component (images: pixel values; k-space: raw
+        units), fixed before any input is seen."""
+        return self.noise.noise_std
 
     def _input(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x)
@@ -400,9 +471,11 @@ class CenterSmoothing(Smooth):
         eps_in: float | Sequence[float] = 1.0,
     ) -> tuple[torch.Tensor | None, Any]:
         """``(center, eps_out)``: the smoothed output (h, w) of one input and a bound on
-        ``||g(x + delta) - g(x)||_2 / ||f(D(x))||_2`` for every ``||delta||_2 <= eps_in``
-        (the noise's units), with probability >= 1 - alpha (half for the centre's test,
-        half for the bound); one bound per value for a sequence ``eps_in`` (a list).
+        ``||g(x + delta) - g(x)||_2 / ||f(D(x))||_2`` for every ``||delta||_2 <= eps_in *
+        unit``, with probability >= 1 - alpha (half for the centre's test, half for the
+        bound); one bound per value for a sequence ``eps_in`` (a list). ``eps_in`` is in
+        multiples of the noise's ``unit`` (:class:`KspaceNoise`: ``delta`` moves the real and
+        imaginary parts of the sampled entries only, its l2 norm over all of them).
 
         ``eps_out`` is 3 times the ``q``-quantile of ``n`` fresh distances to the centre (the
         relaxed triangle inequality of the 2-approximate centre), ``q = Phi(Phi^-1(1/2 +

@@ -14,7 +14,9 @@ Training runs in the one training loop (:func:`defend.train.loop.fit`) with
 :class:`Denoising` as its objective, on the base checkpoint's task and data: it resumes,
 runs under torchrun, and validates each epoch with the base task's metric on denoised noisy
 inputs (e.g. the accuracy of ``f(D(x + noise))``). The checkpoint holds the denoiser alone
-(``kind: denoiser``) and the fingerprint of the base model it was trained for.
+(``kind: denoiser``) and the fingerprint of the base model it was trained for; a k-space
+denoiser also its noise (``noise: {sigma, unit, noise_std}``: the training split's k-space
+unit, :func:`defend.smooth.training_unit`, which smoothing behind it then uses).
 """
 
 from __future__ import annotations
@@ -168,8 +170,8 @@ def train_denoiser(
 
     Args:
         checkpoint: the frozen base model (``defend train`` checkpoint).
-        sigma: the noise level (images: pixel units of [0, 1]; k-space: relative to the rms
-            of the measured components, as :class:`~defend.smooth.core.KspaceNoise`).
+        sigma: the noise std (images: pixel units of [0, 1]; k-space: multiples of the
+            training split's k-space unit, :class:`~defend.smooth.core.KspaceNoise`).
         objective: ``mse``, ``stability`` or ``mse-stability``.
         depth, width: the DnCNN's.
         config: :class:`~defend.train.TrainConfig` (epochs, lr, batch size, seed, device).
@@ -199,16 +201,16 @@ def train_denoiser(
     _check_same_data(base_ckpt["data"], info, path)
     base = load_estimator(base_ckpt, device="cpu").model
     recon = task.name == "recon"
-    noise = KspaceNoise(sigma, None) if recon else ImageNoise(sigma)
     model_config = {"domain": "kspace" if recon else "image", "depth": depth, "width": width}
     if not recon:
         model_config["channels"] = int(info["input_shape"][0])
+    noise, extra = _noise(sigma, recon, data_dir, base_ckpt)
     seed_everything(config.seed)
     model = Denoised(build_denoiser(model_config), base, noise)
     data = {"train": fingerprint(train_set), "val": fingerprint(val_set)}
-    run = run_config(config, data=data, base=_base_fingerprint(path, base_ckpt))
+    run = run_config(config, data=data, base=_base_fingerprint(path, base_ckpt), **extra)
     meta = {"kind": "denoiser", "model_config": model_config, "data": base_ckpt["data"]}
-    meta.update(loss=objective, run=run, base=_base_fingerprint(path, base_ckpt))
+    meta.update(loss=objective, run=run, base=_base_fingerprint(path, base_ckpt), **extra)
     return fit(
         task,
         model,
@@ -223,10 +225,26 @@ def train_denoiser(
     )
 
 
+def _noise(
+    sigma: float, recon: bool, data_dir: Any, base_ckpt: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """The training noise and what the checkpoint records of it (k-space: ``noise``, the
+    unit of the training split, under each sample's random training mask)."""
+    if not recon:
+        return ImageNoise(sigma), {}
+    from defend.smooth import training_unit
+
+    unit = training_unit(data_dir, base_ckpt)
+    noise = KspaceNoise(sigma, unit, None)
+    return noise, {"noise": {"sigma": sigma, "unit": unit, "noise_std": noise.noise_std}}
+
+
 def load_denoiser(
     path: str | os.PathLike, base: str | os.PathLike | dict[str, Any] | None = None
 ) -> nn.Module:
-    """The denoiser of a ``defend train denoiser`` checkpoint, in eval mode.
+    """The denoiser of a ``defend train denoiser`` checkpoint, in eval mode, with the
+    k-space unit it was trained for as ``kspace_unit`` (None: an image denoiser, or one
+    trained before the unit was recorded).
 
     Args:
         path: the denoiser checkpoint.
@@ -252,4 +270,5 @@ def load_denoiser(
     prefix = "denoiser."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     denoiser.load_state_dict(state)
+    denoiser.kspace_unit = (ckpt.get("noise") or {}).get("unit")
     return denoiser.eval()

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from defend.estimators import ReconEstimator, SegEstimator
-from defend.smooth.core import ImageNoise, KspaceNoise
+from defend.smooth.core import ImageNoise, kspace_noise
 
 
 def _mean_softmax_logits(out: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,8 @@ class ExpectedOutput(nn.Module):
     Args:
         forward: the base estimator's torch forward, (N, ...) -> (N, ...).
         base: the base model (a submodule, so that ``.to`` and ``.eval`` reach it).
-        noise: :class:`ImageNoise` or :class:`KspaceNoise`. draws: copies per input.
+        noise: :class:`ImageNoise` or :class:`~defend.smooth.core.KspaceNoise`. draws:
+            copies per input.
         combine: (B, draws, ...) -> (B, ...) (:data:`COMBINE`).
         denoiser: a module from noisy to clean inputs, or None.
         frozen_seed: None for fresh noise on every call; else the seed of ``draws`` noise
@@ -100,14 +101,14 @@ class SmoothedReconEstimator(ReconEstimator):
     """A reconstruction EOT estimator; :meth:`reshaped` smooths the base estimator's reshaped
     copy (fastMRI data mixes k-space widths)."""
 
-    #: (base estimator, sigma, draws, denoiser, frozen_seed)
+    #: (base estimator, sigma, draws, denoiser, frozen_seed, unit)
     smoothing: tuple = ()
 
     def reshaped(self, input_shape: tuple[int, ...]) -> ReconEstimator:
         if tuple(input_shape) == tuple(self.input_shape):
             return self
-        base, sigma, draws, denoiser, frozen_seed = self.smoothing
-        return eot_estimator(base.reshaped(input_shape), sigma, draws, denoiser, frozen_seed)
+        base, sigma, draws, denoiser, frozen_seed, unit = self.smoothing
+        return eot_estimator(base.reshaped(input_shape), sigma, draws, denoiser, frozen_seed, unit)
 
 
 def eot_estimator(
@@ -116,10 +117,13 @@ def eot_estimator(
     draws: int,
     denoiser: nn.Module | None = None,
     frozen_seed: int | None = None,
+    unit: float | None = None,
 ) -> Any:
     """The smoothed version of ``estimator`` (``defend.load_estimator``'s) for EOT attacks:
     the same kind of estimator, input and output format, around :class:`ExpectedOutput`
-    (``frozen_seed``: fixed noise draws, for black-box attacks; module doc)."""
+    (``frozen_seed``: fixed noise draws, for black-box attacks; module doc). Reconstruction:
+    the noise of the smoothed model, :func:`defend.smooth.core.kspace_noise` (``unit``: the
+    k-space unit, :func:`defend.smooth.training_unit`; None takes the denoiser's)."""
     from defend.attacks.base import torch_forward
     from defend.estimators.cls import make_classifier
 
@@ -134,7 +138,7 @@ def eot_estimator(
         return ExpectedOutput(forward, base, noise, draws, COMBINE[task], denoiser, frozen_seed)
 
     if isinstance(estimator, ReconEstimator):
-        noise = KspaceNoise(sigma, estimator)
+        noise = kspace_noise(sigma, estimator, unit, denoiser)
         model = expected(noise, "recon")
         smoothed = SmoothedReconEstimator(
             model,
@@ -144,7 +148,7 @@ def eot_estimator(
             loss=estimator.loss_function,
             acquisition=estimator.acquisition,
         )
-        smoothed.smoothing = (estimator, sigma, draws, denoiser, frozen_seed)
+        smoothed.smoothing = (estimator, sigma, draws, denoiser, frozen_seed, noise.unit)
         return smoothed
     if isinstance(estimator, SegEstimator):
         model = expected(ImageNoise(sigma), "seg")
