@@ -13,10 +13,18 @@ Every build goes through the function under the matching command, so a cached mo
 A build lives in ``CACHE/<kind>-<hash>/`` with ``build.json`` (its settings) written last, so
 a folder without it is unfinished and is resumed (training resumes from its checkpoint). Two
 configurations that need the same build share it.
+
+A build's key (:attr:`Build.key`) hashes its settings, the keys of what it needs, the cache
+format :data:`VERSION` and the package version (``defend.__version__``), so an upgrade
+rebuilds rather than reuses. The configured data folder (``data.path``) is keyed on the
+content of its files (:func:`data_fingerprint`), not on where it lies: files edited, added or
+removed make a new key (and so new models), and a moved copy keeps it.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -24,13 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import defend
+from defend.errors import DefendError
 from defend.io import write_json
+from defend.matrix.config import TASKS
 
 #: bumped when what a build holds changes, so older caches are rebuilt rather than reused
 VERSION = 1
 #: hardening settings per method beyond the defaults of ``defend train --adversarial``
 #: (hallucination: the consistency term of docs/hardening.md)
 HARDENING_OPTIONS = {"hallucination": {"beta": 4.0}}
+#: settings that say where a build lies, not what it holds: left out of its key
+WHERE = ("path",)
+#: the splits of each task fingerprinted in a configured data folder
+DATA_SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,11 @@ class Build:
 
     @property
     def key(self) -> str:
-        text = json.dumps([VERSION, self.kind, self.settings, [n.key for n in self.needs]],
+        """``KIND-HASH``: the hash (12 hex digits) of the settings (less :data:`WHERE`), the
+        needs' keys, :data:`VERSION` and ``defend.__version__``."""
+        settings = {k: v for k, v in self.settings.items() if k not in WHERE}
+        needs = [n.key for n in self.needs]
+        text = json.dumps([VERSION, defend.__version__, self.kind, settings, needs],
                           sort_keys=True)  # fmt: skip
         return f"{self.kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
@@ -55,11 +74,44 @@ class Build:
 
 
 def data_build(config: dict[str, Any]) -> Build:
+    """The data the cells use: the configured folder (``data.path``, keyed on
+    :func:`data_fingerprint`) or the synthetic data of ``data``'s settings and the seed."""
     data = config["data"]
     if data["path"]:
-        return Build("data", {"path": str(Path(data["path"]).resolve())})
+        path = Path(data["path"]).resolve()
+        return Build("data", {"path": str(path), "fingerprint": data_fingerprint(path)})
     synth = {k: data[k] for k in ("size", "volumes", "slices", "coils")}
     return Build("data", {**synth, "seed": config["run"]["seed"]})
+
+
+def data_fingerprint(path: Path) -> dict[str, Any]:
+    """The content of a data folder: ``{"TASK/SPLIT": fingerprint or None}`` for each task's
+    train, val and test split (None: absent), each the fingerprint training resume checks
+    (:func:`defend.data.arrays.fingerprint`: every file's name, size and sampled bytes).
+
+    Computed once per process for a given set of files, sizes and change times (the matrix
+    asks for it per cell)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DefendError(f"data.path {path}: no such folder")
+    stats = ((p, p.stat()) for p in sorted(path.rglob("*")) if p.is_file())
+    signature = tuple((str(p), s.st_size, s.st_mtime_ns, s.st_ctime_ns) for p, s in stats)
+    return copy.deepcopy(_fingerprint(str(path), signature))
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(path: str, signature: tuple) -> dict[str, Any]:
+    """:func:`data_fingerprint` of ``path`` (``signature``: its files' stats, the cache key)."""
+    from defend.data.arrays import fingerprint, load_dataset
+
+    found: dict[str, Any] = {}
+    for task in TASKS:
+        for split in DATA_SPLITS:
+            try:
+                found[f"{task}/{split}"] = fingerprint(load_dataset(task, Path(path), split))
+            except DefendError:  # this task's split is not there
+                found[f"{task}/{split}"] = None
+    return found
 
 
 def model_build(config: dict[str, Any], task: str, model: str, method: str | None) -> Build:

@@ -8,8 +8,9 @@ The design keeps the local engine's results:
    once. Each build declares one CPU and, where the driver sees CUDA, :data:`BUILD_GPUS`;
    a model trained under torchrun (``run.train_processes = N``) declares N of each.
 2. **Then the cells**, one task each (one CPU, :data:`CELL_GPUS` of a GPU where the driver
-   sees CUDA). All builds are done, so a cell only resolves their paths. The driver writes
-   each record the moment it arrives (``OUT/cells/<id>.json``, atomically), so a killed run
+   sees CUDA). All builds are done, so a cell only resolves their paths. The driver stamps
+   each record with its provenance (:func:`~defend.matrix.run.provenance`) and writes it the
+   moment it arrives (``OUT/cells/<id>.json``, atomically), so a killed run
    resumes as the local one does; a task Ray loses (a worker died) becomes a failed record,
    and the other cells go on.
 
@@ -143,6 +144,7 @@ def _needs(make: Any, build: Build) -> Any:
 def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder, out: Path,
            progress: bool) -> None:  # fmt: skip
     from defend.matrix.results import write_cell
+    from defend.matrix.run import provenance
 
     task = ray.remote(num_cpus=1, num_gpus=_gpus(CELL_GPUS), max_retries=0)(_cell)
     pending = {task.remote(config, c, builder.cache, builder.device, out): c for c in todo}
@@ -154,7 +156,7 @@ def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder,
             record = ray.get(ready)
         except Exception as error:  # noqa: BLE001 - a lost task is a failed cell
             record = lost(config, cell, error)
-        write_cell(out, record)
+        write_cell(out, {**record, **provenance(config, cell)})
         bar.update()
     bar.close()
 
