@@ -268,9 +268,33 @@ def test_inside_radius_check_holds_inside_and_fires_beyond_the_radius(cls_ckpt, 
         x_adv = inside_radius.attack(defended, clean, x, y, config, scale=scale)
         size = np.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)
         assert np.all(size <= scale * clean["radius"] * (1 + 1e-4) + 1e-6)
-        return inside_radius.outcomes("cls", clean, defended.outputs(x_adv, positions))
+        return inside_radius.outcomes(defended, clean, x, defended.outputs(x_adv, positions))
 
     inside = check(1.0)
     assert inside["covered"].sum() >= 4
     assert inside["violated"].sum() == 0
     assert check(20.0)["violated"].sum() > 0
+
+
+def test_recon_inside_radius_reads_the_bound_at_the_largest_certified_radius():
+    """Recon: the budget is the largest grid radius with a finite bound (in the noise's
+    k-space unit); an output that moved further than that bound is a violation."""
+    from types import SimpleNamespace
+
+    from defend.matrix import inside_radius
+
+    noise = SimpleNamespace(unit=2.0)
+    smooth = SimpleNamespace(noise=noise, device="cpu", forward=lambda x: torch.ones(len(x), 2))
+    defended = SimpleNamespace(task="recon", smooth=smooth)
+    inf, nan = np.inf, np.nan
+    clean = {"eps_in": np.array([0.0, 0.1, 0.2]),
+             "eps_out": np.array([[0.1, 0.2, inf], [nan, nan, nan], [0.1, 0.2, 0.3]]),
+             "center": np.zeros((3, 1, 2), np.float32)}  # fmt: skip
+    np.testing.assert_allclose(inside_radius.radii(defended, clean), [0.2, 0.0, 0.4])
+    x = np.zeros((3, 1, 1, 2, 2), np.float32)
+    out = np.zeros((3, 1, 2), np.float32)
+    out[0, 0, 0] = 0.25 * math.sqrt(2)  # moved 0.25 of the output norm: beyond the 0.2 bound
+    out[2, 0, 0] = 0.25 * math.sqrt(2)  # within its 0.3 bound
+    found = inside_radius.outcomes(defended, clean, x, out)
+    np.testing.assert_array_equal(found["covered"], [1, 0, 1])
+    np.testing.assert_array_equal(found["violated"], [1, 0, 0])

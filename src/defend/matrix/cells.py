@@ -199,7 +199,7 @@ def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
         x_adv = inside_radius.attack(defended, clean, x, y, config)
         adv_out = defended.outputs(x_adv, positions)
         samples = judge(x_adv, adv_out)
-        samples.update(inside_radius.outcomes(defended.task, clean, adv_out))
+        samples.update(inside_radius.outcomes(defended, clean, x, adv_out))
         return x_adv, adv_out, samples
     plain = (ATTACKS[cell.attack][0], defended.estimator,
              cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
@@ -267,10 +267,7 @@ def _recon_certified(
     column = np.searchsorted(grid, size)  # first grid radius >= size
     inside = column < len(grid)
     bound = np.where(inside, bounds[np.arange(len(x)), np.minimum(column, len(grid) - 1)], np.inf)
-    smooth = defended.smooth
-    with torch.no_grad():
-        scale = smooth.forward(xt.float().to(smooth.device)).flatten(1).norm(dim=1).cpu().numpy()
-    moved = np.linalg.norm((adv_out - clean["center"]).reshape(len(x), -1), axis=1) / scale
+    moved = inside_radius.moved(defended, clean, x, adv_out)
     finite = np.isfinite(bound)
     return ({"certified": finite.astype(np.float64)}, {
         "certified_bound": float(np.median(bound[finite])) if finite.any() else float("nan"),

@@ -31,7 +31,7 @@ TASKS = ("recon", "seg", "cls")
 DEFENCE_KINDS = ("none", "adversarial", "smoothing", "detector", "adversarial+detector")
 #: the attacks a task's ``attacks`` may list (seg-pgd: seg-fgsm with its ``pgd_steps``)
 TASK_ATTACKS = {
-    "recon": ("hallucination", "art-pgd", "noise", "real-feature"),
+    "recon": ("hallucination", "art-pgd", "noise", "real-feature", "inside-radius"),
     "seg": ("seg-fgsm", "seg-pgd", "art-pgd", "noise", "inside-radius"),
     "cls": ("dgde", "art-pgd", "noise", "inside-radius"),
 }

@@ -5,14 +5,17 @@ its radius. An attack outside every radius cannot test that, so a certificate ch
 the other columns is 0 by construction. This column attacks each smoothing row with ART's
 l2 ``ProjectedGradientDescent`` against the smoothed model's EOT estimator (Athalye et al.
 2018; Salman et al. 2019), its budget per sample that sample's certified radius
-(classification, segmentation: the clean certificate's l2 radius in pixel units), and then
-asks the smoothed model again. Per sample it records ``covered`` (the sample has a
-certificate: a class, certified pixels) and ``violated`` (covered, and the smoothed answer
-under the attack breaks the certificate: another class, a certified pixel with another
-label; an abstention is no answer and breaks nothing); ``certificate_violations`` counts
-them. With valid certificates ``violated`` stays near 0 (each certificate fails with
-probability at most ``alpha``); :func:`attack` with ``scale`` > 1 attacks beyond the radius,
-where the check must fire.
+(classification, segmentation: the clean certificate's l2 radius in pixel units;
+reconstruction: the largest input radius ``eps_in`` of the centre-smoothing grid with a
+finite output bound, in multiples of the noise's k-space unit, spent on the real and
+imaginary parts of the sampled entries, the noise's support), and then asks the smoothed
+model again. Per sample it records ``covered`` (the sample has a certificate: a class,
+certified pixels, a finite bound) and ``violated`` (covered, and the smoothed answer under
+the attack breaks the certificate: another class, a certified pixel with another label, an
+output that moved further than the bound; an abstention is no answer and breaks nothing);
+``certificate_violations`` counts them. With valid certificates ``violated`` stays near 0
+(each certificate fails with probability at most ``alpha``); :func:`attack` with ``scale``
+> 1 attacks beyond the radius, where the check must fire.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 #: PGD steps of eps / 4 each: enough to reach the radius from the clean input
 STEPS = 10
@@ -32,50 +36,73 @@ def attack(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, y: np.nda
     Args:
         defended: a smoothing row's :class:`~defend.matrix.defences.System`.
         clean: the row's clean certificates (:func:`~defend.matrix.defences.certificates`).
-        x: (N, C, H, W) clean images in [0, 1]. y: their ground truth (cls labels (N,),
-            seg masks (N, K, H, W)).
+        x: (N, C, H, W) clean images in [0, 1] or recon k-space (N, coils, H, W, 2). y:
+            their ground truth (cls labels (N,), seg masks (N, K, H, W), recon (N, h, w)).
         config: the matrix configuration (``smoothing.eot`` draws, ``attack.inside-radius``
             steps, ``run.seed``).
         scale: the budget over the radius (1: inside the certificate).
 
     Returns:
-        (N, C, H, W) attacked images; a sample without a certificate is left as it is.
+        the attacked inputs (the shape of ``x``); a sample without a certificate is left
+        as it is.
     """
     from defend.attacks.art_pgd import art_pgd
 
-    radius = np.asarray(clean["radius"], np.float32) * scale
+    radius = radii(defended, clean) * scale
     covered = np.flatnonzero(radius > 0)
     x_adv = x.copy()
     if len(covered) == 0:
         return x_adv
     seed = config["run"]["seed"]
     estimator = defended.eot(config["smoothing"]["eot"], seed)
-    budget = radius[covered].reshape(-1, *([1] * (x.ndim - 1)))
+    budget = radius[covered].reshape(-1, *([1] * (x.ndim - 1))).astype(np.float32)
     steps = int(config["attack"].get("inside-radius", {}).get("steps", STEPS))
     pgd = art_pgd(estimator, budget, steps, len(covered), random_init=0, norm=2)
     np.random.seed(seed)
     target = _away_from(defended.task, clean, y, covered, estimator)
-    x_adv[covered] = pgd.generate(x[covered], y=target)
+    mask = None
+    if defended.task == "recon":  # the noise's support: both parts of the sampled entries
+        mask = np.broadcast_to(defended.smooth.noise.scale(torch.as_tensor(x[covered])) > 0,
+                               x[covered].shape).astype(np.float32)  # fmt: skip
+    x_adv[covered] = pgd.generate(x[covered], y=target, mask=mask)
     return x_adv
+
+
+def radii(defended: Any, clean: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,) each sample's certified l2 radius in the input's units (0: no certificate):
+    cls / seg the clean certificate's; recon the largest grid radius with a finite bound,
+    times the noise's k-space unit."""
+    if defended.task != "recon":
+        return np.asarray(clean["radius"], np.float64)
+    finite = np.isfinite(clean["eps_out"])
+    last = np.where(finite.any(1), finite.shape[1] - 1 - np.argmax(finite[:, ::-1], 1), -1)
+    grid = np.asarray(clean["eps_in"], np.float64)
+    return np.where(last >= 0, grid[np.maximum(last, 0)], 0.0) * defended.smooth.noise.unit
 
 
 def _away_from(task: str, clean: dict[str, np.ndarray], y: np.ndarray, covered: np.ndarray,
                estimator: Any) -> np.ndarray:  # fmt: skip
     """What the attack moves away from: the certified answer (cls: its one-hot class; seg:
-    the certified labels, the ground truth where a pixel has none)."""
+    the certified labels, the ground truth where a pixel has none; recon: the certified
+    centre)."""
     if task == "cls":
         return np.eye(estimator.nb_classes, dtype=np.float32)[clean["label"][covered]]
+    if task == "recon":
+        return clean["center"][covered]
     labels = clean["labels"][covered]
     return np.where(labels == 255, y[covered], labels == 1).astype(np.float32)
 
 
-def outcomes(task: str, clean: dict[str, np.ndarray], adv_out: np.ndarray,
-             scale: float = 1.0) -> dict[str, np.ndarray]:  # fmt: skip
+def outcomes(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray,
+             adv_out: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
     """Per sample (N,) ``covered`` and ``violated`` of the smoothed outputs ``adv_out``
-    under the inside-radius attack (module doc; outputs as
+    under the inside-radius attack of clean inputs ``x`` (module doc; outputs as
     :mod:`defend.matrix.measures` formats them)."""
-    covered = np.asarray(clean["radius"]) > 0
-    if task == "cls":
+    task = defended.task
+    covered = radii(defended, clean) > 0
+    if task == "recon":
+        broken = moved(defended, clean, x, adv_out) > _bound(clean)
+    elif task == "cls":
         label = np.asarray(clean["label"])
         broken = (adv_out != -1) & (adv_out != label)
     else:
@@ -85,3 +112,23 @@ def outcomes(task: str, clean: dict[str, np.ndarray], adv_out: np.ndarray,
         broken = (sure & answered & other).reshape(len(labels), -1).any(1)
     return {"covered": covered.astype(np.float64),
             "violated": (covered & broken).astype(np.float64)}  # fmt: skip
+
+
+def moved(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray,
+          out: np.ndarray) -> np.ndarray:  # fmt: skip
+    """(N,) how far smoothed recon outputs ``out`` (N, h, w) moved from the certified centres,
+    relative to the norm of the base model's output on ``x`` (the bounds' unit); NaN where
+    either abstained."""
+    smooth = defended.smooth
+    with torch.no_grad():
+        xt = torch.as_tensor(x).float().to(smooth.device)
+        scale = smooth.forward(xt).flatten(1).norm(dim=1).cpu().numpy()
+    return np.linalg.norm((out - clean["center"]).reshape(len(x), -1), axis=1) / scale
+
+
+def _bound(clean: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,) the output bound at each sample's largest certified input radius (inf: none)."""
+    finite = np.isfinite(clean["eps_out"])
+    last = finite.shape[1] - 1 - np.argmax(finite[:, ::-1], 1)
+    bound = clean["eps_out"][np.arange(len(finite)), last]
+    return np.where(finite.any(1), bound, np.inf)
