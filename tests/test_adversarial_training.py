@@ -373,3 +373,24 @@ def test_trades_forwards_clean_and_adversarial_batches_separately(mix):
     torch.testing.assert_close(losses.detach(), expected)
     for key in ("running_mean", "running_var"):
         torch.testing.assert_close(getattr(model[1], key), getattr(twin[1], key))
+
+
+def test_trades_share_without_attacked_rows_trains_clean():
+    """A process whose share of the global batch holds none of its attacked rows (torchrun,
+    ``mix`` < 1) gets the clean losses, and its BatchNorm sees only the clean forward."""
+    from defend.train.distributed import Share, batch_share
+    from defend.train.objectives import image_objective
+
+    objective = image_objective("trades", 0.5, steps=1, clip=None, mix=0.1)
+    data = Features(8, 0)
+    share = {"input": data.x[4:], "target": data.y[4:]}  # rows 4-7 of 8; row 0 is attacked
+    model, twin = _bn_model(), _bn_model()
+    model.train(), twin.train()
+    with batch_share(Share(4, 8, 8)):
+        assert not objective.attacked(share).any()
+        losses = objective.loss(ClsTask(), model, share, epoch=0)
+    with torch.no_grad():
+        expected = ClsTask().loss(twin(share["input"]), share)
+    torch.testing.assert_close(losses.detach(), expected)
+    assert model[1].num_batches_tracked == 1
+    torch.testing.assert_close(model[1].running_var, twin[1].running_var)

@@ -220,14 +220,20 @@ class Adversarial(Objective):
         the divergence's reference) are what a clean-only forward gives, and the running
         statistics take one update from each pass. (One forward of both concatenated would
         normalise the clean images by statistics of clean and adversarial images together.)
-        The adversarial pass runs also where ``rows`` is empty (a process holding none of the
-        global batch's attacked rows): every process makes the same forward passes, which
-        SyncBatchNorm and DistributedDataParallel's buffer broadcasts need.
+
+        Under DistributedDataParallel the clean pass goes through the wrapper (one wrapper
+        forward per step, as the other objectives) and the adversarial pass through the module
+        inside: the gradients of both still reach the parameters' reduction hooks in
+        ``backward``. A process holding none of the global batch's attacked rows skips the
+        adversarial pass, unless the model has SyncBatchNorm layers, whose training forward is
+        a collective: it then forwards an empty batch, which SyncBatchNorm counts as no rows.
         """
         pred_clean = task.forward(model, batch)
         losses = task.loss(pred_clean, batch)
-        attacked = _take(batch, rows)
-        pred_adv = task.forward(model, {**attacked, "input": adversarial})
+        attacked, net = _take(batch, rows), unwrap(model)
+        if not len(rows) and not _synced(net):
+            return losses
+        pred_adv = task.forward(net, {**attacked, "input": adversarial})
         if not len(rows):
             return losses
         divergence = task.divergence(pred_adv, pred_clean[rows], attacked)
@@ -295,6 +301,11 @@ class Adversarial(Objective):
             "val_steps": self.val_steps,
             **self.settings,
         }
+
+
+def _synced(model: nn.Module) -> bool:
+    """Whether ``model`` has SyncBatchNorm layers (a training forward is then a collective)."""
+    return any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
 
 
 def _robust(metrics: dict[str, float]) -> dict[str, float]:
