@@ -9,6 +9,7 @@ from art.estimators.classification import BlackBoxClassifier
 
 import defend
 from defend.attacks import DGDE
+from defend.attacks.base import SampleRNG
 from defend.errors import DefendError
 
 #: short searches: the tests are about behaviour, not strength
@@ -126,7 +127,7 @@ def assert_same_report(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> No
 
 
 def test_batch_size_and_shards_do_not_change_the_result(classifier, images):
-    """Defect 4: each image draws from its own generator, seeded by (seed, index)."""
+    """Defect 4: each image draws from its own generator, seeded by (seed, the image)."""
     x, y = images
     n = len(x)
     whole = DGDE(classifier, **FAST, batch_size=n, seed=3)
@@ -143,6 +144,46 @@ def test_batch_size_and_shards_do_not_change_the_result(classifier, images):
     other = DGDE(classifier, **FAST, batch_size=n, seed=4)
     other.generate(x, y)
     assert not np.array_equal(other.report["queries"], whole.report["queries"])
+
+
+def first_draws(monkeypatch, attack: DGDE, x: np.ndarray, **kwargs) -> torch.Tensor:
+    """(N, 4) the first uniform numbers of each image's generator, in the order of ``x``,
+    when ``attack`` attacks ``x`` (``kwargs``: generate's)."""
+    from defend.attacks import base
+
+    made = []
+
+    class Recorded(SampleRNG):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            made.append([g.initial_seed() for g in self.generators])
+
+    monkeypatch.setattr(base, "SampleRNG", Recorded)
+    attack.generate(x, **kwargs)
+    (seeds,) = made
+    return torch.stack([torch.rand(4, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def test_draws_follow_the_image_not_its_position(classifier, images, monkeypatch):
+    """Issue 31 item 9: two different images at the same index get different draws (before,
+    both drew from (seed, 0)); an image gets the same draws at any batch position, batch size
+    or index; another seed gives other draws for the same image."""
+    x, y = images
+    a, b = x[:1], x[3:4]
+    alone_a = first_draws(monkeypatch, DGDE(classifier, **FAST), a, y=y[:1])
+    alone_b = first_draws(monkeypatch, DGDE(classifier, **FAST), b, y=y[3:4])
+    assert not torch.equal(alone_a, alone_b)  # index 0 both times
+    for batch_size in (1, 2):
+        attack = DGDE(classifier, **FAST, batch_size=batch_size)
+        swapped = first_draws(monkeypatch, attack, np.r_[b, a], y=np.r_[y[3:4], y[:1]],
+                              indices=[7, 9])  # fmt: skip
+        assert torch.equal(swapped[0], alone_b[0]) and torch.equal(swapped[1], alone_a[0])
+    other = first_draws(monkeypatch, DGDE(classifier, **FAST, seed=1), a, y=y[:1])
+    assert not torch.equal(other, alone_a)
+    # the end result too: the same images in another order are the same rows, swapped
+    forward = DGDE(classifier, **FAST).generate(x[:2], y[:2])
+    backward = DGDE(classifier, **FAST).generate(x[[1, 0]], y[[1, 0]])
+    np.testing.assert_array_equal(backward[[1, 0]], forward)
 
 
 def test_direct_and_black_box_paths_agree(classifier, images, monkeypatch):

@@ -28,15 +28,30 @@ solution is a subset of the previous one, so the pixel count never grows:
 
 A pixel is a spatial location (all its channels). Each image's candidates are scored in one
 batched forward pass, and the images of a batch share that pass. ``queries`` counts every
-image sent to the classifier. Every random draw comes from the image's own generator
-(:class:`~defend.attacks.base.SampleRNG`), so the result does not depend on the batch size.
+image sent to the classifier.
+
+**Draws keyed by the sample.** Every random draw comes from the image's own generator
+(:class:`~defend.attacks.base.SampleRNG`), seeded from ``(seed, the image's key)``, where the
+key (:func:`sample_keys`) is a hash of the image itself: its shape and float32 bytes. The
+image is the sample's identity wherever it comes from (a dataset position is not: position
+3 of the train split and position 3 of the test split are the same number), so two different
+images never share draws, and an image gets the same draws at any position of any batch, in
+any shard, whatever ``indices`` the caller passes (they are accepted and not used). Carlini et
+al. 2019 ("On Evaluating Adversarial Robustness") ask that a detector not be trained
+on the very perturbations it is evaluated on: with draws keyed by the image, a detector's
+training images never share their noise with the evaluation's images, and a detector's data
+attacked with another seed (:func:`defend.detect.inputs.data_seed`) never shares it on the
+same images either.
+
 Images the classifier gets wrong when clean are left unchanged and reported apart
 (``clean_correct`` 0, ``success`` NaN).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +62,19 @@ from art.estimators.estimator import BaseEstimator
 
 from defend.attacks.base import SampleRNG, TorchAttack, clip_range, torch_forward
 from defend.errors import DefendError
+
+
+def sample_keys(x: np.ndarray | torch.Tensor) -> list[int]:
+    """One key per image of ``x`` (N, ...): a 63-bit hash (SHA-256) of the image's shape and
+    float32 bytes, what seeds its generator (module doc). Equal images get equal keys, and
+    images differing in one bit get unrelated ones."""
+    arr = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    keys = []
+    for image in arr:
+        digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
+        keys.append(int.from_bytes(digest[:8], "little") >> 1)
+    return keys
 
 
 @dataclass
@@ -187,6 +215,23 @@ class DGDE(TorchAttack):
             raise DefendError(
                 f"max_queries must be >= 1 (the query budget), got {self.max_queries}"
             )
+
+    def generate(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor | None = None,
+        *,
+        seed: int | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
+        """:meth:`TorchAttack.generate <defend.attacks.base.TorchAttack.generate>` with each
+        image's generator seeded from ``(seed, sample_keys(x))``: keyed by the image, not by
+        ``indices`` (checked for length only), so the draws follow the sample (module doc)."""
+        given = None if indices is None else len(np.asarray(indices).reshape(-1))
+        if given is not None and given != len(x):
+            raise DefendError(f"x has {len(x)} samples but indices has {given}")
+        return super().generate(x, y, seed=seed, indices=sample_keys(x), **kwargs)
 
     # ------------------------------------------------------------------ black box
     @torch.no_grad()
