@@ -150,15 +150,14 @@ def _art_row(estimator: Any, smooth: Any, x: np.ndarray, n: int, batch_size: int
 
 
 def _smoothed(estimator: Any, task: str, data_dir: Path, ckpt: dict[str, Any]) -> Any:
-    """The benchmark's smoothed model: sigma :data:`SIGMA`, recon with delta 0.1 and, where
-    :mod:`defend.smooth` fixes the k-space noise before the input is seen
-    (``training_unit``), the unit of the training split."""
-    import defend.smooth as smooth
+    """The benchmark's smoothed model: sigma :data:`SIGMA`; recon with delta 0.1 and the
+    k-space unit of the training split (:func:`defend.smooth.training_unit`), fixed before
+    any input is seen."""
+    from defend.smooth import smoothed, training_unit
 
-    options: dict[str, Any] = {"delta": 0.1} if task == "recon" else {}
-    if task == "recon" and hasattr(smooth, "training_unit"):
-        options["unit"] = smooth.training_unit(data_dir, ckpt)
-    return smooth.smoothed(estimator, SIGMA[task], **options)
+    if task != "recon":
+        return smoothed(estimator, SIGMA[task])
+    return smoothed(estimator, SIGMA[task], unit=training_unit(data_dir, ckpt), delta=0.1)
 
 
 def _time_certify(
@@ -225,7 +224,6 @@ def bench_certify(
     from defend.data import load_arrays
     from defend.estimators import load_estimator
     from defend.io import load_checkpoint
-    from defend.smooth import smoothed, training_unit
 
     run_dir = Path(run_dir)
     missing = [m for m in DEMO_MODELS if not (run_dir / f"{m}.pt").is_file()]
@@ -242,10 +240,7 @@ def bench_certify(
             task = ckpt["task"]
             estimator = load_estimator(ckpt, device=device)
             x, _ = load_arrays(run_dir / "data", task, "test", samples, checkpoint=ckpt)
-            options = {}
-            if task == "recon":  # the noise's k-space unit: the training split's
-                options = {"delta": 0.1, "unit": training_unit(run_dir / "data", ckpt)}
-            smooth = smoothed(estimator, SIGMA[task], **options)
+            smooth = _smoothed(estimator, task, run_dir / "data", ckpt)
             forward = torch_forward(estimator)
             xt = torch.as_tensor(x).to(next(estimator.model.parameters()).device)
             log(f"== {name}: certify vs the forward floor on the rows it sends (counted)")
