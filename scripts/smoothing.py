@@ -10,6 +10,9 @@ and with each one, and attacks the base model and the smoothed model (EOT) with 
 attack at the same eps (``defend attack``'s function, ``--smooth-sigma``). Everything stays
 in RUN_DIR/smoothing-sigmaS (denoisers, certificates, attacks), so a rerun resumes; the tables go to
 ``--out`` (``OUT.tables.md``, ``OUT.json``), and docs/smoothing.md embeds them.
+
+Reconstruction sigma is in k-space units (the rms magnitude of the training split's sampled
+entries, :class:`defend.smooth.core.KspaceNoise`); ``--recon-sigma`` sets it (default 0.25).
 """
 
 from __future__ import annotations
@@ -138,10 +141,14 @@ def attacks(run: Path, task: str, spec: dict[str, Any], den: Path) -> dict:
 
 
 def _cached(path: Path, settings: dict[str, Any], n: int) -> dict[str, Any]:
-    """A finished certify run's summary, if it was made with these settings."""
+    """A finished certify run's summary, if it was made with these settings (a recon run
+    also with the fixed k-space noise: one that lacks its ``unit`` is refused)."""
     summary = json.loads(path.read_text())
-    if summary["n_samples"] != n or any(summary["settings"][k] != v for k, v in settings.items()):
+    found = summary["settings"]
+    if summary["n_samples"] != n or any(found.get(k, "-") != v for k, v in settings.items()):
         raise SystemExit(f"{path.parent} holds a run of other settings: remove it")
+    if summary["task"] == "recon" and "unit" not in found:
+        raise SystemExit(f"{path.parent} holds a run of the input-scaled noise: remove it")
     return summary
 
 
@@ -151,10 +158,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/smoothing.md"))
     parser.add_argument("--tasks", default="cls,seg,recon")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--recon-sigma", type=float, default=TASKS["recon"]["sigma"])
     args = parser.parse_args()
     everything = {}
     for task in args.tasks.split(","):
-        spec = TASKS[task]
+        spec = TASKS[task] if task != "recon" else {**TASKS[task], "sigma": args.recon_sigma}
         print(f"== {task}: denoisers", flush=True)
         dens = denoisers(args.run, task, spec, args.epochs)
         print(f"== {task}: certificates", flush=True)
@@ -198,7 +206,11 @@ def render(task: str, result: dict[str, Any]) -> str:
                 f"{s['certified_accuracy']:.4f} | {s['abstain_fraction']:.4f} |"
             )
     else:
+        noise = next(iter(certs.values()))["settings"]
         lines += [
+            f"k-space unit {noise['unit']:.6g} (rms magnitude of the training split's sampled "
+            f"entries), noise_std {noise['noise_std']:.6g} on each real and imaginary part",
+            "",
             "| denoiser | eps_out (median, relative) at eps_in = sigma | abstain |",
             "|---|---|---|",
         ]
@@ -229,7 +241,7 @@ def _attack_keys(task: str) -> list[str]:
     return {
         "cls": ["success", "pixels"],
         "seg": ["dice_clean", "dice_adv"],
-        "recon": ["strength", "input_strength"],
+        "recon": ["strength", "input_strength", "net_strength"],
     }[task]
 
 
