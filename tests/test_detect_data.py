@@ -14,6 +14,7 @@ from defend.detect.data import (
     SETTINGS,
     VOLUMES,
     _same_norm_noise,
+    attack_seed,
     draw_settings,
     load_detection_data,
     make_detection_data,
@@ -187,3 +188,28 @@ def test_tune_split_attacks_the_val_volumes_at_held_out_settings(unet_ckpt, synt
     clean = [d["inputs"][d["kind"] == "clean"] for d in (val, held)]
     np.testing.assert_array_equal(*clean)  # the same val slice, unattacked
     assert set(held["region_kind"][held["kind"] == "hallucination"]) <= set(HELD_OUT["regions"])
+
+
+def test_hallucinations_are_drawn_apart_from_the_evaluation(unet_ckpt, synth_dir, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    """Issue 31 item 9: the detection data's hallucination attacks run with a seed of each
+    split's own (its random starts keyed by slice and copy under it), never the data's seed,
+    the one the matrix and ``defend attack`` evaluate with (before: the same seed, so the
+    train slices' starts were the matrix's test starts at the same ids)."""
+    import defend.attacks
+    from defend.attacks.hallucination import HallucinationAttack
+
+    for seed in range(50):
+        seeds = [attack_seed(seed, split) for split in SETTINGS]
+        assert seed not in seeds and len(set(seeds)) == len(SETTINGS)
+    used = []
+
+    class Recorded(HallucinationAttack):
+        def generate(self, x, y=None, **kwargs):
+            used.append(self.seed)
+            return super().generate(x, y, **kwargs)
+
+    monkeypatch.setattr(defend.attacks, "HallucinationAttack", Recorded)
+    make_detection_data(unet_ckpt, synth_dir, tmp_path, splits=("train", "test"), n=1, chunk=1,
+                        max_iter=1, seed=3, progress=False)  # fmt: skip
+    assert set(used) == {attack_seed(3, "train"), attack_seed(3, "test")} and 3 not in used

@@ -26,12 +26,25 @@ baseline scores: the oracle PSNR / SSIM / NRMSE of the reconstruction against th
 (they need the clean reference) and the reference-free ``dc_error`` (the measurement map's
 norm over the reconstruction's) and ``kspace_residual`` (``||M F S f - y||^2 / ||y||^2``).
 
+**Attack draws of their own.** The hallucination attacks of a split run with
+:func:`attack_seed` (the data's seed, the split and :data:`STREAM` hashed together), never
+with the data's seed itself, which ``defend matrix`` and ``defend attack`` evaluate with;
+each one's random start is keyed by its slice and copy (:func:`attack_ids`) under that seed.
+So a slice (a file and slice of a split's volumes) is attacked with draws of its own, apart
+from every other split's slices and from the evaluation's attacks: the detector is not
+trained on the very perturbations it is evaluated on (Carlini et al. 2019, "On Evaluating
+Adversarial Robustness"). Settings and noise negatives draw from generators keyed by
+(seed, split, slice, purpose) as well.
+
 Files: ``OUT/SPLIT/part-NNNN.npz`` per chunk of slices, each written atomically, and
-``OUT/manifest.json``; a rerun with the same settings makes only the missing parts.
+``OUT/manifest.json``; a rerun with the same settings makes only the missing parts. The
+manifest keys the data on the checkpoint's content (:func:`checkpoint_identity`), so a model
+retrained in place gets new data and a renamed or copied one keeps its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -61,7 +74,9 @@ VOLUMES = {"train": "train", "val": "val", "tune": "val", "test": "test"}
 KINDS = ("clean", "hallucination", "noise", "pgd")
 LABELS = {"clean": 0, "hallucination": 1, "noise": 0, "pgd": 1}
 #: bumped when what a part holds changes (older parts are refused, not mixed in)
-VERSION = 3
+VERSION = 4
+#: the phase constant of the detection data's attack seeds (:func:`attack_seed`)
+STREAM = "detection data"
 
 
 def attack_ids(split: str, positions: np.ndarray) -> np.ndarray:
@@ -103,6 +118,14 @@ def draw_settings(split: str, positions: np.ndarray, shape: tuple[int, int], see
         "alpha": np.asarray(out["alpha"], np.float32),
         "eps": np.asarray(out["eps"], np.float32),
     }
+
+
+def attack_seed(seed: int, split: str) -> int:
+    """The seed the hallucination attacks of ``split`` run with (module doc): a 63-bit hash
+    of ``(seed, split, STREAM)``, never ``seed`` itself (what the evaluation attacks run
+    with), and another for every split."""
+    derived = _seed(seed, split, 0, STREAM)
+    return derived if derived != seed else derived ^ 1
 
 
 def _seed(seed: int, split: str, position: int, what: str) -> int:
@@ -199,7 +222,8 @@ def chunk_samples(
         estimator: the guarded reconstruction estimator, for this chunk's k-space shape.
         x: (N, coils, H, W, 2) masked k-space. y: (N, h, w) ground-truth images.
         positions: (N,) the slices' dataset positions in ``split`` (they seed everything).
-        seed: the data's seed. max_iter: the hallucination attack's iterations.
+        seed: the data's seed (the attacks run with ``attack_seed(seed, split)``).
+        max_iter: the hallucination attack's iterations.
     """
     from defend.attacks.art_pgd import kspace_pgd
     from defend.attacks.budget import KspaceBudget
@@ -208,7 +232,7 @@ def chunk_samples(
     n, shape, copies = len(x), tuple(y.shape[-2:]), SETTINGS[split]["copies"]
     settings, ids = draw_settings(split, positions, shape, seed), attack_ids(split, positions)
     x_rep = np.repeat(x, copies, axis=0)
-    x_hal, rows = _hallucinate(estimator, x_rep, settings, ids, seed, max_iter)
+    x_hal, rows = _hallucinate(estimator, x_rep, settings, ids, attack_seed(seed, split), max_iter)
     sampled = sampled_columns(torch.as_tensor(x_rep), estimator).float()
     movable = KspaceBudget(1.0).movable(sampled).expand(x_rep.shape).numpy()  # attack entries
     x_noise = _same_norm_noise(x_rep, x_hal, movable, split, ids, seed)
@@ -315,7 +339,7 @@ def make_detection_data(
              for s in splits}  # fmt: skip
     manifest = {
         "version": VERSION,
-        "checkpoint": {"file": Path(checkpoint).name, "model_config": ckpt["model_config"]},
+        "checkpoint": checkpoint_identity(checkpoint, ckpt),
         "seed": seed,
         "max_iter": max_iter,
         "chunk": chunk,
@@ -342,6 +366,22 @@ def make_detection_data(
     return manifest
 
 
+def checkpoint_identity(checkpoint: str | os.PathLike, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What detection data is keyed on: the SHA-256 of the checkpoint file's bytes (16 hex
+    digits) and its model config; ``file`` (its name) is kept for messages, not compared."""
+    with open(checkpoint, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    return {"file": Path(checkpoint).name, "sha256": digest, "model_config": ckpt["model_config"]}
+
+
+def _keyed(manifest: dict[str, Any], key: str) -> Any:
+    """``manifest[key]`` as compared between runs (the checkpoint without its file name)."""
+    value = manifest.get(key)
+    if key == "checkpoint" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "file"}
+    return value
+
+
 def _merge_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """The folder's manifest with this run's splits added; a folder holding data of other
     settings (or other slice counts for a split) is refused, as its parts would not match."""
@@ -349,7 +389,7 @@ def _merge_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         return manifest
     old = json.loads(path.read_text())
     new = json.loads(json.dumps(manifest))
-    changed = [k for k in new if k != "slices" and old.get(k) != new[k]]
+    changed = [k for k in new if k != "slices" and _keyed(old, k) != _keyed(new, k)]
     slices = old.get("slices", {})
     changed += [f"{s} slices" for s, v in new["slices"].items() if slices.get(s, v) != v]
     if changed:

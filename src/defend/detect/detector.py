@@ -189,14 +189,14 @@ def fit_detector(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
     """Train a detector on a detection data folder (``make_detection_data``'s) and calibrate
-    it: the score threshold at false-positive rate ``fpr`` on the validation split is stored
-    in the checkpoint (and in its ``.best`` twin).
+    it: the score threshold at false-positive rate ``fpr`` on the validation split's clean
+    samples (:func:`calibrate`) is stored in the checkpoint (and in its ``.best`` twin).
 
     Args:
         data: the detection data folder (its train and val splits).
         out: the detector checkpoint. chans: the U-Net's first-layer channels.
         top_share: the share of pixels averaged into the score (:class:`HallucinationDetector`).
-        fpr: the false-positive rate the stored threshold keeps on validation data.
+        fpr: the false-positive rate the stored threshold keeps on clean validation samples.
         flips: train on each sample and its three mirror images (:class:`DetectionSet`).
         config: :class:`~defend.train.TrainConfig`.
 
@@ -235,17 +235,28 @@ def fit_detector(
 
 
 def calibrate(path: Path, val_set: DetectionSet, fpr: float) -> float:
-    """Store in checkpoint ``path`` the score threshold whose false-positive rate on the
-    validation negatives is at most ``fpr`` (rewritten atomically); returns it."""
+    """Store in checkpoint ``path`` the score threshold that flags at most a share ``fpr``
+    of the validation split's **clean** samples (rewritten atomically); returns it.
+
+    Only the clean reconstructions are negatives here: the same-norm noise samples are hard
+    negatives made for training, and a deployed detector meets clean acquisitions, so "5 %
+    FPR" means 5 % of clean images flagged. (Calibrated on clean and noise together, as
+    before issue 31, the threshold moved with however the noise samples scored, and the
+    clean false-positive rate was whatever that left.) The rate on images calibration never
+    saw is :func:`~defend.detect.evaluate.evaluate_detector`'s ``test_fpr``.
+    """
     from defend.detect.evaluate import threshold_at_fpr
     from defend.io import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
     detector = _build(ckpt)
-    negatives = val_set.arrays["label"] == 0
-    scores = detector_outputs(detector, val_set.arrays["inputs"][negatives])[0]
+    clean = val_set.arrays["kind"] == "clean"
+    if not clean.any():
+        raise DefendError(f"{path}: no clean validation samples to calibrate the detector on")
+    scores = detector_outputs(detector, val_set.arrays["inputs"][clean])[0]
     threshold = threshold_at_fpr(scores, fpr)
-    ckpt["calibration"] = {"fpr": fpr, "threshold": threshold, "negatives": int(negatives.sum())}
+    ckpt["calibration"] = {"fpr": fpr, "threshold": threshold, "negatives": int(clean.sum()),
+                           "split": "val", "on": "clean"}  # fmt: skip
     save_checkpoint(path, ckpt)
     return threshold
 

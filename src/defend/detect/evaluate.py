@@ -14,6 +14,13 @@ and ``pgd`` (ART PGD, reported apart). Per group and method: AUROC, AUPRC and th
 FPR (scikit-learn). The map's localisation on hallucinations: IoU at probability 0.5 and the
 pointing accuracy (the map's maximum inside the true region).
 
+At the detector's calibrated threshold (:func:`~defend.detect.detector.calibrate`: 5 % of the
+validation split's clean samples flagged) :func:`flag_rates` gives ``test_fpr``, the share
+of the evaluated split's **clean** samples flagged: on the test split (the default), slices
+of volumes calibration never saw, so it is the false-positive rate a deployment can expect
+(``held_out`` says whether the split's clean slices are other than the calibration's), with
+the shares of noise samples, hallucinations and PGD samples flagged beside it.
+
 Files: ``OUT/scores.csv`` (``index,label,attack,eps,region,score`` and one column per
 baseline), ``OUT/metrics.json``, ``OUT/roc.png``.
 """
@@ -58,6 +65,26 @@ def separation(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     }
 
 
+def flag_rates(kind: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The shares of samples flagged (``score > threshold``) per kind (``kind`` (N,) of
+    :data:`~defend.detect.data.KINDS`, ``scores`` (N,)): ``test_fpr`` over the clean samples,
+    ``noise_flagged``, and ``detected`` (hallucination, pgd), NaN for a kind absent; with
+    the counts."""
+    flagged = np.asarray(scores) > threshold
+
+    def share(name: str) -> float:
+        picked = np.asarray(kind) == name
+        return float(flagged[picked].mean()) if picked.any() else float("nan")
+
+    return {
+        "test_fpr": share("clean"),
+        "noise_flagged": share("noise"),
+        "detected": {name: share(name) for name in ("hallucination", "pgd")},
+        "counts": {name: int((np.asarray(kind) == name).sum()) for name in
+                   ("clean", "noise", "hallucination", "pgd")},
+    }  # fmt: skip
+
+
 def groups(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """(N,) bool masks of the samples of each group (module doc), negatives included."""
     kind = data["kind"]
@@ -99,11 +126,12 @@ def evaluate_detector(
 
     Returns:
         The metrics (also ``out/metrics.json``): ``{"groups": {group: {method: {...}}},
-        "localisation": {...}, "threshold": ...}``.
+        "localisation": {...}, "threshold": ..., "calibration": the checkpoint's record,
+        "held_out": ..., and :func:`flag_rates`' (``test_fpr`` ...) at the threshold}``.
     """
-    from defend.detect.data import load_detection_data
+    from defend.detect.data import VOLUMES, load_detection_data
     from defend.detect.detector import detector_outputs, load_detector
-    from defend.io import check_writable, write_csv, write_json
+    from defend.io import check_writable, load_checkpoint, write_csv, write_json
 
     out = check_writable(out, "dir")
     det = load_detector(detector)
@@ -113,6 +141,10 @@ def evaluate_detector(
     methods.update({k: sign * arrays[k] for k, sign in BASELINES.items()})
     labels = arrays["label"].astype(np.int64)
     metrics: dict[str, Any] = {"groups": {}, "split": split, "threshold": det.threshold}
+    if det.threshold is not None:
+        metrics["calibration"] = load_checkpoint(detector)["calibration"]
+        metrics["held_out"] = VOLUMES[split] != VOLUMES[metrics["calibration"].get("split", "val")]
+        metrics.update(flag_rates(arrays["kind"], score, det.threshold))
     for name, mask in groups(arrays).items():
         if len(np.unique(labels[mask])) == 2:
             metrics["groups"][name] = {
@@ -198,6 +230,15 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         lines.append(f"{group:26s}" + "".join(f"{result[m]['auroc']:16.3f}" for m in methods))
     loc = metrics["localisation"]
     lines.append(f"map on hallucinations: IoU {loc['iou']:.3f}, pointing {loc['pointing']:.3f}")
+    if "test_fpr" in metrics:
+        target = metrics["calibration"]["fpr"]
+        seen = "" if metrics["held_out"] else ", NOT held out"
+        found = ", ".join(f"{k} {v:.3f}" for k, v in metrics["detected"].items())
+        lines.append(
+            f"at the threshold calibrated at {target:g} FPR on clean val: clean FPR on "
+            f"{metrics['split']} {metrics['test_fpr']:.3f}{seen}, noise flagged "
+            f"{metrics['noise_flagged']:.3f}, detected: {found}"
+        )
     return "\n".join(lines)
 
 
