@@ -3,13 +3,16 @@
 :func:`plan` lists the cells of a configuration: for every task, defence row
 (:func:`defend.matrix.defences.rows`) and attack, one cell per eps (DGDE, a few-pixel attack
 without an eps: one cell), and where ``run.adaptive`` is on the adaptive columns: ``eot``
-(the gradient attacks and DGDE against the smoothed model's expectation, REFERENCE §5:
-EOT gradients from ``smoothing.eot`` fresh draws a step, DGDE's queries answered by
+(the gradient attacks and DGDE against the smoothed model's expectation, Carlini et al.
+2019, §5: EOT gradients from ``smoothing.eot`` fresh draws a step, DGDE's queries answered by
 ``smoothing.query_draws`` fixed draws) on smoothing rows, ``evade`` (the detector-aware
 attack: the hallucination attack, seg-pgd or ART's PGD with the detector's score in the
 loss, :data:`ATTACKS`' ``NAME+evade``) on detector rows. An adaptive cell also runs the
-column's plain attack and keeps per sample the worse outcome for the defence (REFERENCE
-§5's per-example worst case), so it reports the strongest attack known against the row.
+column's plain attack and keeps per sample the worse outcome for the defence (Carlini et
+al. 2019, §5: the per-example worst case), so it reports the strongest attack known against
+the row. Smoothing rows also get the ``inside-radius`` column (:mod:`inside_radius`) and
+recon rows the ``real-feature`` column (a real finding, not an attack) where the task's
+``attacks`` list them (the defaults do).
 
 :func:`run_cell` attacks the first ``run.n`` samples of ``run.split`` and returns the cell's
 record (``OUT/cells/<id>.json``):

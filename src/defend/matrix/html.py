@@ -5,7 +5,7 @@ page opens anywhere without its folder or a network. Per task: a heatmap per met
 defence rows against attack columns, each value with its 95 % interval, missing or NaN
 cells grey), the detector cells' ROC
 curves, success against eps per (defence, attack) series, and the example images of each
-cell; then the sanity flags (REFERENCE §5) and the failed cells.
+cell; then the sanity flags (Carlini et al. 2019) and the failed cells.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ HEATMAPS = (
     ("net_strength", "net hallucination strength (beyond the feature in the measurement)"),
     ("feature_recall", "real-feature recall (strength of a real finding in the output)"),
     ("missed", "real findings missed (recall below half)"),
+    ("covered", "inside-radius: samples with a certificate"),
+    ("violated", "inside-radius: certificates broken inside their radius"),
     ("detection_auroc", "detection AUROC (attacked against clean)"),
     ("undetected_success", "success undetected by the detector"),
     ("certified", "certified under the cell's perturbation"),
@@ -234,9 +236,9 @@ def _example_figure(path: Path) -> tuple[str, float]:
 
 
 def _flags(flags: list[dict[str, str]]) -> str:
-    """The checklist of REFERENCE §5 and the flags raised against it."""
+    """The checklist of Carlini et al. 2019 and the flags raised against it."""
     items = "".join(f"<li>{_e(c)}</li>" for c in CHECKLIST)
-    parts = [f"<h2>sanity flags (REFERENCE §5)</h2><p>checked:</p><ul>{items}</ul>"]
+    parts = [f"<h2>sanity flags (Carlini et al. 2019)</h2><p>checked:</p><ul>{items}</ul>"]
     if not flags:
         parts.append('<p class="ok">none raised</p>')
     else:

@@ -44,6 +44,8 @@ TABLES = (
     ("net_strength", "net hallucination strength (beyond the feature in the measurement)"),
     ("feature_recall", "real-feature recall (strength of a real finding in the output)"),
     ("missed", "real findings missed (recall below half)"),
+    ("covered", "inside-radius: samples with a certificate"),
+    ("violated", "inside-radius: certificates broken inside their radius"),
     ("adaptive_success", "the adaptive attack's own success (before the worst case)"),
     ("plain_success", "the plain attack's own success in the adaptive cell"),
     ("detection_auroc", "detection AUROC (attacked against clean)"),
@@ -202,7 +204,7 @@ def write_results(out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
     raised = flags(records)
     failed = [r for r in records if r.get("status") != "ok"]
     text = ["# defend matrix", "", tables(records)]
-    text += ["## sanity flags (REFERENCE §5)", ""]
+    text += ["## sanity flags (Carlini et al. 2019)", ""]
     text += [f"- {f['flag']}: `{f['cell']}` against `{f['against']}` ({f['detail']})"
              for f in raised] or ["- none raised"]  # fmt: skip
     if failed:
