@@ -11,14 +11,25 @@ by each of the task's :data:`ATTACKS` at the budgets ``defend attack`` and the r
 tables use (seg: ``seg-fgsm`` FGSM and 10-step PGD at l-inf 0.008; cls: ART's 20-step PGD
 at 8/255 and DGDE, whose few-pixel images are kept only where it changed the image). The
 splits are the data folder's (by volume). One ``OUT/SPLIT.npz`` per split, written
-atomically; a rerun reuses them. :func:`train_input_detector` trains
-:class:`InputDetectorNet` in the one training loop and calibrates it: the threshold on its
-score (the adversarial-minus-clean logit margin, :func:`input_scores`) that flags 5 % of the
-validation split's clean images is stored in the checkpoint (:func:`input_threshold`).
+atomically; a rerun reuses them.
+
+**Attack draws of their own.** Each split is attacked with :func:`data_seed` (the run's seed,
+the split and the constant :data:`STREAM` hashed together), never with the seed ``defend
+matrix`` and ``defend attack`` evaluate with, and DGDE keys its draws by the image
+(:func:`defend.attacks.dgde.sample_keys`): a detector is not trained on the very
+perturbations it is then evaluated on (Carlini et al. 2019, "On Evaluating Adversarial
+Robustness"), and the train split's images do not share their noise with the test
+split's images at the same positions.
+
+:func:`train_input_detector` trains :class:`InputDetectorNet` in the one training loop and
+calibrates it: the threshold on its score (the adversarial-minus-clean logit margin,
+:func:`input_scores`) that flags 5 % of the validation split's clean images (clean only: the
+attacked images are not negatives) is stored in the checkpoint (:func:`input_threshold`).
 ART's ``BinaryInputDetector`` flags by argmax (margin > 0) instead, which a briefly trained
 detector, seeing two attacked images for each clean one, can push onto every clean image.
 :func:`evaluate_input_detector` gives the AUROC per attack on the test split, and the
-detection and false-positive rates at both thresholds.
+detection and false-positive rates at both thresholds, the calibrated one's false positives
+counted on the test split's clean images, which calibration never saw.
 """
 
 from __future__ import annotations
@@ -45,6 +56,20 @@ ATTACKS = {
 }
 #: the default l-inf budgets (those of ``defend attack``: images in [0, 1])
 EPS = {"seg": 0.008, "cls": 8 / 255}
+#: the phase constant of the input detectors' attack seeds (:func:`data_seed`)
+STREAM = "input-detector data"
+#: bumped when what a split file holds changes (a folder of another version is refused)
+VERSION = 2
+
+
+def data_seed(seed: int, split: str) -> int:
+    """The seed the input-detection data of ``split`` is attacked with: a 32-bit hash of
+    ``(seed, STREAM, split)`` (numpy SeedSequence), never ``seed`` itself, the seed the
+    evaluation attacks with (``defend matrix``, ``defend attack``), so the detector's data
+    and the evaluation draw apart; each split draws apart from the others too."""
+    words = [int(seed) % 2**63, *map(ord, STREAM), *map(ord, split)]
+    derived = int(np.random.SeedSequence(words).generate_state(1, np.uint32)[0])
+    return derived if derived != seed else derived ^ 1
 
 
 def _attack(
@@ -110,7 +135,8 @@ def make_input_detection_data(
         splits: which splits. n: at most this many images per split (None: all).
         eps: the l-inf budget of the gradient attacks (default :data:`EPS`, ``defend
             attack``'s).
-        seed: the attacks' seed (DGDE's draws, PGD's random start).
+        seed: the run's seed; split ``s`` is attacked with ``data_seed(seed, s)`` (DGDE's
+            draws, PGD's random start), apart from the evaluation's ``seed``.
 
     Returns:
         The manifest (``out/manifest.json``): task, attacks, budget, images per split.
@@ -130,7 +156,8 @@ def make_input_detection_data(
     out = check_writable(out, "dir")
     estimator = load_estimator(ckpt, device=device)
     manifest = {"task": task, "checkpoint": Path(checkpoint).name, "attacks": ATTACKS[task],
-                "eps": eps, "seed": seed, "n": n}  # fmt: skip
+                "eps": eps, "seed": seed, "n": n, "version": VERSION,
+                "attack_seeds": f"data_seed(seed, split), stream {STREAM!r}"}  # fmt: skip
     old = out / "manifest.json"
     if old.exists() and json.loads(old.read_text()) != json.loads(json.dumps(manifest)):
         raise DefendError(f"{out} holds input-detection data of other settings; remove it")
@@ -139,10 +166,11 @@ def make_input_detection_data(
         path = out / f"{split}.npz"
         if path.exists():
             continue
-        seed_everything(seed)
+        split_seed = data_seed(seed, split)
+        seed_everything(split_seed)
         x, y = load_arrays(Path(data_dir), task, split, n, checkpoint=ckpt)
         log(f"input-detection data: {split} ({len(x)} images, attacks {', '.join(ATTACKS[task])})")
-        write_npz(path, split_samples(task, estimator, x, y, eps, seed))
+        write_npz(path, split_samples(task, estimator, x, y, eps, split_seed))
     return manifest
 
 
@@ -302,15 +330,18 @@ def input_scores(classifier: Any, images: np.ndarray) -> np.ndarray:
 
 def calibrate_input_detector(path: Path, val: dict[str, np.ndarray], fpr: float) -> float:
     """Store in checkpoint ``path`` the score threshold that flags at most a share ``fpr``
-    of the clean images of ``val`` (an input-detection split), rewritten atomically."""
+    of the clean images of ``val`` (the validation split of the input-detection data; its
+    attacked images play no part), rewritten atomically. The false-positive rate it keeps on
+    images it never saw is :func:`evaluate_input_detector`'s on the test split."""
     from defend.detect.evaluate import threshold_at_fpr
     from defend.io import load_checkpoint, save_checkpoint
 
-    clean = val["label"] == 0
+    clean = val["attack"] == ""
     threshold = threshold_at_fpr(input_scores(input_detector_classifier(path), val["image"][clean]),
                                  fpr)  # fmt: skip
     ckpt = load_checkpoint(path)
-    ckpt["calibration"] = {"fpr": fpr, "threshold": threshold, "negatives": int(clean.sum())}
+    ckpt["calibration"] = {"fpr": fpr, "threshold": threshold, "negatives": int(clean.sum()),
+                           "split": "val", "on": "clean"}  # fmt: skip
     save_checkpoint(path, ckpt)
     return threshold
 
@@ -352,8 +383,13 @@ def evaluate_input_detector(
     """AUROC per attack of an input detector on a split of its data, and its detection and
     false-positive rates through ART's ``BinaryInputDetector`` (argmax: ``detected``,
     ``false_positive_rate``) and at its calibrated threshold (``detected_calibrated``,
-    ``false_positive_rate_calibrated``, ``threshold``)."""
+    ``false_positive_rate_calibrated``, ``threshold``). The false-positive rates are over the
+    split's clean images: on the test split (the default) images that calibration, made on
+    the clean images of split ``calibration_split`` (``calibration_negatives`` of them),
+    never saw (``held_out``)."""
     from sklearn.metrics import roc_auc_score
+
+    from defend.io import load_checkpoint
 
     arrays = load_input_detection_data(folder, split)
     report, flagged = load_input_detector(detector).detect(arrays["image"], batch_size=64)
@@ -361,9 +397,13 @@ def evaluate_input_detector(
     score = logits[:, 1] - logits[:, 0]
     threshold = input_threshold(detector)
     calibrated = score > threshold
-    clean = arrays["label"] == 0
+    clean = arrays["attack"] == ""
+    calibration = load_checkpoint(detector).get("calibration", {})
+    calibrated_on = calibration.get("split", "val")
     out: dict[str, Any] = {
         "split": split, "clean": int(clean.sum()), "threshold": threshold,
+        "calibration_split": calibrated_on, "held_out": split != calibrated_on,
+        "calibration_negatives": calibration.get("negatives"),
         "false_positive_rate": float(flagged[clean].mean()),
         "false_positive_rate_calibrated": float(calibrated[clean].mean()),
     }  # fmt: skip
