@@ -26,6 +26,23 @@ RATES = ("success", "adaptive_success", "plain_success", "undetected_success",
          "false_positive", "missed", "covered", "violated")  # fmt: skip
 #: outcomes that are 0 or 1 per sample on recon and cls, a share of pixels on seg
 SHARES = ("abstain", "clean_abstain", "certified")
+#: what matrix.md and the report show, in order: (metric, title)
+SHOWN = (
+    ("success", "attack success (share of samples; abstentions count against the defence)"),
+    ("attacked_quality", "quality under attack (abstentions scored as the defence's fallback)"),
+    ("clean_quality", "clean quality"),
+    ("abstain", "abstentions under attack (share of samples; seg: of pixels)"),
+    ("net_strength", "net hallucination strength (beyond the feature in the measurement)"),
+    ("feature_recall", "real-feature recall (strength of a real finding in the output)"),
+    ("missed", "real findings missed (recall below half)"),
+    ("covered", "inside-radius: samples with a certificate"),
+    ("violated", "inside-radius: certificates broken inside their radius"),
+    ("adaptive_success", "the adaptive attack's own success (before the worst case)"),
+    ("plain_success", "the plain attack's own success in the adaptive cell"),
+    ("detection_auroc", "detection AUROC (attacked against clean)"),
+    ("undetected_success", "success undetected by the detector"),
+    ("certified", "certified under the cell's perturbation"),
+)
 #: an attack: ``(attack, estimator, params)`` as :data:`defend.matrix.attacks.ATTACKS` runs it
 Try = tuple[Callable[..., np.ndarray], Any, dict[str, Any]]
 

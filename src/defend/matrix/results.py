@@ -31,27 +31,12 @@ from typing import Any
 
 from defend.intervals import Estimate, separated
 from defend.io import write_csv, write_json, write_text
-from defend.matrix.outcomes import estimate
+from defend.matrix.outcomes import SHOWN, estimate
 
 CSV_COLUMNS = ("task", "model", "defence", "attack", "adaptive", "eps", "metric", "value",
                "ci_low", "ci_high", "n", "seconds")  # fmt: skip
 #: the tables of matrix.md, in order: (metric, title)
-TABLES = (
-    ("success", "attack success (share of samples; abstentions count against the defence)"),
-    ("attacked_quality", "quality under attack (abstentions scored as the defence's fallback)"),
-    ("clean_quality", "clean quality"),
-    ("abstain", "abstentions under attack (share of samples; seg: of pixels)"),
-    ("net_strength", "net hallucination strength (beyond the feature in the measurement)"),
-    ("feature_recall", "real-feature recall (strength of a real finding in the output)"),
-    ("missed", "real findings missed (recall below half)"),
-    ("covered", "inside-radius: samples with a certificate"),
-    ("violated", "inside-radius: certificates broken inside their radius"),
-    ("adaptive_success", "the adaptive attack's own success (before the worst case)"),
-    ("plain_success", "the plain attack's own success in the adaptive cell"),
-    ("detection_auroc", "detection AUROC (attacked against clean)"),
-    ("undetected_success", "success undetected by the detector"),
-    ("certified", "certified under the cell's perturbation"),
-)
+TABLES = SHOWN
 #: the white-box attacks that random noise must not beat
 WHITE_BOX = ("hallucination", "seg-fgsm", "seg-pgd", "art-pgd")
 
