@@ -35,3 +35,45 @@ def test_detection_data_keys_on_the_checkpoint_content(unet_ckpt, synth_dir, tmp
     with pytest.raises(DefendError, match="other checkpoint") as error:
         make_detection_data(model, synth_dir, folder, **settings)
     assert "\n" not in str(error.value)
+
+
+def _retrained_in_place(path) -> None:
+    """The checkpoint at ``path`` with one weight moved: same name, size and model config."""
+    ckpt = load_checkpoint(path)
+    name = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] + 0.01
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k != "format"})
+
+
+def test_input_detection_data_keys_on_the_checkpoint_content(cls_ckpt, synth_dir, tmp_path):
+    """The input detectors' data: a renamed copy reuses it, a model retrained in place under
+    the same name is refused (keyed by name, it was given the old model's attacked images)."""
+    from defend.detect.inputs import make_input_detection_data
+
+    model, renamed, folder = tmp_path / "model.pt", tmp_path / "renamed.pt", tmp_path / "det"
+    shutil.copy(cls_ckpt, model)
+    settings = dict(splits=("val",), n=1, log=lambda s: None)
+    make_input_detection_data(model, synth_dir, folder, **settings)
+    shutil.copy(model, renamed)
+    make_input_detection_data(renamed, synth_dir, folder, **settings)
+    _retrained_in_place(model)
+    with pytest.raises(DefendError, match="other settings"):
+        make_input_detection_data(model, synth_dir, folder, **settings)
+
+
+def test_denoiser_base_and_starting_weights_key_on_content(cls_ckpt, tmp_path):
+    """A denoiser's base model and a training's starting weights enter the run configuration
+    (what resume compares) by content: a rename keeps the key, a retrain in place (the same
+    name, size and config) changes it."""
+    from defend.smooth.denoiser import _base_fingerprint
+    from defend.train.build import _weights_fingerprint
+
+    model, renamed = tmp_path / "model.pt", tmp_path / "renamed.pt"
+    shutil.copy(cls_ckpt, model)
+    shutil.copy(cls_ckpt, renamed)
+    ckpt = load_checkpoint(model)
+    base, weights = _base_fingerprint(model, ckpt), _weights_fingerprint(model)
+    assert _base_fingerprint(renamed, ckpt) == base and _weights_fingerprint(renamed) == weights
+    _retrained_in_place(model)
+    assert _base_fingerprint(model, load_checkpoint(model)) != base
+    assert _weights_fingerprint(model) != weights

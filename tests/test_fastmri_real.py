@@ -337,12 +337,12 @@ def test_default_budget_means_the_same_on_small_and_large_kspace():
     from defend.attacks.budget import KspaceBudget
 
     for width, height in ((24, 16), (320, 64)):
-        k = torch.randn(2, 3, height, width, 2) * 1e-4
+        k = torch.randn(2, 3, height, width, 2, dtype=torch.float64) * 1e-4
         k[:, :, :, width // 2] *= 300  # a k-space peak: max |k| far above the RMS
-        sampled = torch.ones(2, 1, 1, width, 1)
+        sampled = torch.ones(2, 1, 1, width, 1, dtype=torch.float64)
         for part, movable in (("real", torch.tensor([1.0, 0.0])), ("complex", torch.ones(2))):
             budget = KspaceBudget(0.1, "inf", "relative", part)
-            box = budget.bound(k, sampled) * movable.expand_as(k)
+            box = budget.bound(k, sampled) * movable.double().expand_as(k)
             ratio = box.flatten(1).norm(dim=1) / k.flatten(1).norm(dim=1)
             expected = 0.1 * float(movable.sum()) ** 0.5
-            torch.testing.assert_close(ratio, torch.full((2,), expected))
+            torch.testing.assert_close(ratio, torch.full((2,), expected, dtype=torch.float64))

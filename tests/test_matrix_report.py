@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from defend.intervals import wilson
 from defend.matrix.html import write_report
 from defend.matrix.results import flags, write_results
 
@@ -34,13 +35,16 @@ def _record(out: Path, task: str, defence: str, attack: str, eps: float | None,
     np.savez(out / examples, **{k: v.astype(np.float16) for k, v in images.items()})
     base = {"clean_quality": 30.0, "attacked_quality": 20.0, "success": 0.5,
             "quality_metric": "psnr", "linf": eps or 0.0, "l2": 1.0}  # fmt: skip
+    success = {**base, **metrics}["success"]
     return {"id": cell_id, "task": task, "model": "net", "defence": defence, "attack": attack,
             "adaptive": "none", "eps": eps, "params": {}, "seed": 0, "n": 8, "seconds": 0.1,
-            "status": "ok", "metrics": {**base, **metrics}, "examples": str(examples)}  # fmt: skip
+            "status": "ok", "metrics": {**base, **metrics}, "examples": str(examples),
+            "intervals": {"success": wilson(round(8 * success), 8)}}  # fmt: skip
 
 
 def _records(out: Path) -> list[dict[str, Any]]:
-    """Recon cells (an eps sweep whose success falls: a flag; a detector cell), a cls cell
+    """Recon cells (an eps sweep whose success falls from 8/8 to 0/8: a flag, the intervals
+    separate; a detector cell), a cls cell
     with a NaN quality and a certificate, and a failed seg cell."""
     detector = _record(out, "recon", "detector", "hallucination", 0.01, detection_auroc=0.8,
                        detected=0.75, false_positive=0.125, undetected_success=0.25)  # fmt: skip
@@ -51,8 +55,8 @@ def _records(out: Path) -> list[dict[str, Any]]:
     smooth = _record(out, "cls", "smooth", "art-pgd", 0.03, attacked_quality=float("nan"),
                      certified=0.5, abstain=0.125)  # fmt: skip
     return [
-        _record(out, "recon", "none", "hallucination", 0.01, success=0.75),
-        _record(out, "recon", "none", "hallucination", 0.03, success=0.25),
+        _record(out, "recon", "none", "hallucination", 0.01, success=1.0),
+        _record(out, "recon", "none", "hallucination", 0.03, success=0.0),
         detector,
         smooth,
         failed,

@@ -1,4 +1,4 @@
-"""The same CPU numbers on x86-64 Linux machines: oneDNN, MKL and ATen pinned to AVX2 kernels.
+"""Reproducible CPU numbers on x86-64 Linux: oneDNN, MKL and ATen pinned to AVX2 kernels.
 
 PyTorch picks its CPU kernels by the widest vectors the processor has. AVX-512 kernels add
 in another order than AVX2 ones, so the same seed rounds differently, and over a training
@@ -16,7 +16,9 @@ and ``DEFEND_CPU_KERNELS=native`` turns it off. It applies on Linux x86-64 CPUs 
 elsewhere the machine's own kernels run. A notebook that ran torch on the CPU before
 importing ``defend`` may keep some of the kernels it started with. Equal numbers need the
 same torch release (its oneDNN and MKL) as well, and oneDNN may block its loops by cache
-size, which no variable pins. GPU kernels are not affected.
+size, which no variable pins: an Intel Xeon and an AMD EPYC, both pinned, give different last
+digits (tests/test_cpu_kernels.py records each). What the pin does give on every machine is
+the same digits at any thread count. GPU kernels are not affected.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import platform
 #: The variables that cap each library's instruction set, and the AVX2 value of each.
 PINNED = {
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: convolutions, pooling, batch norm
-    "MKL_CBWR": "AVX2",  # MKL: matrix products and FFTs, reproducible mode
+    # MKL: matrix products and FFTs, reproducible mode; STRICT also makes the sums
+    # independent of the thread count (without it, 1 and 2 threads round differently on an
+    # Intel Xeon)
+    "MKL_CBWR": "AVX2,STRICT",
     "ATEN_CPU_CAPABILITY": "avx2",  # ATen: element-wise and reduction kernels
 }
 

@@ -44,7 +44,6 @@ retrained in place gets new data and a renamed or copied one keeps its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -56,6 +55,7 @@ import torch
 from tqdm.auto import tqdm
 
 from defend.errors import DefendError
+from defend.io import file_sha256
 
 #: the attack settings per split: region shapes, (norm, eps) budgets (relative, the attack's
 #: units), target contrast range (a fraction of the clean image's range), hallucinations per
@@ -369,9 +369,8 @@ def make_detection_data(
 def checkpoint_identity(checkpoint: str | os.PathLike, ckpt: dict[str, Any]) -> dict[str, Any]:
     """What detection data is keyed on: the SHA-256 of the checkpoint file's bytes (16 hex
     digits) and its model config; ``file`` (its name) is kept for messages, not compared."""
-    with open(checkpoint, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-    return {"file": Path(checkpoint).name, "sha256": digest, "model_config": ckpt["model_config"]}
+    return {"file": Path(checkpoint).name, "sha256": file_sha256(checkpoint),
+            "model_config": ckpt["model_config"]}  # fmt: skip
 
 
 def _keyed(manifest: dict[str, Any], key: str) -> Any:

@@ -144,7 +144,7 @@ def make_input_detection_data(
     from defend.data import load_arrays
     from defend.device import seed_everything
     from defend.estimators import load_estimator
-    from defend.io import check_writable, load_checkpoint, write_json, write_npz
+    from defend.io import check_writable, file_sha256, load_checkpoint, write_json, write_npz
 
     ckpt = load_checkpoint(checkpoint)
     task = ckpt.get("task")
@@ -155,7 +155,8 @@ def make_input_detection_data(
         raise DefendError(f"eps must be in (0, 1] (images are in [0, 1]), got {eps}")
     out = check_writable(out, "dir")
     estimator = load_estimator(ckpt, device=device)
-    manifest = {"task": task, "checkpoint": Path(checkpoint).name, "attacks": ATTACKS[task],
+    checkpoint_key = {"sha256": file_sha256(checkpoint), "model_config": ckpt["model_config"]}
+    manifest = {"task": task, "checkpoint": checkpoint_key, "attacks": ATTACKS[task],
                 "eps": eps, "seed": seed, "n": n, "version": VERSION,
                 "attack_seeds": f"data_seed(seed, split), stream {STREAM!r}"}  # fmt: skip
     old = out / "manifest.json"

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from defend.errors import CheckpointError, DefendError
+from defend.io import file_sha256
 from defend.models.denoiser import build_denoiser
 from defend.smooth.core import ImageNoise, KspaceNoise
 from defend.tasks import Batch, Task
@@ -139,8 +140,9 @@ class Denoising(Objective):
 
 
 def _base_fingerprint(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """What identifies the base model of a denoiser run: file name, task, model config."""
-    return {"file": path.name, "task": ckpt["task"], "model_config": ckpt["model_config"]}
+    """What identifies the base model of a denoiser run: its file's content (SHA-256), task
+    and model config (a base retrained in place is another base; a renamed copy is not)."""
+    return {"sha256": file_sha256(path), "task": ckpt["task"], "model_config": ckpt["model_config"]}
 
 
 def _check_same_data(base: dict[str, Any], info: dict[str, Any], path: Path) -> None:

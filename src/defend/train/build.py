@@ -13,7 +13,7 @@ from defend.data import Acquisition, load_dataset, task_root
 from defend.data.arrays import fingerprint
 from defend.device import pick_device, seed_everything
 from defend.errors import DefendError
-from defend.io import check_writable, load_weights_file
+from defend.io import check_writable, file_sha256, load_weights_file
 from defend.models import build_model, default_model_config, load_weights
 from defend.tasks import get_task
 from defend.train.distributed import main_only
@@ -67,11 +67,11 @@ def model_data_args(task: str, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _weights_fingerprint(weights: str | os.PathLike | None) -> dict[str, Any] | None:
-    """Name and size of the starting weights, for the run configuration."""
+    """The starting weights' content (SHA-256) and size, for the run configuration: other
+    weights under the same file name are another run."""
     if weights is None:
         return None
-    path = Path(weights)
-    return {"file": path.name, "bytes": path.stat().st_size}
+    return {"sha256": file_sha256(weights), "bytes": Path(weights).stat().st_size}
 
 
 def _load_splits(
