@@ -298,3 +298,22 @@ def test_recon_inside_radius_reads_the_bound_at_the_largest_certified_radius():
     found = inside_radius.outcomes(defended, clean, x, out)
     np.testing.assert_array_equal(found["covered"], [1, 0, 1])
     np.testing.assert_array_equal(found["violated"], [1, 0, 0])
+
+
+def test_intervals_of_bounded_means_and_of_an_auroc():
+    """A Dice mean's t interval stays inside [0, 1] (n = 3 Dice near 1 ran past 1 before);
+    an AUROC gets the Hanley-McNeil interval, wide at 6 against 6, narrow at 600 against 600."""
+    from defend import intervals
+    from defend.matrix.outcomes import summarise
+
+    dice = np.array([0.99, 0.7, 0.98])
+    assert intervals.mean(dice).high > 1  # the plain t interval
+    found = summarise("seg", {"attacked_quality": dice})
+    low, high = found["intervals"]["attacked_quality"]
+    assert 0 <= low and high == 1.0
+    strength = summarise("recon", {"net_strength": np.array([-1.2, -0.9, -1.1])})
+    assert strength["intervals"]["net_strength"][0] < -1  # no range: not cut
+    small, large = intervals.auroc(0.8, 6, 6), intervals.auroc(0.8, 600, 600)
+    assert small.low < 0.6 < small.high <= 1.0
+    assert 0.77 < large.low < 0.8 < large.high < 0.83
+    assert np.isnan(intervals.auroc(0.5, 0, 6).low)

@@ -7,7 +7,10 @@ Robustness", §5: report the uncertainty of every measurement). Two kinds:
 * a **rate** (each sample 0 or 1: attack success, accuracy, abstention of a sample) gets the
   Wilson score interval, which stays inside [0, 1] and is not empty at 0 / n or n / n;
 * a **mean** of a per-sample quantity (SSIM, Dice, hallucination strength, a share of
-  pixels) gets Student's t interval, ``mean -+ t(0.975, n - 1) * sd / sqrt(n)``.
+  pixels) gets Student's t interval, ``mean -+ t(0.975, n - 1) * sd / sqrt(n)``, cut to the
+  quantity's possible range where it has one (a Dice cannot exceed 1);
+* an **AUROC** of ``m`` positives against ``n`` negatives gets the normal interval of Hanley
+  & McNeil (1982, "The meaning and use of the area under a ROC curve"), cut to [0, 1].
 
 NaN samples (those a metric cannot judge, e.g. success on an image already misclassified)
 are left out, and ``n`` counts the samples that were judged. Two intervals **separate** when
@@ -59,8 +62,10 @@ def rate(values: np.ndarray, level: float = LEVEL) -> Estimate:
     return Estimate(k / n if n else math.nan, *wilson(k, n, level), n)
 
 
-def mean(values: np.ndarray, level: float = LEVEL) -> Estimate:
-    """The mean of per-sample values (N,) (NaN left out) with Student's t interval."""
+def mean(values: np.ndarray, level: float = LEVEL,
+         bounds: tuple[float, float] | None = None) -> Estimate:  # fmt: skip
+    """The mean of per-sample values (N,) (NaN left out) with Student's t interval, cut to
+    ``bounds`` (the quantity's possible range) when given."""
     judged = _finite(values)
     n = len(judged)
     if n == 0:
@@ -69,7 +74,23 @@ def mean(values: np.ndarray, level: float = LEVEL) -> Estimate:
     if n == 1:
         return Estimate(centre, math.nan, math.nan, 1)
     half = float(t.ppf(0.5 + level / 2, n - 1)) * float(judged.std(ddof=1)) / math.sqrt(n)
-    return Estimate(centre, centre - half, centre + half, n)
+    low, high = centre - half, centre + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Estimate(centre, low, high, n)
+
+
+def auroc(value: float, positives: int, negatives: int, level: float = LEVEL) -> Estimate:
+    """An AUROC ``value`` of ``positives`` against ``negatives`` samples with the Hanley &
+    McNeil (1982) normal interval, cut to [0, 1] (NaN without both kinds of sample)."""
+    if positives == 0 or negatives == 0 or not math.isfinite(value):
+        return Estimate(value, math.nan, math.nan, positives + negatives)
+    a = value
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    variance = (a * (1 - a) + (positives - 1) * (q1 - a * a)
+                + (negatives - 1) * (q2 - a * a)) / (positives * negatives)  # fmt: skip
+    half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(max(variance, 0.0))
+    return Estimate(a, max(0.0, a - half), min(1.0, a + half), positives + negatives)
 
 
 def separated(below: Estimate, above: Estimate) -> bool:

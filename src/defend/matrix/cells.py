@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from defend import intervals
 from defend.matrix import inside_radius, measures, outcomes
 from defend.matrix.attacks import ATTACKS, EVADING, GRADIENT
 from defend.matrix.defences import Row, certificates, rows, system
@@ -175,6 +176,8 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
                                           samples.get("success")))  # fmt: skip
         extra["detection_auroc"] = measures.separation(clean["scores"], adv_scores)
         result["roc"] = measures.roc_points(clean["scores"], adv_scores)
+        auroc = intervals.auroc(extra["detection_auroc"], len(adv_scores),
+                                len(clean["scores"]))  # fmt: skip
     if "violated" in samples:
         extra["certificate_violations"] = int(np.nansum(samples["violated"]))
     elif defended.smooth is not None and "success" in samples:  # not on a real feature
@@ -183,6 +186,9 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
         extra.update(counted)
     result.update(outcomes.summarise(task, samples))
     result["metrics"].update(extra)
+    if "detection_auroc" in extra:
+        result["intervals"]["detection_auroc"] = [auroc.low, auroc.high]
+        result["counts"]["detection_auroc"] = auroc.n
     shown = judge.clean, judge.shown(x_adv, adv_out)
     result["examples"] = _write_examples(out, cell, x, x_adv, *shown)
     return result

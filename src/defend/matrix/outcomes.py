@@ -47,6 +47,18 @@ SHOWN = (
 Try = tuple[Callable[..., np.ndarray], Any, dict[str, Any]]
 
 
+#: the possible range of each bounded mean (a t interval is cut to it); SSIM lies in [-1, 1]
+BOUNDS = {"clean_quality": (0.0, 1.0), "attacked_quality": (0.0, 1.0), "abstain": (0.0, 1.0),
+          "clean_abstain": (0.0, 1.0)}  # fmt: skip
+
+
+def bounds(task: str, metric: str) -> tuple[float, float] | None:
+    """The range a mean of ``metric`` on ``task`` can take, None where it has none."""
+    if task == "recon" and metric in ("clean_quality", "attacked_quality"):
+        return (-1.0, 1.0)
+    return BOUNDS.get(metric)
+
+
 def is_rate(task: str, metric: str) -> bool:
     """Whether ``metric`` is a rate of 0 / 1 outcomes on ``task`` (else a mean)."""
     if metric in RATES:
@@ -183,12 +195,16 @@ def size(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarray]:
 
 def summarise(task: str, samples: dict[str, np.ndarray]) -> dict[str, Any]:
     """The cell's ``metrics`` (the mean over judged samples), ``intervals`` (95 %:
-    ``[low, high]``, Wilson for rates, t for means), ``counts`` (samples judged) and
+    ``[low, high]``, Wilson for rates, t for means cut to :func:`bounds`), ``counts``
+    (samples judged) and
     ``per_sample`` (the outcomes, NaN where not judged), each keyed by metric."""
     summary: dict[str, Any] = {"metrics": {}, "intervals": {}, "counts": {}, "per_sample": {}}
     for metric, values in samples.items():
         values = np.asarray(values, np.float64)
-        found = (intervals.rate if is_rate(task, metric) else intervals.mean)(values)
+        if is_rate(task, metric):
+            found = intervals.rate(values)
+        else:
+            found = intervals.mean(values, bounds=bounds(task, metric))
         summary["metrics"][metric] = found.value
         summary["intervals"][metric] = [found.low, found.high]
         summary["counts"][metric] = found.n
