@@ -24,9 +24,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from defend.adaptive.evasion import evaluate_evasion
 from defend.detect.data import make_detection_data
 from defend.detect.detector import fit_detector
-from defend.detect.evaluate import evaluate_detector, evaluate_evasion, format_metrics
+from defend.detect.evaluate import evaluate_detector, format_metrics
 from defend.io import jsonable, write_json, write_text
 from defend.train import TrainConfig
 

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.ndimage import binary_dilation, binary_erosion
 
 import defend
-from defend.attacks.run import attack_arrays
+from defend.attacks.apply import attack_arrays
 
 
 def boundary(masks: np.ndarray) -> np.ndarray:

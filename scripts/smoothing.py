@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from defend.attacks.run import run_attack
+from defend.adaptive.runner import run_attack
 from defend.io import jsonable, write_json, write_text
 from defend.smooth.certify import certify_split
 from defend.smooth.denoiser import train_denoiser

@@ -251,7 +251,7 @@ def test_torch_in_torch_out_and_labels_from_predictions(classifier, images):
     ("params", "message"),
     [
         ({"population": 3}, "population"),
-        ({"max_queries": 0}, "budget"),
+        ({"max_queries": 0}, "max_queries must be >= 1"),
         ({"F": 0}, "F must"),
         ({"CR": 1.5}, "CR must"),
         ({"noise_max": 0}, "noise_max"),

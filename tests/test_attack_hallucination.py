@@ -75,7 +75,7 @@ class ZeroFilled(torch.nn.Module):
         self.crop = crop
 
     def forward(self, kspace, mask):
-        from defend.models.recon import zero_filled
+        from defend.kspace import zero_filled
 
         return zero_filled(kspace * mask, self.crop)
 
@@ -85,7 +85,7 @@ def test_input_strength_is_what_a_faithful_reconstruction_shows(unet, kspace):
     of strength: recomputed from the outside for the U-Net, and equal to the strength for a
     model that returns its zero-filled input."""
     from defend.estimators import ReconEstimator
-    from defend.models.recon import zero_filled
+    from defend.kspace import zero_filled
 
     attack = HallucinationAttack(unet, eps=0.05, max_iter=10, patience=0)
     x_adv = attack.generate(kspace)
@@ -225,5 +225,5 @@ def test_invalid_regions(unet, kspace):
         HallucinationAttack(unet, region_mask=np.zeros((32, 32))).generate(kspace[:1])
     with pytest.raises(DefendError, match="reconstruction is"):
         HallucinationAttack(unet, region_mask=np.ones((8, 8))).generate(kspace[:1])
-    with pytest.raises(DefendError, match="unknown region"):
+    with pytest.raises(DefendError, match="region must be line, square or disk"):
         HallucinationAttack(unet, region="circle").generate(kspace[:1])

@@ -95,7 +95,7 @@ def test_same_seed_same_result(seg, lesions):
         ({"eps": float("nan")}, r"eps must be in \(0, 1\]"),
         ({"eps": 1e9}, r"eps must be in \(0, 1\]"),
         ({"step": float("inf")}, "step must be a finite number"),
-        ({"loss": "mse"}, "unknown loss"),
+        ({"loss": "mse"}, "loss must be bce, dice, dicefocal or training"),
         ({"target": "other"}, "target"),
         ({"max_iter": 0}, "max_iter"),
         ({"batch_size": 0}, "batch_size"),

@@ -183,14 +183,15 @@ def test_pixel_attack_runs_at_arts_defaults():
 
     from art.attacks.evasion import PixelAttack
 
-    import defend.cli
+    import defend.cli.bench_commands
     from defend.bench.art import PIXEL_MAX_ITER, dgde_vs_floor_and_pixel_attack
 
     art_default = inspect.signature(PixelAttack.__init__).parameters["max_iter"].default
     assert PIXEL_MAX_ITER == art_default == 100
     for fn in (dgde_vs_floor_and_pixel_attack, bench_suite, bench_attacks):
         assert inspect.signature(fn).parameters["pixel_max_iter"].default == art_default
-    option = inspect.signature(defend.cli.bench_attacks_command).parameters["pixel_max_iter"]
+    command = defend.cli.bench_commands.bench_attacks_command
+    option = inspect.signature(command).parameters["pixel_max_iter"]
     assert option.default.default == art_default
 
 

@@ -19,13 +19,15 @@ import torch
 from typer.main import get_command
 from typer.testing import CliRunner
 
-import defend.attacks.run
+import defend.adaptive.runner
+import defend.attacks.apply
 import defend.data
 import defend.data.synth as synth
 import defend.io
 import defend.train
 from defend.bench.models import run_models
-from defend.cli import INTERRUPTED, app
+from defend.cli import app
+from defend.cli.app import INTERRUPTED
 from defend.device import pick_device
 from defend.errors import DefendError, ModelOptionError, OutputError
 from defend.io import check_writable, load_checkpoint, load_weights_file
@@ -423,8 +425,8 @@ def test_attack_progress_is_the_attack_verbose(flag, verbose, monkeypatch, tmp_p
             "warnings": [],
         }
 
-    monkeypatch.setattr(defend.attacks.run, "run_attack", fake_run_attack)
-    monkeypatch.setattr(defend.attacks.run, "format_summary", lambda summary: "")
+    monkeypatch.setattr(defend.adaptive.runner, "run_attack", fake_run_attack)
+    monkeypatch.setattr(defend.attacks.apply, "format_summary", lambda summary: "")
     args = ["attack", "dgde", "--checkpoint", "c.pt", "--data", "d", "--out", tmp_path / "a"]
     runner.invoke(app, [*map(str, args), *flag], catch_exceptions=False)
     assert seen["verbose"] is verbose
@@ -443,7 +445,9 @@ def fake_model_steps(monkeypatch) -> list[str]:
     )
     monkeypatch.setattr(defend.io, "load_checkpoint", lambda path: {"metrics": {}})
     monkeypatch.setattr(
-        defend.attacks.run, "run_attack", lambda *a, **k: calls.append("attack") or {"summary": {}}
+        defend.adaptive.runner,
+        "run_attack",
+        lambda *a, **k: calls.append("attack") or {"summary": {}},
     )
     return calls
 

@@ -29,7 +29,7 @@ from defend.detect.features import (
     sensitivities,
 )
 from defend.errors import DefendError
-from defend.models.recon import zero_filled
+from defend.kspace import zero_filled
 
 
 @pytest.fixture(scope="module")

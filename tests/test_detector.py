@@ -42,7 +42,7 @@ def test_trains_in_the_loop_and_resumes(detector):
 def test_calibration_is_on_the_clean_validation_samples(detector):
     """The stored threshold is the clean val samples' (noise negatives play no part), raised
     by a relative 1e-4 against float rounding."""
-    from defend.detect.evaluate import threshold_at_fpr
+    from defend.detect.detector import threshold_at_fpr
 
     folder, _ = detector
     det = load_detector(folder / "det.pt")
@@ -75,8 +75,8 @@ def test_clean_calibration_keeps_its_rate_on_held_out_clean_images(detector, tmp
     Calibrated on the clean images alone, the held-out clean rate is 5 % (binomial sd 0.5 %
     on 2000 images). The detector's score is replaced by the score each sample carries."""
     from defend.detect import detector as module
-    from defend.detect.detector import calibrate
-    from defend.detect.evaluate import flag_rates, threshold_at_fpr
+    from defend.detect.detector import calibrate, threshold_at_fpr
+    from defend.detect.evaluate import flag_rates
 
     folder, _ = detector
 
@@ -234,7 +234,8 @@ def test_cli_train_detector_then_eval(unet_ckpt, tmp_path):
 def test_detector_aware_attack_lowers_the_detector_score(detector, unet_ckpt, synth_dir):
     """Weight 0 is the plain attack (the same perturbation); a large weight lowers the
     detector's logit on the attacked input against the plain attack, same seed."""
-    from defend.attacks import EvadingHallucination, HallucinationAttack
+    from defend.adaptive import EvadingHallucination
+    from defend.attacks import HallucinationAttack
 
     folder, _ = detector
     x, _ = defend.load_arrays(synth_dir, "recon", "test", 3, checkpoint=unet_ckpt)

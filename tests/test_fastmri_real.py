@@ -18,7 +18,7 @@ import pytest
 import torch
 from tqdm.auto import tqdm
 
-from defend.attacks.run import run_attack
+from defend.adaptive.runner import run_attack
 from defend.data import Acquisition, ReconDataset, load_groups
 from defend.data.batching import ShapeBatchSampler, shape_loader
 from defend.errors import CheckpointError, DataError, DefendError
@@ -160,7 +160,7 @@ def test_attack_skip_takes_every_skip_th_sample_across_shapes(multicoil, unet, t
 
 
 def test_groups_give_the_same_rows_as_one_sample_at_a_time(multicoil, unet):
-    from defend.attacks.run import attack_groups
+    from defend.attacks.apply import attack_groups
     from defend.estimators import load_estimator
 
     est = load_estimator(unet, device="cpu")
@@ -320,7 +320,7 @@ def test_attack_budget_errors_are_one_line(multicoil, unet, tmp_path, eps, messa
 
 
 def test_visible_perturbation_is_flagged():
-    from defend.attacks.run import attack_warnings
+    from defend.attacks.apply import attack_warnings
 
     quiet = {"input_psnr": {"mean": 34.0}}
     loud = {"input_psnr": {"mean": 18.0}}

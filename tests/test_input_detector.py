@@ -169,8 +169,8 @@ def test_detector_aware_pgd_evades_the_detector_and_still_attacks(seg_detector, 
     at weight 1 its images score lower on the detector (none flagged, each time) at the same
     budget while the BCE stays above the clean one (3-7x; at weight 10 it falls to the clean
     one: the trade-off of the module doc)."""
-    from defend.attacks import EvadingPGD
-    from defend.attacks.run import attack_arrays
+    from defend.adaptive import EvadingPGD
+    from defend.attacks.apply import attack_arrays
     from defend.data import load_arrays
     from defend.estimators import load_estimator
 
@@ -179,7 +179,9 @@ def test_detector_aware_pgd_evades_the_detector_and_still_attacks(seg_detector, 
     x, y = load_arrays(synth_dir, "seg", "val", 8, checkpoint=seg_ckpt)
     reports = {}
     for weight in (0.0, 1.0):
-        attack = EvadingPGD(estimator, folder / "det.pt", eps=0.1, max_iter=10, evade_weight=weight)
+        attack = EvadingPGD(
+            estimator, detector=folder / "det.pt", eps=0.1, max_iter=10, evade_weight=weight
+        )
         x_adv, rows = attack_arrays(estimator, attack, x, y)
         assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
         reports[weight] = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
@@ -192,7 +194,7 @@ def test_detector_aware_pgd_evades_the_detector_and_still_attacks(seg_detector, 
 
 
 def test_detector_aware_pgd_needs_a_detector(seg_ckpt):
-    from defend.attacks import EvadingPGD
+    from defend.adaptive import EvadingPGD
     from defend.estimators import load_estimator
 
     with pytest.raises(DefendError, match="input detector"):

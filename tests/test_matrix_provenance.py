@@ -19,7 +19,7 @@ import defend
 from defend.data import synthesize
 from defend.errors import DefendError
 from defend.io import write_json
-from defend.matrix import load_config, report, run_matrix
+from defend.matrix import load_config, provenance, report, run_matrix
 from defend.matrix import run as matrix_run
 from defend.matrix.builds import data_build, model_build
 from defend.matrix.cells import plan
@@ -49,7 +49,7 @@ def _folder(path: Path, config: dict, task: str = "cls", count: int = 2) -> list
                   "defence": cell.row.defence, "attack": cell.attack, "adaptive": cell.adaptive,
                   "eps": cell.eps, "status": "ok", "metrics": {"success": 0.5}, "n": 2,
                   "seconds": 0.1}  # fmt: skip
-        write_cell(path, {**record, **matrix_run.provenance(config, cell)})
+        write_cell(path, {**record, **provenance.provenance(config, cell)})
     return [c.id for c in cells]
 
 
@@ -84,7 +84,7 @@ def test_merging_a_shard_of_another_sigma_is_refused_naming_sigma(tmp_path):
     moved.update(source="elsewhere.toml")
     moved["run"]["tasks"], moved["cls"]["sigma"], moved["seg"]["eps"] = ["seg"], 0.5, [0.1]
     _folder(shard, moved, "seg")
-    matrix_run.check_merge([(f, matrix_run.read_cells([f])) for f in (a, same, shard)])
+    provenance.check_merge([(f, matrix_run.read_cells([f])) for f in (a, same, shard)])
 
 
 def test_merge_names_other_builds_and_records_without_hashes(tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_resume_refuses_cells_of_changed_data_path_files(tiny_data, tmp_path):
     [first] = _folder(out, config, count=1)
     cell = next(c for c in plan(config) if c.id == first)
     record = json.loads((out / "cells" / f"{first}.json").read_text())
-    matrix_run._check_kept(out, config, [(cell, record)])  # this run's own record passes
+    provenance.check_kept(out, config, [(cell, record)])  # this run's own record passes
     with h5py.File(next((data / "train").glob("*.h5")), "r+") as f:
         f["kspace"][0, 0, 0, 0] += 1
     _bump(next((data / "train").glob("*.h5")))
@@ -123,7 +123,7 @@ def test_resume_refuses_cells_of_changed_data_path_files(tiny_data, tmp_path):
         run_matrix(config, out, cache=tmp_path / "cache", progress=False, log=_quiet)
     record["config_hash"] = "0" * 16
     with pytest.raises(DefendError, match="another configuration than"):
-        matrix_run._check_kept(out, config, [(cell, record)])
+        provenance.check_kept(out, config, [(cell, record)])
 
 
 def test_local_engine_stamps_each_record(tmp_path, monkeypatch):
@@ -134,17 +134,17 @@ def test_local_engine_stamps_each_record(tmp_path, monkeypatch):
     monkeypatch.setattr(matrix_run, "run_cell", lambda _, c, *rest: {"id": c.id, "status": "ok"})
     matrix_run._run_local(config, [cell], None, tmp_path, progress=False)
     record = json.loads((tmp_path / "cells" / f"{cell.id}.json").read_text())
-    stamp = matrix_run.provenance(config, cell)
+    stamp = provenance.provenance(config, cell)
     assert {k: record[k] for k in stamp} == stamp
     assert set(stamp["builds"]) == {"data", "model"} and len(stamp["config_hash"]) == 16
     for section, key, value in (("smoothing", "n", 7), ("run", "device", "cpu"),
                                 ("cls", "sigma", 0.5), ("attack", "dgde", {})):  # fmt: skip
         other = json.loads(json.dumps(config))
         other[section][key] = value
-        assert matrix_run.provenance(other, cell)["config_hash"] != stamp["config_hash"], key
+        assert provenance.provenance(other, cell)["config_hash"] != stamp["config_hash"], key
     other = json.loads(json.dumps(config))
     other["seg"]["sigma"], other["cls"]["eps"], other["run"]["tasks"] = 0.5, [0.1], ["cls"]
-    assert matrix_run.provenance(other, cell)["config_hash"] == stamp["config_hash"]
+    assert provenance.provenance(other, cell)["config_hash"] == stamp["config_hash"]
 
 
 def test_data_path_build_key_follows_the_files_content(tiny_data, tmp_path):

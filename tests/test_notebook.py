@@ -7,7 +7,7 @@ import pytest
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
 import defend
-from defend.attacks.run import attack_arrays
+from defend.attacks.apply import attack_arrays
 
 
 def mse_to(est, x, y):

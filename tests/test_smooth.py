@@ -1,7 +1,7 @@
 """Randomized smoothing: the statistics, the sampling, and certificates that hold under attack.
 
 Each certificate is attacked inside its radius by random perturbations and by ART's PGD on
-the smoothed model (EOT: :func:`defend.smooth.eot.eot_estimator`), and, to show that the
+the smoothed model (EOT: :func:`defend.adaptive.eot.eot_estimator`), and, to show that the
 attack can break what it attacks, far outside it. Sample counts are small (CI); the
 failure probabilities are stated with each test's alpha, and the seeds are fixed.
 """
@@ -15,10 +15,10 @@ from art.attacks.evasion import ProjectedGradientDescent
 from scipy.stats import binomtest
 
 import defend
+from defend.adaptive.eot import eot_estimator
 from defend.errors import DefendError
 from defend.smooth import SmoothClassifier, load_smoothed, smoothed
 from defend.smooth.core import BLOCK, holm, lower_confidence_bound
-from defend.smooth.eot import eot_estimator
 
 
 def pgd_l2(estimator, x, y, eps, steps=10, mask=None):
@@ -260,7 +260,7 @@ def test_one_kspace_unit_for_attacks_noise_and_radii(unet_ckpt, synth_dir):
     """The attacks' relative l-inf unit is the rms magnitude of the sampled complex entries
     whichever parts move, and the noise's unit is the same quantity pooled over the training
     split (every slice under the evaluation mask), the same number on every call."""
-    import defend.smooth as smooth_module
+    import defend.smooth.unit as smooth_module
     from defend.attacks.budget import KspaceBudget, kspace_unit
     from defend.smooth import training_unit
 
@@ -420,7 +420,7 @@ def test_frozen_eot_is_one_deterministic_estimate_and_dgde_moves_the_smoothed_mo
     (fresh draws do not), so the black-box DGDE sees one function; what it finds without
     pruning (the matrix's adaptive DGDE) moves the smoothed classifier's own fresh
     Monte-Carlo prediction off the right label (wrong or abstaining) on some images."""
-    from defend.attacks.run import attack_arrays
+    from defend.attacks.apply import attack_arrays
 
     x, labels = cls_images
     estimator = defend.load_estimator(cls_ckpt)

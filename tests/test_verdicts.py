@@ -103,7 +103,7 @@ class _ZeroFilled(torch.nn.Module):
     """A recon 'model' that shows its zero-filled input: faithful to the measurement."""
 
     def forward(self, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from defend.models.recon import zero_filled
+        from defend.kspace import zero_filled
 
         return zero_filled(kspace * mask)
 
@@ -114,7 +114,7 @@ def test_net_strength_is_zero_for_a_model_faithful_to_the_measurement():
     was judged on the raw strength)."""
     import fastmri
 
-    from defend.models.recon import zero_filled
+    from defend.kspace import zero_filled
 
     rng = np.random.default_rng(0)
     image = rng.random((1, 1, 16, 16)).astype(np.float32)
@@ -230,7 +230,7 @@ def test_a_model_that_erases_a_real_feature_misses_it():
 
     from defend.data.lesion import add_lesion
     from defend.estimators import ReconEstimator
-    from defend.models.recon import zero_filled
+    from defend.kspace import zero_filled
 
     rng = np.random.default_rng(1)
     image = torch.as_tensor(rng.random((1, 1, 16, 16)).astype(np.float32) + 0.5)

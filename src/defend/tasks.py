@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defend.errors import DefendError
+from defend.kspace import zero_filled
 
 Batch = dict
 
@@ -82,7 +83,6 @@ class ReconTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
         from defend.metrics import recon_metrics
-        from defend.models.recon import zero_filled
 
         volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         for batch in batches:

@@ -5,10 +5,9 @@
 - :class:`SegmentationFGSM` (image -> per-pixel logits): FGSM / PGD with BCE, Dice,
   Dice+Focal or the training loss.
 - :class:`DGDE` (any ART classifier): black-box few-pixel differential evolution.
-- :class:`EvadingHallucination`: the hallucination attack with a detector's score in its
-  loss (the adaptive attack on a detector).
-- :class:`EvadingPGD`: l-inf PGD on images with an input detector's score in its loss (the
-  adaptive attack on a segmentation or classification input detector).
+
+Attacks know nothing of the defences: the adaptive ones (EOT against smoothing, the
+detector-aware attacks) are in :mod:`defend.adaptive`, a layer above both.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from typing import Any
 _CLASSES = {
     "TorchAttack": "base",
     "DGDE": "dgde",
-    "EvadingHallucination": "evading",
-    "EvadingPGD": "evading_pgd",
     "HallucinationAttack": "hallucination",
     "SegmentationFGSM": "seg_fgsm",
     "region_mask": "region",
@@ -30,14 +27,11 @@ _ATTACKS = {
     "hallucination": ("HallucinationAttack", "recon"),
     "seg-fgsm": ("SegmentationFGSM", "seg"),
     "dgde": ("DGDE", "cls"),
-    "hallucination-evade": ("EvadingHallucination", "recon"),
 }
 
 __all__ = [
     "ATTACKS",
     "DGDE",
-    "EvadingHallucination",
-    "EvadingPGD",
     "HallucinationAttack",
     "SegmentationFGSM",
     "TorchAttack",

@@ -16,14 +16,16 @@ attacked in one process or split across many (pass each shard's global ``indices
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from art.attacks.attack import EvasionAttack
 from tqdm.auto import tqdm
 
+from defend.attacks.params import COMMON, Param, by_name, check_known
 from defend.errors import DefendError
 from defend.estimators.base import model_mode
 
@@ -91,6 +93,15 @@ def clip_range(estimator: Any, default: tuple[float, float] | None = None) -> tu
     if clip is None:
         return default or (-float("inf"), float("inf"))
     return float(np.min(clip[0])), float(np.max(clip[1]))
+
+
+def _doc_lines(params: dict[str, Param]) -> str:
+    """The docstring lines of declared parameters: ``name: help (unit; allowed; default)``."""
+    lines = []
+    for name, p in params.items():
+        notes = "; ".join(v for v in (p.unit, p.allowed(), f"default {p.default!r}") if v)
+        lines.append(f"        {name}: {p.help} ({notes}).")
+    return "\n".join(lines) + "\n"
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -163,28 +174,45 @@ class SampleRNG:
 class TorchAttack(EvasionAttack):
     """Base of the toolkit's attacks: batching, devices, per-sample seeding and reports.
 
+    A subclass declares its parameters once, in ``PARAMS`` (:class:`~defend.attacks.params.
+    Param`, this class's :data:`~defend.attacks.params.COMMON` first): the constructor takes
+    them as keywords, sets each as an attribute (its default where not given) and checks each
+    against its declared range; ``attack_params``, the constructor's signature and the
+    ``Parameters`` section of the class docstring are derived from it. ``_check_params`` of a
+    subclass adds the checks that relate parameters to each other or to the estimator.
+
     Args:
         estimator: the ART estimator to attack.
-        batch_size: samples attacked together (one batched forward/backward per step). The
-            result does not depend on it.
-        seed: seed of the per-sample generators; the same seed gives the same result.
-        verbose: show a progress bar over batches.
+        **params: the declared parameters (unknown names are refused in one line).
     """
 
-    attack_params = ["batch_size", "seed", "verbose"]
+    PARAMS: ClassVar[tuple[Param, ...]] = COMMON
+    attack_params = [p.name for p in COMMON]
 
-    def __init__(
-        self, estimator: Any, batch_size: int = 16, seed: int = 0, verbose: bool = False
-    ) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = by_name(cls.PARAMS)
+        cls.attack_params = list(declared)
+        cls.__signature__ = inspect.Signature(
+            [inspect.Parameter("estimator", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            + [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=p.default)
+               for n, p in declared.items()]
+        )  # fmt: skip
+        if cls.__doc__ and "\n    Parameters:\n" not in cls.__doc__:
+            cls.__doc__ = cls.__doc__.rstrip() + "\n\n    Parameters:\n" + _doc_lines(declared)
+
+    def __init__(self, estimator: Any, **params: Any) -> None:
         super().__init__(estimator=estimator)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.verbose = verbose
+        declared = by_name(self.PARAMS)
+        check_known(declared, params, type(self).__name__)
+        for name, param in declared.items():
+            setattr(self, name, params.get(name, param.default))
         self.report: dict[str, np.ndarray] = {}
+        self._check_params()
 
     def _check_params(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise DefendError(f"batch_size must be a positive integer, got {self.batch_size}")
+        for param in by_name(self.PARAMS).values():
+            param.check(getattr(self, param.name))
 
     @property
     def device(self) -> torch.device:

@@ -61,6 +61,7 @@ from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator
 
 from defend.attacks.base import SampleRNG, TorchAttack, clip_range, torch_forward
+from defend.attacks.params import Param
 from defend.errors import DefendError
 
 
@@ -103,117 +104,55 @@ class DGDE(TorchAttack):
 
     Args:
         estimator: an ART classifier; only its predicted probabilities are used.
-        noise_max: strongest noise tried, as a fraction of the pixels (``salt_pepper``) or
-            of the clip range (``uniform``).
-        noise_min: weakest noise tried, in the same units.
-        noise_levels: noise strengths tried, geometrically spaced from ``noise_min`` to
-            ``noise_max``.
-        noise_tries: noise draws per strength (scored in one batch).
-        noise_blocks: salt and pepper in square blocks of these sizes (pixels a side), one
-            size per try in turn: larger blocks look like (or hide) a lesion with fewer
-            draws.
-        population: DE population size per image.
-        F: mutation scale factor.
-        CR: crossover probability.
-        max_iter: DE generations at most (0: no DE).
-        patience: stop DE after this many generations without a smaller solution.
-        prune: prune the DE's support by groups down to single pixels.
-        prune_groups: group removals tried per image in one pruning batch.
-        max_queries: query budget per image (every phase included).
-        noise: ``"salt_pepper"`` (pixels set to the range's ends) or ``"uniform"`` (the
-            seed: uniform noise on every pixel).
 
-    The defaults aim at few pixels within about 400 queries per image: on the built-in
-    64 px data (``defend bench models``' resnet18, its 32 test images) every image flips,
-    with 16 pixels on average from healthy to lesion and 64 from lesion to healthy (45
-    overall, 1.1 % of the image). The seed's DE alone is about ``noise="uniform", prune=False,
+    ``noise_max`` and ``noise_min`` are fractions of the pixels (``salt_pepper``: pixels set
+    to the range's ends) or of the clip range (``uniform``: the seed's uniform noise on every
+    pixel); ``noise_blocks`` draws salt and pepper in square blocks of these sizes, one size
+    per try in turn: larger blocks look like (or hide) a lesion with fewer draws.
+
+    The defaults aim at few pixels within about 400 queries per image (docs/reproduction.md
+    has the measured figures). The seed's DE alone is about ``noise="uniform", prune=False,
     population=20, max_iter=1000, patience=200, max_queries=20_000``.
     """
 
-    attack_params = TorchAttack.attack_params + [
-        "noise_max",
-        "noise_min",
-        "noise_levels",
-        "noise_tries",
-        "noise_blocks",
-        "population",
-        "F",
-        "CR",
-        "max_iter",
-        "patience",
-        "prune",
-        "prune_groups",
-        "max_queries",
-        "noise",
-    ]
+    PARAMS = TorchAttack.PARAMS + (
+        Param("batch_size", 8, "images attacked together (results do not depend on it)", int,
+              "images", low=1),
+        Param("noise_max", 1.0, "strongest noise tried", float, "fraction (see above)",
+              low=0, high=1, open_low=True),
+        Param("noise_min", 0.01, "weakest noise tried", float, "fraction (see above)",
+              low=0, high=1, open_low=True),
+        Param("noise_levels", 12, "noise strengths tried, geometric from noise_min to "
+              "noise_max", int, low=1),
+        Param("noise_tries", 8, "noise draws per strength (scored in one batch)", int, low=1),
+        Param("noise_blocks", (1, 2, 4, 8), "salt-and-pepper block sizes, one per try in turn",
+              tuple, "px a side", low=1, cli=False),
+        Param("population", 8, "DE population per image", int, low=4),
+        Param("F", 0.5, "DE mutation factor", float, low=0, high=2, open_low=True, flag="--F"),
+        Param("CR", 0.7, "DE crossover probability", float, low=0, high=1, flag="--CR"),
+        Param("max_iter", 20, "DE generations at most (0: no DE)", int, "generations", low=0),
+        Param("patience", 2, "DE generations without a smaller solution before stopping", int,
+              "generations", low=1),
+        Param("prune", True, "prune the DE's support by groups down to single pixels", bool),
+        Param("prune_groups", 12, "group removals tried per image in one pruning batch", int,
+              low=2),
+        Param("max_queries", 2000, "query budget per image, every phase included", int,
+              "queries", low=1),
+        Param("noise", "salt_pepper", "the noise drawn", str,
+              choices=("salt_pepper", "uniform")),
+    )  # fmt: skip
     _estimator_requirements = (BaseEstimator, ClassifierMixin)
 
-    def __init__(
-        self,
-        estimator: Any,
-        noise_max: float = 1.0,
-        noise_min: float = 0.01,
-        noise_levels: int = 12,
-        noise_tries: int = 8,
-        noise_blocks: tuple[int, ...] = (1, 2, 4, 8),
-        population: int = 8,
-        F: float = 0.5,  # noqa: N803 - the DE literature's name
-        CR: float = 0.7,  # noqa: N803
-        max_iter: int = 20,
-        patience: int = 2,
-        prune: bool = True,
-        prune_groups: int = 12,
-        max_queries: int = 2000,
-        noise: str = "salt_pepper",
-        batch_size: int = 8,
-        seed: int = 0,
-        verbose: bool = False,
-    ) -> None:
-        self.noise_max = noise_max
-        self.noise_min = noise_min
-        self.noise_levels = noise_levels
-        self.noise_tries = noise_tries
-        self.noise_blocks = tuple(int(v) for v in noise_blocks)
-        self.population = population
-        self.F = F
-        self.CR = CR
-        self.max_iter = max_iter
-        self.patience = patience
-        self.prune = prune
-        self.prune_groups = prune_groups
-        self.max_queries = max_queries
-        self.noise = noise
-        super().__init__(estimator, batch_size=batch_size, seed=seed, verbose=verbose)
-        self._check_params()
+    def __init__(self, estimator: Any, **params: Any) -> None:
+        if isinstance(params.get("noise_blocks"), list | tuple):
+            params["noise_blocks"] = tuple(params["noise_blocks"])
+        super().__init__(estimator, **params)
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not 0 < self.noise_max <= 1:
-            raise DefendError(f"noise_max must be in (0, 1], got {self.noise_max}")
-        if not 0 < self.noise_min <= self.noise_max:
+        if self.noise_min > self.noise_max:
             raise DefendError(
                 f"noise_min must be in (0, noise_max={self.noise_max}], got {self.noise_min}"
-            )
-        for name in ("noise_levels", "noise_tries", "patience"):
-            if getattr(self, name) < 1:
-                raise DefendError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.noise_blocks or min(self.noise_blocks) < 1:
-            raise DefendError(f"noise_blocks must be block sizes >= 1, got {self.noise_blocks}")
-        if self.max_iter < 0:
-            raise DefendError(f"max_iter must be >= 0, got {self.max_iter}")
-        if self.prune_groups < 2:
-            raise DefendError(f"prune_groups must be >= 2, got {self.prune_groups}")
-        if self.noise not in ("uniform", "salt_pepper"):
-            raise DefendError(f"noise must be uniform or salt_pepper, got '{self.noise}'")
-        if self.population < 4:
-            raise DefendError(f"population must be >= 4 (DE mutation), got {self.population}")
-        if not 0 < self.F <= 2:
-            raise DefendError(f"F must be in (0, 2], got {self.F}")
-        if not 0 <= self.CR <= 1:
-            raise DefendError(f"CR must be in [0, 1], got {self.CR}")
-        if self.max_queries < 1:
-            raise DefendError(
-                f"max_queries must be >= 1 (the query budget), got {self.max_queries}"
             )
 
     def generate(

@@ -21,7 +21,6 @@ change, so that a perturbation filling the box has l2 norm ``eps`` times the k-s
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -30,10 +29,11 @@ from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
 from defend.attacks.base import SampleRNG, TorchAttack, torch_forward
 from defend.attacks.budget import KspaceBudget
-from defend.attacks.region import as_region, region_mask
+from defend.attacks.params import Param
+from defend.attacks.region import REGIONS, as_region, parse_size, read_mask, region_mask
 from defend.errors import DefendError
+from defend.kspace import acquired_columns, zero_filled
 from defend.metrics import image_similarity
-from defend.models.recon import acquired_columns, zero_filled
 
 #: net strength (:meth:`HallucinationAttack.effect` beyond the feature in the attacked
 #: measurement) from which a hallucination counts as a success: half the feature added
@@ -69,114 +69,63 @@ class HallucinationAttack(TorchAttack):
             (B, coils, H, W, 2) and output an image (B, h, w): ``defend``'s
             ``ReconEstimator`` (U-Net or VarNet), or any other (its loss is then assumed to be
             a squared error, see :meth:`_score`).
-        eps: perturbation budget: l-inf per real component, or l2 per coil.
-        eps_mode: ``"relative"`` (l2: fraction of each coil's sampled k-space norm; l-inf:
-            fraction of the root-mean-square of the sample's movable real components, i.e.
-            ``eps * ||k|| / sqrt(#movable)``, so that either norm's perturbation is at most
-            about ``eps`` times the k-space norm; at most 1) or ``"absolute"`` (raw units).
-        norm: ``"inf"`` or ``"2"``.
-        step: step size as a fraction of eps (the paper: eps 1e-6, step 1e-7, i.e. 0.1).
-        max_iter: iterations (paper: 150).
-        patience: stop a sample whose loss has not improved for this many iterations (paper:
-            10); ``0`` disables early stopping.
-        part: ``"real"`` (the paper: real part only) or ``"complex"``.
-        region: ``"line"`` or ``"square"`` (see :func:`defend.attacks.region.region_mask`),
-            ignored when ``region_mask`` is given.
-        region_size: (height, width) px or an int; default the paper's, scaled to the image.
-        region_center: (row, col); default the image centre.
-        region_mask: any (h, w) or (N, h, w) mask image; overrides ``region``.
-        alpha: target contrast as a fraction of the clean reconstruction's range (paper 0.3),
-            or one per sample (N,) (hallucination training draws them at random).
-        weight_inside / weight_outside: loss weights of the two terms (paper: 1, 1).
-        random_start: start from uniform noise of one step's size (as the paper).
-        image_metrics: add PSNR / SSIM / NRMSE of input and reconstruction, the feature's
-            strength in the zero-filled input (:meth:`input_strength`), ``net_strength``
-            (``strength - input_strength``: what the model added beyond what the attacked
-            measurement holds) and ``success`` (``net_strength >= SUCCESS_STRENGTH``) to the
-            report (per sample, on the CPU; training turns them off).
+
+    ``eps_mode="relative"`` is a fraction of each coil's sampled k-space norm (l2) or of the
+    root-mean-square of the sample's movable real components (l-inf), i.e. ``eps * ||k|| /
+    sqrt(#movable)``, so that either norm's perturbation is at most about ``eps`` times the
+    k-space norm; ``"absolute"`` is in raw k-space units. ``region_mask`` (any (h, w) or
+    (N, h, w) mask) overrides ``region``. ``alpha`` may be one contrast per sample (N,)
+    (hallucination training draws them at random). ``image_metrics`` adds PSNR / SSIM / NRMSE
+    of input and reconstruction, the feature's strength in the zero-filled input
+    (:meth:`input_strength`), ``net_strength`` (``strength - input_strength``: what the model
+    added beyond what the attacked measurement holds) and ``success`` (``net_strength >=
+    SUCCESS_STRENGTH``) to the report (per sample, on the CPU; training turns them off).
     """
 
-    attack_params = TorchAttack.attack_params + [
-        "eps",
-        "eps_mode",
-        "norm",
-        "step",
-        "max_iter",
-        "patience",
-        "part",
-        "region",
-        "region_size",
-        "region_center",
-        "region_mask",
-        "alpha",
-        "weight_inside",
-        "weight_outside",
-        "random_start",
-        "image_metrics",
-    ]
+    PARAMS = TorchAttack.PARAMS + (
+        Param("eps", 0.1, "perturbation budget: l-inf per real component, or l2 per coil",
+              float, "relative (see eps_mode) or k-space units", low=0, open_low=True),
+        Param("eps_mode", "relative", "what eps is measured in", str,
+              choices=("relative", "absolute")),
+        Param("norm", "inf", "the budget's norm (2: per coil)", str, choices=("inf", "2")),
+        Param("step", 0.1, "step size (the paper: eps 1e-6, step 1e-7)", float,
+              "fraction of eps", low=0, open_low=True),
+        Param("max_iter", 150, "iterations (the paper: 150)", int, "steps", low=1),
+        Param("patience", 10, "stop a sample whose loss has not improved for this many "
+              "iterations (the paper: 10; 0: never)", int, "steps", low=0),
+        Param("part", "real", "which k-space parts move (the paper: real)", str,
+              choices=("real", "complex")),
+        Param("region", "line", "the target region's shape", str, choices=REGIONS),
+        Param("region_size", None, "the region's size, WxH or N (default: the paper's, "
+              "scaled to the image)", object, "px", parse=parse_size),
+        Param("region_center", None, "the region's centre, XxY (default: the image centre)",
+              object, "px", parse=parse_size),
+        Param("region_mask", None, "a .npy or image file with the region mask (overrides "
+              "region)", object, parse=read_mask),
+        Param("alpha", 0.3, "target contrast (the paper: 0.3)", object,
+              "fraction of the clean image's range", cli_type=float),
+        Param("weight_inside", 1.0, "loss weight inside the region", float, low=0),
+        Param("weight_outside", 1.0, "loss weight outside the region", float, low=0),
+        Param("random_start", True, "start from uniform noise of one step's size (as the "
+              "paper)", bool),
+        Param("image_metrics", True, "add image metrics and success to the report", bool,
+              cli=False),
+    )  # fmt: skip
     _estimator_requirements = (BaseEstimator, LossGradientsMixin)
 
-    def __init__(
-        self,
-        estimator: Any,
-        eps: float = 0.1,
-        eps_mode: str = "relative",
-        norm: str = "inf",
-        step: float = 0.1,
-        max_iter: int = 150,
-        patience: int = 10,
-        part: str = "real",
-        region: str = "line",
-        region_size: tuple[int, int] | int | None = None,
-        region_center: tuple[int, int] | None = None,
-        region_mask: np.ndarray | torch.Tensor | None = None,
-        alpha: float | np.ndarray | torch.Tensor = 0.3,
-        weight_inside: float = 1.0,
-        weight_outside: float = 1.0,
-        random_start: bool = True,
-        image_metrics: bool = True,
-        batch_size: int = 16,
-        seed: int = 0,
-        verbose: bool = False,
-    ) -> None:
-        self.eps = eps
-        self.eps_mode = eps_mode
-        self.norm = str(norm)
-        self.step = step
-        self.max_iter = max_iter
-        self.patience = patience
-        self.part = part
-        self.region = region
-        self.region_size = region_size
-        self.region_center = region_center
-        self.region_mask = region_mask
-        self.alpha = alpha
-        self.weight_inside = weight_inside
-        self.weight_outside = weight_outside
-        self.random_start = random_start
-        self.image_metrics = image_metrics
-        super().__init__(estimator, batch_size=batch_size, seed=seed, verbose=verbose)
-        self._check_params()
+    def __init__(self, estimator: Any, **params: Any) -> None:
+        if "norm" in params:  # 2 and "2" alike
+            params["norm"] = str(params["norm"])
+        super().__init__(estimator, **params)
 
     def _check_params(self) -> None:
         super()._check_params()
-        self.budget  # noqa: B018  (checks eps, eps_mode, norm and part)
-        if not 0 < self.step < math.inf:
-            raise DefendError(
-                f"step must be a finite number > 0 (a fraction of eps), got {self.step}"
-            )
-        if self.max_iter < 1:
-            raise DefendError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.patience < 0:
-            raise DefendError(f"patience must be >= 0, got {self.patience}")
+        self.budget  # noqa: B018  (checks eps against eps_mode, norm and part)
         alpha = torch.as_tensor(np.asarray(self.alpha, dtype=np.float64))
         if alpha.ndim > 1 or not bool(((alpha != 0) & alpha.isfinite()).all()):
             raise DefendError(
                 f"alpha must be finite and non-zero (the contrast to hallucinate), got {self.alpha}"
             )
-        for name in ("weight_inside", "weight_outside"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise DefendError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
     def generate(
         self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | None = None, **kwargs

@@ -3,6 +3,8 @@ mask image."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -162,3 +164,30 @@ def as_region(region: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> torc
     if not bool(region.flatten(-2).any(-1).all()):
         raise DefendError("region mask is empty")
     return region
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """``"60x4"`` (width x height, as on screen) or ``"8"`` -> ``(height, width)`` in px."""
+    try:
+        parts = [int(v) for v in value.lower().split("x")]
+    except ValueError:
+        raise DefendError(f"expected WxH or N pixels, got '{value}'") from None
+    if len(parts) not in (1, 2):
+        raise DefendError(f"expected WxH or N pixels, got '{value}'")
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[1], parts[0])
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A region mask from a ``.npy`` array or an image file (non-zero pixels are inside)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DefendError(f"{path}: no such region mask file")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        with Image.open(path) as image:
+            return np.asarray(image) > 0
+    except (OSError, ValueError, UnidentifiedImageError) as exc:
+        raise DefendError(f"{path}: unreadable region mask ({exc})") from None

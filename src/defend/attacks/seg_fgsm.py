@@ -15,6 +15,7 @@ import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
 from defend.attacks.base import SampleRNG, TorchAttack, clip_range, differentiable, torch_forward
+from defend.attacks.params import Param
 from defend.errors import DefendError
 from defend.estimators.base import per_sample
 from defend.losses import SEG_LOSSES, seg_loss
@@ -29,68 +30,33 @@ class SegmentationFGSM(TorchAttack):
     Args:
         estimator: an ART estimator with loss gradients mapping images (B, C, H, W) to
             per-pixel logits (B, K, H, W), e.g. ``defend``'s ``SegEstimator``.
-        eps: l-inf budget in the input's units (the seed: 0.007-0.009 on [0, 1]).
-        loss: ``"bce"``, ``"dice"``, ``"dicefocal"`` (:data:`defend.losses.SEG_LOSSES`, per
-            image), or ``"training"``: the estimator's own loss, which for a ``defend train``
-            checkpoint is the loss it was trained with (``defend.tasks.SegTask``). Any
-            per-image Dice counts an empty target too (smoothed), so samples without
-            foreground are attacked as well (towards false foreground). The first three need
-            a differentiable estimator (:func:`defend.attacks.base.torch_forward`); other
-            ART estimators are attacked through ``loss_gradient`` with ``"training"``.
-        target: ``"truth"`` (y), ``"prediction"`` (the model's own thresholded output on the
-            clean input) or ``"auto"`` (truth when y is given).
-        max_iter: 1 for FGSM; more for PGD with a random start in the eps-ball.
-        step: step as a fraction of eps (default: 1 for FGSM, 2.5 / max_iter for PGD as
-            Madry et al.).
-        threshold: probability threshold of a foreground pixel.
+
+    ``loss="training"`` is the estimator's own loss, for a ``defend train`` checkpoint the loss
+    it was trained with (``defend.tasks.SegTask``). Any per-image Dice counts an empty target
+    too (smoothed), so samples without foreground are attacked as well (towards false
+    foreground). ``bce``, ``dice`` and ``dicefocal`` need a differentiable estimator
+    (:func:`defend.attacks.base.torch_forward`); other ART estimators are attacked through
+    ``loss_gradient`` with ``"training"``.
     """
 
-    attack_params = TorchAttack.attack_params + [
-        "eps",
-        "loss",
-        "target",
-        "max_iter",
-        "step",
-        "threshold",
-    ]
+    PARAMS = TorchAttack.PARAMS + (
+        Param("eps", 0.008, "l-inf budget (the seed: 0.007-0.009)", float, "[0, 1] pixel units",
+              low=0, high=1, open_low=True),
+        Param("loss", "bce", "the loss the attack raises", str, choices=LOSSES),
+        Param("target", "auto", "what the loss compares with: the truth y, the model's own "
+              "clean prediction, or auto (truth when y is given)", str,
+              choices=("truth", "prediction", "auto")),
+        Param("max_iter", 1, "steps: 1 is FGSM, more is PGD from a random start", int,
+              "steps", low=1),
+        Param("step", None, "step size (default 1 for FGSM, 2.5 / max_iter for PGD, as Madry "
+              "et al.)", float, "fraction of eps", low=0, open_low=True, optional=True),
+        Param("threshold", 0.5, "probability above which a pixel is foreground", float,
+              "probability", low=0, high=1, open_low=True, open_high=True),
+    )  # fmt: skip
     _estimator_requirements = (BaseEstimator, LossGradientsMixin)
-
-    def __init__(
-        self,
-        estimator: Any,
-        eps: float = 0.008,
-        loss: str = "bce",
-        target: str = "auto",
-        max_iter: int = 1,
-        step: float | None = None,
-        threshold: float = 0.5,
-        batch_size: int = 16,
-        seed: int = 0,
-        verbose: bool = False,
-    ) -> None:
-        self.eps = eps
-        self.loss = loss
-        self.target = target
-        self.max_iter = max_iter
-        self.step = step
-        self.threshold = threshold
-        super().__init__(estimator, batch_size=batch_size, seed=seed, verbose=verbose)
-        self._check_params()
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not 0 < self.eps <= 1:  # NaN fails too
-            raise DefendError(f"eps must be in (0, 1] (images are in [0, 1]), got {self.eps}")
-        if self.loss not in LOSSES:
-            raise DefendError(f"unknown loss '{self.loss}': choose one of {', '.join(LOSSES)}")
-        if self.target not in ("truth", "prediction", "auto"):
-            raise DefendError(f"target must be truth, prediction or auto, got '{self.target}'")
-        if self.max_iter < 1:
-            raise DefendError(f"max_iter must be >= 1, got {self.max_iter}")
-        if self.step is not None and not 0 < self.step < float("inf"):
-            raise DefendError(f"step must be a finite number > 0, got {self.step}")
-        if not 0 < self.threshold < 1:
-            raise DefendError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.loss != "training" and not differentiable(self.estimator):
             raise DefendError(
                 f"loss '{self.loss}' needs a defend estimator; use loss='training' for others"

@@ -205,7 +205,7 @@ def _run_attacks(
     log: Callable[[str], None],
 ) -> dict[str, dict[str, float]]:
     """Run :data:`ATTACKS` on the folder's checkpoints; the headline means of each."""
-    from defend.attacks.run import run_attack
+    from defend.adaptive.runner import run_attack
 
     means = {}
     for attack, ckpt, params in ATTACKS:

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from defend.attacks.apply import attack_arrays
 from defend.attacks.art_pgd import art_pgd, kspace_pgd
-from defend.attacks.run import attack_arrays
 from defend.errors import DefendError
 from defend.train.objectives import DEFAULT_EPS as EPS  # the training budget is the attack's
 

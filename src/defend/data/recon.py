@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from defend.data.acquisition import Acquisition
 from defend.errors import DataError
-from defend.models.recon import fit_crop
+from defend.kspace import fit_crop
 
 CHALLENGES = {"singlecoil": 3, "multicoil": 4}  # challenge -> kspace ndim (with slices)
 TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}

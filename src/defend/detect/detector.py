@@ -138,6 +138,15 @@ class DetectTask(Task):
         }
 
 
+def threshold_at_fpr(negative_scores: np.ndarray, fpr: float) -> float:
+    """The score threshold (flagged: ``score > threshold``) that flags at most a share
+    ``fpr`` of ``negative_scores`` (N,), the scores of clean samples: their ``1 - fpr``
+    quantile (an observed score) raised by a relative 1e-4, so that the same samples scored
+    in another batching (float rounding of the convolutions) stay below it."""
+    top = float(np.quantile(negative_scores, 1 - fpr, method="higher"))
+    return top + 1e-4 * max(1.0, abs(top))
+
+
 def train_detector(
     checkpoint: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -245,7 +254,6 @@ def calibrate(path: Path, val_set: DetectionSet, fpr: float) -> float:
     clean false-positive rate was whatever that left.) The rate on images calibration never
     saw is :func:`~defend.detect.evaluate.evaluate_detector`'s ``test_fpr``.
     """
-    from defend.detect.evaluate import threshold_at_fpr
     from defend.io import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -298,7 +306,7 @@ class Detector:
         and the guarded model's output ``recon`` (B, h, w); the mask is read off ``x``
         (its measured columns)."""
         from defend.detect.features import detector_inputs
-        from defend.models.recon import acquired_columns
+        from defend.kspace import acquired_columns
 
         device = next(self.module.parameters()).device
         xt = torch.as_tensor(np.asarray(x, np.float32), device=device)

@@ -31,7 +31,7 @@ import fastmri
 import torch
 from fastmri.data.transforms import center_crop
 
-from defend.models.recon import _safe_sqrt, as_kspace_mask, zero_filled
+from defend.kspace import as_kspace_mask, safe_sqrt, zero_filled
 
 #: the channels of :func:`detector_inputs`, in order
 CHANNELS = ("reconstruction", "zero_filled", "measurement_map", "real_part", "imaginary_part",
@@ -70,7 +70,7 @@ def sensitivities(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         signal (0 where the low-resolution image is exactly zero).
     """
     low = fastmri.ifft2c(kspace * centre_columns(as_kspace_mask(mask, kspace)))
-    norm = _safe_sqrt(low.square().sum(dim=(1, -1), keepdim=True))
+    norm = safe_sqrt(low.square().sum(dim=(1, -1), keepdim=True))
     return low / norm.clamp_min(torch.finfo(low.dtype).tiny) * (norm > 0)
 
 
@@ -105,7 +105,7 @@ def measurement_map(kspace: torch.Tensor, mask: torch.Tensor, recon: torch.Tenso
         (B, h, w) the data-consistency error in image space, in the units of ``recon``.
     """
     error = fastmri.ifft2c(_residual(kspace, mask, recon))
-    return center_crop(_safe_sqrt(error.square().sum(dim=(1, -1))), tuple(recon.shape[-2:]))
+    return center_crop(safe_sqrt(error.square().sum(dim=(1, -1))), tuple(recon.shape[-2:]))
 
 
 def conjugate_parts(kspace: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -122,7 +122,7 @@ def conjugate_parts(kspace: torch.Tensor, shape: tuple[int, int]) -> torch.Tenso
     """
     keep = torch.eye(2, device=kspace.device, dtype=kspace.dtype)  # rows: real, imaginary
     images = [fastmri.ifft2c(kspace * keep[i]) for i in range(2)]
-    rss = [_safe_sqrt(image.square().sum(dim=(1, -1))) for image in images]
+    rss = [safe_sqrt(image.square().sum(dim=(1, -1))) for image in images]
     return center_crop(torch.stack(rss, dim=1), shape)
 
 

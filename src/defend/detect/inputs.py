@@ -78,8 +78,8 @@ def _attack(
     """``x`` (N, C, H, W) attacked by ``name`` (one of :data:`ATTACKS`' [task]) at l-inf
     ``eps`` (DGDE has no eps: it changes few pixels, as far as it needs; ``seed`` seeds its
     draws, the global seed ART's PGD start)."""
+    from defend.attacks.apply import attack_arrays
     from defend.attacks.art_pgd import art_pgd
-    from defend.attacks.run import attack_arrays
 
     if name == "fgsm":
         return attack_arrays(estimator, "seg-fgsm", x, y, {"eps": eps})[0]
@@ -334,7 +334,7 @@ def calibrate_input_detector(path: Path, val: dict[str, np.ndarray], fpr: float)
     of the clean images of ``val`` (the validation split of the input-detection data; its
     attacked images play no part), rewritten atomically. The false-positive rate it keeps on
     images it never saw is :func:`evaluate_input_detector`'s on the test split."""
-    from defend.detect.evaluate import threshold_at_fpr
+    from defend.detect.detector import threshold_at_fpr
     from defend.io import load_checkpoint, save_checkpoint
 
     clean = val["attack"] == ""

@@ -10,7 +10,7 @@ from torch import nn
 
 from defend.data.acquisition import Acquisition
 from defend.estimators.base import TorchEstimator
-from defend.models.recon import acquired_columns
+from defend.kspace import acquired_columns
 
 __all__ = ["ReconEstimator"]
 

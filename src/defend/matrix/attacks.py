@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from defend.attacks.run import attack_arrays
+from defend.adaptive.evading_hallucination import EvadingHallucination
+from defend.adaptive.evading_pgd import EvadingPGD
+from defend.attacks.apply import attack_arrays
+from defend.attacks.dgde import DGDE
+from defend.attacks.hallucination import HallucinationAttack
+from defend.attacks.params import Param, by_name
+from defend.attacks.seg_fgsm import SegmentationFGSM
+from defend.errors import DefendError
 
 
 def _seed_attack(name: str) -> Callable[..., np.ndarray]:
@@ -45,7 +52,9 @@ def _evading(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
     ``detector``, ``weight``, and the hallucination attack's)."""
     given = {k: v for k, v in params.items() if k != "weight"}
     given["evade_weight"] = params.get("weight", 1.0)
-    return _seed_attack("hallucination-evade")(estimator, x, y, eps, given, positions, seed)
+    attack = EvadingHallucination(estimator, **given, **({} if eps is None else {"eps": eps}))
+    x_adv, _ = attack_arrays(estimator, attack, x, y, seed=seed, indices=positions)
+    return x_adv
 
 
 def _evading_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
@@ -53,10 +62,8 @@ def _evading_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None
                  seed: int) -> np.ndarray:  # fmt: skip
     """PGD with the input detector's margin in its loss (``params``: ``detector``,
     ``weight``, and the steps of the attack it adapts: ``max_iter`` or ART PGD's ``steps``)."""
-    from defend.attacks import EvadingPGD
-
     steps = int(params.get("max_iter", params.get("steps", 10)))
-    attack = EvadingPGD(estimator, params["detector"], eps=eps, max_iter=steps,
+    attack = EvadingPGD(estimator, detector=params["detector"], eps=eps, max_iter=steps,
                         evade_weight=params.get("weight", 1.0), seed=seed)  # fmt: skip
     x_adv, _ = attack_arrays(estimator, attack, x, y, seed=seed, indices=positions)
     return x_adv
@@ -126,6 +133,36 @@ ATTACKS: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
     "noise": (_noise, True),
     "real-feature": (_real_feature, False),
 }
+STEPS = Param("steps", 10, "ART PGD's iterations", int, "steps", low=1)
+#: the parameters of each ``[attack.NAME]`` section of a matrix configuration (the grid sets
+#: each cell's eps and seed, so a section may not)
+SECTIONS: dict[str, dict[str, Param]] = {
+    name: {k: p for k, p in by_name(params).items() if k not in ("eps", "seed", "verbose")}
+    for name, params in {
+        "hallucination": HallucinationAttack.PARAMS,
+        "seg-fgsm": SegmentationFGSM.PARAMS,
+        "seg-pgd": SegmentationFGSM.PARAMS,
+        "dgde": DGDE.PARAMS,
+        "art-pgd": (STEPS,),
+        "noise": (),
+        "evade": (Param("weight", 1.0, "the detector's score in the adaptive attack's loss",
+                        float, low=0),),
+        "inside-radius": (STEPS,),
+    }.items()
+}  # fmt: skip
+
+
+def check_section(name: str, section: dict[str, Any]) -> None:
+    """Raise a one-line :class:`DefendError` unless every key of ``[attack.NAME]`` is a
+    declared parameter of that column with an allowed value."""
+    declared = SECTIONS[name]
+    for key, value in section.items():
+        if key not in declared:
+            known = ", ".join(declared) or "none"
+            raise DefendError(f"has no parameter {key!r} (its parameters: {known})")
+        declared[key].check(value)
+
+
 #: per task, the attacks with a detector-aware version (``NAME+evade``) against its detector
 EVADING = {"recon": ("hallucination",), "seg": ("seg-pgd", "art-pgd"), "cls": ("art-pgd",)}
 #: the attacks that follow gradients (their EOT version is the adaptive attack on smoothing)

@@ -330,7 +330,7 @@ def _image(x: np.ndarray) -> np.ndarray:
     if x.ndim == 5:
         import torch
 
-        from defend.models.recon import zero_filled
+        from defend.kspace import zero_filled
 
         return zero_filled(torch.as_tensor(x)).numpy()
     return x[:, 0]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from defend.errors import DefendError
+from defend.matrix.attacks import check_section
 
 PRESETS = ("smoke", "quick", "paper")
 TASKS = ("recon", "seg", "cls")
@@ -90,9 +91,11 @@ DEFAULTS: dict[str, Any] = {
     },  # fmt: skip
     "detector": {"epochs": 4, "n": 0},
 }
-#: the sections whose keys are free (an attack's parameters are checked by the attack, a
-#: model's options by ``defend train``'s model builder)
-FREE = {"attack", *(f"{task}.model_options" for task in TASKS)}
+#: the sections whose keys are free here (an attack's parameters are checked against its
+#: declaration, :func:`defend.matrix.attacks.check_section`; a model's options by ``defend
+#: train``'s model builder)
+FREE = {"attack", *(f"attack.{name}" for name in DEFAULTS["attack"]),
+        *(f"{task}.model_options" for task in TASKS)}  # fmt: skip
 
 
 def preset_path(name: str) -> Path:
@@ -206,9 +209,13 @@ def check_values(config: dict[str, Any], path: Path) -> None:
             raise bad(f"smoothing.{key}", f"must be in (0, {high}), got {config['smoothing'][key]}")
     if config["detector"]["epochs"] < 1:
         raise bad("detector.epochs", f"must be >= 1, got {config['detector']['epochs']}")
-    for name in config["attack"]:
+    for name, section in config["attack"].items():
         if name not in DEFAULTS["attack"]:
             raise bad(f"attack.{name}", f"is not an attack: choose {', '.join(DEFAULTS['attack'])}")
+        try:
+            check_section(name, section)
+        except DefendError as error:
+            raise bad(f"[attack.{name}]", str(error)) from None
 
 
 def _check_task(section: dict[str, Any], task: str, bad: Any) -> None:

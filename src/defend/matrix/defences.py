@@ -98,8 +98,8 @@ class System:
     def eot(self, draws: int, seed: int, frozen: bool = False) -> Any:
         """The smoothed model's EOT estimator (the adaptive attacker's view); ``frozen``:
         the same ``draws`` noise images for every query (a black-box attacker's
-        deterministic estimate, :mod:`defend.smooth.eot`)."""
-        from defend.smooth.eot import eot_estimator
+        deterministic estimate, :mod:`defend.adaptive.eot`)."""
+        from defend.adaptive.eot import eot_estimator
 
         torch.manual_seed(seed)
         frozen_seed = seed if frozen else None

@@ -139,7 +139,7 @@ class Hallucination:
         resolved outputs ``clean``, ``adv`` (N, h, w) of k-space ``x``, ``x_adv``
         (N, coils, H, W, 2) (module doc)."""
         from defend.attacks.hallucination import sampled_columns
-        from defend.models.recon import zero_filled
+        from defend.kspace import zero_filled
 
         y0, y1 = torch.as_tensor(clean).float(), torch.as_tensor(adv).float()
         region = self.attack.regions(tuple(y0.shape[-2:]), len(y0), y0.device)
@@ -158,7 +158,7 @@ def zero_filled_images(estimator: Any, x: np.ndarray, shape: tuple[int, ...]) ->
     columns, centre-cropped to ``shape`` (h, w): a recon defence's fallback where it
     abstains."""
     from defend.attacks.hallucination import sampled_columns
-    from defend.models.recon import zero_filled
+    from defend.kspace import zero_filled
 
     k = torch.as_tensor(x).float()
     return zero_filled(k * sampled_columns(k, estimator).to(k.dtype), shape).numpy()

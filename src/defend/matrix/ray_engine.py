@@ -79,7 +79,7 @@ def _cell(config: dict[str, Any], cell: Cell, cache: Path, device: str | None,
     import torch
 
     from defend.matrix.cells import run_cell
-    from defend.matrix.run import cell_paths
+    from defend.matrix.provenance import cell_paths
 
     torch.set_num_threads(1)
     paths, data = cell_paths(config, cell, Builder(cache, device, log=lambda _: None))
@@ -143,8 +143,8 @@ def _needs(make: Any, build: Build) -> Any:
 
 def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder, out: Path,
            progress: bool) -> None:  # fmt: skip
+    from defend.matrix.provenance import provenance
     from defend.matrix.results import write_cell
-    from defend.matrix.run import provenance
 
     task = ray.remote(num_cpus=1, num_gpus=_gpus(CELL_GPUS), max_retries=0)(_cell)
     pending = {task.remote(config, c, builder.cache, builder.device, out): c for c in todo}

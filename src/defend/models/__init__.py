@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from defend.errors import CheckpointError, DefendError, ModelOptionError
+from defend.kspace import zero_filled
 from defend.models.cls import build_cls_model
-from defend.models.recon import ReconUnet, ReconVarNet, zero_filled
+from defend.models.recon import ReconUnet, ReconVarNet
 from defend.models.seg import DEFAULT_SEG_NAME, SMALL_SEG_KWARGS, build_seg_model, parse_seg_name
 from defend.tasks import check_task
 

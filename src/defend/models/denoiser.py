@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from defend.errors import DefendError
-from defend.models.recon import acquired_columns
+from defend.kspace import acquired_columns
 
 
 class DnCNN(nn.Module):

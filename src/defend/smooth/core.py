@@ -146,7 +146,7 @@ class KspaceNoise:
         """The columns that get noise for k-space ``x`` (B, coils, H, W, 2), bool
         (1 or B, 1, 1, W, 1): the mask (the same for every ``x``)."""
         if self.mask is None:
-            from defend.models.recon import acquired_columns
+            from defend.kspace import acquired_columns
 
             return acquired_columns(x)
         if self.mask.shape[-2] != x.shape[-2]:

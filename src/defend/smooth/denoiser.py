@@ -234,7 +234,7 @@ def _noise(
     unit of the training split, under each sample's random training mask)."""
     if not recon:
         return ImageNoise(sigma), {}
-    from defend.smooth import training_unit
+    from defend.smooth.unit import training_unit
 
     unit = training_unit(data_dir, base_ckpt)
     noise = KspaceNoise(sigma, unit, None)

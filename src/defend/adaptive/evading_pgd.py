@@ -1,8 +1,8 @@
 """The detector-aware PGD on images: fool the model and stay below its input detector.
 
 The adaptive attack on an input detector (:mod:`defend.detect.inputs`), as
-:class:`~defend.attacks.EvadingHallucination` is on the hallucination detector (REFERENCE
-§5, Carlini & Wagner 2017): l-inf PGD with a random start that raises
+:class:`~defend.adaptive.EvadingHallucination` is on the hallucination detector (Carlini &
+Wagner 2017): l-inf PGD with a random start that raises
 
     loss(x') = task_loss(f(x'), y) - evade_weight * s(x'),
 
@@ -17,7 +17,6 @@ PGD; larger weights trade the attack's effect for evasion, which is the result t
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -26,6 +25,8 @@ import torch.nn.functional as F
 from art.estimators.estimator import BaseEstimator
 
 from defend.attacks.base import SampleRNG, TorchAttack, clip_range, torch_forward
+from defend.attacks.params import Param
+from defend.detect.inputs import input_detector_classifier, input_threshold
 from defend.errors import DefendError
 
 
@@ -35,59 +36,42 @@ class EvadingPGD(TorchAttack):
     Args:
         estimator: a differentiable ART estimator (:func:`~defend.attacks.base.torch_forward`)
             of images (B, C, H, W) in [0, 1]: ``defend``'s classifier or ``SegEstimator``.
-        detector: a ``defend train input-detector`` checkpoint path, or an ART classifier
-            with two logits (clean, adversarial) on the same images.
-        eps: l-inf budget in the images' units. max_iter: PGD steps (>= 1).
-        step: step as a fraction of eps (default 2.5 / max_iter, Madry et al.).
-        evade_weight: the weight of the detector's margin in the loss (>= 0).
-        threshold: the margin above which an image counts as flagged (default: the
-            checkpoint's calibrated one; 0, ART's argmax, for a classifier passed directly).
+
+    The task loss follows the model's output (module doc).
     """
 
-    attack_params = TorchAttack.attack_params + [
-        "detector", "eps", "max_iter", "step", "evade_weight", "threshold",
-    ]  # fmt: skip
+    PARAMS = TorchAttack.PARAMS + (
+        Param("detector", None, "a defend train input-detector checkpoint, or an ART "
+              "classifier with two logits (clean, adversarial) on the same images", object,
+              cli=False),
+        Param("eps", 8 / 255, "l-inf budget", float, "[0, 1] pixel units", low=0, high=1,
+              open_low=True),
+        Param("max_iter", 10, "PGD steps", int, "steps", low=1),
+        Param("step", None, "step size (default 2.5 / max_iter, Madry et al.)", float,
+              "fraction of eps", low=0, open_low=True, optional=True),
+        Param("evade_weight", 1.0, "the weight of the detector's margin in the loss", float,
+              low=0),
+        Param("threshold", None, "the margin above which an image counts as flagged (default: "
+              "the checkpoint's calibrated one; 0, ART's argmax, for a classifier passed "
+              "directly)", float, "logit", optional=True),
+    )  # fmt: skip
     _estimator_requirements = (BaseEstimator,)  # and a torch forward (checked below)
 
-    def __init__(
-        self,
-        estimator: Any,
-        detector: Any = None,
-        eps: float = 8 / 255,
-        max_iter: int = 10,
-        step: float | None = None,
-        evade_weight: float = 1.0,
-        threshold: float | None = None,
-        batch_size: int = 16,
-        seed: int = 0,
-        verbose: bool = False,
-    ) -> None:
+    def __init__(self, estimator: Any, **params: Any) -> None:
+        detector, threshold = params.get("detector"), params.get("threshold")
         if detector is None:
             raise DefendError("the detector-aware PGD needs an input detector checkpoint")
         if isinstance(detector, str | os.PathLike):
-            from defend.detect.inputs import input_detector_classifier, input_threshold
-
             self._detector = input_detector_classifier(detector, device=str(estimator.device))
             threshold = input_threshold(detector) if threshold is None else threshold
-            detector = str(detector)
+            params["detector"] = str(detector)
         else:
             self._detector = detector
-        self.threshold = 0.0 if threshold is None else float(threshold)
-        self.detector, self.eps, self.max_iter, self.step = detector, eps, max_iter, step
-        self.evade_weight = evade_weight
-        super().__init__(estimator, batch_size=batch_size, seed=seed, verbose=verbose)
-        self._check_params()
+        params["threshold"] = 0.0 if threshold is None else float(threshold)
+        super().__init__(estimator, **params)
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not 0 < self.eps <= 1:  # NaN fails too
-            raise DefendError(f"eps must be in (0, 1] (images are in [0, 1]), got {self.eps}")
-        if not isinstance(self.max_iter, int) or self.max_iter < 1:
-            raise DefendError(f"max_iter must be an integer >= 1, got {self.max_iter}")
-        if self.step is not None and not 0 < self.step < math.inf:
-            raise DefendError(f"step must be a finite number > 0, got {self.step}")
-        if not 0 <= self.evade_weight < math.inf:
-            raise DefendError(f"evade_weight must be a finite number >= 0, got {self.evade_weight}")
         if torch_forward(self.estimator) is None or torch_forward(self._detector) is None:
             raise DefendError("the detector-aware PGD needs differentiable torch estimators")
 

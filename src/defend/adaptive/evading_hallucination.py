@@ -1,6 +1,6 @@
 """The detector-aware hallucination attack: hallucinate and stay below the detector.
 
-A detector is attacked jointly with the model it guards (REFERENCE §5, Carlini & Wagner
+A detector is attacked jointly with the model it guards (Carlini & Wagner
 2017): :class:`EvadingHallucination` minimises the hallucination loss of
 :class:`~defend.attacks.HallucinationAttack` plus ``evade_weight`` times the detector's image
 logit on the same step's deployment images (:func:`~defend.detect.features.detector_inputs`
@@ -13,8 +13,8 @@ and whether it is flagged at the detector's calibrated threshold (``flagged``).
 
 from __future__ import annotations
 
-import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,9 @@ import torch
 
 from defend.attacks.base import torch_forward
 from defend.attacks.hallucination import HallucinationAttack
+from defend.attacks.params import Param
+from defend.detect.detector import Detector, load_detector
+from defend.detect.features import detector_inputs
 from defend.errors import DefendError
 
 
@@ -29,42 +32,35 @@ class EvadingHallucination(HallucinationAttack):
     """:class:`HallucinationAttack` with the detector's logit in its loss (module doc).
 
     Args:
-        detector: a ``defend train detector`` checkpoint path or a loaded
-            :class:`~defend.detect.detector.Detector`.
-        evade_weight: the weight of the detector's logit in the loss (>= 0).
-        The rest: :class:`HallucinationAttack`'s.
+        estimator: as :class:`HallucinationAttack`'s, with a torch forward (``defend``'s).
     """
 
-    attack_params = HallucinationAttack.attack_params + ["detector", "evade_weight"]
+    PARAMS = HallucinationAttack.PARAMS + (
+        Param("detector", None, "a defend train detector checkpoint (or a loaded Detector): "
+              "attack it jointly, its score in the attack's loss", object, flag="--evade",
+              cli_type=Path),
+        Param("evade_weight", 1.0, "the weight of the detector's logit in the loss", float,
+              low=0),
+    )  # fmt: skip
 
-    def __init__(
-        self, estimator: Any, detector: Any = None, evade_weight: float = 1.0, **kwargs: Any
-    ) -> None:
-        from defend.detect.detector import Detector, load_detector
-
+    def __init__(self, estimator: Any, **params: Any) -> None:
+        detector = params.get("detector")
         if detector is None:
             raise DefendError("the detector-aware attack needs a detector (--evade DET.pt)")
         loaded = detector
         if isinstance(detector, str | os.PathLike):
             loaded = load_detector(detector, device=str(estimator.device))
-            detector = str(detector)
+            params["detector"] = str(detector)
         if not isinstance(loaded, Detector):
             raise DefendError(f"detector must be a detector checkpoint, got {type(detector)}")
-        self.detector, self.evade_weight, self._detector = detector, evade_weight, loaded
-        super().__init__(estimator, **kwargs)
+        self._detector = loaded
+        super().__init__(estimator, **params)
         if torch_forward(estimator) is None:
             raise DefendError("the detector-aware attack needs a torch estimator (defend's)")
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        if not 0 <= self.evade_weight < math.inf:
-            raise DefendError(f"evade_weight must be a finite number >= 0, got {self.evade_weight}")
 
     def detector_logit(self, x: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
         """The detector's image logit (B,) on k-space ``x`` (B, coils, H, W, 2) and its
         reconstruction ``pred`` (B, h, w), differentiable in both."""
-        from defend.detect.features import detector_inputs
-
         mask = self.estimator.mask.to(x.device)
         return self._detector.module(detector_inputs(x, mask, pred))[0]
 

@@ -1,5 +1,6 @@
-"""Run one attack: on arrays you hold (:func:`attack_arrays`, pure), or against a checkpoint
-on a data split with files written (:func:`run_attack`: what ``defend attack`` does).
+"""Run one attack against a checkpoint on a data split, with files written: what ``defend
+attack`` does. The attack may be adaptive: against the smoothed model (EOT, :mod:`.eot`) or
+detector-aware (:data:`defend.adaptive.ATTACKS`).
 
 :func:`run_attack` writes ``OUT/metrics.csv`` (one row a sample), ``OUT/metrics.json``
 (parameters, rows and summary), ``OUT/figure.png`` and, if asked, ``OUT/adversarial.npz``
@@ -16,131 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from defend.attacks import ATTACKS
-from defend.attacks.base import TorchAttack
-from defend.data.arrays import task_root
+from defend import plots
+from defend.adaptive.eot import eot_estimator
+from defend.adaptive.registry import ATTACKS
+from defend.attacks.apply import attack_groups, attack_warnings, make_attack, summarise
+from defend.data import load_groups
+from defend.data.arrays import every_kth, task_root
 from defend.device import pick_device
 from defend.errors import DefendError
+from defend.estimators import load_estimator
 from defend.io import check_writable, load_checkpoint, write_csv, write_json, write_npz
-
-#: input PSNR (dB) below which a hallucination attack's perturbation counts as visible
-VISIBLE_PSNR = 30.0
-
-
-def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean, std, min and max of every metric over samples, ignoring NaN, and ``n``: how many
-    samples the metric is defined for (e.g. DGDE's success: images classified right clean)."""
-    summary = {}
-    for key in rows[0] if rows else []:
-        values = np.array([r[key] for r in rows], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        if finite.size == 0:
-            summary[key] = {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
-        else:
-            summary[key] = {
-                "mean": float(finite.mean()),
-                "std": float(finite.std()),
-                "min": float(finite.min()),
-                "max": float(finite.max()),
-            }
-        summary[key]["n"] = int(finite.size)
-    return summary
-
-
-def format_summary(summary: dict[str, dict[str, float]]) -> str:
-    """A fixed-width table of :func:`summarise`'s output."""
-    stats = ("mean", "std", "min", "max")
-    lines = [f"{'metric':24s} " + " ".join(f"{k:>11s}" for k in stats) + f" {'n':>5s}"]
-    for key, s in summary.items():
-        values = " ".join(f"{s[k]:11.4g}" for k in stats)
-        lines.append(f"{key:24s} {values} {s.get('n', ''):>5}")
-    return "\n".join(lines)
-
-
-def make_attack(name: str, estimator: Any, params: dict[str, Any] | None = None) -> TorchAttack:
-    """The attack called ``name`` (a key of :data:`defend.attacks.ATTACKS`) on ``estimator``."""
-    if name not in ATTACKS:
-        raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
-    return ATTACKS[name][0](estimator, **dict(params or {}))
-
-
-def attack_arrays(
-    estimator: Any,
-    attack: str | TorchAttack,
-    x: np.ndarray,
-    y: np.ndarray | None = None,
-    params: dict[str, Any] | None = None,
-    *,
-    seed: int | None = None,
-    indices: np.ndarray | None = None,
-) -> tuple[np.ndarray, list[dict[str, float]]]:
-    """Attack arrays you hold with any estimator: no files, nothing loaded.
-
-    Args:
-        estimator: an ART estimator, e.g. from ``defend.load_estimator`` or wrapped by a
-            defence.
-        attack: an attack name (with ``params``) or a built attack.
-        x: inputs in the estimator's format (N, ...); y: targets or None.
-        seed: this call's seed (default: the attack's ``seed`` parameter).
-        indices: (N,) global sample indices, which seed each sample's randomness with
-            ``seed``, so that shards of a data set attacked apart give the same rows as one
-            run (default ``0..N-1``).
-
-    Returns:
-        ``(x_adv, rows)``: adversarial inputs (N, ...) and one metrics dict per sample.
-    """
-    if isinstance(attack, str):
-        attack = make_attack(attack, estimator, params)
-    elif params:
-        raise DefendError("pass params with an attack name, not with a built attack")
-    x_adv = attack.generate(x, y, seed=seed, indices=indices)
-    return x_adv, attack.report_rows()
-
-
-def _group_params(params: dict[str, Any], positions: np.ndarray, total: int) -> dict[str, Any]:
-    """An attack's parameters for one shape group: per-sample region masks follow the rows."""
-    masks = params.get("region_mask")
-    if masks is not None and np.ndim(masks) == 3 and len(masks) == total > 1:
-        return {**params, "region_mask": np.asarray(masks)[positions]}
-    return params
-
-
-def attack_groups(
-    name: str,
-    estimator: Any,
-    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    params: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Attack every shape group of :func:`defend.data.load_groups` (fastMRI mixes k-space
-    widths and coil counts): each with the estimator for its shape, rows seeded by the
-    samples' dataset positions, so grouping does not change any sample's result.
-
-    Returns:
-        One dict per group: ``x``, ``x_adv``, ``y``, ``indices``, ``rows``, ``attack`` (the
-        built attack), ``estimator``.
-    """
-    params = dict(params or {})
-    total = sum(len(g[0]) for g in groups)
-    order = np.sort(np.concatenate([g[2] for g in groups]))
-    results = []
-    for x, y, positions in groups:
-        shaped = estimator.reshaped(x.shape[1:]) if hasattr(estimator, "reshaped") else estimator
-        rank = np.searchsorted(order, positions)  # rows of this group among all
-        attack = make_attack(name, shaped, _group_params(params, rank, total))
-        x_adv, rows = attack_arrays(shaped, attack, x, y, indices=positions)
-        rows = [{"index": int(i), **row} for i, row in zip(positions, rows, strict=True)]
-        results.append(
-            {
-                "x": x,
-                "x_adv": x_adv,
-                "y": y,
-                "indices": positions,
-                "rows": rows,
-                "attack": attack,
-                "estimator": shaped,
-            }
-        )
-    return results
+from defend.kspace import zero_filled
+from defend.smooth import training_unit
+from defend.smooth.denoiser import load_denoiser
 
 
 def _adversarial_arrays(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -157,10 +46,6 @@ def _smoothed_estimator(
 ) -> Any:
     """The EOT estimator of the smoothed model (``run_attack``'s ``smooth``; recon: its noise
     in the k-space unit of ``data_dir``'s training split)."""
-    from defend.smooth import training_unit
-    from defend.smooth.denoiser import load_denoiser
-    from defend.smooth.eot import eot_estimator
-
     sigma = smooth["sigma"]
     if sigma is None or not 0 < sigma < math.inf:
         raise DefendError(f"--smooth-sigma must be a finite number > 0, got {sigma}")
@@ -193,7 +78,7 @@ def run_attack(
     widths and coil counts: see :func:`attack_groups`).
 
     Args:
-        name: a key of :data:`defend.attacks.ATTACKS` (``hallucination``,
+        name: a key of :data:`defend.adaptive.ATTACKS` (``hallucination``,
             ``hallucination-evade``, ``seg-fgsm``, ``dgde``).
         checkpoint: a ``defend train`` checkpoint of the attack's task.
         data_dir: data folder (``defend data synth`` output or real data).
@@ -202,17 +87,13 @@ def run_attack(
         save_adversarial: also write ``OUT/adversarial.npz`` (``x``, ``x_adv``, ``y``,
             ``indices``; per shape with suffixes ``_0``, ``_1``, ... when shapes differ).
         smooth: ``{"sigma", "denoiser", "eot"}``: attack the smoothed model instead
-            (:func:`defend.smooth.eot.eot_estimator`: each forward pass averages ``eot``
+            (:func:`defend.adaptive.eot.eot_estimator`: each forward pass averages ``eot``
             noise draws, from torch's generator seeded by the attack's seed); the metrics
             are those of that average.
 
     Returns:
         ``{"attack", "params", "summary", "rows", "files", "attacked", "shapes", ...}``.
     """
-    from defend.data import load_groups
-    from defend.data.arrays import every_kth
-    from defend.estimators import load_estimator
-
     if name not in ATTACKS:
         raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
     if n < 1 or skip < 1:
@@ -225,13 +106,13 @@ def run_attack(
     if smooth is not None:
         seed = (params or {}).get("seed", 0)
         estimator = _smoothed_estimator(estimator, ckpt, smooth, seed, data_dir)
-    make_attack(name, estimator, params)  # bad parameters fail before data loads
+    make_attack(name, estimator, params, ATTACKS)  # bad parameters fail before data loads
     if skip == 1:
         groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)
     else:
         every = every_kth(data_dir, task, split, n, skip, ckpt)
         groups = load_groups(data_dir, task, split, indices=every, checkpoint=ckpt)
-    results = attack_groups(name, estimator, groups, params)
+    results = attack_groups(name, estimator, groups, params, ATTACKS)
     rows = sorted((row for r in results for row in r["rows"]), key=lambda row: row["index"])
     summary = summarise([{k: v for k, v in row.items() if k != "index"} for row in rows])
     files = _write_outputs(name, Path(out), results, rows, ckpt, figure_samples, save_adversarial)
@@ -255,18 +136,6 @@ def run_attack(
     }
     write_json(files["json"], result)
     return result
-
-
-def attack_warnings(name: str, summary: dict[str, dict[str, float]]) -> list[str]:
-    """What a reader must not miss in an attack's summary (one line each)."""
-    warnings = []
-    psnr = summary.get("input_psnr", {}).get("mean", math.nan)
-    if name.startswith("hallucination") and math.isfinite(psnr) and psnr < VISIBLE_PSNR:
-        warnings.append(
-            f"input PSNR {psnr:.1f} dB < {VISIBLE_PSNR:.0f} dB: the perturbation is visible in "
-            "the zero-filled input; lower --eps for an imperceptible attack"
-        )
-    return warnings
 
 
 def _write_outputs(
@@ -313,11 +182,7 @@ def _figure(
     ckpt: dict[str, Any],
     path: Path,
 ) -> None:
-    from defend import plots
-
     if name.startswith("hallucination"):
-        from defend.models.recon import zero_filled
-
         clean, adv = estimator.predict(x), estimator.predict(x_adv)
         mask = torch.as_tensor(estimator.mask).float()
         crop = tuple(clean.shape[-2:])

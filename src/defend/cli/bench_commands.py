@@ -1,0 +1,215 @@
+"""``defend bench``: benchmarks that print ratios measured in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from defend.cli.app import PROGRESS, app
+from defend.errors import DefendError
+
+bench_app = typer.Typer(
+    help="Benchmarks: attack wall time against model time and ART; adversarial-training epoch "
+    "time against standard training; robustness of checkpoints side by side.",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("models")
+def bench_models_command(
+    out: Path = typer.Argument(Path("runs/bench"), help="Folder for data and checkpoints."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    n: int = typer.Option(4, help="Test samples per attack."),
+    quick: bool = typer.Option(False, help="Smoke run: 32 px data, 1 epoch, short attacks."),
+    progress: bool = PROGRESS,
+) -> None:
+    """The models `bench attacks` and `bench certify` time: synthesise the built-in data,
+    train the four default models, attack each once.
+
+    An interrupted run resumes when run again with the same options; a folder that holds
+    models of other settings (e.g. a --quick one) is refused.
+    """
+    from defend.bench.models import format_models, run_models
+
+    summary = run_models(
+        out, seed=seed, device=device, n=n, quick=quick, progress=progress, log=typer.echo
+    )
+    typer.echo(f"== summary ({out / 'summary.json'})")
+    typer.echo(format_models(summary))
+
+
+@bench_app.command("attacks")
+def bench_attacks_command(
+    run_dir: Path = typer.Argument(Path("runs/bench"), help="Folder `defend bench models` wrote."),
+    n: int = typer.Option(4, help="Samples per task, attacked as one batch."),
+    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    split: str = typer.Option("test", help="Data split the samples come from."),
+    iters: int = typer.Option(20, help="Iterations of the gradient attacks and ART's PGD."),
+    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
+    pixel_th: str = typer.Option("1,5,20", help="PixelAttack pixel counts, comma-separated."),
+    pixel_max_iter: int = typer.Option(
+        100, help="PixelAttack's DE generations per pixel count (100: ART's default)."
+    ),
+    dgde_patience: int = typer.Option(
+        None, help="DGDE generations without progress to stop (default: DGDE's)."
+    ),
+    dgde_max_queries: int = typer.Option(
+        None, help="DGDE's query budget per image (default: DGDE's)."
+    ),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    threads: int = typer.Option(
+        1,
+        help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a "
+        "shared CPU stable.",
+    ),
+) -> None:
+    """Time each attack against its floor of pure model time and against ART's attacks."""
+    from defend.bench import bench_attacks, format_bench, jsonable
+    from defend.device import pick_device
+    from defend.io import check_writable, write_json
+
+    pick_device(device)
+    if out is not None:
+        check_writable(out, "file")
+    try:
+        ths = [int(t) for t in pixel_th.split(",") if t.strip()]
+    except ValueError:
+        raise DefendError(f"--pixel-th expects integers like 1,5,20, got '{pixel_th}'") from None
+    if not ths or min(ths) < 1:
+        raise DefendError(f"--pixel-th expects positive integers, got '{pixel_th}'")
+    result = bench_attacks(
+        run_dir,
+        n=n,
+        split=split,
+        iters=iters,
+        repeats=repeats,
+        pixel_th=ths,
+        pixel_max_iter=pixel_max_iter,
+        dgde_params={
+            k: v
+            for k, v in {"patience": dgde_patience, "max_queries": dgde_max_queries}.items()
+            if v is not None
+        },
+        device=device,
+        threads=threads or None,
+        log=typer.echo,
+    )
+    typer.echo("")
+    typer.echo(format_bench(result))
+    if out is not None:
+        write_json(out, jsonable(result))
+        typer.echo(f"wrote {out}")
+
+
+@bench_app.command("train")
+def bench_train_command(
+    data: Path = typer.Argument(
+        Path("runs/bench/data"), help="Data folder with a train split (defend data synth DIR)."
+    ),
+    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    tasks: str = typer.Option(
+        "recon/unet,recon/varnet,seg,cls", help="TASK or TASK/MODEL names, comma-separated."
+    ),
+    steps: int = typer.Option(
+        None, help="Attack steps per batch for every method (default: each method's; fgsm-rs 1)."
+    ),
+    batches: int = typer.Option(4, help="Training batches per benchmark epoch."),
+    batch_size: int = typer.Option(8, help="Samples per batch."),
+    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    threads: int = typer.Option(
+        1,
+        help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a "
+        "shared CPU stable.",
+    ),
+) -> None:
+    """Time each adversarial-training method's epoch over the standard epoch (ideal steps + 1)."""
+    from defend.bench import bench_train, format_train_bench, jsonable
+    from defend.io import check_writable, write_json
+
+    if out is not None:
+        check_writable(out, "file")
+    result = bench_train(
+        data,
+        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+        steps=steps,
+        batches=batches,
+        batch_size=batch_size,
+        repeats=repeats,
+        device=device,
+        threads=threads or None,
+        log=typer.echo,
+    )
+    typer.echo("")
+    typer.echo(format_train_bench(result))
+    if out is not None:
+        write_json(out, jsonable(result))
+        typer.echo(f"wrote {out}")
+
+
+@bench_app.command("certify")
+def bench_certify_command(
+    run_dir: Path = typer.Argument(Path("runs/bench"), help="Folder `defend bench models` wrote."),
+    samples: int = typer.Option(2, help="Test samples certified per model."),
+    n0: int = typer.Option(100, help="Selection samples (recon: centre candidates)."),
+    n: int = typer.Option(2000, help="Estimation samples."),
+    batch_size: int = typer.Option(500, help="Noisy copies per forward pass."),
+    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
+    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    threads: int = typer.Option(1, help="torch CPU threads during the run (0: torch's default)."),
+) -> None:
+    """Certify throughput over the base model's forward throughput, and ART's smoothing."""
+    from defend.bench.certify import bench_certify, format_certify
+    from defend.device import pick_device
+    from defend.io import check_writable, jsonable, write_json
+
+    pick_device(device)
+    if out is not None:
+        check_writable(out, "file")
+    rows = bench_certify(
+        run_dir, samples=samples, n0=n0, n=n, batch_size=batch_size, repeats=repeats,
+        device=device, threads=threads or None, log=typer.echo,
+    )  # fmt: skip
+    typer.echo(format_certify(rows))
+    if out is not None:
+        write_json(out, jsonable(rows))
+        typer.echo(f"wrote {out}")
+
+
+@bench_app.command("robustness")
+def bench_robustness_command(
+    checkpoints: list[Path] = typer.Argument(
+        ..., help="Checkpoints of one task (e.g. a standard model and its hardened twin)."
+    ),
+    data: Path = typer.Option(..., help="Data folder."),
+    split: str = typer.Option("test", help="Data split the samples come from."),
+    n: int = typer.Option(16, help="Samples attacked (the first n of the split)."),
+    eps: float = typer.Option(
+        None, help="Attack budget (default: the task's, as defend train --eps)."
+    ),
+    seed: int = typer.Option(0, help="Random seed of the attacks."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
+    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+) -> None:
+    """Clean metric, the project's attack and ART's PGD against each checkpoint, same samples."""
+    from defend.bench.robustness import compare_robustness, format_robustness
+    from defend.device import pick_device
+    from defend.io import check_writable, jsonable, write_json
+
+    pick_device(device)
+    if out is not None:
+        check_writable(out, "file")
+    results = compare_robustness(
+        checkpoints, data, split=split, n=n, eps=eps, seed=seed, device=device, log=typer.echo
+    )
+    typer.echo(format_robustness(results))
+    if out is not None:
+        write_json(out, jsonable(results))
+        typer.echo(f"wrote {out}")
+
+
+#: Printed on Ctrl-C; every long command resumes where it stopped.
