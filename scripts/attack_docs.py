@@ -15,7 +15,7 @@ from defend.adaptive.evading_pgd import EvadingPGD
 from defend.adaptive.registry import ATTACKS
 from defend.attacks.params import markdown_table
 from defend.io import write_text
-from defend.matrix.attacks import SECTIONS
+from defend.matrix.columns import SECTIONS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "attacks.md"
 
@@ -31,7 +31,7 @@ def render() -> str:
         "configuration's `[attack.NAME]` section.",
         "",
     ]
-    classes = {name: cls for name, (cls, _) in ATTACKS.items()}
+    classes = {name: entry.attack for name, entry in ATTACKS.items()}
     classes["EvadingPGD (matrix: seg-pgd+evade, art-pgd+evade)"] = EvadingPGD
     for name, cls in classes.items():
         lines += [f"## {name} (`{cls.__module__}.{cls.__name__}`)", "", markdown_table(

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from defend.adaptive.evasion import evaluate_evasion
-from defend.detect.data import make_detection_data
 from defend.detect.detector import fit_detector
 from defend.detect.evaluate import evaluate_detector, format_metrics
+from defend.detect.examples import make_detection_data
 from defend.io import jsonable, write_json, write_text
 from defend.train import TrainConfig
 

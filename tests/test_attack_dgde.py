@@ -9,7 +9,7 @@ from art.estimators.classification import BlackBoxClassifier
 
 import defend
 from defend.attacks import DGDE
-from defend.attacks.base import SampleRNG
+from defend.attacks.torch_attack import SampleRNG
 from defend.errors import DefendError
 
 #: short searches: the tests are about behaviour, not strength
@@ -200,7 +200,7 @@ def test_direct_and_black_box_paths_agree(classifier, images, monkeypatch):
     direct = DGDE(classifier, **FAST)
     x_direct = direct.generate(x, y)
     assert calls["art"] == 0  # the fast path never went through ART's numpy predict
-    from defend.attacks.base import torch_forward  # the one place that decides
+    from defend.attacks.torch_attack import torch_forward  # the one place that decides
 
     assert torch_forward(classifier) is not None  # ART's identity standardisation is exact
 

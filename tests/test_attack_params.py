@@ -15,10 +15,10 @@ from defend.attacks import DGDE
 from defend.attacks.params import Param, by_name
 from defend.cli import app
 from defend.errors import DefendError
-from defend.matrix.attacks import check_section
+from defend.matrix.columns import check_section
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = sorted({cls for cls, _ in ATTACKS.values()}, key=lambda c: c.__name__)
+CLASSES = sorted({entry.attack for entry in ATTACKS.values()}, key=lambda c: c.__name__)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
@@ -76,9 +76,9 @@ def _options(name: str) -> dict[str, object]:
 @pytest.mark.parametrize("name", ["hallucination", "seg-fgsm", "dgde"])
 def test_cli_options_are_the_declared_parameters(name):
     options = _options(name)
-    declared = by_name(ATTACKS[name][0].PARAMS)
+    declared = by_name(ATTACKS[name].attack.PARAMS)
     if name == "hallucination":
-        declared.update(by_name(ATTACKS["hallucination-evade"][0].PARAMS))
+        declared.update(by_name(ATTACKS["hallucination-evade"].attack.PARAMS))
     for param in declared.values():
         if not param.cli:
             assert param.option not in options

@@ -184,7 +184,7 @@ def test_pixel_attack_runs_at_arts_defaults():
     from art.attacks.evasion import PixelAttack
 
     import defend.cli.bench_commands
-    from defend.bench.art import PIXEL_MAX_ITER, dgde_vs_floor_and_pixel_attack
+    from defend.bench.versus_art import PIXEL_MAX_ITER, dgde_vs_floor_and_pixel_attack
 
     art_default = inspect.signature(PixelAttack.__init__).parameters["max_iter"].default
     assert PIXEL_MAX_ITER == art_default == 100
@@ -198,7 +198,7 @@ def test_pixel_attack_runs_at_arts_defaults():
 def test_pixel_goals_are_not_passed_when_art_never_succeeds():
     """No th flips an image: pixels and speed are not comparable, so not met (the old code
     met the pixel goal on a NaN and the speed goal on the sum over th)."""
-    from defend.bench.art import pixel_goals
+    from defend.bench.versus_art import pixel_goals
 
     rows = [
         _attack_row(f"PixelAttack th={th}", [False, False], [th, th], s)
@@ -224,7 +224,7 @@ def _pixel_result(rows: list[dict], goals: dict) -> dict:
 def test_pixel_speed_is_against_the_best_single_th():
     """Speed against the fastest th that flips an image (not the sum over th, not a th that
     never succeeds); pixels against the fewest-pixel th on the images both flipped."""
-    from defend.bench.art import pixel_goals
+    from defend.bench.versus_art import pixel_goals
 
     rows = [
         _attack_row("PixelAttack th=1", [True, False], [1.0, 1.0], 6.0),
@@ -245,7 +245,7 @@ def test_pixel_speed_is_against_the_best_single_th():
 def test_projected_rows_take_no_part_in_the_goals():
     """A projected row (measured False) is labelled so and never read by a goal, however
     good it would look."""
-    from defend.bench.art import PROJECTED, pixel_goals
+    from defend.bench.versus_art import PROJECTED, pixel_goals
 
     rows = [_attack_row("PixelAttack th=1", [True, False], [1.0, 1.0], 20.0)]
     projected = {
@@ -455,7 +455,7 @@ class FlipAfterSelection:
 def test_bench_certify_counts_the_draws_of_an_abstaining_centre():
     """An abstaining centre stops after n0 + 2n draws: the bench divides by those (the rows
     the base saw), not by the n0 + 3n the old formula assumed (the recon "1.487")."""
-    from defend.bench.certify import _time_certify, certify_once
+    from defend.bench.certify_speed import _time_certify, certify_once
     from defend.smooth.core import CenterSmoothing, ImageNoise
 
     n0, n = 16, 224  # the smallest n center smoothing accepts at delta 0.1, alpha 0.025

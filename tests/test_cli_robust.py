@@ -25,7 +25,7 @@ import defend.data
 import defend.data.synth as synth
 import defend.io
 import defend.train
-from defend.bench.models import run_models
+from defend.bench.fixtures import run_models
 from defend.cli import app
 from defend.cli.app import INTERRUPTED
 from defend.device import pick_device

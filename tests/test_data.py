@@ -597,7 +597,7 @@ def test_cls_unknown_class_folder_is_one_line_error(tmp_path):
 
 def test_train_model_validates_with_training_class_map(tmp_path, monkeypatch):
     """The val split (lesion only, RGB) is read with the training split's classes and channels."""
-    import defend.train.build as build
+    import defend.train.from_folder as build
 
     data = tmp_path / "data"
     _cls_split(data / "cls" / "train", {"healthy": 2, "lesion": 2})

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import defend
-from defend.detect.data import (
+from defend.detect.examples import (
     HELD_OUT,
     KINDS,
     SEEN,

@@ -15,7 +15,7 @@ from defend.io import load_checkpoint, save_checkpoint
 def test_detection_data_keys_on_the_checkpoint_content(unet_ckpt, synth_dir, tmp_path):
     """A renamed or copied checkpoint reuses its detection data; one retrained in place (the
     same name and model config, other weights) is refused, not silently given the old data."""
-    from defend.detect.data import make_detection_data
+    from defend.detect.examples import make_detection_data
 
     model, renamed, folder = tmp_path / "model.pt", tmp_path / "renamed.pt", tmp_path / "det"
     shutil.copy(unet_ckpt, model)
@@ -66,7 +66,7 @@ def test_denoiser_base_and_starting_weights_key_on_content(cls_ckpt, tmp_path):
     (what resume compares) by content: a rename keeps the key, a retrain in place (the same
     name, size and config) changes it."""
     from defend.smooth.denoiser import _base_fingerprint
-    from defend.train.build import _weights_fingerprint
+    from defend.train.from_folder import _weights_fingerprint
 
     model, renamed = tmp_path / "model.pt", tmp_path / "renamed.pt"
     shutil.copy(cls_ckpt, model)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import defend
-from defend.detect.data import SEEN, load_detection_data, make_detection_data
 from defend.detect.detector import DetectionSet, DetectTask, fit_detector, load_detector
+from defend.detect.examples import SEEN, load_detection_data, make_detection_data
 from defend.errors import CheckpointError
 from defend.io import load_checkpoint
 from defend.train import TrainConfig

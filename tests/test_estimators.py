@@ -24,7 +24,7 @@ from defend.estimators import (
     load_estimator,
     make_classifier,
 )
-from defend.estimators.base import ZERO_GRADIENT_WARNING
+from defend.estimators.torch_estimator import ZERO_GRADIENT_WARNING
 from defend.io import save_checkpoint
 from defend.models import build_model, default_model_config, zero_filled
 

@@ -114,7 +114,7 @@ def test_detector_data_draws_apart_from_the_matrix(cls_ckpt, synth_dir, tmp_path
     as before, they were the matrix's exactly: the case this test is built to catch."""
     from defend.data import load_arrays
     from defend.estimators import load_estimator
-    from defend.matrix.attacks import ATTACKS as MATRIX
+    from defend.matrix.columns import ATTACKS as MATRIX
 
     for seed in range(50):
         seeds = [data_seed(seed, split) for split in ("train", "val", "test")]

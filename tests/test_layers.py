@@ -113,3 +113,20 @@ def test_the_reader_sees_every_kind_of_import(tmp_path, source, expected):
     path = tmp_path / "m.py"
     path.write_text(source)
     assert imports(path) == expected
+
+
+#: module names that stand for the same thing in every package: the package's part for one task
+PER_TASK = {"recon", "seg", "cls"}
+
+
+def test_each_module_name_says_one_thing():
+    """A module name appears once in the tree (a package counts as a name too), but for the
+    per-task parts (``models/recon.py``, ``estimators/recon.py``: the package's recon part)."""
+    names: dict[str, list[str]] = {}
+    for path in SRC.rglob("*"):
+        if path.name in ("__init__.py", "__main__.py") or "__pycache__" in path.parts:
+            continue
+        if path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists()):
+            names.setdefault(path.stem, []).append(str(path.relative_to(SRC)))
+    twice = {n: p for n, p in names.items() if len(p) > 1 and n not in PER_TASK}
+    assert not twice, twice

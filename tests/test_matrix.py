@@ -189,13 +189,13 @@ def test_shards_merge_into_the_same_matrix(smoke, tmp_path):
 
 
 def test_failed_cell_is_recorded_and_the_rest_go_on(smoke, tmp_path, monkeypatch):
-    from defend.matrix import attacks
+    from defend.matrix import columns
 
     def broken(*args, **kwargs):
         raise RuntimeError("broken on purpose")
 
     _, cache = smoke
-    monkeypatch.setitem(attacks.ATTACKS, "noise", (broken, True))
+    monkeypatch.setitem(columns.ATTACKS, "noise", (broken, True))
     out = tmp_path / "failing"
     path = _one_task(tmp_path, "cls")
     result = CliRunner().invoke(app, ["matrix", str(path), "--out", str(out), "--cache",

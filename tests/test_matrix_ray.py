@@ -11,8 +11,8 @@ import pytest
 from defend.errors import DefendError
 from defend.matrix import load_config, run_matrix
 from defend.matrix.cells import plan
-from defend.matrix.defences import row_builds
 from defend.matrix.ray_engine import levels
+from defend.matrix.rows import row_builds
 
 
 def _quiet(line: str) -> None:

@@ -12,7 +12,8 @@ import torch
 
 from defend import intervals
 from defend.matrix import measures, outcomes, results
-from defend.matrix.defences import System
+from defend.matrix.measures import Outputs
+from defend.matrix.rows import System
 
 
 # ------------------------------------------------------------------ intervals
@@ -45,9 +46,9 @@ def test_separated_only_when_intervals_do_not_overlap():
 # ------------------------------------------------------------------ abstentions
 def test_cls_abstention_under_attack_is_a_success():
     y = np.array([0, 1, 1])
-    clean = np.array([0, 1, -1])  # the third abstains when clean: not judged
-    adv = np.array([-1, 1, 1])
-    success = measures.success("cls", y, clean, adv)
+    clean = Outputs(np.array([0, 1, 0]), np.array([False, False, True]))  # third: not judged
+    adv = Outputs(np.array([0, 1, 1]), np.array([True, False, False]))  # first: abstains
+    success = measures.success("cls", y, *(measures.resolve("cls", o, y) for o in (clean, adv)))
     np.testing.assert_array_equal(success, [1.0, 0.0, np.nan])
     np.testing.assert_array_equal(measures.abstained("cls", adv), [1, 0, 0])
 
@@ -55,10 +56,11 @@ def test_cls_abstention_under_attack_is_a_success():
 def test_seg_abstaining_pixels_are_scored_wrong():
     y = np.zeros((1, 1, 4, 4), np.float32)
     y[0, 0, :2] = 1
-    right = np.where(y > 0.5, measures.LABEL_LOGIT, -measures.LABEL_LOGIT).astype(np.float32)
-    half = right.copy()
-    half[0, 0, 0] = np.nan  # four foreground pixels abstain
-    half[0, 0, 3] = np.nan  # four background pixels abstain
+    right = y > 0.5
+    gave_up = np.zeros_like(right)
+    gave_up[0, 0, 0] = True  # four foreground pixels abstain
+    gave_up[0, 0, 3] = True  # four background pixels abstain
+    half = Outputs(right, gave_up)
     shown = measures.resolve("seg", half, y)
     assert measures.quality("seg", y, right)[0] == pytest.approx(1.0)
     # 4 of 8 foreground found, 4 background false positives: Dice 2*4 / (8 + 8)
@@ -68,9 +70,8 @@ def test_seg_abstaining_pixels_are_scored_wrong():
 
 def test_recon_abstention_is_scored_as_the_declared_fallback():
     y = np.ones((2, 4, 4), np.float32)
-    out = y.copy()
-    out[1] = np.nan
-    fallback = np.zeros_like(y)
+    out = Outputs(y.copy(), np.array([False, True]))
+    fallback = np.zeros_like(y) + 0.5
     shown = measures.resolve("recon", out, y, fallback)
     np.testing.assert_array_equal(shown[1], fallback[1])
     np.testing.assert_array_equal(shown[0], y[0])
@@ -80,15 +81,16 @@ def test_recon_abstention_is_scored_as_the_declared_fallback():
 
 
 def _cls_system(predictions: np.ndarray, smooth: bool) -> System:
-    return System("cls", None, lambda x, _: predictions, smooth=object() if smooth else None)
+    outputs = Outputs.answered(predictions, "cls")
+    return System("cls", None, lambda x, _: outputs, smooth=object() if smooth else None)
 
 
 def test_judge_counts_an_abstaining_smoothed_classifier_against_it():
     """Before: an abstention scored success 0. Now it is a success, and ``abstain`` says so."""
     config = {"attack": {}}
     x, y = np.zeros((4, 1, 2, 2), np.float32), np.array([0, 1, 0, 1])
-    judge = outcomes.Judge(config, _cls_system(y, smooth=True), x, y, y.copy())
-    samples = judge(x, np.array([-1, -1, 0, 1]))
+    judge = outcomes.Judge(config, _cls_system(y, smooth=True), x, y, Outputs.answered(y, "cls"))
+    samples = judge(x, Outputs(np.array([0, 0, 0, 1]), np.array([True, True, False, False])))
     np.testing.assert_array_equal(samples["success"], [1, 1, 0, 0])
     np.testing.assert_array_equal(samples["attacked_quality"], [0, 0, 1, 1])
     np.testing.assert_array_equal(samples["abstain"], [1, 1, 0, 0])
@@ -256,7 +258,7 @@ def test_inside_radius_check_holds_inside_and_fires_beyond_the_radius(cls_ckpt, 
     radius and certificate_violations was 0 by construction)."""
     from defend.data import load_arrays
     from defend.matrix import inside_radius, load_config
-    from defend.matrix.defences import Row, certificates, system
+    from defend.matrix.rows import Row, certificates, system
 
     config = load_config("smoke")
     defended = system(config, Row("cls", "resnet18", "smoothing"), {"model": cls_ckpt})
@@ -289,13 +291,14 @@ def test_recon_inside_radius_reads_the_bound_at_the_largest_certified_radius():
     inf, nan = np.inf, np.nan
     clean = {"eps_in": np.array([0.0, 0.1, 0.2]),
              "eps_out": np.array([[0.1, 0.2, inf], [nan, nan, nan], [0.1, 0.2, 0.3]]),
-             "center": np.zeros((3, 1, 2), np.float32)}  # fmt: skip
+             "center": np.zeros((3, 1, 2), np.float32),
+             "center_abstained": np.array([False, True, False])}  # fmt: skip
     np.testing.assert_allclose(inside_radius.radii(defended, clean), [0.2, 0.0, 0.4])
     x = np.zeros((3, 1, 1, 2, 2), np.float32)
     out = np.zeros((3, 1, 2), np.float32)
     out[0, 0, 0] = 0.25 * math.sqrt(2)  # moved 0.25 of the output norm: beyond the 0.2 bound
     out[2, 0, 0] = 0.25 * math.sqrt(2)  # within its 0.3 bound
-    found = inside_radius.outcomes(defended, clean, x, out)
+    found = inside_radius.outcomes(defended, clean, x, Outputs(out, np.zeros(3, bool)))
     np.testing.assert_array_equal(found["covered"], [1, 0, 1])
     np.testing.assert_array_equal(found["violated"], [1, 0, 0])
 

@@ -2,12 +2,9 @@
 
 PyTorch picks its CPU kernels by the widest vectors the processor has. AVX-512 kernels add
 in another order than AVX2 ones, so the same seed rounds differently, and over a training
-run the differences grow into another model. Measured on an AVX-512 AMD EPYC: a 16-epoch
-U-Net on the built-in data reaches validation SSIM 0.8730 with its own kernels and 0.8715
-with AVX2 ones, the value docs/hardening.md recorded on another machine, to every digit;
-108 of the 275 numbers of ``defend matrix smoke`` change. :func:`pin_cpu_kernels` caps the
-three kernel libraries at AVX2, which most x86-64 CPUs of the last decade have. The cost
-there: the quick matrix took 9 min 25 s against about 8.5 min, 3-epoch trainings 0.9-1.25x.
+run the differences grow into another model (README, Quick start: the CPU kernels).
+:func:`pin_cpu_kernels` caps the three kernel libraries at AVX2, which most x86-64 CPUs of
+the last decade have; its cost in time is measured in docs/matrix.md.
 
 ``import defend`` calls it, before torch computes anything; every process that imports
 ``defend`` (the CLI, torchrun and Ray workers) sets it again, and child processes inherit it.

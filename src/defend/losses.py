@@ -53,7 +53,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def dicefocal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice + Focal per sample (B,): the seed paper's and ``defend train seg``'s training loss."""
+    """Dice + Focal per sample (B,): Wang & Xu's and ``defend train seg``'s training loss."""
     return dice_loss(logits, target) + focal_loss(logits, target)
 
 

@@ -22,11 +22,31 @@ def dice_iou(
         threshold: probability above which a pixel counts as foreground.
 
     Returns:
+        :func:`mask_dice_iou` of :func:`predicted_masks`.
+    """
+    return mask_dice_iou(predicted_masks(logits, threshold), target)
+
+
+def predicted_masks(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(B, K, H, W) bool: the pixels whose sigmoid probability is above ``threshold``."""
+    return torch.sigmoid(logits.float()) > threshold
+
+
+def mask_dice_iou(
+    pred: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image, per-label Dice and IoU of predicted masks.
+
+    Args:
+        pred: (B, K, H, W) predicted masks (bool or {0, 1}).
+        target: (B, K, H, W) masks in {0, 1}.
+
+    Returns:
         ``(dice, iou, nonempty)``, each (B, K): the scores, and whether the ground-truth mask
-        is non-empty (the seed paper averages over those only). Empty prediction and empty
+        is non-empty (Wang & Xu 2024 average over those only). Empty prediction and empty
         target score 1.
     """
-    pred = (torch.sigmoid(logits.float()) > threshold).float()
+    pred = pred.float()
     target = (target > 0.5).float()
     inter = (pred * target).flatten(2).sum(-1)
     total = pred.flatten(2).sum(-1) + target.flatten(2).sum(-1)

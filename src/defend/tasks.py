@@ -108,9 +108,9 @@ class ReconTask(Task):
 class SegTask(Task):
     """Multi-label segmentation with per-pixel sigmoid outputs.
 
-    Loss: the seed paper's training loss, Dice + Focal (:func:`defend.losses.dicefocal_loss`,
+    Loss: Wang & Xu's training loss, Dice + Focal (:func:`defend.losses.dicefocal_loss`,
     per image). Metrics: Dice and IoU at threshold 0.5 over (image, label) pairs with a
-    non-empty ground truth, as the seed paper reports them.
+    non-empty ground truth, as Wang & Xu 2024 report them.
     """
 
     name = "seg"

@@ -124,7 +124,7 @@ def eot_estimator(
     (``frozen_seed``: fixed noise draws, for black-box attacks; module doc). Reconstruction:
     the noise of the smoothed model, :func:`defend.smooth.core.kspace_noise` (``unit``: the
     k-space unit, :func:`defend.smooth.training_unit`; None takes the denoiser's)."""
-    from defend.attacks.base import torch_forward
+    from defend.attacks.torch_attack import torch_forward
     from defend.estimators.cls import make_classifier
 
     if draws < 1:

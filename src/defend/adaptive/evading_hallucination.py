@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from defend.attacks.base import torch_forward
 from defend.attacks.hallucination import HallucinationAttack
 from defend.attacks.params import Param
+from defend.attacks.torch_attack import torch_forward
 from defend.detect.detector import Detector, load_detector
 from defend.detect.features import detector_inputs
 from defend.errors import DefendError

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from art.estimators.estimator import BaseEstimator
 
-from defend.attacks.base import SampleRNG, TorchAttack, clip_range, torch_forward
 from defend.attacks.params import Param
+from defend.attacks.torch_attack import SampleRNG, TorchAttack, clip_range, torch_forward
 from defend.detect.inputs import input_detector_classifier, input_threshold
 from defend.errors import DefendError
 
@@ -34,8 +34,9 @@ class EvadingPGD(TorchAttack):
     """l-inf PGD against a classifier or segmentation model and its input detector.
 
     Args:
-        estimator: a differentiable ART estimator (:func:`~defend.attacks.base.torch_forward`)
-            of images (B, C, H, W) in [0, 1]: ``defend``'s classifier or ``SegEstimator``.
+        estimator: a differentiable ART estimator
+            (:func:`~defend.attacks.torch_attack.torch_forward`) of images (B, C, H, W) in
+            [0, 1]: ``defend``'s classifier or ``SegEstimator``.
 
     The task loss follows the model's output (module doc).
     """

@@ -11,9 +11,9 @@ import numpy as np
 
 from defend.adaptive.evading_hallucination import EvadingHallucination
 from defend.data import load_arrays
-from defend.detect.data import VOLUMES, load_detection_data
 from defend.detect.detector import default_data_folder, detector_outputs, load_detector
 from defend.detect.evaluate import separation
+from defend.detect.examples import VOLUMES, load_detection_data
 from defend.estimators import load_estimator
 from defend.io import check_writable, write_json
 

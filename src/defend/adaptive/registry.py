@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from defend.adaptive.evading_hallucination import EvadingHallucination
 from defend.attacks import ATTACKS as PLAIN
-from defend.attacks.base import TorchAttack
+from defend.attacks import RegisteredAttack
 
-#: name -> (attack class, the task whose checkpoints it attacks)
-ATTACKS: dict[str, tuple[type[TorchAttack], str]] = {
+#: name -> the attack class and the task whose checkpoints it attacks
+ATTACKS: dict[str, RegisteredAttack] = {
     **PLAIN,
-    "hallucination-evade": (EvadingHallucination, "recon"),
+    "hallucination-evade": RegisteredAttack(EvadingHallucination, "recon"),
 }

@@ -100,7 +100,7 @@ def run_attack(
         raise DefendError(f"--n and --skip must be >= 1, got {n}, {skip}")
     pick_device(device)  # device and output first: refused before anything is read
     check_writable(out, "dir")
-    task = ATTACKS[name][1]
+    task = ATTACKS[name].task
     ckpt = load_checkpoint(checkpoint, task)
     estimator = load_estimator(ckpt, device=device)
     if smooth is not None:

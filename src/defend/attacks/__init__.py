@@ -12,16 +12,28 @@ detector-aware attacks) are in :mod:`defend.adaptive`, a layer above both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 #: attack name -> (module, class); the modules import ART, so they load on first use
 _CLASSES = {
-    "TorchAttack": "base",
+    "TorchAttack": "torch_attack",
     "DGDE": "dgde",
     "HallucinationAttack": "hallucination",
     "SegmentationFGSM": "seg_fgsm",
     "region_mask": "region",
 }
+
+
+@dataclass(frozen=True)
+class RegisteredAttack:
+    """An attack ``defend attack`` runs by name: its ``attack`` class and the ``task`` whose
+    checkpoints it attacks."""
+
+    attack: type
+    task: str
+
+
 #: CLI name -> (attack class name, the task whose checkpoints it attacks)
 _ATTACKS = {
     "hallucination": ("HallucinationAttack", "recon"),
@@ -32,6 +44,7 @@ _ATTACKS = {
 __all__ = [
     "ATTACKS",
     "DGDE",
+    "RegisteredAttack",
     "HallucinationAttack",
     "SegmentationFGSM",
     "TorchAttack",
@@ -40,12 +53,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """The attack classes and ``ATTACKS`` (CLI name -> (class, task)), imported on first use
-    so that ``defend.attacks.budget`` and ``.region`` load without ART."""
+    """The attack classes and ``ATTACKS`` (CLI name -> :class:`RegisteredAttack`), imported
+    on first use so that ``defend.attacks.budget`` and ``.region`` load without ART."""
     import importlib
 
     if name in _CLASSES:
         return getattr(importlib.import_module(f"defend.attacks.{_CLASSES[name]}"), name)
     if name == "ATTACKS":
-        return {key: (__getattr__(cls), task) for key, (cls, task) in _ATTACKS.items()}
+        return {key: RegisteredAttack(__getattr__(cls), task)
+                for key, (cls, task) in _ATTACKS.items()}  # fmt: skip
     raise AttributeError(f"module 'defend.attacks' has no attribute '{name}'")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from defend.attacks import ATTACKS
-from defend.attacks.base import TorchAttack
+from defend.attacks.torch_attack import TorchAttack
 from defend.errors import DefendError
 
 #: input PSNR (dB) below which a hallucination attack's perturbation counts as visible
@@ -63,7 +63,7 @@ def make_attack(
     registry = ATTACKS if registry is None else registry
     if name not in registry:
         raise DefendError(f"unknown attack '{name}': choose one of {', '.join(registry)}")
-    return registry[name][0](estimator, **dict(params or {}))
+    return registry[name].attack(estimator, **dict(params or {}))
 
 
 def attack_arrays(

@@ -1,4 +1,4 @@
-"""ART's own PGD, the outside attack beside the project's (REFERENCE §5): the same budget
+"""ART's own PGD, the outside attack beside the project's (Carlini et al. 2019): the same budget
 units as the project's attacks, ART's code doing the attacking."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ The k-space unit is one definition shared by the attacks, the smoothing noise an
 certified radii (:class:`defend.smooth.core.KspaceNoise`): the root-mean-square magnitude of
 the sampled complex entries, ``||k sampled||_2 / sqrt(#sampled entries)``, an entry being one
 complex number (coil, row, sampled column), so both its real and imaginary parts enter the
-norm. With ``part="real"`` (the seed paper's) the l-inf box has exactly as many components as
+norm. With ``part="real"`` (Buğday et al.'s) the l-inf box has exactly as many components as
 there are entries, and a perturbation filling it has l2 norm ``eps`` times the sampled k-space
 norm; with ``part="complex"`` twice as many components move, each within the same box
 (``sqrt(2) eps`` times the norm). An attack's budget is relative to each sample's own unit (its
@@ -55,7 +55,7 @@ class KspaceBudget:
         eps: the budget (relative: at most 1; absolute: raw units).
         norm: ``"inf"`` (per moved component, in k-space units) or ``"2"`` (per coil).
         mode: ``"relative"`` or ``"absolute"``.
-        part: ``"real"`` (only real parts move, as the seed paper) or ``"complex"``.
+        part: ``"real"`` (only real parts move, as Buğday et al.) or ``"complex"``.
     """
 
     eps: float

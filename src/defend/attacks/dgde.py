@@ -1,4 +1,4 @@
-"""DGDE: decrease-group differential evolution, a few-pixel black-box attack (seed 002).
+"""DGDE: decrease-group differential evolution, a few-pixel black-box attack.
 
 "Attacking medical images with minimal noise: exploiting vulnerabilities in medical
 deep-learning systems". Only the classifier's predicted probabilities are used, and every
@@ -31,17 +31,17 @@ batched forward pass, and the images of a batch share that pass. ``queries`` cou
 image sent to the classifier.
 
 **Draws keyed by the sample.** Every random draw comes from the image's own generator
-(:class:`~defend.attacks.base.SampleRNG`), seeded from ``(seed, the image's key)``, where the
-key (:func:`sample_keys`) is a hash of the image itself: its shape and float32 bytes. The
-image is the sample's identity wherever it comes from (a dataset position is not: position
-3 of the train split and position 3 of the test split are the same number), so two different
-images never share draws, and an image gets the same draws at any position of any batch, in
-any shard, whatever ``indices`` the caller passes (they are accepted and not used). Carlini et
-al. 2019 ("On Evaluating Adversarial Robustness") ask that a detector not be trained
-on the very perturbations it is evaluated on: with draws keyed by the image, a detector's
-training images never share their noise with the evaluation's images, and a detector's data
-attacked with another seed (:func:`defend.detect.inputs.data_seed`) never shares it on the
-same images either.
+(:class:`~defend.attacks.torch_attack.SampleRNG`), seeded from ``(seed, the image's key)``,
+where the key (:func:`sample_keys`) is a hash of the image itself: its shape and float32
+bytes. The image is the sample's identity wherever it comes from (a dataset position is not:
+position 3 of the train split and position 3 of the test split are the same number), so two
+different images never share draws, and an image gets the same draws at any position of any
+batch, in any shard, whatever ``indices`` the caller passes (they are accepted and not
+used). Carlini et al. 2019 ("On Evaluating Adversarial Robustness") ask that a detector not
+be trained on the very perturbations it is evaluated on: with draws keyed by the image, a
+detector's training images never share their noise with the evaluation's images, and a
+detector's data attacked with another seed (:func:`defend.detect.inputs.data_seed`) never
+shares it on the same images either.
 
 Images the classifier gets wrong when clean are left unchanged and reported apart
 (``clean_correct`` 0, ``success`` NaN).
@@ -60,8 +60,8 @@ import torch
 from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator
 
-from defend.attacks.base import SampleRNG, TorchAttack, clip_range, torch_forward
 from defend.attacks.params import Param
+from defend.attacks.torch_attack import SampleRNG, TorchAttack, clip_range, torch_forward
 from defend.errors import DefendError
 
 
@@ -164,7 +164,7 @@ class DGDE(TorchAttack):
         indices: Sequence[int] | np.ndarray | None = None,
         **kwargs: Any,
     ) -> np.ndarray | torch.Tensor:
-        """:meth:`TorchAttack.generate <defend.attacks.base.TorchAttack.generate>` with each
+        """:meth:`TorchAttack.generate <defend.attacks.torch_attack.TorchAttack.generate>` with each
         image's generator seeded from ``(seed, sample_keys(x))``: keyed by the image, not by
         ``indices`` (checked for length only), so the draws follow the sample (module doc)."""
         given = None if indices is None else len(np.asarray(indices).reshape(-1))
@@ -178,7 +178,7 @@ class DGDE(TorchAttack):
         """Class probabilities (N, classes) of images x (N, C, H, W): the attack's only signal.
 
         Computed on the device without a host copy where the classifier's torch model gives
-        exactly ART's prediction (:func:`defend.attacks.base.torch_forward`), else through
+        exactly ART's prediction (:func:`defend.attacks.torch_attack.torch_forward`), else through
         ART's numpy ``predict``.
         """
         forward = torch_forward(self.estimator)

@@ -1,4 +1,4 @@
-"""Masked iterative FGSM in k-space that makes a reconstruction hallucinate (seed 000).
+"""Masked iterative FGSM in k-space that makes a reconstruction hallucinate.
 
 Buğday, Saeys & Peck, "Triggering hallucinations in model-based MRI reconstruction via
 adversarial perturbations" (arXiv 2602.18536). The attack perturbs the *sampled* k-space so
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
-from defend.attacks.base import SampleRNG, TorchAttack, torch_forward
 from defend.attacks.budget import KspaceBudget
 from defend.attacks.params import Param
 from defend.attacks.region import REGIONS, as_region, parse_size, read_mask, region_mask
+from defend.attacks.torch_attack import SampleRNG, TorchAttack, torch_forward
 from defend.errors import DefendError
 from defend.kspace import acquired_columns, zero_filled
 from defend.metrics import image_similarity

@@ -113,7 +113,7 @@ class Param:
         return f"a finite number {self.allowed()}".rstrip()
 
 
-#: What every attack takes (:class:`~defend.attacks.base.TorchAttack`).
+#: What every attack takes (:class:`~defend.attacks.torch_attack.TorchAttack`).
 COMMON = (
     Param("batch_size", 16, "samples attacked together (results do not depend on it)", int,
           "samples", low=1),

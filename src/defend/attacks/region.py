@@ -10,7 +10,7 @@ import torch
 
 from defend.errors import DefendError
 
-#: the seed paper's line at 320 px: 4 px thick, 60 px long; scaled to the image size
+#: Buğday et al.'s line at 320 px: 4 px thick, 60 px long; scaled to the image size
 PAPER_LINE = (4 / 320, 60 / 320)
 PAPER_SQUARE = 50 / 320
 #: the region shapes :func:`region_mask` draws
@@ -31,7 +31,7 @@ def region_mask(
         shape: (h, w) of the reconstructed image.
         kind: ``"line"`` (horizontal bar), ``"square"`` or ``"disk"`` (the ellipse inscribed
             in the size's box).
-        size: (height, width) in pixels, or one int for a square. Default: the seed paper's
+        size: (height, width) in pixels, or one int for a square. Default: Buğday et al.'s
             60 x 4 px line or 50 x 50 px square at 320 px (a disk: the square's), scaled to
             ``shape`` (at least 1 px).
         center: (row, col) of the region's centre; default the image centre.

@@ -1,4 +1,4 @@
-"""FGSM and PGD against segmentation models (seed 001).
+"""FGSM and PGD against segmentation models (Wang & Xu 2024).
 
 Wang & Xu, "Susceptibility of adversarial attack on medical image segmentation models"
 (arXiv 2401.11224): one signed-gradient step on the input, with the attack loss either the
@@ -14,10 +14,16 @@ from typing import Any
 import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
-from defend.attacks.base import SampleRNG, TorchAttack, clip_range, differentiable, torch_forward
 from defend.attacks.params import Param
+from defend.attacks.torch_attack import (
+    SampleRNG,
+    TorchAttack,
+    clip_range,
+    differentiable,
+    torch_forward,
+)
 from defend.errors import DefendError
-from defend.estimators.base import per_sample
+from defend.estimators.torch_estimator import per_sample
 from defend.losses import SEG_LOSSES, seg_loss
 from defend.metrics import dice_iou
 
@@ -35,7 +41,7 @@ class SegmentationFGSM(TorchAttack):
     it was trained with (``defend.tasks.SegTask``). Any per-image Dice counts an empty target
     too (smoothed), so samples without foreground are attacked as well (towards false
     foreground). ``bce``, ``dice`` and ``dicefocal`` need a differentiable estimator
-    (:func:`defend.attacks.base.torch_forward`); other ART estimators are attacked through
+    (:func:`defend.attacks.torch_attack.torch_forward`); other ART estimators are attacked through
     ``loss_gradient`` with ``"training"``.
     """
 

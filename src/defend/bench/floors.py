@@ -15,7 +15,7 @@
 The attack and its floor run interleaved after a warm-up
 (:func:`defend.bench.timing.interleaved`); a row reports the median over repeats of attack
 time / floor time, each pair measured back to back, against :data:`FLOOR_GOAL`. The model is
-called the way the attacks call it (:func:`defend.attacks.base.torch_forward`).
+called the way the attacks call it (:func:`defend.attacks.torch_attack.torch_forward`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from defend.attacks import DGDE, HallucinationAttack, SegmentationFGSM
-from defend.attacks.base import estimator_device, torch_forward
+from defend.attacks.torch_attack import estimator_device, torch_forward
 from defend.bench.timing import (
     as_tensor,
     forward_batches,

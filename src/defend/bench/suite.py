@@ -1,8 +1,8 @@
 """The whole benchmark: on estimators and arrays you hold, or on a ``defend bench models`` folder.
 
 :func:`bench_suite` runs the floors (:mod:`defend.bench.floors`) and the comparisons with ART
-(:mod:`defend.bench.art`) on whatever it is given; :func:`bench_attacks` loads a models folder's
-four checkpoints and test samples (read the way each model was trained: its checkpoint's
+(:mod:`defend.bench.versus_art`) on whatever it is given; :func:`bench_attacks` loads a models
+folder's four checkpoints and test samples (read the way each model was trained: its checkpoint's
 acquisition, classes and channels), then runs :func:`bench_suite` under a chosen torch
 thread count and records the machine it ran on.
 """
@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from defend.attacks.base import estimator_device
-from defend.bench.art import (
+from defend.attacks.torch_attack import estimator_device
+from defend.bench.floors import hallucination_vs_floor, seg_pgd_vs_floor
+from defend.bench.timing import Log, timed, torch_threads
+from defend.bench.versus_art import (
     PIXEL_MAX_ITER,
     art_pgd_vs_hallucination,
     dgde_vs_floor_and_pixel_attack,
 )
-from defend.bench.floors import hallucination_vs_floor, seg_pgd_vs_floor
-from defend.bench.timing import Log, timed, torch_threads
 from defend.cpu_kernels import cpu_kernels
 from defend.errors import DefendError
 
@@ -237,7 +237,7 @@ def bench_attacks(
         iters: iterations of the gradient attacks (and ART PGD's steps).
         repeats: timed repeats (after a warm-up); medians are reported.
         pixel_th: PixelAttack's fixed pixel counts (a row each). pixel_max_iter: its DE
-            generations (default ART's, :data:`~defend.bench.art.PIXEL_MAX_ITER`).
+            generations (default ART's, :data:`~defend.bench.versus_art.PIXEL_MAX_ITER`).
         dgde_params: DGDE arguments (default :data:`~defend.bench.floors.BENCH_DGDE`).
         device: torch device (default: CUDA when available).
         threads: torch CPU threads during the run (None: as they are).

@@ -110,9 +110,9 @@ def _attack_command(name: str, summary: str, adaptive: str | None = None) -> Non
     parameters, whose ``detector`` switches to it (``--evade DET.pt``)."""
     from defend.adaptive.registry import ATTACKS
 
-    declared = by_name(ATTACKS[name][0].PARAMS)
+    declared = by_name(ATTACKS[name].attack.PARAMS)
     if adaptive is not None:
-        declared = {**declared, **by_name(ATTACKS[adaptive][0].PARAMS)}
+        declared = {**declared, **by_name(ATTACKS[adaptive].attack.PARAMS)}
     params = [p for p in declared.values() if p.cli]
 
     def command(**values: Any) -> None:
@@ -124,7 +124,7 @@ def _attack_command(name: str, summary: str, adaptive: str | None = None) -> Non
             declared[key].check(value)
         chosen = adaptive if adaptive and given.get("detector") is not None else name
         if chosen == name:
-            given = {k: v for k, v in given.items() if k in by_name(ATTACKS[name][0].PARAMS)}
+            given = {k: v for k, v in given.items() if k in by_name(ATTACKS[name].attack.PARAMS)}
         _run_attack(chosen, common, given, progress)
 
     fixed = [

@@ -32,7 +32,7 @@ def bench_models_command(
     An interrupted run resumes when run again with the same options; a folder that holds
     models of other settings (e.g. a --quick one) is refused.
     """
-    from defend.bench.models import format_models, run_models
+    from defend.bench.fixtures import format_models, run_models
 
     summary = run_models(
         out, seed=seed, device=device, n=n, quick=quick, progress=progress, log=typer.echo
@@ -163,7 +163,7 @@ def bench_certify_command(
     threads: int = typer.Option(1, help="torch CPU threads during the run (0: torch's default)."),
 ) -> None:
     """Certify throughput over the base model's forward throughput, and ART's smoothing."""
-    from defend.bench.certify import bench_certify, format_certify
+    from defend.bench.certify_speed import bench_certify, format_certify
     from defend.device import pick_device
     from defend.io import check_writable, jsonable, write_json
 

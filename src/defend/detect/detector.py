@@ -63,7 +63,7 @@ class HallucinationDetector(nn.Module):
 
 
 class DetectionSet(Dataset):
-    """Detection samples (:func:`~defend.detect.data.load_detection_data`'s arrays) as batch
+    """Detection samples (:func:`~defend.detect.examples.load_detection_data`'s arrays) as batch
     dicts: ``input`` (6, h, w), ``region`` (h, w) float, ``label`` float, ``pixel`` (1 where
     the region is known: every kind but ``pgd``).
 
@@ -170,7 +170,7 @@ def train_detector(
         max_iter: the hallucination attack's iterations (its default).
         The rest: :func:`fit_detector`'s.
     """
-    from defend.detect.data import make_detection_data
+    from defend.detect.examples import make_detection_data
 
     folder = Path(detection_data) if detection_data else default_data_folder(out)
     log(f"detection data: {folder}")
@@ -212,7 +212,7 @@ def fit_detector(
     Returns:
         The per-epoch history (validation AUROC, AUPRC, map IoU).
     """
-    from defend.detect.data import load_detection_data
+    from defend.detect.examples import load_detection_data
     from defend.device import seed_everything
     from defend.io import check_writable
     from defend.train import TrainConfig

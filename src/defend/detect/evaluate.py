@@ -58,7 +58,7 @@ def separation(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 def flag_rates(kind: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
     """The shares of samples flagged (``score > threshold``) per kind (``kind`` (N,) of
-    :data:`~defend.detect.data.KINDS`, ``scores`` (N,)): ``test_fpr`` over the clean samples,
+    :data:`~defend.detect.examples.KINDS`, ``scores`` (N,)): ``test_fpr`` over the clean samples,
     ``noise_flagged``, and ``detected`` (hallucination, pgd), NaN for a kind absent; with
     the counts."""
     flagged = np.asarray(scores) > threshold
@@ -120,8 +120,8 @@ def evaluate_detector(
         "localisation": {...}, "threshold": ..., "calibration": the checkpoint's record,
         "held_out": ..., and :func:`flag_rates`' (``test_fpr`` ...) at the threshold}``.
     """
-    from defend.detect.data import VOLUMES, load_detection_data
     from defend.detect.detector import detector_outputs, load_detector
+    from defend.detect.examples import VOLUMES, load_detection_data
     from defend.io import check_writable, load_checkpoint, write_csv, write_json
 
     out = check_writable(out, "dir")
@@ -189,8 +189,8 @@ def detect_eval(
             model it guards. data_dir: the data folder. detection_data: the detection data
             folder (default: the detector's, ``DET.data``).
     """
-    from defend.detect.data import make_detection_data
     from defend.detect.detector import default_data_folder
+    from defend.detect.examples import make_detection_data
     from defend.errors import DefendError
     from defend.io import check_writable, load_checkpoint
 

@@ -13,7 +13,7 @@ alone, :func:`detector_inputs` stacks six images (B, 6, h, w):
   the real and of the imaginary parts of k-space, ``rss_c |F^-1 Re y_c|`` and
   ``rss_c |F^-1 i Im y_c|``, and the log-ratio of their local energies (3 x 3 means). In a
   natural measurement the two carry comparable energy everywhere; a perturbation of the real
-  parts only (the seed paper's attack) adds a localised, point-symmetric excess to the first
+  parts only (Buğday et al.'s attack) adds a localised, point-symmetric excess to the first
   where it writes its feature. An attacker who moves both parts removes this cue (reported
   in docs/detection.md), so it is one input among six, not the detector.
 

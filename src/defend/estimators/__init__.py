@@ -19,10 +19,10 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 
 from defend.errors import CheckpointError, DefendError
-from defend.estimators.base import TorchEstimator
 from defend.estimators.cls import make_classifier
 from defend.estimators.recon import ReconEstimator
 from defend.estimators.seg import SegEstimator
+from defend.estimators.torch_estimator import TorchEstimator
 from defend.io import load_checkpoint
 
 __all__ = ["ReconEstimator", "SegEstimator", "TorchEstimator", "load_estimator", "make_classifier"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from defend.data.acquisition import Acquisition
-from defend.estimators.base import TorchEstimator
+from defend.estimators.torch_estimator import TorchEstimator
 from defend.kspace import acquired_columns
 
 __all__ = ["ReconEstimator"]

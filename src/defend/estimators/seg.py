@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from defend.estimators.base import TorchEstimator
+from defend.estimators.torch_estimator import TorchEstimator
 from defend.losses import SEG_LOSSES
 
 __all__ = ["SegEstimator"]

@@ -6,7 +6,7 @@
 
 :mod:`~defend.matrix.config` reads and checks the configuration, :mod:`~defend.matrix.builds`
 makes (and caches) the models, denoisers and detectors through ``defend train``'s functions,
-:mod:`~defend.matrix.defences` and :mod:`~defend.matrix.attacks` are the rows and columns (one
+:mod:`~defend.matrix.rows` and :mod:`~defend.matrix.columns` are the rows and columns (one
 registry line each), :mod:`~defend.matrix.cells` measures a cell, :mod:`~defend.matrix.results`
 writes the tables and sanity flags, and :mod:`~defend.matrix.run` drives it all.
 """

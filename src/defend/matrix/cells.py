@@ -1,7 +1,7 @@
 """A matrix cell: one defence row against one attack column at one eps.
 
 :func:`plan` lists the cells of a configuration: for every task, defence row
-(:func:`defend.matrix.defences.rows`) and attack, one cell per eps (DGDE, a few-pixel attack
+(:func:`defend.matrix.rows.rows`) and attack, one cell per eps (DGDE, a few-pixel attack
 without an eps: one cell), and where ``run.adaptive`` is on the adaptive columns: ``eot``
 (the gradient attacks and DGDE against the smoothed model's expectation, Carlini et al.
 2019, §5: EOT gradients from ``smoothing.eot`` fresh draws a step, DGDE's queries answered by
@@ -55,8 +55,10 @@ import numpy as np
 
 from defend import intervals
 from defend.matrix import inside_radius, measures, outcomes
-from defend.matrix.attacks import ATTACKS, EVADING, GRADIENT
-from defend.matrix.defences import Row, certificates, rows, system
+from defend.matrix.columns import ATTACKS, EVADING, GRADIENT
+from defend.matrix.measures import Outputs
+from defend.matrix.outcomes import AttackSpec
+from defend.matrix.rows import Row, certificates, rows, system
 
 #: example samples kept per cell for the report
 EXAMPLES = 2
@@ -98,7 +100,7 @@ def plan(config: dict[str, Any]) -> list[Cell]:
                     cells += [Cell(row, attack)] if row.smoothing else []
                     continue
                 for adaptive in _variants(config, row, attack):
-                    takes_eps = ATTACKS[attack][1]
+                    takes_eps = ATTACKS[attack].takes_eps
                     for eps in config[task]["eps"] if takes_eps else [None]:
                         cells.append(Cell(row, attack, adaptive, eps))
     return cells
@@ -165,7 +167,7 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     x, y, positions = load_arrays(data_dir, task, config["run"]["split"], config["run"]["n"],
                                   checkpoint=paths["model"], return_indices=True)  # fmt: skip
     clean = clean_stage(config, cell.row, defended, x, y, positions, out)
-    judge = outcomes.Judge(config, defended, x, y, clean["outputs"])
+    judge = outcomes.Judge(config, defended, x, y, clean_outputs(clean))
     x_adv, adv_out, samples = _attacked(config, cell, paths, judge, clean, positions)
     samples.update(outcomes.size(x, x_adv))
     result: dict[str, Any] = {"n": len(x)}  # the split may hold fewer
@@ -194,7 +196,7 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     return result
 
 
-Attacked = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]
+Attacked = tuple[np.ndarray, Outputs, dict[str, np.ndarray]]
 
 
 def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
@@ -210,34 +212,34 @@ def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
         samples = judge(x_adv, adv_out)
         samples.update(inside_radius.outcomes(defended, clean, x, adv_out))
         return x_adv, adv_out, samples
-    plain = (ATTACKS[cell.attack][0], defended.estimator,
-             cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
+    plain = AttackSpec(ATTACKS[cell.attack].run, defended.estimator,
+                       cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
     if cell.adaptive != "none":
         tries = [_adaptive(config, cell, defended, paths), plain]
         return outcomes.worst_case(judge, tries, x, y, positions, cell.eps, seed)
-    x_adv = plain[0](plain[1], x, y, cell.eps, plain[2], positions, seed)
+    x_adv = plain(x, y, cell.eps, positions, seed)
     adv_out = defended.outputs(x_adv, positions)
     real = cell.attack == "real-feature"
     return x_adv, adv_out, judge.recall(x_adv, adv_out) if real else judge(x_adv, adv_out)
 
 
 def _adaptive(config: dict[str, Any], cell: Cell, defended: Any,
-              paths: dict[str, Path]) -> tuple[Any, Any, dict[str, Any]]:  # fmt: skip
-    """``(attack, estimator, params)`` of the adaptive attack: the column's attack against
+              paths: dict[str, Path]) -> AttackSpec:  # fmt: skip
+    """The adaptive attack: the column's attack against
     the smoothed model's EOT estimator (fixed draws for the black-box DGDE, fresh draws a
     step for the gradient attacks), or the detector-aware ``NAME+evade`` attack."""
     params = cell_params(config, cell, paths)
     if cell.adaptive == "evade":
-        return ATTACKS[cell.attack + "+evade"][0], defended.estimator, params
+        return AttackSpec(ATTACKS[cell.attack + "+evade"].run, defended.estimator, params)
     black_box = cell.attack not in GRADIENT  # queries predictions: fixed noise draws
     draws = config["smoothing"]["query_draws" if black_box else "eot"]
     seed = config["run"]["seed"]
-    return ATTACKS[cell.attack][0], defended.eot(draws, seed, frozen=black_box), params
+    return AttackSpec(ATTACKS[cell.attack].run, defended.eot(draws, seed, frozen=black_box), params)
 
 
 def _certified(
     task: str, defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, x_adv: np.ndarray,
-    y: np.ndarray, adv_out: np.ndarray,
+    y: np.ndarray, adv_out: Outputs,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # fmt: skip
     """The clean certificates against this cell's perturbations (module doc): per sample
     ``certified`` (N,), and the counts (``certificate_violations``, recon
@@ -247,23 +249,25 @@ def _certified(
         return _recon_certified(defended, clean, x, x_adv, adv_out)
     size = np.linalg.norm(delta, axis=1)
     covered = clean["radius"] >= size
+    abstain = defended.smooth.ABSTAIN
+    answered = ~adv_out.abstained
     if task == "cls":
         label = clean["label"]
         right = covered & (label == y)
-        broken = covered & (label != -1) & (adv_out != -1) & (adv_out != label)
+        broken = covered & (label != abstain) & answered & (adv_out.values != label)
         return ({"certified": right.astype(np.float64)},
                 {"certificate_violations": int(broken.sum())})  # fmt: skip
-    labels, predicted = clean["labels"], np.nan_to_num(adv_out) > 0
-    sure, abstaining = labels != 255, np.isnan(adv_out)
+    labels = clean["labels"]
+    sure = labels != abstain
     right = (sure & (labels == (y > 0.5))).reshape(len(x), -1).mean(1)
-    changed = (sure & ~abstaining & (predicted != (labels == 1))).reshape(len(x), -1).any(1)
+    changed = (sure & answered & (adv_out.values != (labels == 1))).reshape(len(x), -1).any(1)
     return ({"certified": np.where(covered, right, 0.0)},
             {"certificate_violations": int((covered & changed).sum())})  # fmt: skip
 
 
 def _recon_certified(
     defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, x_adv: np.ndarray,
-    adv_out: np.ndarray,
+    adv_out: Outputs,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # fmt: skip
     """Center smoothing's bound at the grid's first input radius covering the perturbation
     (in the noise's units), checked against the smoothed outputs' actual distance."""
@@ -286,23 +290,31 @@ def _recon_certified(
 
 def clean_stage(config: dict[str, Any], row: Row, defended: Any, x: np.ndarray, y: np.ndarray,
                 positions: np.ndarray, out: Path) -> dict[str, np.ndarray]:  # fmt: skip
-    """The row's clean outputs, detector scores and certificates, computed once per row
-    (``OUT/rows/<row>.npz``, written atomically; the same numbers whoever computes it)."""
+    """The row's clean outputs (``outputs`` and ``abstained``, :func:`clean_outputs`),
+    detector ``scores`` and certificates (:func:`~defend.matrix.rows.certificates`),
+    computed once per row (``OUT/rows/<row>.npz``, written atomically; the same numbers
+    whoever computes it)."""
     from defend.io import write_npz
 
     path = out / "rows" / f"{row_id(row)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as f:
             found = {k: f[k] for k in f.files}
-        if np.array_equal(found["positions"], positions):
+        if np.array_equal(found["positions"], positions) and "abstained" in found:
             return found
-    stage = {"positions": positions, "outputs": defended.outputs(x, positions)}
+    outputs = defended.outputs(x, positions)
+    stage = {"positions": positions, "outputs": outputs.values, "abstained": outputs.abstained}
     if defended.scores is not None:
-        stage["scores"] = defended.scores(x, stage["outputs"])
+        stage["scores"] = defended.scores(x, outputs)
     if defended.smooth is not None:
         stage.update(certificates(defended, config, x, y, positions))
     write_npz(path, stage)
     return stage
+
+
+def clean_outputs(clean: dict[str, np.ndarray]) -> Outputs:
+    """The row's clean :class:`~defend.matrix.measures.Outputs` from :func:`clean_stage`."""
+    return Outputs(clean["outputs"], clean["abstained"])
 
 
 def _write_examples(out: Path, cell: Cell, x: np.ndarray, x_adv: np.ndarray,
@@ -337,10 +349,10 @@ def _image(x: np.ndarray) -> np.ndarray:
 
 
 def _output_image(out: np.ndarray) -> np.ndarray:
-    """(k, h, w) images of outputs: recon as is, seg the first label's probability, cls a
+    """(k, h, w) images of scored outputs: recon as is, seg the first label's mask, cls a
     flat image of the label (for a uniform layout)."""
     if out.ndim == 3:
         return out
     if out.ndim == 4:
-        return 1 / (1 + np.exp(-out[:, 0]))
+        return out[:, 0].astype(np.float32)
     return np.broadcast_to(out.reshape(-1, 1, 1).astype(np.float32), (len(out), 8, 8)).copy()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from defend.errors import DefendError
-from defend.matrix.attacks import check_section
+from defend.matrix.columns import check_section
 
 PRESETS = ("smoke", "quick", "paper")
 TASKS = ("recon", "seg", "cls")
@@ -92,7 +92,7 @@ DEFAULTS: dict[str, Any] = {
     "detector": {"epochs": 4, "n": 0},
 }
 #: the sections whose keys are free here (an attack's parameters are checked against its
-#: declaration, :func:`defend.matrix.attacks.check_section`; a model's options by ``defend
+#: declaration, :func:`defend.matrix.columns.check_section`; a model's options by ``defend
 #: train``'s model builder)
 FREE = {"attack", *(f"attack.{name}" for name in DEFAULTS["attack"]),
         *(f"{task}.model_options" for task in TASKS)}  # fmt: skip

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from defend.matrix.measures import Outputs
+
 #: PGD steps of eps / 4 each: enough to reach the radius from the clean input
 STEPS = 10
 
@@ -34,8 +36,8 @@ def attack(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, y: np.nda
     """The inputs attacked inside ``scale`` x each sample's certified radius.
 
     Args:
-        defended: a smoothing row's :class:`~defend.matrix.defences.System`.
-        clean: the row's clean certificates (:func:`~defend.matrix.defences.certificates`).
+        defended: a smoothing row's :class:`~defend.matrix.rows.System`.
+        clean: the row's clean certificates (:func:`~defend.matrix.rows.certificates`).
         x: (N, C, H, W) clean images in [0, 1] or recon k-space (N, coils, H, W, 2). y:
             their ground truth (cls labels (N,), seg masks (N, K, H, W), recon (N, h, w)).
         config: the matrix configuration (``smoothing.eot`` draws, ``attack.inside-radius``
@@ -59,7 +61,7 @@ def attack(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, y: np.nda
     steps = int(config["attack"].get("inside-radius", {}).get("steps", STEPS))
     pgd = art_pgd(estimator, budget, steps, len(covered), random_init=0, norm=2)
     np.random.seed(seed)
-    target = _away_from(defended.task, clean, y, covered, estimator)
+    target = _away_from(defended, clean, y, covered, estimator)
     mask = None
     if defended.task == "recon":  # the noise's support: both parts of the sampled entries
         mask = np.broadcast_to(defended.smooth.noise.scale(torch.as_tensor(x[covered])) > 0,
@@ -80,50 +82,51 @@ def radii(defended: Any, clean: dict[str, np.ndarray]) -> np.ndarray:
     return np.where(last >= 0, grid[np.maximum(last, 0)], 0.0) * defended.smooth.noise.unit
 
 
-def _away_from(task: str, clean: dict[str, np.ndarray], y: np.ndarray, covered: np.ndarray,
-               estimator: Any) -> np.ndarray:  # fmt: skip
+def _away_from(defended: Any, clean: dict[str, np.ndarray], y: np.ndarray,
+               covered: np.ndarray, estimator: Any) -> np.ndarray:  # fmt: skip
     """What the attack moves away from: the certified answer (cls: its one-hot class; seg:
     the certified labels, the ground truth where a pixel has none; recon: the certified
     centre)."""
-    if task == "cls":
+    if defended.task == "cls":
         return np.eye(estimator.nb_classes, dtype=np.float32)[clean["label"][covered]]
-    if task == "recon":
+    if defended.task == "recon":
         return clean["center"][covered]
     labels = clean["labels"][covered]
-    return np.where(labels == 255, y[covered], labels == 1).astype(np.float32)
+    sure = labels != defended.smooth.ABSTAIN
+    return np.where(sure, labels == 1, y[covered]).astype(np.float32)
 
 
 def outcomes(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray,
-             adv_out: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+             adv_out: Outputs) -> dict[str, np.ndarray]:  # fmt: skip
     """Per sample (N,) ``covered`` and ``violated`` of the smoothed outputs ``adv_out``
-    under the inside-radius attack of clean inputs ``x`` (module doc; outputs as
-    :mod:`defend.matrix.measures` formats them)."""
+    under the inside-radius attack of clean inputs ``x`` (module doc)."""
     task = defended.task
     covered = radii(defended, clean) > 0
     if task == "recon":
         broken = moved(defended, clean, x, adv_out) > _bound(clean)
     elif task == "cls":
-        label = np.asarray(clean["label"])
-        broken = (adv_out != -1) & (adv_out != label)
+        broken = ~adv_out.abstained & (adv_out.values != np.asarray(clean["label"]))
     else:
         labels = clean["labels"]
-        sure, answered = labels != 255, ~np.isnan(adv_out)
-        other = (np.nan_to_num(adv_out) > 0) != (labels == 1)
-        broken = (sure & answered & other).reshape(len(labels), -1).any(1)
+        sure = labels != defended.smooth.ABSTAIN
+        other = adv_out.values != (labels == 1)
+        broken = (sure & ~adv_out.abstained & other).reshape(len(labels), -1).any(1)
     return {"covered": covered.astype(np.float64),
             "violated": (covered & broken).astype(np.float64)}  # fmt: skip
 
 
 def moved(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray,
-          out: np.ndarray) -> np.ndarray:  # fmt: skip
-    """(N,) how far smoothed recon outputs ``out`` (N, h, w) moved from the certified centres,
-    relative to the norm of the base model's output on ``x`` (the bounds' unit); NaN where
-    either abstained."""
+          out: Outputs) -> np.ndarray:  # fmt: skip
+    """(N,) how far smoothed recon outputs ``out`` (images (N, h, w)) moved from the
+    certified centres, relative to the norm of the base model's output on ``x`` (the bounds'
+    unit); NaN where either abstained."""
     smooth = defended.smooth
     with torch.no_grad():
         xt = torch.as_tensor(x).float().to(smooth.device)
         scale = smooth.forward(xt).flatten(1).norm(dim=1).cpu().numpy()
-    return np.linalg.norm((out - clean["center"]).reshape(len(x), -1), axis=1) / scale
+    distance = np.linalg.norm((out.values - clean["center"]).reshape(len(x), -1), axis=1)
+    either = out.abstained | clean["center_abstained"]
+    return np.where(either, np.nan, distance / scale)
 
 
 def _bound(clean: dict[str, np.ndarray]) -> np.ndarray:

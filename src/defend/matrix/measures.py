@@ -1,14 +1,14 @@
 """What a cell measures: the defended system's quality, the attack's success, detection.
 
-Outputs are in each task's format: recon images (N, h, w); seg per-pixel logits (N, K, H, W)
-(smoothed labels as +-:data:`LABEL_LOGIT`); cls labels (N,). A smoothed model may abstain:
-recon outputs an all-NaN image, seg NaN logits at the abstaining pixels, cls the label -1.
+A system answers with :class:`Outputs`: values in each task's format (recon images
+(N, h, w); seg predicted masks (N, K, H, W); cls labels (N,)) and, explicitly, where it
+abstained (a smoothed model may: recon a whole image, seg single pixels, cls an image).
 
 An abstention is no answer, and no answer is a failure of the defence, as certified accuracy
 counts it (Cohen et al. 2019; Carlini et al. 2019, §5). :func:`resolve` turns outputs into
-what is scored: cls -1 is a wrong label; a seg pixel that abstains takes the wrong label;
-a recon abstention shows the defence's declared fallback, the zero-filled image of its input.
-:func:`abstained` is the share that abstained (per sample; seg: the share of its pixels).
+what is scored: a cls abstention is a wrong label; a seg pixel that abstains takes the wrong
+label; a recon abstention shows the defence's declared fallback, the zero-filled image of
+its input. :func:`abstained` is the share that abstained (per sample; seg: of its pixels).
 
 Success, per sample, on resolved outputs:
 
@@ -26,6 +26,7 @@ Success, per sample, on resolved outputs:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,54 +40,90 @@ STRENGTH = SUCCESS_STRENGTH
 SEG_DROP = 0.1
 #: the quality metric of each task
 QUALITY = {"recon": "ssim", "seg": "dice", "cls": "accuracy"}
-#: seg outputs of a smoothed model: labels as logits of this size
-LABEL_LOGIT = 10.0
+#: the label a resolved cls abstention takes: no class has it, so it is never right
+NO_CLASS = -1
 
 
-def abstained(task: str, out: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class Outputs:
+    """A defended system's answers to N inputs, and where it abstained.
+
+    Attributes:
+        values: recon images (N, h, w) float32; seg predicted masks (N, K, H, W) bool; cls
+            labels (N,) int64. Where the system abstained a value is a placeholder (0),
+            never scored as it is (:func:`resolve`).
+        abstained: (N,) bool for recon and cls; (N, K, H, W) bool for seg, per pixel.
+    """
+
+    values: np.ndarray
+    abstained: np.ndarray
+
+    @classmethod
+    def answered(cls, values: np.ndarray, task: str) -> Outputs:
+        """Outputs with no abstention (a model without smoothing)."""
+        shape = values.shape if task == "seg" else values.shape[:1]
+        return cls(values, np.zeros(shape, bool))
+
+    @classmethod
+    def stack(cls, items: list[Outputs]) -> Outputs:
+        """One sample's outputs after another (each with a leading axis of 1 or more)."""
+        return cls(np.concatenate([o.values for o in items]),
+                   np.concatenate([o.abstained for o in items]))  # fmt: skip
+
+    @classmethod
+    def choose(cls, choices: list[Outputs], pick: np.ndarray) -> Outputs:
+        """Per sample ``i`` the outputs of ``choices[pick[i]]`` (pick (N,) int)."""
+        rows = np.arange(len(pick))
+        return cls(np.stack([c.values for c in choices])[pick, rows],
+                   np.stack([c.abstained for c in choices])[pick, rows])  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def abstained(task: str, out: Outputs) -> np.ndarray:
     """(N,) share of each output that abstained: cls / recon 0 or 1, seg the share of
-    pixels (NaN logits)."""
-    out = np.asarray(out)
-    if task == "cls":
-        return (out == -1).astype(np.float64)
-    missing = np.isnan(out.reshape(len(out), -1))
-    return missing.mean(1) if task == "seg" else missing.all(1).astype(np.float64)
+    pixels."""
+    gave_up = out.abstained.reshape(len(out), -1).astype(np.float64)
+    return gave_up.mean(1) if task == "seg" else gave_up[:, 0]
 
 
-def resolve(task: str, out: np.ndarray, y: np.ndarray,
+def resolve(task: str, out: Outputs, y: np.ndarray,
             fallback: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """The outputs as scored, abstentions counted against the defence (module doc).
 
     Args:
-        out: outputs in the task's format, abstentions marked. y: the ground truth.
+        out: the system's outputs. y: the ground truth.
         fallback: recon only, (N, h, w) the images shown where the model abstains (the
             zero-filled images of the inputs); required when a recon output abstains.
+
+    Returns:
+        the values with each abstention replaced: cls :data:`NO_CLASS`, seg the wrong
+        label of the pixel, recon the fallback image.
     """
-    out = np.asarray(out)
     if task == "cls":
-        return out
+        return np.where(out.abstained, NO_CLASS, out.values)
     if task == "seg":
-        wrong = np.where(np.asarray(y) > 0.5, -LABEL_LOGIT, LABEL_LOGIT).astype(out.dtype)
-        return np.where(np.isnan(out), wrong, out)
-    gave_up = abstained(task, out) == 1
-    if not gave_up.any():
-        return out
+        return np.where(out.abstained, np.asarray(y) <= 0.5, out.values)
+    if not out.abstained.any():
+        return out.values
     if fallback is None:
         raise ValueError("a recon output abstained and no fallback image was given")
-    return np.where(gave_up[:, None, None], fallback, out)
+    return np.where(out.abstained[:, None, None], fallback, out.values)
 
 
 def quality(task: str, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(N,) per-sample quality of resolved outputs ``out`` against the ground truth ``y``:
-    recon SSIM, seg Dice (mean over labels present; NaN with none), cls 1 if right else 0."""
+    """(N,) per-sample quality of resolved outputs ``out`` (:func:`resolve`) against the
+    ground truth ``y``: recon SSIM, seg Dice (mean over labels present; NaN with none), cls 1
+    if right else 0."""
     if task == "recon":
         from defend.metrics import image_similarity
 
         return np.array([image_similarity(t, o)["ssim"] for t, o in zip(y, out, strict=True)])
     if task == "seg":
-        from defend.metrics import dice_iou
+        from defend.metrics import mask_dice_iou
 
-        dice, _, nonempty = dice_iou(torch.as_tensor(out), torch.as_tensor(y))
+        dice, _, nonempty = mask_dice_iou(torch.as_tensor(out), torch.as_tensor(y))
         count = nonempty.sum(1).float()
         mean = (dice * nonempty).sum(1) / count.clamp_min(1)
         return torch.where(count > 0, mean, torch.nan).numpy()

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from defend import intervals
 from defend.matrix import measures
+from defend.matrix.measures import Outputs
 
 #: per-sample outcomes that are 0 or 1 on every task (rates: Wilson intervals)
 RATES = ("success", "adaptive_success", "plain_success", "undetected_success",
@@ -43,8 +45,22 @@ SHOWN = (
     ("undetected_success", "success undetected by the detector"),
     ("certified", "certified under the cell's perturbation"),
 )
-#: an attack: ``(attack, estimator, params)`` as :data:`defend.matrix.attacks.ATTACKS` runs it
-Try = tuple[Callable[..., np.ndarray], Any, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack a cell runs: ``run(estimator, x, y, eps, params, positions, seed) ->
+    x_adv`` (a :data:`defend.matrix.columns.ATTACKS` column's), the ``estimator`` the
+    attacker sees and its ``params``."""
+
+    run: Callable[..., np.ndarray]
+    estimator: Any
+    params: dict[str, Any]
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, eps: float | None, positions: np.ndarray,
+                 seed: int) -> np.ndarray:  # fmt: skip
+        """The attacked inputs (the shape of ``x``)."""
+        return self.run(self.estimator, x, y, eps, self.params, positions, seed)
 
 
 #: the possible range of each bounded mean (a t interval is cut to it); SSIM lies in [-1, 1]
@@ -73,13 +89,13 @@ class Judge:
 
     Args:
         config: the matrix configuration (the hallucination attack's region for recon).
-        defended: the row's :class:`~defend.matrix.defences.System`.
+        defended: the row's :class:`~defend.matrix.rows.System`.
         x: (N, ...) clean inputs. y: their ground truth. clean_out: the system's clean
-            outputs (abstentions marked, :mod:`defend.matrix.measures`).
+            :class:`~defend.matrix.measures.Outputs`.
     """
 
     def __init__(self, config: dict[str, Any], defended: Any, x: np.ndarray, y: np.ndarray,
-                 clean_out: np.ndarray) -> None:  # fmt: skip
+                 clean_out: Outputs) -> None:  # fmt: skip
         self.task, self.defended, self.x, self.y = defended.task, defended, x, y
         self.feature = None
         if self.task == "recon":
@@ -89,17 +105,17 @@ class Judge:
         self.clean = self.shown(x, clean_out)
         self.clean_quality = measures.quality(self.task, y, self.clean)
 
-    def shown(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def shown(self, x: np.ndarray, out: Outputs) -> np.ndarray:
         """The outputs as scored (:func:`measures.resolve`): recon abstentions replaced by
         the system's declared fallback for inputs ``x``."""
         fallback = None
-        if self.task == "recon" and measures.abstained(self.task, out).any():
+        if self.task == "recon" and out.abstained.any():
             if self.defended.fallback is None:
                 raise ValueError("a recon system abstained without a declared fallback")
             fallback = self.defended.fallback(x, tuple(self.y.shape[1:]))
         return measures.resolve(self.task, out, self.y, fallback)
 
-    def __call__(self, x_adv: np.ndarray, adv_out: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, x_adv: np.ndarray, adv_out: Outputs) -> dict[str, np.ndarray]:
         """Per sample (each (N,)): ``clean_quality``, ``attacked_quality``, ``success``;
         recon ``strength``, ``input_strength``, ``net_strength``; a smoothed system
         ``abstain`` and ``clean_abstain``."""
@@ -116,7 +132,7 @@ class Judge:
             samples["clean_abstain"] = self.clean_abstain
         return samples
 
-    def recall(self, x_feature: np.ndarray, out: np.ndarray) -> dict[str, np.ndarray]:
+    def recall(self, x_feature: np.ndarray, out: Outputs) -> dict[str, np.ndarray]:
         """Per sample (each (N,)) of a real feature acquired in ``x_feature``
         (``real-feature``, recon): ``feature_recall`` (its strength in the outputs),
         ``input_recall`` (in the zero-filled input), ``missed`` (recall below
@@ -136,9 +152,9 @@ class Judge:
         return samples
 
 
-def worst_case(judge: Judge, tries: list[Try], x: np.ndarray, y: np.ndarray,
+def worst_case(judge: Judge, tries: list[AttackSpec], x: np.ndarray, y: np.ndarray,
                positions: np.ndarray, eps: float | None,
-               seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
+               seed: int) -> tuple[np.ndarray, Outputs, dict[str, np.ndarray]]:  # fmt: skip
     """Per sample the attacker's best of ``tries`` (the adaptive attack, then the column's
     plain one): a success the detector misses, else a success, else the lower quality;
     ties go to the first. Returns ``(x_adv, outputs, samples)``: the chosen inputs, the
@@ -147,8 +163,8 @@ def worst_case(judge: Judge, tries: list[Try], x: np.ndarray, y: np.ndarray,
     so that the adaptive attack can be checked against the plain one."""
     defended = judge.defended
     tried, ranks, outcomes = [], [], []
-    for attack, estimator, params in tries:
-        x_t = attack(estimator, x, y, eps, params, positions, seed)
+    for attack in tries:
+        x_t = attack(x, y, eps, positions, seed)
         out_t = defended.outputs(x_t, positions)
         samples = judge(x_t, out_t)
         hit = np.nan_to_num(samples["success"])
@@ -161,13 +177,15 @@ def worst_case(judge: Judge, tries: list[Try], x: np.ndarray, y: np.ndarray,
         outcomes.append(samples)
         ranks.append(2 * hit + 2 * missed + worse)  # tiers 0 / 2 / 4, quality within
     best = np.stack(ranks).argmax(0)
-    pick = lambda arrays: np.stack([arrays[b][i] for i, b in enumerate(best)])  # noqa: E731
+    rows = np.arange(len(best))
+    pick = lambda arrays: np.stack(arrays)[best, rows]  # noqa: E731
     chosen = {k: pick([o[k] for o in outcomes]) for k in outcomes[0]}
     for name, samples in zip(("adaptive", "plain"), outcomes, strict=True):
         chosen[f"{name}_success"] = samples["success"]
         if "undetected_success" in samples:
             chosen[f"{name}_undetected_success"] = samples["undetected_success"]
-    return pick([t[0] for t in tried]), pick([t[1] for t in tried]), chosen
+    x_adv = pick([t[0] for t in tried])
+    return x_adv, Outputs.choose([t[1] for t in tried], best), chosen
 
 
 def _undetected(success: np.ndarray, flagged: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from defend.errors import DefendError
 from defend.matrix.builds import Builder, data_build
 from defend.matrix.cells import Cell
 from defend.matrix.config import TASKS
-from defend.matrix.defences import row_builds
+from defend.matrix.rows import row_builds
 
 #: ``run`` settings that choose which cells exist, not their numbers (out of config_hash)
 PLAN_ONLY = ("tasks", "adaptive")

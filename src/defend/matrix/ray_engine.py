@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from defend.errors import DefendError
 from defend.matrix.builds import Build, Builder, data_build
 from defend.matrix.cells import Cell
-from defend.matrix.defences import row_builds
+from defend.matrix.rows import row_builds
 
 #: the GPUs a build (training) asks for where the driver sees CUDA (else none)
 BUILD_GPUS = 1.0

@@ -39,7 +39,6 @@ from defend.io import check_writable, write_json
 from defend.matrix.builds import Builder
 from defend.matrix.cells import Cell, plan, run_cell
 from defend.matrix.config import load_config
-from defend.matrix.defences import config_device
 from defend.matrix.provenance import (
     cell_paths,
     check_folder,
@@ -48,6 +47,7 @@ from defend.matrix.provenance import (
     provenance,
 )
 from defend.matrix.results import read_cells, write_cell, write_results
+from defend.matrix.rows import config_device
 
 ENGINES = ("local", "ray")
 

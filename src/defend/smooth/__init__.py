@@ -66,7 +66,7 @@ def smoothed(
             denoiser's (:func:`defend.smooth.core.kspace_noise`).
         options: for reconstruction, :class:`CenterSmoothing`'s ``delta``.
     """
-    from defend.attacks.base import torch_forward
+    from defend.attacks.torch_attack import torch_forward
 
     forward = torch_forward(estimator)
     if forward is None:

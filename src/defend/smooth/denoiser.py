@@ -32,7 +32,7 @@ from torch import nn
 
 from defend.errors import CheckpointError, DefendError
 from defend.io import file_sha256
-from defend.models.denoiser import build_denoiser
+from defend.models.dncnn import build_denoiser
 from defend.smooth.core import ImageNoise, KspaceNoise
 from defend.tasks import Batch, Task
 from defend.train.distributed import unwrap
@@ -188,7 +188,7 @@ def train_denoiser(
     from defend.io import check_writable, load_checkpoint
     from defend.tasks import get_task
     from defend.train import TrainConfig
-    from defend.train.build import _load_splits
+    from defend.train.from_folder import _load_splits
     from defend.train.loop import fit, run_config
 
     config = config or TrainConfig()

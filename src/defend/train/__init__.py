@@ -1,6 +1,6 @@
 """Training: one loop (:func:`fit`) for all tasks; what a step minimises is an Objective."""
 
-from defend.train.build import default_schedule, train_model
+from defend.train.from_folder import default_schedule, train_model
 from defend.train.loop import TrainConfig, best_path, evaluate, fit
 from defend.train.objectives import (
     METHODS,

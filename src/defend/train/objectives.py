@@ -409,7 +409,7 @@ def _divergence_from_clean(task: Task, model: nn.Module, batch: Batch) -> Callab
     return lambda pred, b: task.divergence(pred, clean, b)
 
 
-#: the seg attack losses of ``--attack-loss`` (``bce``: the seed paper's stronger attack)
+#: the seg attack losses of ``--attack-loss`` (``bce``: Wang & Xu's stronger attack)
 ATTACK_LOSSES = {"bce": _bce, "training": None}
 
 
@@ -430,7 +430,7 @@ def image_objective(
         eps: l-inf budget on the image range. steps: attack steps per batch.
         step: step size as a fraction of eps (default :func:`_step_fraction`).
         attack_loss: the loss PGD / FGSM-RS (and robust validation) raise: ``training`` or
-            ``bce`` (segmentation, the seed paper's stronger attack).
+            ``bce`` (segmentation, Wang & Xu's stronger attack).
         clip: the valid input range.
         kwargs: ``mix``, ``warmup_epochs``, ``beta``, ``val_steps`` (:class:`Adversarial`).
     """

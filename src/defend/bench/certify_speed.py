@@ -219,7 +219,7 @@ def bench_certify(
         ``formula_draws``, ``samples_per_s`` (certify, rows/s), ``floor_per_s``, ``ratio``,
         ``goal``, and for classification ART's comparison.
     """
-    from defend.attacks.base import torch_forward
+    from defend.attacks.torch_attack import torch_forward
     from defend.bench.suite import DEMO_MODELS
     from defend.data import load_arrays
     from defend.estimators import load_estimator

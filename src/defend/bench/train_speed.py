@@ -42,7 +42,7 @@ from defend.bench.timing import Log, paired, timed, torch_threads
 from defend.cpu_kernels import cpu_kernels
 from defend.device import autocast, pick_device, seed_everything
 from defend.errors import DefendError
-from defend.estimators.base import model_mode
+from defend.estimators.torch_estimator import model_mode
 from defend.tasks import Batch, Task, get_task
 from defend.train.objectives import METHODS, Objective, Standard, make_objective
 
@@ -141,11 +141,11 @@ def _fixed_batches(
 
 def _train_split(data_dir: Path, name: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """A task's training split (as ``defend train`` reads it), its data dict
-    (:func:`~defend.train.build.describe_data`) and its default model config; bad data or a
+    (:func:`~defend.train.from_folder.describe_data`) and its default model config; bad data or a
     bad model name is a one-line :class:`DefendError`."""
     from defend.data import Acquisition, load_dataset
     from defend.models import default_model_config
-    from defend.train.build import describe_data, model_data_args
+    from defend.train.from_folder import describe_data, model_data_args
 
     task, model = _split_name(name)
     acquisition = Acquisition() if task == "recon" else None
@@ -169,7 +169,7 @@ def _prepare(
         name: ``TASK`` or ``TASK/MODEL``. split: :func:`_train_split`'s result.
     """
     from defend.models import build_model
-    from defend.train.build import default_schedule
+    from defend.train.from_folder import default_schedule
     from defend.train.loop import TrainConfig
 
     (task_name, model_name), (train_set, data, config) = _split_name(name), split

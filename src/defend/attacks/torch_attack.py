@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from defend.attacks.params import COMMON, Param, by_name, check_known
 from defend.errors import DefendError
-from defend.estimators.base import model_mode
+from defend.estimators.torch_estimator import model_mode
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from defend.matrix.builds import Build, data_build, denoiser_build, detector_build, model_build
-from defend.matrix.measures import LABEL_LOGIT, zero_filled_images
+from defend.matrix.measures import Outputs, zero_filled_images
+from defend.metrics import predicted_masks
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def row_builds(config: dict[str, Any], row: Row) -> dict[str, Build]:
 @dataclass
 class System:
     """A defended model: the base ``estimator`` (what a non-adaptive attacker sees), its
-    ``outputs(x, positions)`` in the task's format (:mod:`defend.matrix.measures`), and
+    ``outputs(x, positions)`` (:class:`~defend.matrix.measures.Outputs`), and
     where present a ``smooth`` model and a detector (``scores(x, outputs) -> (N,)``,
     flagged above ``threshold``). A system that may abstain declares its ``fallback(x,
     shape)``: recon, the images it shows instead (the zero-filled images of the inputs);
@@ -87,7 +88,7 @@ class System:
 
     task: str
     estimator: Any
-    outputs: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    outputs: Callable[[np.ndarray, np.ndarray], Outputs]
     smooth: Any = None
     denoiser: Any = None
     scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
@@ -128,10 +129,13 @@ def config_device(config: dict[str, Any]) -> str | None:
     return None if device == "auto" else device
 
 
-def base_outputs(task: str, estimator: Any, x: np.ndarray) -> np.ndarray:
-    """The base model's outputs in the task's format."""
+def base_outputs(task: str, estimator: Any, x: np.ndarray) -> Outputs:
+    """The base model's outputs: recon images, seg the masks its logits predict, cls the
+    labels; no abstention."""
     pred = estimator.predict(x, batch_size=len(x))
-    return pred.argmax(1) if task == "cls" else pred
+    if task == "seg":
+        pred = predicted_masks(torch.as_tensor(pred)).numpy()
+    return Outputs.answered(pred.argmax(1) if task == "cls" else pred, task)
 
 
 def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
@@ -148,9 +152,9 @@ def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
     n = s["recon_n"] if task == "recon" else s["n"]
     seed = config["run"]["seed"]
 
-    def outputs(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        return np.stack([smoothed_output(task, out.smooth, xi, n, s, seed + int(p))
-                         for xi, p in zip(x, positions, strict=True)])  # fmt: skip
+    def outputs(x: np.ndarray, positions: np.ndarray) -> Outputs:
+        return Outputs.stack([smoothed_output(task, out.smooth, xi, n, s, seed + int(p))
+                              for xi, p in zip(x, positions, strict=True)])  # fmt: skip
 
     out.outputs = outputs
     if task == "recon":
@@ -158,17 +162,20 @@ def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
 
 
 def smoothed_output(task: str, smooth: Any, x: np.ndarray, n: int, s: dict[str, Any],
-                    seed: int) -> np.ndarray:  # fmt: skip
-    """One smoothed prediction in the task's output format (module doc of measures)."""
+                    seed: int) -> Outputs:  # fmt: skip
+    """One smoothed prediction (a leading axis of 1), its abstention explicit."""
     if task == "cls":
-        return np.asarray(smooth.predict(x, n, s["alpha"], seed=seed))
+        label = int(smooth.predict(x, n, s["alpha"], seed=seed))
+        gave_up = label == smooth.ABSTAIN
+        return Outputs(np.array([0 if gave_up else label]), np.array([gave_up]))
     if task == "seg":
-        labels = smooth.predict(x, n, s["alpha"], seed=seed)
-        logits = np.where(labels == 1, LABEL_LOGIT, -LABEL_LOGIT)
-        return np.where(labels == smooth.ABSTAIN, np.nan, logits).astype(np.float32)
+        labels = smooth.predict(x, n, s["alpha"], seed=seed)[None]
+        return Outputs(labels == 1, labels == smooth.ABSTAIN)
     center = smooth.predict(x, n, s["alpha"], seed=seed, n0=s["n0"])
-    shape = smooth.forward(torch.as_tensor(x)[None].to(smooth.device)).shape[1:]
-    return np.full(shape, np.nan, np.float32) if center is None else center.cpu().numpy()
+    if center is None:
+        shape = smooth.forward(torch.as_tensor(x)[None].to(smooth.device)).shape
+        return Outputs(np.zeros(shape, np.float32), np.array([True]))
+    return Outputs(center.cpu().numpy()[None], np.array([False]))
 
 
 def _add_detector(out: System, path: Path, device: str | None) -> None:
@@ -177,7 +184,8 @@ def _add_detector(out: System, path: Path, device: str | None) -> None:
         from defend.detect.detector import load_detector
 
         detector = load_detector(path, device=device)
-        out.scores, out.threshold = detector.score, detector.threshold
+        out.scores = lambda x, outputs: detector.score(x, outputs.values)
+        out.threshold = detector.threshold
         return
     from defend.detect.inputs import input_detector_classifier, input_scores, input_threshold
 
@@ -191,9 +199,11 @@ def certificates(system: System, config: dict[str, Any], x: np.ndarray, y: np.nd
     """The smoothed model's certificates of clean samples, per sample.
 
     Returns:
-        cls ``label`` (N,) (-1 abstain), ``radius`` (N,) l2 pixel units; seg ``labels``
-        (N, K, H, W) (255 abstain), ``radius`` (N,); recon ``center`` (N, h, w), ``eps_in``
-        (E,) the grid of input radii (the noise's units), ``eps_out`` (N, E) the bounds.
+        cls ``label`` (N,) (the smoothed model's ``ABSTAIN`` where it abstains), ``radius``
+        (N,) l2 pixel units; seg ``labels`` (N, K, H, W) (``ABSTAIN`` pixels), ``radius``
+        (N,); recon ``center`` (N, h, w) (0 where it abstains), ``center_abstained`` (N,)
+        bool, ``eps_in`` (E,) the grid of input radii (the noise's units), ``eps_out``
+        (N, E) the bounds (inf where none).
     """
     from defend.smooth.certify import EPS_IN
 
@@ -204,9 +214,9 @@ def certificates(system: System, config: dict[str, Any], x: np.ndarray, y: np.nd
         if system.task == "recon":
             grid = [e * smooth.sigma for e in (*EPS_IN, 2.0, 4.0)]
             center, bounds = smooth.certify(xi, n=s["recon_n"], eps_in=grid, **common)
-            shape = y.shape[1:]
+            found.setdefault("center_abstained", []).append(center is None)
             found.setdefault("center", []).append(
-                np.full(shape, np.nan, np.float32) if center is None else center.cpu().numpy()
+                np.zeros(y.shape[1:], np.float32) if center is None else center.cpu().numpy()
             )
             found.setdefault("eps_out", []).append(bounds)
             found["eps_in"] = [grid]

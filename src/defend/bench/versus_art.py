@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from defend.attacks import HallucinationAttack
-from defend.attacks.base import estimator_device, torch_forward
 from defend.attacks.hallucination import sampled_columns
+from defend.attacks.torch_attack import estimator_device, torch_forward
 from defend.bench.floors import DGDETiming, bench_dgde
 from defend.bench.timing import (
     Log,

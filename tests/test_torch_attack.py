@@ -8,7 +8,7 @@ import torch
 
 import defend
 from defend.attacks import HallucinationAttack, SegmentationFGSM
-from defend.attacks.base import SampleRNG, torch_forward
+from defend.attacks.torch_attack import SampleRNG, torch_forward
 
 
 def test_sample_rng_draws_depend_only_on_seed_and_index():

@@ -14,7 +14,7 @@ volume is in two splits; ``tune`` attacks the val volumes at test's held-out set
     budget. The test split holds region shapes (disk, blob) and budgets (the attack's
     default l-inf 0.1, l2 0.1, l-inf 0.03) that train and val never show;
   * ``noise`` (label 0): Gaussian noise on the entries the attack may move (the real parts
-    of the measured k-space, as the seed paper's attack) with the l2 norm of that
+    of the measured k-space, as Buğday et al.'s attack) with the l2 norm of that
     hallucination's perturbation, a hard negative;
 * ``pgd`` (label 1, reported apart): ART's PGD on the sampled k-space (10 steps) at the
   first copy's l-inf budget (0.1 where it is l2), raising the reconstruction

@@ -21,6 +21,7 @@ seed each sample, so that the numbers do not depend on how samples are grouped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -120,18 +121,27 @@ def _real_feature(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | Non
     return add_lesion(xt, sampled_columns(xt, estimator), feature).numpy()
 
 
-#: attack column -> (function, whether it takes an eps)
-ATTACKS: dict[str, tuple[Callable[..., np.ndarray], bool]] = {
-    "hallucination": (_seed_attack("hallucination"), True),
-    "hallucination+evade": (_evading, True),
-    "seg-pgd+evade": (_evading_pgd, True),
-    "art-pgd+evade": (_evading_pgd, True),
-    "seg-fgsm": (_seed_attack("seg-fgsm"), True),
-    "seg-pgd": (_seed_attack("seg-fgsm"), True),  # with the configured max_iter
-    "dgde": (_seed_attack("dgde"), False),
-    "art-pgd": (_art_pgd, True),
-    "noise": (_noise, True),
-    "real-feature": (_real_feature, False),
+@dataclass(frozen=True)
+class Column:
+    """An attack column: ``run(estimator, x, y, eps, params, positions, seed) -> x_adv``
+    (module doc) and whether it ``takes_eps`` (one cell per eps of the grid) or not."""
+
+    run: Callable[..., np.ndarray]
+    takes_eps: bool
+
+
+#: attack column name -> :class:`Column`
+ATTACKS: dict[str, Column] = {
+    "hallucination": Column(_seed_attack("hallucination"), True),
+    "hallucination+evade": Column(_evading, True),
+    "seg-pgd+evade": Column(_evading_pgd, True),
+    "art-pgd+evade": Column(_evading_pgd, True),
+    "seg-fgsm": Column(_seed_attack("seg-fgsm"), True),
+    "seg-pgd": Column(_seed_attack("seg-fgsm"), True),  # with the configured max_iter
+    "dgde": Column(_seed_attack("dgde"), False),
+    "art-pgd": Column(_art_pgd, True),
+    "noise": Column(_noise, True),
+    "real-feature": Column(_real_feature, False),
 }
 STEPS = Param("steps", 10, "ART PGD's iterations", int, "steps", low=1)
 #: the parameters of each ``[attack.NAME]`` section of a matrix configuration (the grid sets
