@@ -149,7 +149,7 @@ def test_batch_size_and_shards_do_not_change_the_result(classifier, images):
 def first_draws(monkeypatch, attack: DGDE, x: np.ndarray, **kwargs) -> torch.Tensor:
     """(N, 4) the first uniform numbers of each image's generator, in the order of ``x``,
     when ``attack`` attacks ``x`` (``kwargs``: generate's)."""
-    from defend.attacks import base
+    from defend.attacks import torch_attack as base
 
     made = []
 
