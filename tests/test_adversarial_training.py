@@ -248,7 +248,7 @@ def test_adversarial_resume_gives_the_same_weights(tmp_path):
 def test_trades_and_fgsm_rs_are_more_robust_than_standard(tmp_path, method):
     """A defence must lower attack success: on Tsipras et al.'s toy, TRADES and FGSM-RS
     against standard training, attacked by the same 10-step PGD at the training eps."""
-    from defend.train.objectives import image_objective
+    from defend.train.methods import image_objective
 
     eps = 0.5
     config = TrainConfig(epochs=8, batch_size=32, lr=1e-2, progress=False)
@@ -352,7 +352,7 @@ def test_trades_forwards_clean_and_adversarial_batches_separately(mix):
     """TRADES' clean outputs are a clean-only forward in training mode (BatchNorm by clean
     statistics alone), and the running statistics are those of a clean then an adversarial
     forward: one forward of both concatenated fails both checks."""
-    from defend.train.objectives import image_objective
+    from defend.train.methods import image_objective
 
     objective = image_objective("trades", 0.5, steps=2, clip=None, beta=6.0, mix=mix)
     made = []
@@ -379,7 +379,7 @@ def test_trades_share_without_attacked_rows_trains_clean():
     """A process whose share of the global batch holds none of its attacked rows (torchrun,
     ``mix`` < 1) gets the clean losses, and its BatchNorm sees only the clean forward."""
     from defend.train.distributed import Share, batch_share
-    from defend.train.objectives import image_objective
+    from defend.train.methods import image_objective
 
     objective = image_objective("trades", 0.5, steps=1, clip=None, mix=0.1)
     data = Features(8, 0)

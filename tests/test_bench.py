@@ -33,7 +33,7 @@ from defend.cli import app
 from defend.errors import DefendError
 from defend.estimators import ReconEstimator, SegEstimator, make_classifier
 from defend.models.recon import ReconUnet
-from defend.train.objectives import METHODS
+from defend.train.methods import METHODS
 from entry import defend_main
 
 SIZE = 16

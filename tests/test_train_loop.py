@@ -14,7 +14,7 @@ from defend.io import load_checkpoint, load_weights_file, save_checkpoint
 from defend.tasks import ClsTask
 from defend.train import Adversarial, Objective, TrainConfig, best_path, fit
 from defend.train.loop import run_config
-from defend.train.objectives import image_objective
+from defend.train.methods import image_objective
 from defend.train.perturb import linf_pgd
 
 
@@ -335,7 +335,7 @@ def test_best_checkpoint_keeps_a_clean_floor(tmp_path, clean, robust, margin, be
 
 
 def test_above_floor():
-    from defend.train.loop import above_floor
+    from defend.train.guards import above_floor
 
     history = [{"ssim": 0.9}, {"ssim": float("nan")}, {"ssim": 0.8}]
     assert above_floor(history, history[0], ("ssim", 0.0))

@@ -30,7 +30,7 @@ import torch
 from defend.attacks.apply import attack_arrays
 from defend.attacks.art_pgd import art_pgd, kspace_pgd
 from defend.errors import DefendError
-from defend.train.objectives import DEFAULT_EPS as EPS  # the training budget is the attack's
+from defend.train.methods import DEFAULT_EPS as EPS  # the training budget is the attack's
 
 
 def _ssim(y: np.ndarray, pred: np.ndarray) -> float:

@@ -44,7 +44,8 @@ from defend.device import autocast, pick_device, seed_everything
 from defend.errors import DefendError
 from defend.estimators.torch_estimator import model_mode
 from defend.tasks import Batch, Task, get_task
-from defend.train.objectives import METHODS, Objective, Standard, make_objective
+from defend.train.methods import METHODS, make_objective
+from defend.train.objectives import Objective, Standard
 
 #: the benchmark's tasks: ``TASK`` or ``TASK/MODEL`` (the default models of ``defend train``)
 TRAIN_BENCH_TASKS = ("recon/unet", "recon/varnet", "seg", "cls")

@@ -2,13 +2,8 @@
 
 from defend.train.from_folder import default_schedule, train_model
 from defend.train.loop import TrainConfig, best_path, evaluate, fit
-from defend.train.objectives import (
-    METHODS,
-    Adversarial,
-    Objective,
-    Standard,
-    make_objective,
-)
+from defend.train.methods import METHODS, make_objective
+from defend.train.objectives import Adversarial, Objective, Standard
 
 __all__ = [
     "METHODS",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from torch.utils.data import Dataset
 
 from defend.data import Acquisition, load_dataset, task_root
@@ -137,26 +138,13 @@ def train_model(
     """
     config = config or TrainConfig()
     log = main_only(log)
-    if config.epochs == 0 and weights is None:
-        raise DefendError("--epochs 0 evaluates given weights: pass --weights FILE")
-    pick_device(config.device)
-    check_writable(out, "file")
+    _check_start(config, out, weights)
     acquisition = acquisition or Acquisition() if task == "recon" else None
     task_spec = get_task(task)
-    data_dir = Path(data_dir)
-    train_set, val_set, info = _load_splits(task, data_dir, acquisition, log)
-    model_config = default_model_config(task, model, **model_data_args(task, info))
-    model_config.update(model_options or {})
-    seed_everything(config.seed)  # the initial weights depend on the seed alone
-    net = build_model(task, model_config)
-    if weights is not None:
-        load_weights(net, load_weights_file(weights), str(weights))
-    run = run_config(
-        config,
-        data={"train": fingerprint(train_set), "val": fingerprint(val_set)},
-        acquisition=info.get("acquisition"),
-        weights=_weights_fingerprint(weights),
-    )
+    train_set, val_set, info = _load_splits(task, Path(data_dir), acquisition, log)
+    net, model_config = _initial_model(task, model, model_options, info, config.seed, weights)
+    run = _run_identity(config, train_set, val_set, info, weights)
+    meta = {"model_config": model_config, "data": info, "loss": task_spec.loss_name, "run": run}
     return fit(
         task_spec,
         net,
@@ -164,13 +152,58 @@ def train_model(
         val_set,
         config,
         Path(out),
-        meta={
-            "model_config": model_config,
-            "data": info,
-            "loss": task_spec.loss_name,
-            "run": run,
-        },
+        meta=meta,
         objective=objective,
         resume=resume,
         log=log,
+    )
+
+
+def _check_start(
+    config: TrainConfig, out: str | os.PathLike, weights: str | os.PathLike | None
+) -> None:
+    """Refuse, before any data is read, a run that cannot go: ``--epochs 0`` without
+    weights, a device that is not there, an ``out`` that cannot be written."""
+    if config.epochs == 0 and weights is None:
+        raise DefendError("--epochs 0 evaluates given weights: pass --weights FILE")
+    pick_device(config.device)
+    check_writable(out, "file")
+
+
+def _initial_model(
+    task: str,
+    model: str | None,
+    model_options: dict[str, Any] | None,
+    info: dict[str, Any],
+    seed: int,
+    weights: str | os.PathLike | None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model before training and its config: the default config of ``model`` for the
+    data described by ``info`` (:func:`describe_data`), updated by ``model_options``; the
+    weights initialised from ``seed`` alone (the global generators are seeded first), then
+    replaced by those of the file ``weights`` if one is named."""
+    model_config = default_model_config(task, model, **model_data_args(task, info))
+    model_config.update(model_options or {})
+    seed_everything(seed)  # the initial weights depend on the seed alone
+    net = build_model(task, model_config)
+    if weights is not None:
+        load_weights(net, load_weights_file(weights), str(weights))
+    return net, model_config
+
+
+def _run_identity(
+    config: TrainConfig,
+    train_set: Dataset,
+    val_set: Dataset,
+    info: dict[str, Any],
+    weights: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """What identifies the run (:func:`~defend.train.loop.run_config`; a resume must keep
+    it): the optimisation settings, the train and val data's fingerprints, the recon
+    acquisition and the starting weights' content."""
+    return run_config(
+        config,
+        data={"train": fingerprint(train_set), "val": fingerprint(val_set)},
+        acquisition=info.get("acquisition"),
+        weights=_weights_fingerprint(weights),
     )

@@ -6,7 +6,9 @@ it stopped and gives the same numbers as one that was not. What a step minimises
 :class:`~defend.train.objectives.Objective` (standard training by default; adversarial
 training makes its own inputs per batch), so every kind of training is this one loop.
 Under ``torchrun`` the same loop trains in several processes with the numbers of one
-(:mod:`defend.train.distributed`).
+(:mod:`defend.train.distributed`). What a resume must keep is :func:`run_config`
+(:mod:`defend.train.resume` compares it); the guards that stop a run or keep an epoch from
+being the best are :mod:`defend.train.guards`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from tqdm.auto import tqdm
 
 from defend.data.batching import shape_loader
 from defend.device import autocast
-from defend.errors import CheckpointError, DefendError
-from defend.io import load_checkpoint, save_checkpoint
+from defend.errors import DefendError
+from defend.io import save_checkpoint
 from defend.tasks import Batch, Task
 from defend.train import distributed
 from defend.train.distributed import Share, World
+from defend.train.guards import above_floor, collapse
 from defend.train.objectives import Objective, Standard
+from defend.train.resume import load_run
 
 
 @dataclass
@@ -132,59 +136,6 @@ def run_config(config: TrainConfig, **settings: Any) -> dict[str, Any]:
     """What identifies a run: the optimisation settings that change its numbers, plus
     ``settings`` (data fingerprints, acquisition, weights, adversarial settings ...)."""
     return {**{k: getattr(config, k) for k in RUN_FIELDS}, **settings}
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``["lr 0.001 -> 0.003", ...]``: the keys whose values differ (nested dicts by key)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{key}.{d}" for d in config_differences(a, b)]
-        elif a != b:
-            out.append(f"{key} {_short(a)} -> {_short(b)}")
-    return out
-
-
-def _resume(
-    out: Path,
-    task: Task,
-    meta: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-) -> tuple[int, list[dict[str, float]], dict[str, float] | None, str | None]:
-    """Load the run at ``out`` into model and optimizer; refuse one of another configuration.
-
-    Returns:
-        ``(epochs done, history, best record, why it stopped early or None)``.
-    """
-    ckpt = load_checkpoint(out, task.name)
-    if ckpt.get("model_config") != meta.get("model_config"):
-        changed = config_differences(ckpt.get("model_config") or {}, meta.get("model_config") or {})
-        raise CheckpointError(
-            f"{out}: holds a run with another model config ({'; '.join(changed)}); "
-            "pass --no-resume to start over or choose another --out"
-        )
-    if "run" not in ckpt:
-        raise CheckpointError(
-            f"{out}: holds a run without its configuration (an older defend); pass "
-            "--no-resume to start over or choose another --out"
-        )
-    differences = config_differences(ckpt["run"], meta.get("run", {}))
-    if differences:
-        raise CheckpointError(
-            f"{out}: holds a run with other settings ({'; '.join(differences)}); pass "
-            "--no-resume to start over, or choose another --out (--weights OLD.pt to start "
-            "from its weights)"
-        )
-    model.load_state_dict(ckpt["state_dict"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    return ckpt["epoch"], ckpt["history"], ckpt.get("best"), ckpt.get("stopped")
 
 
 def _step_loss(losses: torch.Tensor, share: Share, world: World) -> torch.Tensor:
@@ -299,6 +250,26 @@ def fit(
     (or stays on the CPU), with SyncBatchNorm layers on CUDA.
     """
     objective = objective or Standard()
+    meta = _checkpoint_meta(task, config, objective, meta)
+    with distributed.process_group(config.device) as world:
+        log = log if world.main else _quiet
+        run = _start(task, model, objective, config, out, meta, world)
+        if out is not None and out.exists() and resume and _resumed_finished(run, log):
+            return run.history
+        if config.epochs == 0:
+            run.record(0, None, run.validate(val_set, None))
+            log("epoch 0 (no training)  " + _format(run.history[-1]))
+        else:
+            _epochs(run, train_set, val_set, log)
+        return run.history
+
+
+def _checkpoint_meta(
+    task: Task, config: TrainConfig, objective: Objective, meta: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``meta`` as the checkpoint stores it: ``run`` (default :func:`run_config` of
+    ``config``) with the objective's settings, and ``monitor``: the metric that picks the best
+    epoch, its direction and the objective's clean floor (if it has one)."""
     meta = {"run": run_config(config), **(meta or {})}
     meta["run"] = {**meta["run"], "objective": objective.config()}
     metric, higher = objective.monitor(task)
@@ -306,31 +277,42 @@ def fit(
     floor = objective.floor(task)
     if floor is not None:
         meta["monitor"]["clean_floor"] = {"metric": floor[0], "margin": floor[1]}
-    with distributed.process_group(config.device) as world:
-        if config.batch_size < world.size:
-            raise DefendError(
-                f"--batch-size {config.batch_size} is the global batch and must be >= the "
-                f"number of processes ({world.size})"
-            )
-        log = log if world.main else _quiet
-        model = distributed.prepare(model, world)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    return meta
+
+
+def _start(
+    task: Task,
+    model: nn.Module,
+    objective: Objective,
+    config: TrainConfig,
+    out: Path | None,
+    meta: dict[str, Any],
+    world: World,
+) -> _Run:
+    """A new run in this process of ``world``: ``model`` on its device (SyncBatchNorm
+    layers on CUDA under torchrun) and a fresh AdamW optimizer; epoch 0, no history."""
+    if config.batch_size < world.size:
+        raise DefendError(
+            f"--batch-size {config.batch_size} is the global batch and must be >= the "
+            f"number of processes ({world.size})"
         )
-        run = _Run(task, model, optimizer, objective, config, out, meta, world)
-        if out is not None and out.exists() and resume:
-            run.resume()  # every process loads the checkpoint
-            if run.finished():
-                done = run.stopped or f"already trained for {run.start} epochs"
-                log(f"{out}: {done}; nothing to do")
-                return run.history
-            log(f"{out}: resuming after epoch {run.start}")
-        if config.epochs == 0:
-            run.record(0, None, run.validate(val_set, None))
-            log("epoch 0 (no training)  " + _format(run.history[-1]))
-            return run.history
-        _epochs(run, train_set, val_set, log)
-        return run.history
+    model = distributed.prepare(model, world)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    return _Run(task, model, optimizer, objective, config, out, meta, world)
+
+
+def _resumed_finished(run: _Run, log: Callable[[str], None]) -> bool:
+    """Load the run at ``run.out`` (in every process; :meth:`_Run.resume`) and say whether
+    it has nothing left to do (all its epochs trained, or stopped early)."""
+    run.resume()
+    if run.finished():
+        done = run.stopped or f"already trained for {run.start} epochs"
+        log(f"{run.out}: {done}; nothing to do")
+        return True
+    log(f"{run.out}: resuming after epoch {run.start}")
+    return False
 
 
 def _quiet(line: str) -> None:
@@ -376,52 +358,6 @@ def _probe_batch(train_set: Dataset, config: TrainConfig, device: torch.device) 
     return to_device(next(iter(shape_loader(train_set, config.batch_size))), device)
 
 
-#: a guard stops training when its probe falls below this fraction of its best so far
-#: (and by at least 0.1): FGSM-RS's catastrophic overfitting drops PGD accuracy to ~0
-COLLAPSE = 0.5
-
-
-def collapse(
-    history: list[dict[str, float]], metrics: dict[str, float], monitor: str
-) -> str | None:
-    """Why an epoch's guard probe shows catastrophic overfitting, or None.
-
-    The probe (``probe_robust_<monitor>`` and ``probe_<monitor>``: the monitor on a training
-    batch, attacked and clean) has collapsed when the robust value fell below
-    :data:`COLLAPSE` times its best in ``history`` and by at least 0.1, while the clean value
-    stayed within 0.1 of its best: the gap between clean and robust opened (Wong et al.). A
-    dip of both, as training itself can take early on, is not catastrophic overfitting.
-    """
-    robust_key, clean_key = f"probe_robust_{monitor}", f"probe_{monitor}"
-    robust, clean = metrics.get(robust_key), metrics.get(clean_key)
-    seen = [r for r in history if robust_key in r]
-    if robust is None or not seen:
-        return None
-    best = max(r[robust_key] for r in seen)
-    best_clean = max(r.get(clean_key, -math.inf) for r in seen)
-    if robust < COLLAPSE * best and best - robust >= 0.1 and clean >= best_clean - 0.1:
-        return (
-            f"robust {monitor} of a training batch fell from {best:.3f} to {robust:.3f}, "
-            f"clean {clean:.3f}"
-        )
-    return None
-
-
-def above_floor(
-    history: list[dict[str, float]], record: dict[str, float], floor: tuple[str, float] | None
-) -> bool:
-    """Whether ``record`` may be the best checkpoint under an objective's clean ``floor``
-    ``(metric, margin)`` (:meth:`~defend.train.objectives.Objective.floor`): its clean
-    ``metric`` is within ``margin`` of the highest finite value in ``history`` (the records so
-    far, ``record``'s own included). True without a floor or a finite value; a NaN is below.
-    """
-    if floor is None:
-        return True
-    key, margin = floor
-    top = max((r[key] for r in history if math.isfinite(r.get(key, math.nan))), default=None)
-    return top is None or record.get(key, math.nan) >= top - margin
-
-
 class _Run:
     """The state of one training run: history, best record, checkpoints, early stop."""
 
@@ -447,8 +383,9 @@ class _Run:
         self.stopped: str | None = None
 
     def resume(self) -> None:
+        """Continue the run at ``out`` (:func:`~defend.train.resume.load_run`)."""
         assert self.out is not None
-        self.start, self.history, self.best, self.stopped = _resume(
+        self.start, self.history, self.best, self.stopped = load_run(
             self.out, self.task, self.meta, self.model, self.optimizer
         )
 

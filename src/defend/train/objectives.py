@@ -20,15 +20,14 @@ the validation metrics and keeps the best checkpoint by ``objective.monitor``.
   must not be normalised by adversarial statistics. Robust validation attacks every
   validation batch at the full eps with more steps, in full precision.
 
-:data:`METHODS` and :func:`make_objective` build each method of ``defend train
---adversarial`` from its settings; a new method is one function and one line there.
+Each method of ``defend train --adversarial`` is built from its settings in
+:mod:`defend.train.methods`, with :func:`step_fraction` the step size of its attacks.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -81,7 +80,7 @@ class Objective:
         """The clean-quality floor of the best checkpoint: ``(clean metric, margin)`` (the
         metric higher-is-better), or None for none. With a floor, an epoch can be the best
         only while its clean validation metric is within ``margin`` of the highest seen in the
-        run so far (:func:`defend.train.loop.above_floor`)."""
+        run so far (:func:`defend.train.guards.above_floor`)."""
         return None
 
     def probe(self, task: Task, model: nn.Module, batch: Batch) -> tuple[float, float] | None:
@@ -359,7 +358,7 @@ class Hallucination(Adversarial):
             for batch in batches:
                 with torch.enable_grad(), model_mode(model, training=False):
                     x = batch["input"]
-                    step = _step_fraction(None, self.val_steps)
+                    step = step_fraction(None, self.val_steps)
                     attack = perturb.hallucination_attack(
                         model, x, self.budget, self.val_steps, step, seed=len(strengths)
                     )
@@ -374,7 +373,7 @@ class Hallucination(Adversarial):
         return "robust_strength", False
 
 
-def _step_fraction(step: float | None, steps: int) -> float:
+def step_fraction(step: float | None, steps: int) -> float:
     """Step size as a fraction of eps: given, or 1.25 for one step (FGSM-RS, Wong et al.)
     and ``2.5 / steps`` for PGD (Madry et al.), so the walk can cross the eps-ball."""
     if step is not None:
@@ -382,176 +381,3 @@ def _step_fraction(step: float | None, steps: int) -> float:
             raise DefendError(f"--step must be a finite number > 0 (a fraction of eps), got {step}")
         return step
     return 1.25 if steps == 1 else 2.5 / steps
-
-
-def _image_perturb(step: float | None, clip: tuple[float, float] | None, loss: Any) -> Perturb:
-    """l-inf PGD on images (:func:`perturb.linf_pgd`), ``loss(task, model, batch)`` giving
-    the per-sample loss to raise (None: the task's training loss)."""
-
-    def run(task: Task, model: nn.Module, batch: Batch, eps: float, steps: int) -> torch.Tensor:
-        size = _step_fraction(step, steps) * eps
-        raise_ = loss(task, model, batch) if loss is not None else None
-        return perturb.linf_pgd(task, model, batch, eps, steps, size, clip, raise_)
-
-    return run
-
-
-def _bce(task: Task, model: nn.Module, batch: Batch) -> Callable:
-    from defend.losses import seg_loss
-
-    return lambda pred, b: seg_loss("bce", pred.float(), b["target"])
-
-
-def _divergence_from_clean(task: Task, model: nn.Module, batch: Batch) -> Callable:
-    """TRADES' inner loss: the divergence from the clean prediction (fixed, no gradient)."""
-    with torch.no_grad():
-        clean = task.forward(model, batch)
-    return lambda pred, b: task.divergence(pred, clean, b)
-
-
-#: the seg attack losses of ``--attack-loss`` (``bce``: Wang & Xu's stronger attack)
-ATTACK_LOSSES = {"bce": _bce, "training": None}
-
-
-def image_objective(
-    method: str,
-    eps: float,
-    steps: int,
-    step: float | None = None,
-    attack_loss: str = "training",
-    clip: tuple[float, float] | None = (0.0, 1.0),
-    **kwargs: Any,
-) -> Adversarial:
-    """``pgd`` / ``fgsm-rs`` / ``trades`` on images in [0, 1] (segmentation, classification).
-
-    Args:
-        method: ``pgd`` (Madry et al.), ``fgsm-rs`` (Wong et al.; one step, guarded against
-            catastrophic overfitting) or ``trades`` (Zhang et al.; ``beta`` default 6).
-        eps: l-inf budget on the image range. steps: attack steps per batch.
-        step: step size as a fraction of eps (default :func:`_step_fraction`).
-        attack_loss: the loss PGD / FGSM-RS (and robust validation) raise: ``training`` or
-            ``bce`` (segmentation, Wang & Xu's stronger attack).
-        clip: the valid input range.
-        kwargs: ``mix``, ``warmup_epochs``, ``beta``, ``val_steps`` (:class:`Adversarial`).
-    """
-    if not 0 < eps <= 1:
-        raise DefendError(f"--eps must be in (0, 1] (images are in [0, 1]), got {eps}")
-    if method == "fgsm-rs" and steps != 1:
-        raise DefendError(f"fgsm-rs takes one step (--steps 1), got --steps {steps}")
-    if attack_loss not in ATTACK_LOSSES:
-        raise DefendError(f"--attack-loss must be one of {', '.join(ATTACK_LOSSES)}")
-    attack = _image_perturb(step, clip, ATTACK_LOSSES[attack_loss])
-    settings = {"step": _step_fraction(step, steps), "attack_loss": attack_loss}
-    if method == "trades":
-        kwargs.setdefault("beta", 6.0)
-        inner = _image_perturb(step, clip, _divergence_from_clean)
-        return Adversarial(inner, method, eps, steps, val_perturb=attack, **kwargs, **settings)
-    guard = method == "fgsm-rs"
-    return Adversarial(attack, method, eps, steps, guard=guard, **kwargs, **settings)
-
-
-def kspace_objective(
-    method: str,
-    eps: float,
-    steps: int,
-    step: float | None = None,
-    norm: str = "inf",
-    clean_floor: float | None = None,
-    **kwargs: Any,
-) -> Adversarial:
-    """``pgd`` or ``hallucination`` training of a reconstruction model on its k-space input.
-
-    Args:
-        method: ``pgd`` (:func:`perturb.kspace_pgd`: raise the error to the ground truth) or
-            ``hallucination`` (:func:`perturb.hallucinate`: random regions and contrasts).
-        eps: relative budget, the units of ``defend attack hallucination`` (a fraction of the
-            k-space norm). steps: attack steps per batch.
-        step: step size as a fraction of eps (default :func:`_step_fraction`).
-        norm: ``inf`` or ``2`` (per coil).
-        clean_floor: hallucination: the best checkpoint's clean-SSIM margin (default
-            :data:`CLEAN_FLOOR`; :class:`Hallucination`).
-        kwargs: ``mix``, ``warmup_epochs``, ``beta``, ``val_steps`` (:class:`Adversarial`).
-    """
-    if clean_floor is not None and method != "hallucination":
-        raise DefendError("--clean-floor is for --adversarial hallucination")
-    budget = KspaceBudget(eps, norm)
-    attack = perturb.kspace_pgd if method == "pgd" else perturb.hallucinate
-
-    def run(task: Task, model: nn.Module, batch: Batch, eps_now: float, n: int) -> torch.Tensor:
-        at = replace(budget, eps=eps_now)
-        return attack(task, model, batch, at, n, _step_fraction(step, n))
-
-    settings = {"step": _step_fraction(step, steps), "norm": norm}
-    if method == "pgd":
-        return Adversarial(run, method, eps, steps, **kwargs, **settings)
-    floor = {} if clean_floor is None else {"clean_floor": clean_floor}
-    return Hallucination(
-        run, budget, name=method, eps=eps, steps=steps, **floor, **kwargs, **settings
-    )
-
-
-#: ``defend train --adversarial`` methods per task
-METHODS: dict[str, tuple[str, ...]] = {
-    "recon": ("pgd", "hallucination"),
-    "seg": ("pgd", "fgsm-rs", "trades"),
-    "cls": ("pgd", "fgsm-rs", "trades"),
-}
-#: default eps per task: that of the matching ``defend attack`` command (recon: the
-#: hallucination attack's relative l-inf 0.1; seg: seg-fgsm's 0.008), cls: 8 / 255
-DEFAULT_EPS = {"recon": 0.1, "seg": 0.008, "cls": 8 / 255}
-#: default attack steps per training batch
-DEFAULT_STEPS = {"pgd": 7, "fgsm-rs": 1, "trades": 10, "hallucination": 5}
-
-
-def make_objective(
-    task: str,
-    method: str,
-    eps: float | None = None,
-    steps: int | None = None,
-    step: float | None = None,
-    mix: float = 1.0,
-    warmup_epochs: int = 0,
-    beta: float | None = None,
-    attack_loss: str | None = None,
-    norm: str = "inf",
-    clean_floor: float | None = None,
-) -> Adversarial:
-    """The adversarial-training objective of ``defend train TASK --adversarial METHOD``.
-
-    Args:
-        task: ``recon``, ``seg`` or ``cls``. method: one of ``METHODS[task]``.
-        eps: budget (default :data:`DEFAULT_EPS`, the units of the matching attack command).
-        steps: attack steps per training batch (default :data:`DEFAULT_STEPS`; recon pgd 5).
-        step: step size as a fraction of eps. mix: attacked fraction of each batch.
-        warmup_epochs: linear eps warm-up. beta: TRADES / consistency weight (trades: 6).
-        attack_loss: seg ``bce`` (default) or ``training``. norm: recon ``inf`` or ``2``.
-        clean_floor: recon hallucination: the best checkpoint's clean-SSIM margin
-            (default :data:`CLEAN_FLOOR`).
-    """
-    if method not in METHODS.get(task, ()):
-        fits = [t for t, methods in METHODS.items() if method in methods]
-        where = f" (it fits {', '.join(fits)})" if fits else ""
-        raise DefendError(
-            f"--adversarial {method} does not fit task {task}{where}: choose "
-            f"{', '.join(METHODS.get(task, ()))}"
-        )
-    eps = DEFAULT_EPS[task] if eps is None else eps
-    steps = (5 if task == "recon" else DEFAULT_STEPS[method]) if steps is None else steps
-    if steps < 1:
-        raise DefendError(f"--steps must be >= 1, got {steps}")
-    settings: dict[str, Any] = {"mix": mix, "warmup_epochs": warmup_epochs}
-    if beta is not None:
-        settings["beta"] = beta
-    if task == "recon":
-        if attack_loss is not None:
-            raise DefendError("--attack-loss is for seg and cls; recon attacks use their own")
-        return kspace_objective(method, eps, steps, step, norm, clean_floor, **settings)
-    if clean_floor is not None:
-        raise DefendError("--clean-floor is for recon --adversarial hallucination")
-    if norm != "inf":
-        raise DefendError("--norm is for recon; image attacks are l-inf")
-    if attack_loss is None:
-        attack_loss = "bce" if task == "seg" else "training"
-    elif task == "cls" and attack_loss != "training":
-        raise DefendError("--attack-loss bce is for seg; cls attacks raise cross-entropy")
-    return image_objective(method, eps, steps, step, attack_loss, **settings)
