@@ -4,6 +4,7 @@ command groups share, and :func:`main`, the console entry point (one-line errors
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Any, NoReturn
@@ -26,6 +27,16 @@ app = typer.Typer(
 
 
 PROGRESS = typer.Option(True, help="Show progress bars.")
+
+
+def signature(options: dict[str, tuple[Any, Any]]) -> inspect.Signature:
+    """A command's signature from its declared options (name -> (type, ``typer.Option`` or
+    ``typer.Argument``)), in order: Typer reads a command's parameters from it, so that a
+    command with many options is one table and a short function taking ``**options``."""
+    return inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind)
+        for name, (kind, info) in options.items()
+    ])  # fmt: skip
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:

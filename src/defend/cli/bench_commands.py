@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -41,14 +42,57 @@ def bench_models_command(
     typer.echo(format_models(summary))
 
 
+#: the options the timing benchmarks share
+RUN_DIR = typer.Argument(Path("runs/bench"), help="Folder `defend bench models` wrote.")
+JSON_OUT = typer.Option(None, help="Also write the results to this JSON file.")
+REPEATS = typer.Option(3, help="Timed repeats after a warm-up (medians reported).")
+BENCH_DEVICE = typer.Option(None, help="cpu, cuda ... (default: CUDA if present).")
+THREADS = typer.Option(
+    1,
+    help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a shared "
+    "CPU stable.",
+)
+
+
+def _check(device: str | None, out: Path | None) -> None:
+    """Refuse a bad device or an output file that cannot be written, before any work."""
+    from defend.device import pick_device
+    from defend.io import check_writable
+
+    pick_device(device)
+    if out is not None:
+        check_writable(out, "file")
+
+
+def _show(text: str, result: Any, out: Path | None) -> None:
+    """Print a benchmark's table and write its result to ``out`` (strict JSON) if given."""
+    from defend.io import jsonable, write_json
+
+    typer.echo(text)
+    if out is not None:
+        write_json(out, jsonable(result))
+        typer.echo(f"wrote {out}")
+
+
+def _pixel_counts(pixel_th: str) -> list[int]:
+    """``"1,5,20"`` -> ``[1, 5, 20]``; one line for anything else."""
+    try:
+        counts = [int(t) for t in pixel_th.split(",") if t.strip()]
+    except ValueError:
+        raise DefendError(f"--pixel-th expects integers like 1,5,20, got '{pixel_th}'") from None
+    if not counts or min(counts) < 1:
+        raise DefendError(f"--pixel-th expects positive integers, got '{pixel_th}'")
+    return counts
+
+
 @bench_app.command("attacks")
 def bench_attacks_command(
-    run_dir: Path = typer.Argument(Path("runs/bench"), help="Folder `defend bench models` wrote."),
+    run_dir: Path = RUN_DIR,
     n: int = typer.Option(4, help="Samples per task, attacked as one batch."),
-    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    out: Path = JSON_OUT,
     split: str = typer.Option("test", help="Data split the samples come from."),
     iters: int = typer.Option(20, help="Iterations of the gradient attacks and ART's PGD."),
-    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
+    repeats: int = REPEATS,
     pixel_th: str = typer.Option("1,5,20", help="PixelAttack pixel counts, comma-separated."),
     pixel_max_iter: int = typer.Option(
         100, help="PixelAttack's DE generations per pixel count (100: ART's default)."
@@ -59,49 +103,21 @@ def bench_attacks_command(
     dgde_max_queries: int = typer.Option(
         None, help="DGDE's query budget per image (default: DGDE's)."
     ),
-    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
-    threads: int = typer.Option(
-        1,
-        help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a "
-        "shared CPU stable.",
-    ),
+    device: str = BENCH_DEVICE,
+    threads: int = THREADS,
 ) -> None:
     """Time each attack against its floor of pure model time and against ART's attacks."""
-    from defend.bench import bench_attacks, format_bench, jsonable
-    from defend.device import pick_device
-    from defend.io import check_writable, write_json
+    from defend.bench import bench_attacks, format_bench
 
-    pick_device(device)
-    if out is not None:
-        check_writable(out, "file")
-    try:
-        ths = [int(t) for t in pixel_th.split(",") if t.strip()]
-    except ValueError:
-        raise DefendError(f"--pixel-th expects integers like 1,5,20, got '{pixel_th}'") from None
-    if not ths or min(ths) < 1:
-        raise DefendError(f"--pixel-th expects positive integers, got '{pixel_th}'")
+    _check(device, out)
+    dgde = {"patience": dgde_patience, "max_queries": dgde_max_queries}
     result = bench_attacks(
-        run_dir,
-        n=n,
-        split=split,
-        iters=iters,
-        repeats=repeats,
-        pixel_th=ths,
-        pixel_max_iter=pixel_max_iter,
-        dgde_params={
-            k: v
-            for k, v in {"patience": dgde_patience, "max_queries": dgde_max_queries}.items()
-            if v is not None
-        },
-        device=device,
-        threads=threads or None,
-        log=typer.echo,
-    )
-    typer.echo("")
-    typer.echo(format_bench(result))
-    if out is not None:
-        write_json(out, jsonable(result))
-        typer.echo(f"wrote {out}")
+        run_dir, n=n, split=split, iters=iters, repeats=repeats,
+        pixel_th=_pixel_counts(pixel_th), pixel_max_iter=pixel_max_iter,
+        dgde_params={k: v for k, v in dgde.items() if v is not None}, device=device,
+        threads=threads or None, log=typer.echo,
+    )  # fmt: skip
+    _show("\n" + format_bench(result), result, out)
 
 
 @bench_app.command("train")
@@ -109,7 +125,7 @@ def bench_train_command(
     data: Path = typer.Argument(
         Path("runs/bench/data"), help="Data folder with a train split (defend data synth DIR)."
     ),
-    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    out: Path = JSON_OUT,
     tasks: str = typer.Option(
         "recon/unet,recon/varnet,seg,cls", help="TASK or TASK/MODEL names, comma-separated."
     ),
@@ -118,66 +134,44 @@ def bench_train_command(
     ),
     batches: int = typer.Option(4, help="Training batches per benchmark epoch."),
     batch_size: int = typer.Option(8, help="Samples per batch."),
-    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
-    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
-    threads: int = typer.Option(
-        1,
-        help="torch CPU threads during the run (0: torch's default); 1 keeps timings on a "
-        "shared CPU stable.",
-    ),
+    repeats: int = REPEATS,
+    device: str = BENCH_DEVICE,
+    threads: int = THREADS,
 ) -> None:
     """Time each adversarial-training method's epoch over the standard epoch (ideal steps + 1)."""
-    from defend.bench import bench_train, format_train_bench, jsonable
-    from defend.io import check_writable, write_json
+    from defend.bench import bench_train, format_train_bench
 
-    if out is not None:
-        check_writable(out, "file")
+    if out is not None:  # the device is checked by bench_train
+        _check(None, out)
     result = bench_train(
-        data,
-        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
-        steps=steps,
-        batches=batches,
-        batch_size=batch_size,
-        repeats=repeats,
-        device=device,
-        threads=threads or None,
-        log=typer.echo,
-    )
-    typer.echo("")
-    typer.echo(format_train_bench(result))
-    if out is not None:
-        write_json(out, jsonable(result))
-        typer.echo(f"wrote {out}")
+        data, tasks=[t.strip() for t in tasks.split(",") if t.strip()], steps=steps,
+        batches=batches, batch_size=batch_size, repeats=repeats, device=device,
+        threads=threads or None, log=typer.echo,
+    )  # fmt: skip
+    _show("\n" + format_train_bench(result), result, out)
 
 
 @bench_app.command("certify")
 def bench_certify_command(
-    run_dir: Path = typer.Argument(Path("runs/bench"), help="Folder `defend bench models` wrote."),
+    run_dir: Path = RUN_DIR,
     samples: int = typer.Option(2, help="Test samples certified per model."),
     n0: int = typer.Option(100, help="Selection samples (recon: centre candidates)."),
     n: int = typer.Option(2000, help="Estimation samples."),
     batch_size: int = typer.Option(500, help="Noisy copies per forward pass."),
-    repeats: int = typer.Option(3, help="Timed repeats after a warm-up (medians reported)."),
-    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
-    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
-    threads: int = typer.Option(1, help="torch CPU threads during the run (0: torch's default)."),
+    repeats: int = REPEATS,
+    out: Path = JSON_OUT,
+    device: str = BENCH_DEVICE,
+    threads: int = THREADS,
 ) -> None:
     """Certify throughput over the base model's forward throughput, and ART's smoothing."""
     from defend.bench.certify_speed import bench_certify, format_certify
-    from defend.device import pick_device
-    from defend.io import check_writable, jsonable, write_json
 
-    pick_device(device)
-    if out is not None:
-        check_writable(out, "file")
+    _check(device, out)
     rows = bench_certify(
         run_dir, samples=samples, n0=n0, n=n, batch_size=batch_size, repeats=repeats,
         device=device, threads=threads or None, log=typer.echo,
     )  # fmt: skip
-    typer.echo(format_certify(rows))
-    if out is not None:
-        write_json(out, jsonable(rows))
-        typer.echo(f"wrote {out}")
+    _show(format_certify(rows), rows, out)
 
 
 @bench_app.command("robustness")
@@ -192,24 +186,14 @@ def bench_robustness_command(
         None, help="Attack budget (default: the task's, as defend train --eps)."
     ),
     seed: int = typer.Option(0, help="Random seed of the attacks."),
-    device: str = typer.Option(None, help="cpu, cuda ... (default: CUDA if present)."),
-    out: Path = typer.Option(None, help="Also write the results to this JSON file."),
+    device: str = BENCH_DEVICE,
+    out: Path = JSON_OUT,
 ) -> None:
     """Clean metric, the project's attack and ART's PGD against each checkpoint, same samples."""
     from defend.bench.robustness import compare_robustness, format_robustness
-    from defend.device import pick_device
-    from defend.io import check_writable, jsonable, write_json
 
-    pick_device(device)
-    if out is not None:
-        check_writable(out, "file")
+    _check(device, out)
     results = compare_robustness(
         checkpoints, data, split=split, n=n, eps=eps, seed=seed, device=device, log=typer.echo
     )
-    typer.echo(format_robustness(results))
-    if out is not None:
-        write_json(out, jsonable(results))
-        typer.echo(f"wrote {out}")
-
-
-#: Printed on Ctrl-C; every long command resumes where it stopped.
+    _show(format_robustness(results), results, out)

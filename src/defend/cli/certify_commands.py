@@ -4,42 +4,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from defend.cli.app import PROGRESS, app
+from defend.cli.app import PROGRESS, app, signature
+
+#: the options of ``defend certify``, in the order --help shows them: name -> (type, option)
+CERTIFY_OPTIONS: dict[str, tuple[type, Any]] = {
+    "checkpoint": (Path, typer.Option(
+        ..., help="The model to smooth (defend train checkpoint).")),
+    "data": (Path, typer.Option(..., help="Data folder.")),
+    "sigma": (float, typer.Option(
+        ..., help="Noise std: images in [0, 1] units; recon in k-space units (the rms "
+        "magnitude of the training split's sampled entries), on the real and imaginary "
+        "parts.")),
+    "out": (Path, typer.Option(
+        ..., help="Folder for certificates.csv, summary.json, figure.")),
+    "denoiser": (Path, typer.Option(None, help="A defend train denoiser checkpoint.")),
+    "split": (str, typer.Option("test", help="train, val or test.")),
+    "n_samples": (int, typer.Option(16, help="Samples of the split to certify.")),
+    "skip": (int, typer.Option(1, help="Certify every skip-th sample of the split.")),
+    "n0": (int, typer.Option(
+        None, help="Selection samples (cls/seg 100; recon: centre candidates 30).")),
+    "n": (int, typer.Option(
+        None, help="Estimation samples (cls 10000, seg 1000, recon 2000).")),
+    "alpha": (float, typer.Option(
+        None, help="Failure probability (cls 0.001, seg 1e-4, recon 0.01).")),
+    "tau": (float, typer.Option(
+        0.75, help="seg: vote threshold (radius sigma * Phi^-1(tau)).")),
+    "eps_in": (float, typer.Option(
+        None, help="recon: input l2 radius in k-space units, as sigma (default sigma).")),
+    "batch_size": (int, typer.Option(1000, help="Noisy copies per forward pass.")),
+    "seed": (int, typer.Option(
+        0, help="Random seed (the sample at position i: seed + i).")),
+    "device": (str, typer.Option(
+        None, help="cpu, cuda, ... (default: CUDA if present).")),
+    "progress": (bool, PROGRESS),
+}  # fmt: skip
 
 
-@app.command("certify")
-def certify(
-    checkpoint: Path = typer.Option(..., help="The model to smooth (defend train checkpoint)."),
-    data: Path = typer.Option(..., help="Data folder."),
-    sigma: float = typer.Option(
-        ...,
-        help="Noise std: images in [0, 1] units; recon in k-space units (the rms magnitude of "
-        "the training split's sampled entries), on the real and imaginary parts.",
-    ),
-    out: Path = typer.Option(..., help="Folder for certificates.csv, summary.json, figure."),
-    denoiser: Path = typer.Option(None, help="A defend train denoiser checkpoint."),
-    split: str = typer.Option("test", help="train, val or test."),
-    n_samples: int = typer.Option(16, help="Samples of the split to certify."),
-    skip: int = typer.Option(1, help="Certify every skip-th sample of the split."),
-    n0: int = typer.Option(
-        None, help="Selection samples (cls/seg 100; recon: centre candidates 30)."
-    ),
-    n: int = typer.Option(None, help="Estimation samples (cls 10000, seg 1000, recon 2000)."),
-    alpha: float = typer.Option(
-        None, help="Failure probability (cls 0.001, seg 1e-4, recon 0.01)."
-    ),
-    tau: float = typer.Option(0.75, help="seg: vote threshold (radius sigma * Phi^-1(tau))."),
-    eps_in: float = typer.Option(
-        None, help="recon: input l2 radius in k-space units, as sigma (default sigma)."
-    ),
-    batch_size: int = typer.Option(1000, help="Noisy copies per forward pass."),
-    seed: int = typer.Option(0, help="Random seed (the sample at position i: seed + i)."),
-    device: str = typer.Option(None, help="cpu, cuda, ... (default: CUDA if present)."),
-    progress: bool = PROGRESS,
-) -> None:
+def certify(**options: Any) -> None:
     """Certify a smoothed model (optionally behind a denoiser) on a data split.
 
     Recon: the noise is fixed before any sample is seen (std sigma x the training split's
@@ -48,13 +53,16 @@ def certify(
     """
     from defend.smooth.certify import certify_split
 
+    out = options["out"]
     summary = certify_split(
-        checkpoint, data, out, sigma, denoiser=denoiser, split=split, n_samples=n_samples,
-        skip=skip, n0=n0, n=n, alpha=alpha, batch_size=batch_size, tau=tau, eps_in=eps_in,
-        seed=seed, device=device, progress=progress,
+        options.pop("checkpoint"), options.pop("data"), options.pop("out"),
+        options.pop("sigma"), **options,
     )  # fmt: skip
     shown = {k: v for k, v in summary.items() if k not in ("rows", "curve", "settings")}
-    noise = {k: v for k, v in summary["settings"].items() if k in ("unit", "noise_std")}
-    shown.update(noise)
+    shown.update({k: v for k, v in summary["settings"].items() if k in ("unit", "noise_std")})
     typer.echo(json.dumps(shown, indent=1))
     typer.echo(f"wrote {out}/certificates.csv, summary.json, certified.png")
+
+
+certify.__signature__ = signature(CERTIFY_OPTIONS)
+app.command("certify")(certify)
