@@ -125,7 +125,7 @@ def test_detector_data_draws_apart_from_the_matrix(cls_ckpt, synth_dir, tmp_path
     estimator = load_estimator(cls_ckpt)
     x, y, positions = load_arrays(synth_dir, "cls", "test", 3, checkpoint=cls_ckpt,
                                   return_indices=True)  # fmt: skip
-    matrix = MATRIX["dgde"][0](estimator, x, y, None, {}, positions, 0)
+    matrix = MATRIX["dgde"].run(estimator, x, y, None, {}, positions, 0)
     old = _attack("dgde", estimator, x, y, 0.0, seed=0)
     np.testing.assert_array_equal(old, matrix)
     dgde = data["attack"] == "dgde"
