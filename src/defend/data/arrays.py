@@ -27,6 +27,7 @@ from defend.data.acquisition import Acquisition
 from defend.data.folders import ClsFolder, SegFolder
 from defend.data.recon import ReconDataset
 from defend.errors import CheckpointError, DataError, DefendError
+from defend.io import load_checkpoint
 from defend.tasks import check_task
 
 #: what ``classes`` may be: a label count (seg) or the class names in index order (cls)
@@ -195,8 +196,6 @@ def checkpoint_data_args(
         CheckpointError: unreadable file, a checkpoint of another task, or one whose ``data``
             lacks what ``task`` needs.
     """
-    from defend.io import load_checkpoint
-
     if isinstance(checkpoint, Mapping):
         ckpt, source = checkpoint, "checkpoint"
         if ckpt.get("task", task) != task:
@@ -340,17 +339,40 @@ def load_arrays(
     dataset = _open_split(
         data_dir, task, split, n, indices, checkpoint, acquisition, classes, channels
     )
-    size = len(dataset)  # type: ignore[arg-type]
-    if indices is None:  # a sample of another shape is skipped and the next one taken
-        xs, ys, used = _collect(dataset, range(size), n, task, strict=False)
-    else:
-        xs, ys, used = _collect(dataset, _as_indices(indices, size), None, task, strict=True)
-    x_arr = np.stack(xs).astype(np.float32, copy=False)
+    positions, limit, strict = _selection(len(dataset), n, indices)  # type: ignore[arg-type]
+    x, y, used = _stack(*_collect(dataset, positions, limit, task, strict=strict), task)
+    return (x, y, used) if return_indices else (x, y)
+
+
+def _selection(
+    size: int, n: int | None, indices: Sequence[int] | np.ndarray | None
+) -> tuple[Sequence[int], int | None, bool]:
+    """What :func:`load_arrays` reads of a split of ``size`` samples: ``(positions, limit,
+    strict)`` for :func:`_collect`.
+
+    Without ``indices``: every position in order, keeping the first ``n`` rows (None: all) and
+    skipping samples of another shape (the next one is taken). With ``indices``: exactly those
+    (checked by :func:`_as_indices`), no limit, and a sample of another shape is an error.
+    """
+    if indices is None:
+        return range(size), n, False
+    return _as_indices(indices, size), None, True
+
+
+def _stack(
+    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], used: Sequence[int], task: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of one shape as the arrays :func:`load_arrays` returns: ``(x, y, positions)``.
+
+    ``x`` float32 ``(N, ...)``; ``y`` int64 ``(N,)`` for cls, else float32 ``(N, ...)``;
+    ``positions`` int64 ``(N,)``. ``xs`` and ``ys`` must be non-empty and of one shape each.
+    """
     y_dtype = np.int64 if task == "cls" else np.float32
-    y_arr = np.stack(ys).astype(y_dtype, copy=False)
-    if return_indices:
-        return x_arr, y_arr, np.asarray(used, dtype=np.int64)
-    return x_arr, y_arr
+    return (
+        np.stack(xs).astype(np.float32, copy=False),
+        np.stack(ys).astype(y_dtype, copy=False),
+        np.asarray(used, dtype=np.int64),
+    )
 
 
 def split_size(
@@ -433,15 +455,7 @@ def load_groups(
         xs.append(x)
         ys.append(y)
         used.append(int(index))
-    y_dtype = np.int64 if task == "cls" else np.float32
-    return [
-        (
-            np.stack(xs).astype(np.float32, copy=False),
-            np.stack(ys).astype(y_dtype, copy=False),
-            np.asarray(used, dtype=np.int64),
-        )
-        for xs, ys, used in groups.values()
-    ]
+    return [_stack(xs, ys, used, task) for xs, ys, used in groups.values()]
 
 
 def _collect(

@@ -382,6 +382,53 @@ def _write_volumes(
     return summary
 
 
+def _check_params(size: int, coils: int, slices: int, seed: int) -> None:
+    """Refuse what :func:`synthesize` cannot use (volumes: :func:`split_counts`).
+
+    Raises:
+        DefendError: ``size < 16``, ``coils < 1``, ``slices < 1`` or ``seed < 0``.
+    """
+    for key, value, low in (("size", size, 16), ("coils", coils, 1), ("slices", slices, 1)):
+        if value < low:
+            raise DefendError(f"{key} must be >= {low}, got {value}")
+    if seed < 0:
+        raise DefendError(f"seed must be >= 0, got {seed}")
+
+
+def _existing(out: Path) -> dict[str, Any]:
+    """What :func:`synthesize` returns for the complete data set in ``out``: ``dataset.json``
+    plus ``seconds`` 0.0 and ``status`` ``"existing"``. Rewrites nothing; removes the marker of a
+    run interrupted after it wrote ``dataset.json``."""
+    (out / MARKER).unlink(missing_ok=True)
+    return {**json.loads((out / "dataset.json").read_text()), "seconds": 0.0, "status": "existing"}
+
+
+def _generate(
+    out: Path, params: dict[str, Any], counts: dict[str, int], *, resume: bool, progress: bool
+) -> tuple[dict[str, Any], float]:
+    """Write the data set between the in-progress marker and ``dataset.json``.
+
+    The marker :data:`MARKER` is written first and removed last, so an interrupted run leaves
+    it behind. On ``resume``, ``atomic_write`` leftovers (``.*.tmp``) of the killed run are
+    removed first and complete volumes are kept (see :func:`_write_volumes`).
+
+    Returns:
+        ``(info, seconds)``: the contents of ``dataset.json`` and the wall-clock seconds spent
+        writing the volumes.
+    """
+    if resume:
+        for tmp in out.rglob(".*.tmp"):  # atomic_write leftovers of a killed run
+            tmp.unlink()
+    write_json(out / MARKER, {"format": FORMAT, "params": params})
+    start = time.perf_counter()
+    summary = _write_volumes(out, params, counts, resume=resume, progress=progress)
+    elapsed = time.perf_counter() - start
+    info = _info(params, summary)
+    write_json(out / "dataset.json", info)
+    (out / MARKER).unlink()
+    return info, elapsed
+
+
 def synthesize(
     out: Path,
     size: int = 64,
@@ -422,31 +469,13 @@ def synthesize(
             parameters (named in the message), or holds something else.
     """
     out = Path(out)
-    for key, value, low in (("size", size, 16), ("coils", coils, 1), ("slices", slices, 1)):
-        if value < low:
-            raise DefendError(f"{key} must be >= {low}, got {value}")
-    if seed < 0:
-        raise DefendError(f"seed must be >= 0, got {seed}")
+    _check_params(size, coils, slices, seed)
     counts = split_counts(volumes)
     params = _params(size, coils, volumes, slices, seed)
     state = _check_out(out, params)
     if state == "done":
-        (out / MARKER).unlink(missing_ok=True)  # interrupted after dataset.json was written
-        return {
-            **json.loads((out / "dataset.json").read_text()),
-            "seconds": 0.0,
-            "status": "existing",
-        }
-    if state == "resume":
-        for tmp in out.rglob(".*.tmp"):  # atomic_write leftovers of a killed run
-            tmp.unlink()
-    write_json(out / MARKER, {"format": FORMAT, "params": params})
-    start = time.perf_counter()
-    summary = _write_volumes(out, params, counts, resume=state == "resume", progress=progress)
-    elapsed = time.perf_counter() - start
-    info = _info(params, summary)
-    write_json(out / "dataset.json", info)
-    (out / MARKER).unlink()
+        return _existing(out)
+    info, elapsed = _generate(out, params, counts, resume=state == "resume", progress=progress)
     # timing is reported to the caller but kept out of the file (byte-identical reruns)
     status = "resumed" if state == "resume" else "written"
     return {**info, "seconds": elapsed, "status": status}

@@ -18,12 +18,15 @@ from typing import Any
 import torch
 from art.estimators.classification import PyTorchClassifier
 
+from defend.data.acquisition import Acquisition
 from defend.errors import CheckpointError, DefendError
 from defend.estimators.cls import make_classifier
 from defend.estimators.recon import ReconEstimator
 from defend.estimators.seg import SegEstimator
 from defend.estimators.torch_estimator import TorchEstimator
 from defend.io import load_checkpoint
+from defend.models import build_model, load_weights
+from defend.tasks import SegTask
 
 __all__ = ["ReconEstimator", "SegEstimator", "TorchEstimator", "load_estimator", "make_classifier"]
 
@@ -49,8 +52,30 @@ def load_estimator(
         CheckpointError: unreadable file, missing keys, or weights that do not fit the model
             config (the message names the file).
     """
-    from defend.models import build_model, load_weights
+    ckpt, source = _read_checkpoint(checkpoint)
+    task, data = ckpt["task"], ckpt["data"]
+    input_shape = tuple(int(s) for s in data["input_shape"])
+    model = _rebuild_model(ckpt, source)
+    if task == "recon":
+        return _recon_estimator(model, data, input_shape, source, device)
+    if task == "seg":
+        # the estimator's loss is the training loss, as for ART's classifiers
+        loss = ckpt.get("loss", SegTask.loss_name)
+        return SegEstimator(model, input_shape, device=device, loss=loss)
+    return make_classifier(model, input_shape, _nb_classes(ckpt), device=device)
 
+
+def _read_checkpoint(
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+) -> tuple[dict[str, Any], str]:
+    """A model checkpoint as a dict, and how to name it in messages (its path or "checkpoint").
+
+    Guarantees ``task``, ``model_config``, ``state_dict`` and ``data`` keys, and
+    ``input_shape`` in ``data``; a mapping is copied (shallowly), never changed.
+
+    Raises:
+        CheckpointError: unreadable file, a denoiser checkpoint, or a missing key.
+    """
     if isinstance(checkpoint, Mapping):
         ckpt, source = dict(checkpoint), "checkpoint"
     else:
@@ -62,37 +87,53 @@ def load_estimator(
     missing = [k for k in ("task", "model_config", "state_dict", "data") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks {', '.join(missing)}")
-    task, data = ckpt["task"], ckpt["data"]
-    if "input_shape" not in data:
+    if "input_shape" not in ckpt["data"]:
         raise CheckpointError(f"{source}: checkpoint data lacks input_shape")
-    input_shape = tuple(int(s) for s in data["input_shape"])
+    return ckpt, source
+
+
+def _rebuild_model(ckpt: Mapping[str, Any], source: str) -> torch.nn.Module:
+    """The checkpoint's model, built from ``model_config`` with its weights, in eval mode.
+
+    Raises:
+        CheckpointError: a config :func:`build_model` refuses, or weights that do not fit it.
+    """
     try:
-        model = build_model(task, ckpt["model_config"])
+        model = build_model(ckpt["task"], ckpt["model_config"])
     except DefendError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     load_weights(model, ckpt["state_dict"], source)
     model.eval()
+    return model
 
-    if task == "recon":
-        from defend.data.acquisition import Acquisition
 
-        if "acquisition" not in data:
-            raise CheckpointError(f"{source}: recon checkpoint data lacks acquisition")
-        try:
-            acquisition = Acquisition.from_dict(data["acquisition"])
-            mask = acquisition.eval_mask(input_shape[-2])
-        except DefendError as exc:
-            raise CheckpointError(f"{source}: {exc}") from None
-        return ReconEstimator(model, mask, input_shape, device=device, acquisition=acquisition)
-    if task == "seg":
-        from defend.tasks import SegTask
+def _recon_estimator(
+    model: torch.nn.Module,
+    data: Mapping[str, Any],
+    input_shape: tuple[int, ...],
+    source: str,
+    device: str | torch.device | None,
+) -> ReconEstimator:
+    """A :class:`ReconEstimator` with the fixed evaluation mask of the checkpoint's acquisition
+    (``data["acquisition"]``) for k-space ``input_shape`` ``(coils, H, W, 2)``.
 
-        # the estimator's loss is the training loss, as for ART's classifiers
-        loss = ckpt.get("loss", SegTask.loss_name)
-        return SegEstimator(model, input_shape, device=device, loss=loss)
-    classes = data.get("classes")
+    Raises:
+        CheckpointError: no acquisition, or one :class:`Acquisition` refuses.
+    """
+    if "acquisition" not in data:
+        raise CheckpointError(f"{source}: recon checkpoint data lacks acquisition")
+    try:
+        acquisition = Acquisition.from_dict(data["acquisition"])
+        mask = acquisition.eval_mask(input_shape[-2])
+    except DefendError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    return ReconEstimator(model, mask, input_shape, device=device, acquisition=acquisition)
+
+
+def _nb_classes(ckpt: Mapping[str, Any]) -> int:
+    """A cls checkpoint's class count: ``data["classes"]`` (names, or a count), else the model
+    config's ``num_classes``, else 2."""
+    classes = ckpt["data"].get("classes")
     if classes is None:
-        nb_classes = int(ckpt["model_config"].get("num_classes", 2))
-    else:
-        nb_classes = len(classes) if not isinstance(classes, int) else classes
-    return make_classifier(model, input_shape, nb_classes, device=device)
+        return int(ckpt["model_config"].get("num_classes", 2))
+    return len(classes) if not isinstance(classes, int) else classes
