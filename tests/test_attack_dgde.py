@@ -8,7 +8,7 @@ import torch
 from art.estimators.classification import BlackBoxClassifier
 
 import defend
-from defend.attacks import DGDE
+from defend.attacks import DGDE, torch_attack
 from defend.attacks.torch_attack import SampleRNG
 from defend.errors import DefendError
 
@@ -149,8 +149,6 @@ def test_batch_size_and_shards_do_not_change_the_result(classifier, images):
 def first_draws(monkeypatch, attack: DGDE, x: np.ndarray, **kwargs) -> torch.Tensor:
     """(N, 4) the first uniform numbers of each image's generator, in the order of ``x``,
     when ``attack`` attacks ``x`` (``kwargs``: generate's)."""
-    from defend.attacks import base
-
     made = []
 
     class Recorded(SampleRNG):
@@ -158,7 +156,7 @@ def first_draws(monkeypatch, attack: DGDE, x: np.ndarray, **kwargs) -> torch.Ten
             super().__init__(*args, **kw)
             made.append([g.initial_seed() for g in self.generators])
 
-    monkeypatch.setattr(base, "SampleRNG", Recorded)
+    monkeypatch.setattr(torch_attack, "SampleRNG", Recorded)
     attack.generate(x, **kwargs)
     (seeds,) = made
     return torch.stack([torch.rand(4, generator=torch.Generator().manual_seed(s)) for s in seeds])
