@@ -94,36 +94,62 @@ def run_attack(
     Returns:
         ``{"attack", "params", "summary", "rows", "files", "attacked", "shapes", ...}``.
     """
-    if name not in ATTACKS:
-        raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
-    if n < 1 or skip < 1:
-        raise DefendError(f"--n and --skip must be >= 1, got {n}, {skip}")
-    pick_device(device)  # device and output first: refused before anything is read
-    check_writable(out, "dir")
-    task = ATTACKS[name].task
+    task = _check_request(name, n, skip, device, out)
     ckpt = load_checkpoint(checkpoint, task)
     estimator = load_estimator(ckpt, device=device)
     if smooth is not None:
         seed = (params or {}).get("seed", 0)
         estimator = _smoothed_estimator(estimator, ckpt, smooth, seed, data_dir)
     make_attack(name, estimator, params, ATTACKS)  # bad parameters fail before data loads
-    if skip == 1:
-        groups = load_groups(data_dir, task, split, n, checkpoint=ckpt)
-    else:
-        every = every_kth(data_dir, task, split, n, skip, ckpt)
-        groups = load_groups(data_dir, task, split, indices=every, checkpoint=ckpt)
+    groups = _load_samples(data_dir, task, split, n, skip, ckpt)
     results = attack_groups(name, estimator, groups, params, ATTACKS)
     rows = sorted((row for r in results for row in r["rows"]), key=lambda row: row["index"])
     summary = summarise([{k: v for k, v in row.items() if k != "index"} for row in rows])
     files = _write_outputs(name, Path(out), results, rows, ckpt, figure_samples, save_adversarial)
+    request = {"attack": name, "checkpoint": str(checkpoint), "data": str(data_dir)}
+    request.update(split=split, skip=skip, data_root=str(task_root(Path(data_dir), task, split)))
+    result = {**request, **_outcome(name, smooth, results, rows, summary, files)}
+    write_json(files["json"], result)
+    return result
+
+
+def _check_request(name: str, n: int, skip: int, device: str | None, out: Any) -> str:
+    """The task of attack ``name`` (whose checkpoints it attacks), once the checks made before
+    anything is read pass: a known attack, ``n`` and ``skip`` >= 1, a device there is and an
+    ``out`` folder that can be written (else a one-line :class:`DefendError`)."""
+    if name not in ATTACKS:
+        raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
+    if n < 1 or skip < 1:
+        raise DefendError(f"--n and --skip must be >= 1, got {n}, {skip}")
+    pick_device(device)  # device and output first: refused before anything is read
+    check_writable(out, "dir")
+    return ATTACKS[name].task
+
+
+def _load_samples(
+    data_dir: Any, task: str, split: str, n: int, skip: int, ckpt: dict[str, Any]
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every ``skip``-th sample of ``split`` from the first, ``n`` at most, in shape groups
+    ``(x, y, indices)`` (:func:`defend.data.load_groups`; ``indices``: dataset positions)."""
+    if skip == 1:
+        return load_groups(data_dir, task, split, n, checkpoint=ckpt)
+    every = every_kth(data_dir, task, split, n, skip, ckpt)
+    return load_groups(data_dir, task, split, indices=every, checkpoint=ckpt)
+
+
+def _outcome(
+    name: str,
+    smooth: dict[str, Any] | None,
+    results: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    files: dict[str, Path],
+) -> dict[str, Any]:
+    """What ``metrics.json`` holds after the request: the samples attacked, the smoothing
+    (the denoiser as a path string), the input shape of each group, the attack's parameters
+    (the first group's attack), the summary, its warnings, the rows and the files."""
     attack = results[0]["attack"]
-    result = {
-        "attack": name,
-        "checkpoint": str(checkpoint),
-        "data": str(data_dir),
-        "split": split,
-        "skip": skip,
-        "data_root": str(task_root(Path(data_dir), task, split)),
+    return {
         "attacked": len(rows),
         "smooth": smooth
         and {k: v if k != "denoiser" or v is None else str(v) for k, v in smooth.items()},
@@ -134,8 +160,6 @@ def run_attack(
         "rows": rows,
         "files": {k: str(v) for k, v in files.items()},
     }
-    write_json(files["json"], result)
-    return result
 
 
 def _write_outputs(

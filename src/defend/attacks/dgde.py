@@ -32,16 +32,11 @@ image sent to the classifier.
 
 **Draws keyed by the sample.** Every random draw comes from the image's own generator
 (:class:`~defend.attacks.torch_attack.SampleRNG`), seeded from ``(seed, the image's key)``,
-where the key (:func:`sample_keys`) is a hash of the image itself: its shape and float32
-bytes. The image is the sample's identity wherever it comes from (a dataset position is not:
-position 3 of the train split and position 3 of the test split are the same number), so two
+the key a hash of the image itself (:func:`~defend.attacks.sample_keys.sample_keys`): two
 different images never share draws, and an image gets the same draws at any position of any
-batch, in any shard, whatever ``indices`` the caller passes (they are accepted and not
-used). Carlini et al. 2019 ("On Evaluating Adversarial Robustness") ask that a detector not
-be trained on the very perturbations it is evaluated on: with draws keyed by the image, a
-detector's training images never share their noise with the evaluation's images, and a
-detector's data attacked with another seed (:func:`defend.detect.inputs.data_seed`) never
-shares it on the same images either.
+batch, in any shard, whatever ``indices`` the caller passes (they are accepted and not used).
+:mod:`defend.attacks.sample_keys` says why (a detector's training and evaluation images never
+share their noise).
 
 Images the classifier gets wrong when clean are left unchanged and reported apart
 (``clean_correct`` 0, ``success`` NaN).
@@ -49,7 +44,6 @@ Images the classifier gets wrong when clean are left unchanged and reported apar
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,21 +55,9 @@ from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator
 
 from defend.attacks.params import Param
+from defend.attacks.sample_keys import sample_keys
 from defend.attacks.torch_attack import SampleRNG, TorchAttack, clip_range, torch_forward
 from defend.errors import DefendError
-
-
-def sample_keys(x: np.ndarray | torch.Tensor) -> list[int]:
-    """One key per image of ``x`` (N, ...): a 63-bit hash (SHA-256) of the image's shape and
-    float32 bytes, what seeds its generator (module doc). Equal images get equal keys, and
-    images differing in one bit get unrelated ones."""
-    arr = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    keys = []
-    for image in arr:
-        digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
-        keys.append(int.from_bytes(digest[:8], "little") >> 1)
-    return keys
 
 
 @dataclass

@@ -54,8 +54,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from defend.attacks.art_pgd import kspace_pgd
+from defend.attacks.budget import KspaceBudget
+from defend.attacks.region import random_regions
+from defend.data import load_groups
+from defend.data.arrays import split_size
+from defend.detect.features import detector_inputs, kspace_residual
 from defend.errors import DefendError
-from defend.io import file_sha256
+from defend.io import check_writable, file_sha256, load_checkpoint, write_json, write_npz
 
 #: the attack settings per split: region shapes, (norm, eps) budgets (relative, the attack's
 #: units), target contrast range (a fraction of the clean image's range), hallucinations per
@@ -95,8 +101,6 @@ def draw_settings(split: str, positions: np.ndarray, shape: tuple[int, int], see
         ``{"region": (M, h, w) bool, "alpha": (M,), "norm": [M], "eps": (M,),
         "region_kind": [M]}``, M = N * copies, slice-major.
     """
-    from defend.attacks.region import random_regions
-
     choice = SETTINGS[split]
     out: dict[str, list] = {"region": [], "alpha": [], "norm": [], "eps": [], "region_kind": []}
     for ident in attack_ids(split, positions):
@@ -140,6 +144,7 @@ def _hallucinate(
     """Each row of ``x`` (M, coils, H, W, 2) attacked at its own setting: one attack per
     budget, per-sample regions and contrasts; ``positions`` (M,) seed each row's start.
     Returns ``(x_adv, report rows)``."""
+    # ART loads on first use (about 3 s); from the package, so that a class patched there runs
     from defend.attacks import HallucinationAttack
 
     x_adv, rows = x.copy(), [{} for _ in range(len(x))]
@@ -184,7 +189,7 @@ def _scores(
     """The reconstruction of k-space ``x`` (N, coils, H, W, 2), the detector's inputs and the
     baseline scores of each slice (the oracle ones against ``clean_recon`` (N, h, w); None:
     ``x`` is the clean k-space, compared with its own reconstruction)."""
-    from defend.detect.features import detector_inputs, kspace_residual
+    # skimage (through fastmri.evaluate) loads on first use: about 0.7 s
     from defend.metrics import image_similarity
 
     xt = torch.as_tensor(x, device=estimator.device)
@@ -225,12 +230,35 @@ def chunk_samples(
         seed: the data's seed (the attacks run with ``attack_seed(seed, split)``).
         max_iter: the hallucination attack's iterations.
     """
-    from defend.attacks.art_pgd import kspace_pgd
-    from defend.attacks.budget import KspaceBudget
+    n, shape, copies = len(x), tuple(y.shape[-2:]), SETTINGS[split]["copies"]
+    settings = draw_settings(split, positions, shape, seed)
+    attacked, pgd_eps, rows = _attack_chunk(
+        estimator, x, y, settings, positions, split, seed, max_iter
+    )
+    parts = _score_kinds(estimator, x, attacked, copies)
+    columns = _columns(parts, settings, pgd_eps, rows, positions, copies)
+    sizes, order, filler = _kind_sizes(n, copies), _slice_order(n, copies), _fillers(shape)
+    return {key: _gather(values, sizes, order, filler.get(key)) for key, values in columns.items()}
+
+
+def _attack_chunk(
+    estimator: Any, x: np.ndarray, y: np.ndarray, settings: dict, positions: np.ndarray,
+    split: str, seed: int, max_iter: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[dict[str, float]]]:  # fmt: skip
+    """The attacked k-space of the N slices ``x`` (N, coils, H, W, 2) of a chunk.
+
+    Returns:
+        ``(attacked, pgd_eps, rows)``: ``attacked["hallucination"]`` and ``["noise"]``
+        (N * copies, coils, H, W, 2), slice-major, each copy at its ``settings``
+        (:func:`draw_settings`) and the noise with its hallucination's l2 norm;
+        ``attacked["pgd"]`` (N, coils, H, W, 2) at ``pgd_eps`` (N,), the first copy's
+        l-inf budget (0.1 where it is l2); ``rows``: the hallucination attack's report row
+        of each copy.
+    """
+    # ART loads on first use: load_detection_data's callers need none of it (about 3 s)
     from defend.attacks.hallucination import sampled_columns
 
-    n, shape, copies = len(x), tuple(y.shape[-2:]), SETTINGS[split]["copies"]
-    settings, ids = draw_settings(split, positions, shape, seed), attack_ids(split, positions)
+    copies, ids = SETTINGS[split]["copies"], attack_ids(split, positions)
     x_rep = np.repeat(x, copies, axis=0)
     x_hal, rows = _hallucinate(estimator, x_rep, settings, ids, attack_seed(seed, split), max_iter)
     sampled = sampled_columns(torch.as_tensor(x_rep), estimator).float()
@@ -239,12 +267,33 @@ def chunk_samples(
     first = slice(None, None, copies)  # PGD at the first copy's l-inf budget (else 0.1)
     linf = np.where(np.asarray(settings["norm"][first]) == "inf", settings["eps"][first], 0.1)
     x_pgd = kspace_pgd(estimator, x, y, linf.astype(np.float32), steps=10)
+    return {"hallucination": x_hal, "noise": x_noise, "pgd": x_pgd}, linf, rows
+
+
+def _score_kinds(
+    estimator: Any, x: np.ndarray, attacked: dict[str, np.ndarray], copies: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]]:
+    """:func:`_scores` of each kind of sample, by kind in :data:`KINDS` order: the clean
+    k-space ``x`` (N, ...) against itself, each attacked kind (:func:`_attack_chunk`) against
+    the clean reconstruction of its slice."""
     clean = _scores(estimator, x)
-    hal, noise = (_scores(estimator, k, clean[0].repeat_interleave(copies, 0))
-                  for k in (x_hal, x_noise))  # fmt: skip
-    parts = {"clean": clean, "hallucination": hal, "noise": noise,
-             "pgd": _scores(estimator, x_pgd, clean[0])}  # fmt: skip
-    m = n * copies
+    reference = clean[0].repeat_interleave(copies, 0)  # one per copy, slice-major
+    return {
+        "clean": clean,
+        "hallucination": _scores(estimator, attacked["hallucination"], reference),
+        "noise": _scores(estimator, attacked["noise"], reference),
+        "pgd": _scores(estimator, attacked["pgd"], clean[0]),
+    }
+
+
+def _columns(
+    parts: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]], settings: dict,
+    pgd_eps: np.ndarray, rows: list[dict[str, float]], positions: np.ndarray, copies: int,
+) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+    """Each column of a chunk's samples as ``{kind: (samples of the kind, ...) array}``
+    (:func:`_kind_sizes`), rows in each kind's order (slice-major); a kind a column does not
+    apply to is left out (:func:`_gather` fills it with :func:`_fillers`' row)."""
+    sizes = _kind_sizes(len(positions), copies)
     columns = {
         "inputs": {k: p[1].cpu().numpy() for k, p in parts.items()},
         "region": {"hallucination": settings["region"].numpy()},
@@ -257,22 +306,30 @@ def chunk_samples(
         "norm": {
             "hallucination": np.asarray(settings["norm"]),
             "noise": np.asarray(settings["norm"]),
-            "pgd": np.full(n, "inf"),
+            "pgd": np.full(sizes["pgd"], "inf"),
         },  # fmt: skip
-        "eps": {"hallucination": settings["eps"], "noise": settings["eps"], "pgd": linf},
+        "eps": {"hallucination": settings["eps"], "noise": settings["eps"], "pgd": pgd_eps},
         "region_kind": {"hallucination": np.asarray(settings["region_kind"])},
         "strength": {"hallucination": np.array([r["strength"] for r in rows], np.float32)},
     }
-    for key in clean[2]:
+    for key in parts["clean"][2]:
         columns[key] = {k: p[2][key] for k, p in parts.items()}
-    sizes = {"clean": n, "hallucination": m, "noise": m, "pgd": n}
-    filler = {"region": np.zeros((1, *shape), bool), "norm": np.array([""]),
-              "eps": np.zeros(1, np.float32), "region_kind": np.array([""]),
-              "strength": np.full(1, np.nan, np.float32)}  # fmt: skip
     columns["label"] = {k: np.full(v, LABELS[k], np.int64) for k, v in sizes.items()}
     columns["kind"] = {k: np.full(v, k) for k, v in sizes.items()}
-    order = _slice_order(n, copies)
-    return {key: _gather(values, sizes, order, filler.get(key)) for key, values in columns.items()}
+    return columns
+
+
+def _kind_sizes(n: int, copies: int) -> dict[str, int]:
+    """How many samples of each kind N slices give: N clean and pgd, N * copies of the rest."""
+    return {"clean": n, "hallucination": n * copies, "noise": n * copies, "pgd": n}
+
+
+def _fillers(shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The row (1, ...) a column gets for the kinds it does not apply to: no region, no
+    budget (empty norm, eps 0), no region kind, strength NaN."""
+    return {"region": np.zeros((1, *shape), bool), "norm": np.array([""]),
+            "eps": np.zeros(1, np.float32), "region_kind": np.array([""]),
+            "strength": np.full(1, np.nan, np.float32)}  # fmt: skip
 
 
 def _slice_order(n: int, copies: int) -> list[tuple[str, int]]:
@@ -322,16 +379,10 @@ def make_detection_data(
     Returns:
         The manifest (also ``out/manifest.json``): settings and slice counts per split.
     """
-    from defend.data import load_groups
-    from defend.data.arrays import split_size
+    # ART loads on first use: load_detection_data's callers need none of it (about 3 s)
     from defend.estimators import load_estimator
-    from defend.io import check_writable, load_checkpoint, write_json, write_npz
 
-    if chunk < 1 or max_iter < 1 or (n is not None and n < 1):
-        raise DefendError(f"chunk, max_iter and n must be >= 1, got {chunk}, {max_iter}, {n}")
-    unknown = [s for s in splits if s not in SETTINGS]
-    if unknown:
-        raise DefendError(f"unknown split {unknown[0]!r}: choose from {', '.join(SETTINGS)}")
+    _check_request(splits, n, chunk, max_iter)
     out = check_writable(out, "dir")
     ckpt = load_checkpoint(checkpoint, "recon")
     estimator = load_estimator(ckpt, device=device)
@@ -349,21 +400,40 @@ def make_detection_data(
     manifest = _merge_manifest(out / "manifest.json", manifest)
     write_json(out / "manifest.json", manifest)
     todo = [(s, first) for s in splits for first in range(0, int(sizes[s]), chunk)]
-    bar = tqdm(todo, desc="detection data", disable=not progress)
-    for split, first in bar:
-        path = out / split / f"part-{first // chunk:04d}.npz"
-        if path.exists():
-            continue
+    for split, first in tqdm(todo, desc="detection data", disable=not progress):
         positions = np.arange(first, min(first + chunk, int(sizes[split])))
-        groups = load_groups(
-            Path(data_dir), "recon", VOLUMES[split], indices=positions, checkpoint=ckpt
-        )
-        parts = [
-            chunk_samples(estimator.reshaped(x.shape[1:]), x, y, pos, split, seed, max_iter)
-            for x, y, pos in groups
-        ]
-        write_npz(path, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        part = out / split / f"part-{first // chunk:04d}.npz"
+        _write_part(part, estimator, ckpt, data_dir, split, positions, seed, max_iter)
     return manifest
+
+
+def _check_request(splits: tuple[str, ...], n: int | None, chunk: int, max_iter: int) -> None:
+    """One-line errors, before anything is read: counts below 1, a split not in
+    :data:`SETTINGS`."""
+    if chunk < 1 or max_iter < 1 or (n is not None and n < 1):
+        raise DefendError(f"chunk, max_iter and n must be >= 1, got {chunk}, {max_iter}, {n}")
+    unknown = [s for s in splits if s not in SETTINGS]
+    if unknown:
+        raise DefendError(f"unknown split {unknown[0]!r}: choose from {', '.join(SETTINGS)}")
+
+
+def _write_part(
+    path: Path, estimator: Any, ckpt: dict[str, Any], data_dir: str | os.PathLike, split: str,
+    positions: np.ndarray, seed: int, max_iter: int,
+) -> None:  # fmt: skip
+    """One part file (kept if it exists, else written atomically): the :func:`chunk_samples`
+    of the slices at ``positions`` of ``split``'s volumes (:data:`VOLUMES`), each k-space
+    shape group attacked through the estimator reshaped to it, the groups concatenated."""
+    if path.exists():
+        return
+    groups = load_groups(
+        Path(data_dir), "recon", VOLUMES[split], indices=positions, checkpoint=ckpt
+    )
+    parts = [
+        chunk_samples(estimator.reshaped(x.shape[1:]), x, y, pos, split, seed, max_iter)
+        for x, y, pos in groups
+    ]
+    write_npz(path, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
 def checkpoint_identity(checkpoint: str | os.PathLike, ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -39,10 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 from tqdm.auto import tqdm
 
+from defend.data.arrays import every_kth, load_arrays
 from defend.errors import DefendError
-from defend.io import check_writable, write_csv, write_json, write_text
+from defend.io import check_writable, load_checkpoint, write_csv, write_json, write_text
+from defend.plots import plot_sweep
+from defend.smooth import load_smoothed, training_unit
 
 #: default sample counts and alpha per task (Cohen et al.; SegCertify; center smoothing)
 DEFAULTS = {
@@ -96,7 +100,14 @@ def _recon_row(
     }
 
 
-def _summary(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, Any]:
+def _summary(task: str, settings: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``summary.json`` but its rows: the task, the run's ``settings``, the sample count, the
+    means over samples and the figure's curve (:func:`_means`)."""
+    head = {"task": task, "settings": settings, "n_samples": len(rows)}
+    return {**head, **_means(task, rows, settings["sigma"])}
+
+
+def _means(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, Any]:
     """Means over samples, and the figure's curve ``{"x": [...], "y": [...]}``."""
     if task == "cls":
         radii = np.array([r["radius"] if r["correct"] else -1.0 for r in rows])
@@ -109,8 +120,6 @@ def _summary(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, A
             "curve": {"x": grid.tolist(), "y": curve},
         }
     if task == "seg":
-        from scipy.stats import norm
-
         keys = ("certified_fraction", "certified_accuracy", "abstain_fraction")
         means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
         foreground = [r["foreground_accuracy"] for r in rows]
@@ -128,6 +137,8 @@ def _summary(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, A
     }
 
 
+#: where a run keeps its finished rows until the final files are written (module doc)
+PARTIAL = "certificates.partial.jsonl"
 #: the columns of certificates.csv per task
 COLUMNS = {
     "cls": ("index", "label", "predict", "radius", "correct"),
@@ -204,30 +215,15 @@ def certify_split(
     Returns:
         The summary (also ``out/summary.json``), with ``rows``.
     """
-    from defend.io import load_checkpoint
-    from defend.plots import plot_sweep
-    from defend.smooth import load_smoothed
-
     if n_samples < 1 or skip < 1:
         raise DefendError(f"--n-samples and --skip must be >= 1, got {n_samples}, {skip}")
     out = check_writable(out, "dir")
     ckpt = load_checkpoint(checkpoint)
     task = ckpt["task"]
-    counts = {
-        **DEFAULTS[task],
-        **{k: v for k, v in (("n0", n0), ("n", n), ("alpha", alpha)) if v is not None},
-    }
+    counts = _sample_counts(task, n0, n, alpha)
     eps_in = sigma if eps_in is None else eps_in
-    noise = {}
-    if task == "recon":
-        from defend.smooth import training_unit
-
-        noise["unit"] = training_unit(data_dir, ckpt)
-    smooth = load_smoothed(checkpoint, sigma, denoiser, device=device, **noise)
-    if task == "recon":
-        smooth.check_samples(counts["n"], counts["alpha"] / 2)  # certify halves alpha
-        noise["noise_std"] = smooth.noise_std
-    x, y, positions = _every(data_dir, task, split, n_samples, skip, ckpt)
+    smooth, noise = _smoothed(checkpoint, data_dir, ckpt, sigma, denoiser, device, counts)
+    samples = _every(data_dir, task, split, n_samples, skip, ckpt)
     settings = {
         "checkpoint": Path(checkpoint).name,
         "denoiser": denoiser and Path(denoiser).name,
@@ -240,30 +236,96 @@ def certify_split(
         "eps_in": eps_in if task == "recon" else None,
         **noise,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / "certificates.partial.jsonl"
+    certify = _row_function(task, smooth, tau, eps_in)
+    options = {**counts, "batch_size": batch_size}
+    rows = _certify_rows(out / PARTIAL, task, settings, certify, samples, options, progress)
+    summary = _summary(task, settings, rows)
+    _write_results(out, summary, rows, checkpoint, denoiser)
+    return {**summary, "rows": rows}
+
+
+def _sample_counts(task: str, n0: int | None, n: int | None, alpha: float | None) -> dict[str, Any]:
+    """``{"n0", "n", "alpha"}``: the given ones, :data:`DEFAULTS` of ``task`` for those None."""
+    given = (("n0", n0), ("n", n), ("alpha", alpha))
+    return {**DEFAULTS[task], **{k: v for k, v in given if v is not None}}
+
+
+def _smoothed(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    ckpt: dict[str, Any],
+    sigma: float,
+    denoiser: str | os.PathLike | None,
+    device: str | None,
+    counts: dict[str, Any],
+) -> tuple[Any, dict[str, float]]:
+    """``(smoothed model, noise)`` of the checkpoint (``ckpt``, loaded) for ``certify``.
+
+    Reconstruction: the noise is fixed before any sample is seen, in the k-space unit of
+    ``data_dir``'s training split; ``noise`` is ``{"unit", "noise_std"}`` (raw k-space units),
+    what the settings record; ``{}`` for the other tasks.
+
+    Raises:
+        DefendError: reconstruction with ``counts["n"]`` too few for any centre to pass its
+            test at ``alpha / 2`` (``certify`` spends half of ``alpha`` on the centre).
+    """
+    recon = ckpt["task"] == "recon"
+    noise = {"unit": training_unit(data_dir, ckpt)} if recon else {}
+    smooth = load_smoothed(checkpoint, sigma, denoiser, device=device, **noise)
+    if recon:
+        smooth.check_samples(counts["n"], counts["alpha"] / 2)  # certify halves alpha
+        noise["noise_std"] = smooth.noise_std
+    return smooth, noise
+
+
+def _certify_rows(
+    partial: Path,
+    task: str,
+    settings: dict[str, Any],
+    certify: Callable[..., dict[str, Any]],
+    samples: tuple[np.ndarray, np.ndarray, np.ndarray],
+    options: dict[str, Any],
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """One certificate row per sample of ``samples`` ``(x, y, positions)``, in order.
+
+    The rows a stopped run of the same ``settings`` left in ``partial`` are kept (another
+    run's are refused, :func:`_read_partial`); each new row is appended to it as a JSON line,
+    flushed, as soon as it is done (``partial``'s folder is made if missing). The sample at
+    dataset position ``i`` is certified with ``options`` (``n0``, ``n``, ``alpha``,
+    ``batch_size``) and seed ``settings["seed"] + i``: its row is ``{"index": i,
+    **certify(x, y, {**options, "seed": settings["seed"] + i})}``.
+    """
+    x, y, positions = samples
+    partial.parent.mkdir(parents=True, exist_ok=True)
     rows = _read_partial(partial, settings)[: len(x)]
     _write_partial(partial, settings, rows)
-    certify = _row_function(task, smooth, tau, eps_in)
     bar = tqdm(range(len(x)), desc=f"certify {task}", disable=not progress, initial=len(rows))
     with partial.open("a") as log:
         for i in range(len(rows), len(x)):
             index = int(positions[i])
-            row = {
-                "index": index,
-                **certify(x[i], y[i], {**counts, "batch_size": batch_size, "seed": seed + index}),
-            }
+            sample = {**options, "seed": settings["seed"] + index}
+            row = {"index": index, **certify(x[i], y[i], sample)}
             rows.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.update()
     bar.close()
-    summary = {
-        "task": task,
-        "settings": settings,
-        "n_samples": len(rows),
-        **_summary(task, rows, sigma),
-    }
+    return rows
+
+
+def _write_results(
+    out: Path,
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    checkpoint: str | os.PathLike,
+    denoiser: str | os.PathLike | None,
+) -> None:
+    """``certificates.csv`` (the task's :data:`COLUMNS` of ``rows``), ``summary.json`` (the
+    summary with ``rows``) and ``certified.png`` (the summary's curve, :data:`FIGURE`'s
+    labels) into ``out``, each written atomically; then the partial log (:data:`PARTIAL`)
+    goes, the run complete."""
+    task, sigma = summary["task"], summary["settings"]["sigma"]
     write_csv(out / "certificates.csv", [{k: r[k] for k in COLUMNS[task]} for r in rows])
     write_json(out / "summary.json", {**summary, "rows": rows})
     xlabel, ylabel = FIGURE[task]
@@ -277,16 +339,13 @@ def certify_split(
         log_x=False,
         ylabel=ylabel,
     )
-    partial.unlink()
-    return {**summary, "rows": rows}
+    (out / PARTIAL).unlink()
 
 
 def _every(
     data_dir: Any, task: str, split: str, n_samples: int, skip: int, ckpt: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(x, y, positions)`` of every ``skip``-th sample of the split, ``n_samples`` at most."""
-    from defend.data.arrays import every_kth, load_arrays
-
     positions = every_kth(data_dir, task, split, n_samples, skip, ckpt)
     x, y = load_arrays(data_dir, task, split, indices=positions, checkpoint=ckpt)
     return x, y, positions

@@ -30,12 +30,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from defend.data import Acquisition
+from defend.data.arrays import fingerprint
+from defend.device import seed_everything
 from defend.errors import CheckpointError, DefendError
-from defend.io import file_sha256
+from defend.estimators import load_estimator
+from defend.io import check_writable, file_sha256, load_checkpoint
 from defend.models.dncnn import build_denoiser
-from defend.smooth.core import ImageNoise, KspaceNoise
-from defend.tasks import Batch, Task
+from defend.smooth.noise import ImageNoise, KspaceNoise
+from defend.smooth.unit import training_unit
+from defend.tasks import Batch, Task, get_task
+from defend.train import TrainConfig
 from defend.train.distributed import unwrap
+from defend.train.from_folder import _load_splits
+from defend.train.loop import fit, run_config
 from defend.train.objectives import Objective
 
 OBJECTIVES = ("mse", "stability", "mse-stability")
@@ -173,7 +181,7 @@ def train_denoiser(
     Args:
         checkpoint: the frozen base model (``defend train`` checkpoint).
         sigma: the noise std (images: pixel units of [0, 1]; k-space: multiples of the
-            training split's k-space unit, :class:`~defend.smooth.core.KspaceNoise`).
+            training split's k-space unit, :class:`~defend.smooth.noise.KspaceNoise`).
         objective: ``mse``, ``stability`` or ``mse-stability``.
         depth, width: the DnCNN's.
         config: :class:`~defend.train.TrainConfig` (epochs, lr, batch size, seed, device).
@@ -181,32 +189,16 @@ def train_denoiser(
     Returns:
         The per-epoch history (validation: the base task's metrics on denoised noisy inputs).
     """
-    from defend.data import Acquisition
-    from defend.data.arrays import fingerprint
-    from defend.device import seed_everything
-    from defend.estimators import load_estimator
-    from defend.io import check_writable, load_checkpoint
-    from defend.tasks import get_task
-    from defend.train import TrainConfig
-    from defend.train.from_folder import _load_splits
-    from defend.train.loop import fit, run_config
-
     config = config or TrainConfig()
     check_writable(out, "file")
     path = Path(checkpoint)
     base_ckpt = load_checkpoint(path)
     task = get_task(base_ckpt["task"])
     denoising = Denoising(sigma, objective, config.epochs)
-    acquisition = base_ckpt["data"].get("acquisition")
-    acquisition = Acquisition.from_dict(acquisition) if acquisition else None
-    train_set, val_set, info = _load_splits(task.name, Path(data_dir), acquisition, log)
-    _check_same_data(base_ckpt["data"], info, path)
+    train_set, val_set, info = _base_data(task, base_ckpt, path, data_dir, log)
     base = load_estimator(base_ckpt, device="cpu").model
-    recon = task.name == "recon"
-    model_config = {"domain": "kspace" if recon else "image", "depth": depth, "width": width}
-    if not recon:
-        model_config["channels"] = int(info["input_shape"][0])
-    noise, extra = _noise(sigma, recon, data_dir, base_ckpt)
+    model_config = _model_config(task, info, depth, width)
+    noise, extra = _noise(sigma, task.name == "recon", data_dir, base_ckpt)
     seed_everything(config.seed)
     model = Denoised(build_denoiser(model_config), base, noise)
     data = {"train": fingerprint(train_set), "val": fingerprint(val_set)}
@@ -227,6 +219,35 @@ def train_denoiser(
     )
 
 
+def _base_data(
+    task: Task,
+    base_ckpt: dict[str, Any],
+    path: Path,
+    data_dir: str | os.PathLike,
+    log: Callable[[str], None],
+) -> tuple[Any, Any, dict[str, Any]]:
+    """``(train_set, val_set, info)`` of ``data_dir`` for the base model of ``base_ckpt``
+    (read from ``path``): reconstruction under its acquisition (sampling mask).
+
+    Raises:
+        DefendError: the data's input shape or classes are not the base model's.
+    """
+    acquisition = base_ckpt["data"].get("acquisition")
+    acquisition = Acquisition.from_dict(acquisition) if acquisition else None
+    train_set, val_set, info = _load_splits(task.name, Path(data_dir), acquisition, log)
+    _check_same_data(base_ckpt["data"], info, path)
+    return train_set, val_set, info
+
+
+def _model_config(task: Task, info: dict[str, Any], depth: int, width: int) -> dict[str, Any]:
+    """The DnCNN's config: k-space (reconstruction) or images of the data's channels."""
+    recon = task.name == "recon"
+    model_config = {"domain": "kspace" if recon else "image", "depth": depth, "width": width}
+    if not recon:
+        model_config["channels"] = int(info["input_shape"][0])
+    return model_config
+
+
 def _noise(
     sigma: float, recon: bool, data_dir: Any, base_ckpt: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
@@ -234,8 +255,6 @@ def _noise(
     unit of the training split, under each sample's random training mask)."""
     if not recon:
         return ImageNoise(sigma), {}
-    from defend.smooth.unit import training_unit
-
     unit = training_unit(data_dir, base_ckpt)
     noise = KspaceNoise(sigma, unit, None)
     return noise, {"noise": {"sigma": sigma, "unit": unit, "noise_std": noise.noise_std}}
@@ -255,8 +274,6 @@ def load_denoiser(
             denoiser's (a denoiser serves every model of its task and data, e.g. a recon
             denoiser both U-Net and VarNet).
     """
-    from defend.io import load_checkpoint
-
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "denoiser":
         raise CheckpointError(f"{path}: not a denoiser checkpoint (defend train denoiser)")
