@@ -12,7 +12,7 @@ in RUN_DIR/smoothing-sigmaS (denoisers, certificates, attacks), so a rerun resum
 ``--out`` (``OUT.tables.md``, ``OUT.json``), and docs/smoothing.md embeds them.
 
 Reconstruction sigma is in k-space units (the rms magnitude of the training split's sampled
-entries, :class:`defend.smooth.core.KspaceNoise`); ``--recon-sigma`` sets it (default 0.25).
+entries, :class:`defend.smooth.noise.KspaceNoise`); ``--recon-sigma`` sets it (default 0.25).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ k-space unit (:func:`kspace_unit`) on every component that may move. Absolute bu
 k-space units.
 
 The k-space unit is one definition shared by the attacks, the smoothing noise and the
-certified radii (:class:`defend.smooth.core.KspaceNoise`): the root-mean-square magnitude of
+certified radii (:class:`defend.smooth.noise.KspaceNoise`): the root-mean-square magnitude of
 the sampled complex entries, ``||k sampled||_2 / sqrt(#sampled entries)``, an entry being one
 complex number (coil, row, sampled column), so both its real and imaginary parts enter the
 norm. With ``part="real"`` (Buğday et al.'s) the l-inf box has exactly as many components as

@@ -16,7 +16,7 @@ atomically; a rerun reuses them.
 **Attack draws of their own.** Each split is attacked with :func:`data_seed` (the run's seed,
 the split and the constant :data:`STREAM` hashed together), never with the seed ``defend
 matrix`` and ``defend attack`` evaluate with, and DGDE keys its draws by the image
-(:func:`defend.attacks.dgde.sample_keys`): a detector is not trained on the very
+(:func:`defend.attacks.sample_keys.sample_keys`): a detector is not trained on the very
 perturbations it is then evaluated on (Carlini et al. 2019, "On Evaluating Adversarial
 Robustness"), and the train split's images do not share their noise with the test
 split's images at the same positions.

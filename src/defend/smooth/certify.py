@@ -22,7 +22,7 @@ Reconstruction noise is fixed before any sample is seen: std ``sigma * unit`` on
 imaginary parts of the entries the checkpoint's acquisition samples, ``unit`` the k-space unit
 of ``data_dir``'s training split (:func:`defend.smooth.training_unit`); a certificate covers
 every perturbation of those parts with l2 norm at most ``eps_in * unit``
-(:class:`defend.smooth.core.KspaceNoise`).
+(:class:`defend.smooth.noise.KspaceNoise`).
 
 A run that stops keeps the finished samples in ``certificates.partial.jsonl`` and resumes
 from there with the same settings (other settings are refused); the final files are written

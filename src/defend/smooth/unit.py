@@ -1,5 +1,5 @@
 """The k-space unit of a reconstruction model's training split: the scale of the k-space
-smoothing noise, fixed before any input is seen (:class:`defend.smooth.core.KspaceNoise`)."""
+smoothing noise, fixed before any input is seen (:class:`defend.smooth.noise.KspaceNoise`)."""
 
 from __future__ import annotations
 
