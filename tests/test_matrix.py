@@ -195,7 +195,7 @@ def test_failed_cell_is_recorded_and_the_rest_go_on(smoke, tmp_path, monkeypatch
         raise RuntimeError("broken on purpose")
 
     _, cache = smoke
-    monkeypatch.setitem(columns.ATTACKS, "noise", (broken, True))
+    monkeypatch.setitem(columns.ATTACKS, "noise", columns.Column(broken, True))
     out = tmp_path / "failing"
     path = _one_task(tmp_path, "cls")
     result = CliRunner().invoke(app, ["matrix", str(path), "--out", str(out), "--cache",
