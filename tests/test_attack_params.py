@@ -135,3 +135,25 @@ def test_docs_attack_tables_are_up_to_date():
     assert (ROOT / "docs" / "attacks.md").read_text() == attack_docs.render(), (
         "docs/attacks.md is out of date: run python scripts/attack_docs.py"
     )
+
+
+def test_declarations_match_the_modules_they_stand_for():
+    """attacks/declared.py names the region shapes and seg losses without importing torch;
+    they are the ones the attacks use."""
+    from defend.attacks import declared, region
+    from defend.attacks.seg_fgsm import LOSSES
+
+    assert declared.REGIONS == region.REGIONS
+    assert declared.SEG_ATTACK_LOSSES == LOSSES
+
+
+def test_the_command_line_starts_without_torch_or_art():
+    """``defend --help`` and one-line errors import neither torch nor ART (seconds each)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, defend.cli; "
+            "print(sorted(m for m in ('torch', 'art') if m in sys.modules))")  # fmt: skip
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.strip()  # fmt: skip
+    assert found == "[]"

@@ -8,7 +8,9 @@ Checkpoints are plain dicts of tensors and primitives and load with
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -102,8 +104,6 @@ def write_csv(
 ) -> Path:
     """Write dict rows as CSV, atomically; the columns are ``columns`` or the first row's
     keys (no rows and ``columns``: the header alone)."""
-    import csv
-    import io
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]))

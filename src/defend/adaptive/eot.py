@@ -27,7 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from defend.attacks.torch_attack import torch_forward
+from defend.errors import DefendError
 from defend.estimators import ReconEstimator, SegEstimator
+from defend.estimators.cls import make_classifier
 from defend.smooth.core import ImageNoise, kspace_noise
 
 
@@ -124,12 +127,8 @@ def eot_estimator(
     (``frozen_seed``: fixed noise draws, for black-box attacks; module doc). Reconstruction:
     the noise of the smoothed model, :func:`defend.smooth.core.kspace_noise` (``unit``: the
     k-space unit, :func:`defend.smooth.training_unit`; None takes the denoiser's)."""
-    from defend.attacks.torch_attack import torch_forward
-    from defend.estimators.cls import make_classifier
 
     if draws < 1:
-        from defend.errors import DefendError
-
         raise DefendError(f"--eot must be >= 1 (noise draws per step), got {draws}")
     forward, base = torch_forward(estimator), estimator.model
     device = estimator.device

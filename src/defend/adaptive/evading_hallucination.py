@@ -14,14 +14,13 @@ and whether it is flagged at the detector's calibrated threshold (``flagged``).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from defend.adaptive.evade_params import EVADING_HALLUCINATION
 from defend.attacks.hallucination import HallucinationAttack
-from defend.attacks.params import Param
 from defend.attacks.torch_attack import torch_forward
 from defend.detect.detector import Detector, load_detector
 from defend.detect.features import detector_inputs
@@ -35,13 +34,7 @@ class EvadingHallucination(HallucinationAttack):
         estimator: as :class:`HallucinationAttack`'s, with a torch forward (``defend``'s).
     """
 
-    PARAMS = HallucinationAttack.PARAMS + (
-        Param("detector", None, "a defend train detector checkpoint (or a loaded Detector): "
-              "attack it jointly, its score in the attack's loss", object, flag="--evade",
-              cli_type=Path),
-        Param("evade_weight", 1.0, "the weight of the detector's logit in the loss", float,
-              low=0),
-    )  # fmt: skip
+    PARAMS = EVADING_HALLUCINATION
 
     def __init__(self, estimator: Any, **params: Any) -> None:
         detector = params.get("detector")

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from art.estimators.estimator import BaseEstimator
 
-from defend.attacks.params import Param
-from defend.attacks.torch_attack import SampleRNG, TorchAttack, clip_range, torch_forward
+from defend.adaptive.evade_params import EVADING_PGD
+from defend.attacks.torch_attack import Attacked, SampleRNG, TorchAttack, clip_range, torch_forward
 from defend.detect.inputs import input_detector_classifier, input_threshold
 from defend.errors import DefendError
 
@@ -41,21 +41,7 @@ class EvadingPGD(TorchAttack):
     The task loss follows the model's output (module doc).
     """
 
-    PARAMS = TorchAttack.PARAMS + (
-        Param("detector", None, "a defend train input-detector checkpoint, or an ART "
-              "classifier with two logits (clean, adversarial) on the same images", object,
-              cli=False),
-        Param("eps", 8 / 255, "l-inf budget", float, "[0, 1] pixel units", low=0, high=1,
-              open_low=True),
-        Param("max_iter", 10, "PGD steps", int, "steps", low=1),
-        Param("step", None, "step size (default 2.5 / max_iter, Madry et al.)", float,
-              "fraction of eps", low=0, open_low=True, optional=True),
-        Param("evade_weight", 1.0, "the weight of the detector's margin in the loss", float,
-              low=0),
-        Param("threshold", None, "the margin above which an image counts as flagged (default: "
-              "the checkpoint's calibrated one; 0, ART's argmax, for a classifier passed "
-              "directly)", float, "logit", optional=True),
-    )  # fmt: skip
+    PARAMS = EVADING_PGD
     _estimator_requirements = (BaseEstimator,)  # and a torch forward (checked below)
 
     def __init__(self, estimator: Any, **params: Any) -> None:
@@ -109,7 +95,7 @@ class EvadingPGD(TorchAttack):
     def _generate_batch(
         self, x: torch.Tensor, y: torch.Tensor | None, rng: SampleRNG, rows: torch.Tensor,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    ) -> Attacked:  # fmt: skip
         """Images x (B, C, H, W) -> ``(x_adv, report)``: per image the task loss and the
         detector's margin, clean and attacked, and whether the attacked one is flagged."""
         lo, hi = clip_range(self.estimator, default=(0.0, 1.0))

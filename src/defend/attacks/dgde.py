@@ -54,9 +54,16 @@ import torch
 from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator
 
-from defend.attacks.params import Param
+from defend.attacks.declared import DGDE as DGDE_PARAMS
 from defend.attacks.sample_keys import sample_keys
-from defend.attacks.torch_attack import SampleRNG, TorchAttack, clip_range, torch_forward
+from defend.attacks.torch_attack import (
+    Array,
+    Attacked,
+    SampleRNG,
+    TorchAttack,
+    clip_range,
+    torch_forward,
+)
 from defend.errors import DefendError
 
 
@@ -97,32 +104,7 @@ class DGDE(TorchAttack):
     population=20, max_iter=1000, patience=200, max_queries=20_000``.
     """
 
-    PARAMS = TorchAttack.PARAMS + (
-        Param("batch_size", 8, "images attacked together (results do not depend on it)", int,
-              "images", low=1),
-        Param("noise_max", 1.0, "strongest noise tried", float, "fraction (see above)",
-              low=0, high=1, open_low=True),
-        Param("noise_min", 0.01, "weakest noise tried", float, "fraction (see above)",
-              low=0, high=1, open_low=True),
-        Param("noise_levels", 12, "noise strengths tried, geometric from noise_min to "
-              "noise_max", int, low=1),
-        Param("noise_tries", 8, "noise draws per strength (scored in one batch)", int, low=1),
-        Param("noise_blocks", (1, 2, 4, 8), "salt-and-pepper block sizes, one per try in turn",
-              tuple, "px a side", low=1, cli=False),
-        Param("population", 8, "DE population per image", int, low=4),
-        Param("F", 0.5, "DE mutation factor", float, low=0, high=2, open_low=True, flag="--F"),
-        Param("CR", 0.7, "DE crossover probability", float, low=0, high=1, flag="--CR"),
-        Param("max_iter", 20, "DE generations at most (0: no DE)", int, "generations", low=0),
-        Param("patience", 2, "DE generations without a smaller solution before stopping", int,
-              "generations", low=1),
-        Param("prune", True, "prune the DE's support by groups down to single pixels", bool),
-        Param("prune_groups", 12, "group removals tried per image in one pruning batch", int,
-              low=2),
-        Param("max_queries", 2000, "query budget per image, every phase included", int,
-              "queries", low=1),
-        Param("noise", "salt_pepper", "the noise drawn", str,
-              choices=("salt_pepper", "uniform")),
-    )  # fmt: skip
+    PARAMS = DGDE_PARAMS
     _estimator_requirements = (BaseEstimator, ClassifierMixin)
 
     def __init__(self, estimator: Any, **params: Any) -> None:
@@ -138,14 +120,9 @@ class DGDE(TorchAttack):
             )
 
     def generate(
-        self,
-        x: np.ndarray | torch.Tensor,
-        y: np.ndarray | torch.Tensor | None = None,
-        *,
-        seed: int | None = None,
-        indices: Sequence[int] | np.ndarray | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray | torch.Tensor:
+        self, x: Array, y: Array | None = None, *, seed: int | None = None,
+        indices: Sequence[int] | np.ndarray | None = None, **kwargs: Any,
+    ) -> Array:  # fmt: skip
         """:meth:`TorchAttack.generate <defend.attacks.torch_attack.TorchAttack.generate>` with each
         image's generator seeded from ``(seed, sample_keys(x))``: keyed by the image, not by
         ``indices`` (checked for length only), so the draws follow the sample (module doc)."""
@@ -419,13 +396,9 @@ class DGDE(TorchAttack):
 
     # ------------------------------------------------------------------ attack
     def _generate_batch(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None,
-        rng: SampleRNG,
-        rows: torch.Tensor,
+        self, x: torch.Tensor, y: torch.Tensor | None, rng: SampleRNG, rows: torch.Tensor,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> Attacked:  # fmt: skip
         """Attack images x (B, C, H, W) with labels y (B,) or one-hot (B, K) (default: the
         model's predictions): ``(x_adv (B, C, H, W), per-image report)``."""
         if x.ndim != 4:

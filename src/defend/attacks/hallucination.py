@@ -28,9 +28,9 @@ import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
 from defend.attacks.budget import KspaceBudget
-from defend.attacks.params import Param
-from defend.attacks.region import REGIONS, as_region, parse_size, read_mask, region_mask
-from defend.attacks.torch_attack import SampleRNG, TorchAttack, torch_forward
+from defend.attacks.declared import HALLUCINATION
+from defend.attacks.region import as_region, region_mask
+from defend.attacks.torch_attack import Attacked, SampleRNG, TorchAttack, torch_forward
 from defend.errors import DefendError
 from defend.kspace import acquired_columns, zero_filled
 from defend.metrics import image_similarity
@@ -82,35 +82,7 @@ class HallucinationAttack(TorchAttack):
     SUCCESS_STRENGTH``) to the report (per sample, on the CPU; training turns them off).
     """
 
-    PARAMS = TorchAttack.PARAMS + (
-        Param("eps", 0.1, "perturbation budget: l-inf per real component, or l2 per coil",
-              float, "relative (see eps_mode) or k-space units", low=0, open_low=True),
-        Param("eps_mode", "relative", "what eps is measured in", str,
-              choices=("relative", "absolute")),
-        Param("norm", "inf", "the budget's norm (2: per coil)", str, choices=("inf", "2")),
-        Param("step", 0.1, "step size (the paper: eps 1e-6, step 1e-7)", float,
-              "fraction of eps", low=0, open_low=True),
-        Param("max_iter", 150, "iterations (the paper: 150)", int, "steps", low=1),
-        Param("patience", 10, "stop a sample whose loss has not improved for this many "
-              "iterations (the paper: 10; 0: never)", int, "steps", low=0),
-        Param("part", "real", "which k-space parts move (the paper: real)", str,
-              choices=("real", "complex")),
-        Param("region", "line", "the target region's shape", str, choices=REGIONS),
-        Param("region_size", None, "the region's size, WxH or N (default: the paper's, "
-              "scaled to the image)", object, "px", parse=parse_size),
-        Param("region_center", None, "the region's centre, XxY (default: the image centre)",
-              object, "px", parse=parse_size),
-        Param("region_mask", None, "a .npy or image file with the region mask (overrides "
-              "region)", object, parse=read_mask),
-        Param("alpha", 0.3, "target contrast (the paper: 0.3)", object,
-              "fraction of the clean image's range", cli_type=float),
-        Param("weight_inside", 1.0, "loss weight inside the region", float, low=0),
-        Param("weight_outside", 1.0, "loss weight outside the region", float, low=0),
-        Param("random_start", True, "start from uniform noise of one step's size (as the "
-              "paper)", bool),
-        Param("image_metrics", True, "add image metrics and success to the report", bool,
-              cli=False),
-    )  # fmt: skip
+    PARAMS = HALLUCINATION
     _estimator_requirements = (BaseEstimator, LossGradientsMixin)
 
     def __init__(self, estimator: Any, **params: Any) -> None:
@@ -275,13 +247,9 @@ class HallucinationAttack(TorchAttack):
         return region, value_range, target, weight
 
     def _generate_batch(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None,
-        rng: SampleRNG,
-        rows: torch.Tensor,
+        self, x: torch.Tensor, y: torch.Tensor | None, rng: SampleRNG, rows: torch.Tensor,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> Attacked:  # fmt: skip
         if x.ndim != 5 or x.shape[-1] != 2:
             raise DefendError(f"expected masked k-space (N, coils, H, W, 2), got {tuple(x.shape)}")
         n = len(x)

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
-from defend.attacks.params import Param
+from defend.attacks.declared import SEG_FGSM
 from defend.attacks.torch_attack import (
+    Attacked,
     SampleRNG,
     TorchAttack,
     clip_range,
@@ -45,20 +46,7 @@ class SegmentationFGSM(TorchAttack):
     ``loss_gradient`` with ``"training"``.
     """
 
-    PARAMS = TorchAttack.PARAMS + (
-        Param("eps", 0.008, "l-inf budget (the seed: 0.007-0.009)", float, "[0, 1] pixel units",
-              low=0, high=1, open_low=True),
-        Param("loss", "bce", "the loss the attack raises", str, choices=LOSSES),
-        Param("target", "auto", "what the loss compares with: the truth y, the model's own "
-              "clean prediction, or auto (truth when y is given)", str,
-              choices=("truth", "prediction", "auto")),
-        Param("max_iter", 1, "steps: 1 is FGSM, more is PGD from a random start", int,
-              "steps", low=1),
-        Param("step", None, "step size (default 1 for FGSM, 2.5 / max_iter for PGD, as Madry "
-              "et al.)", float, "fraction of eps", low=0, open_low=True, optional=True),
-        Param("threshold", 0.5, "probability above which a pixel is foreground", float,
-              "probability", low=0, high=1, open_low=True, open_high=True),
-    )  # fmt: skip
+    PARAMS = SEG_FGSM
     _estimator_requirements = (BaseEstimator, LossGradientsMixin)
 
     def _check_params(self) -> None:
@@ -124,13 +112,9 @@ class SegmentationFGSM(TorchAttack):
         return self.eps if self.max_iter == 1 else 2.5 / self.max_iter * self.eps
 
     def _generate_batch(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None,
-        rng: SampleRNG,
-        rows: torch.Tensor,
+        self, x: torch.Tensor, y: torch.Tensor | None, rng: SampleRNG, rows: torch.Tensor,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> Attacked:  # fmt: skip
         lo, hi = clip_range(self.estimator)
         with torch.no_grad():
             clean_logits = self._forward(x).float()

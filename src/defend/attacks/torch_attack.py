@@ -30,6 +30,10 @@ from defend.errors import DefendError
 from defend.estimators.torch_estimator import model_mode
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+#: numpy in, numpy out; torch in, torch out
+Array = np.ndarray | torch.Tensor
+#: what ``_generate_batch`` returns: the attacked batch and its per-sample report
+Attacked = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
 def estimator_device(estimator: Any) -> torch.device:
@@ -219,14 +223,9 @@ class TorchAttack(EvasionAttack):
         return estimator_device(self.estimator)
 
     def generate(
-        self,
-        x: np.ndarray | torch.Tensor,
-        y: np.ndarray | torch.Tensor | None = None,
-        *,
-        seed: int | None = None,
-        indices: Sequence[int] | np.ndarray | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray | torch.Tensor:
+        self, x: Array, y: Array | None = None, *, seed: int | None = None,
+        indices: Sequence[int] | np.ndarray | None = None, **kwargs: Any,
+    ) -> Array:  # fmt: skip
         """Adversarial examples for ``x`` (numpy in, numpy out; torch in, torch out).
 
         Args:
@@ -281,13 +280,9 @@ class TorchAttack(EvasionAttack):
 
     @abc.abstractmethod
     def _generate_batch(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor | None,
-        rng: SampleRNG,
-        rows: torch.Tensor,
+        self, x: torch.Tensor, y: torch.Tensor | None, rng: SampleRNG, rows: torch.Tensor,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> Attacked:  # fmt: skip
         """Attack one batch on the estimator's device: ``(x_adv, per-sample report)``.
 
         ``rng`` holds the batch's per-sample generators; ``rows`` (B,) are the samples'

@@ -37,9 +37,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
 
+from defend.attacks.torch_attack import torch_forward
+from defend.bench.suite import DEMO_MODELS
 from defend.bench.timing import Log, median, torch_threads
+from defend.data import load_arrays
 from defend.errors import DefendError
+from defend.estimators import load_estimator
+from defend.io import load_checkpoint
+from defend.smooth import smoothed, training_unit
 
 #: the goal: certify's samples per second over the base forward's
 GOAL = 0.9
@@ -113,7 +120,6 @@ def certify_once(
 
 def _art_row(estimator: Any, smooth: Any, x: np.ndarray, n: int, batch_size: int) -> dict:
     """ART's smoothed PREDICT beside ours on the same classifier and samples."""
-    from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
 
     device = next(estimator.model.parameters()).device
     art = PyTorchRandomizedSmoothing(
@@ -153,7 +159,6 @@ def _smoothed(estimator: Any, task: str, data_dir: Path, ckpt: dict[str, Any]) -
     """The benchmark's smoothed model: sigma :data:`SIGMA`; recon with delta 0.1 and the
     k-space unit of the training split (:func:`defend.smooth.training_unit`), fixed before
     any input is seen."""
-    from defend.smooth import smoothed, training_unit
 
     if task != "recon":
         return smoothed(estimator, SIGMA[task])
@@ -219,11 +224,6 @@ def bench_certify(
         ``formula_draws``, ``samples_per_s`` (certify, rows/s), ``floor_per_s``, ``ratio``,
         ``goal``, and for classification ART's comparison.
     """
-    from defend.attacks.torch_attack import torch_forward
-    from defend.bench.suite import DEMO_MODELS
-    from defend.data import load_arrays
-    from defend.estimators import load_estimator
-    from defend.io import load_checkpoint
 
     run_dir = Path(run_dir)
     missing = [m for m in DEMO_MODELS if not (run_dir / f"{m}.pt").is_file()]

@@ -16,8 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from defend.adaptive.runner import run_attack
+from defend.data import synthesize
+from defend.device import pick_device
 from defend.errors import DefendError
-from defend.io import write_json
+from defend.io import check_writable, load_checkpoint, write_json
+from defend.train import TrainConfig, default_schedule, train_model
 
 #: Tag of ``OUT/models.json``.
 MODELS_FORMAT = "defend-bench-models-v1"
@@ -55,7 +59,6 @@ def models_settings(*, seed: int = 0, quick: bool = False) -> dict[str, Any]:
     """What a models folder holds, as stored in ``OUT/models.json``: the data and training
     settings that ``seed`` and ``quick`` imply (not ``n`` or the device, which only change
     the attacks, rerun every time)."""
-    from defend.train import default_schedule
 
     training = {}
     for name, task, model in MODELS:
@@ -166,10 +169,6 @@ def run_models(
     Raises:
         DefendError: a bad device, an unwritable ``out``, or one holding other models.
     """
-    from defend.data import synthesize
-    from defend.device import pick_device
-    from defend.io import check_writable, load_checkpoint
-    from defend.train import TrainConfig, train_model
 
     out = Path(out)
     if n < 1:
@@ -205,7 +204,6 @@ def _run_attacks(
     log: Callable[[str], None],
 ) -> dict[str, dict[str, float]]:
     """Run :data:`ATTACKS` on the folder's checkpoints; the headline means of each."""
-    from defend.adaptive.runner import run_attack
 
     means = {}
     for attack, ckpt, params in ATTACKS:

@@ -29,12 +29,15 @@ import torch
 
 from defend.attacks.apply import attack_arrays
 from defend.attacks.art_pgd import art_pgd, kspace_pgd
+from defend.data import load_arrays
 from defend.errors import DefendError
+from defend.estimators import load_estimator
+from defend.io import load_checkpoint
+from defend.metrics import image_similarity
 from defend.train.methods import DEFAULT_EPS as EPS  # the training budget is the attack's
 
 
 def _ssim(y: np.ndarray, pred: np.ndarray) -> float:
-    from defend.metrics import image_similarity
 
     return float(np.mean([image_similarity(a, b)["ssim"] for a, b in zip(y, pred, strict=True)]))
 
@@ -120,9 +123,6 @@ def robustness(
         checkpoint's training objective (``{"name": "standard"}`` or its adversarial
         settings).
     """
-    from defend.data import load_arrays
-    from defend.estimators import load_estimator
-    from defend.io import load_checkpoint
 
     if n < 1:
         raise DefendError(f"--n must be >= 1, got {n}")
@@ -157,7 +157,6 @@ def compare_robustness(
     All checkpoints must be of one task, so that their rows compare; checked before any
     attack runs.
     """
-    from defend.io import load_checkpoint
 
     if not checkpoints:
         raise DefendError("give at least one checkpoint")

@@ -29,7 +29,11 @@ from defend.bench.versus_art import (
     dgde_vs_floor_and_pixel_attack,
 )
 from defend.cpu_kernels import cpu_kernels
+from defend.data import load_arrays
+from defend.data.arrays import checkpoint_data_args
 from defend.errors import DefendError
+from defend.estimators import load_estimator
+from defend.io import load_checkpoint
 
 #: the checkpoints a ``defend bench models`` folder holds, by name
 DEMO_MODELS = ("recon-unet", "recon-varnet", "seg", "cls")
@@ -154,10 +158,6 @@ def _check_models_folder(run_dir: Path, n: int, iters: int, repeats: int) -> Non
 def _load_models(run_dir: Path, n: int, split: str, device: str | None) -> dict[str, Any]:
     """The folder's estimators and ``n`` samples per task (classifier images: classes in turn),
     each read as its checkpoint was trained; :func:`bench_suite`'s arguments."""
-    from defend.data import load_arrays
-    from defend.data.arrays import checkpoint_data_args
-    from defend.estimators import load_estimator
-    from defend.io import load_checkpoint
 
     ckpts = {name: load_checkpoint(run_dir / f"{name}.pt") for name in DEMO_MODELS}
     est = {name: load_estimator(ckpts[name], device=device) for name in DEMO_MODELS}

@@ -40,10 +40,15 @@ from torch import nn
 
 from defend.bench.timing import Log, paired, timed, torch_threads
 from defend.cpu_kernels import cpu_kernels
+from defend.data import Acquisition, load_dataset
+from defend.data.batching import shape_loader
 from defend.device import autocast, pick_device, seed_everything
 from defend.errors import DefendError
 from defend.estimators.torch_estimator import model_mode
+from defend.models import build_model, default_model_config
 from defend.tasks import Batch, Task, get_task
+from defend.train.from_folder import default_schedule, describe_data, model_data_args
+from defend.train.loop import TrainConfig, to_device
 from defend.train.methods import METHODS, make_objective
 from defend.train.objectives import Objective, Standard
 
@@ -130,8 +135,6 @@ def _fixed_batches(
 ) -> tuple[list[Batch], float]:
     """The first ``batches`` shuffled training batches (epoch seed 0) on ``device``, and the
     loader's seconds per batch (one pass, ``num_workers=0``)."""
-    from defend.data.batching import shape_loader
-    from defend.train.loop import to_device
 
     if hasattr(train_set, "set_epoch"):  # random k-space masks per sample, as in training
         train_set.set_epoch(0)
@@ -144,9 +147,6 @@ def _train_split(data_dir: Path, name: str) -> tuple[Any, dict[str, Any], dict[s
     """A task's training split (as ``defend train`` reads it), its data dict
     (:func:`~defend.train.from_folder.describe_data`) and its default model config; bad data or a
     bad model name is a one-line :class:`DefendError`."""
-    from defend.data import Acquisition, load_dataset
-    from defend.models import default_model_config
-    from defend.train.from_folder import describe_data, model_data_args
 
     task, model = _split_name(name)
     acquisition = Acquisition() if task == "recon" else None
@@ -169,9 +169,6 @@ def _prepare(
     Args:
         name: ``TASK`` or ``TASK/MODEL``. split: :func:`_train_split`'s result.
     """
-    from defend.models import build_model
-    from defend.train.from_folder import default_schedule
-    from defend.train.loop import TrainConfig
 
     (task_name, model_name), (train_set, data, config) = _split_name(name), split
     seed_everything(0)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from art.attacks.evasion import PixelAttack, ProjectedGradientDescent
 
 from defend.attacks import HallucinationAttack
 from defend.attacks.hallucination import sampled_columns
@@ -85,7 +86,6 @@ def hallucination_strength(
 
 def _art_pgd(estimator: Any, eps: float, step: float, max_iter: int, batch: int) -> Any:
     """ART's l-inf ``ProjectedGradientDescent``, targeted, from the clean input."""
-    from art.attacks.evasion import ProjectedGradientDescent
 
     return ProjectedGradientDescent(
         estimator,
@@ -230,7 +230,6 @@ def _run_pixel_attack(classifier: Any, x: np.ndarray, th: int, max_iter: int) ->
     Returns:
         ``{"x_adv": (N, C, H, W), "seconds": [N], "forwards": [N]}``.
     """
-    from art.attacks.evasion import PixelAttack
 
     pixel = PixelAttack(classifier, th=int(th), es=1, max_iter=max_iter, verbose=False)
     device = estimator_device(classifier)

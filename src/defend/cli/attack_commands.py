@@ -9,9 +9,14 @@ from typing import Any
 
 import typer
 
+from defend.adaptive.evade_params import EVADING_HALLUCINATION
+from defend.attacks.declared import DECLARED
 from defend.attacks.params import Param, by_name
 from defend.cli.app import DEVICE, PROGRESS, app
 from defend.errors import DefendError
+
+#: the adaptive attacks ``defend attack`` offers through an option of a plain one
+ADAPTIVE = {"hallucination-evade": EVADING_HALLUCINATION}
 
 attack_app = typer.Typer(help="Run an attack against a checkpoint.", no_args_is_help=True)
 app.add_typer(attack_app, name="attack")
@@ -108,11 +113,9 @@ def _attack_command(name: str, summary: str, adaptive: str | None = None) -> Non
     """Register ``defend attack NAME``: the common options, then the attack's declared
     parameters (:mod:`defend.attacks.params`); with ``adaptive``, also that attack's own
     parameters, whose ``detector`` switches to it (``--evade DET.pt``)."""
-    from defend.adaptive.registry import ATTACKS
-
-    declared = by_name(ATTACKS[name].attack.PARAMS)
+    declared = by_name(DECLARED[name])
     if adaptive is not None:
-        declared = {**declared, **by_name(ATTACKS[adaptive].attack.PARAMS)}
+        declared = {**declared, **by_name(ADAPTIVE[adaptive])}
     params = [p for p in declared.values() if p.cli]
 
     def command(**values: Any) -> None:
@@ -124,7 +127,7 @@ def _attack_command(name: str, summary: str, adaptive: str | None = None) -> Non
             declared[key].check(value)
         chosen = adaptive if adaptive and given.get("detector") is not None else name
         if chosen == name:
-            given = {k: v for k, v in given.items() if k in by_name(ATTACKS[name].attack.PARAMS)}
+            given = {k: v for k, v in given.items() if k in by_name(DECLARED[name])}
         _run_attack(chosen, common, given, progress)
 
     fixed = [

@@ -68,78 +68,9 @@ xsi:schemaLocation="http://www.ismrm.org/ISMRMRD ismrmrd.xsd">
     <H1resonanceFrequency_Hz>123255802</H1resonanceFrequency_Hz>
   </experimentalConditions>
   <encoding>
-    <encodedSpace>
-      <matrixSize>
-        <x>{height}</x>
-        <y>{width}</y>
-        <z>1</z>
-      </matrixSize>
-      <fieldOfView_mm>
-        <x>{fov:.1f}</x>
-        <y>{fov:.1f}</y>
-        <z>{slice_mm:.1f}</z>
-      </fieldOfView_mm>
-    </encodedSpace>
-    <reconSpace>
-      <matrixSize>
-        <x>{height}</x>
-        <y>{width}</y>
-        <z>1</z>
-      </matrixSize>
-      <fieldOfView_mm>
-        <x>{fov:.1f}</x>
-        <y>{fov:.1f}</y>
-        <z>{slice_mm:.1f}</z>
-      </fieldOfView_mm>
-    </reconSpace>
-    <trajectory>cartesian</trajectory>
+{spaces}    <trajectory>cartesian</trajectory>
     <encodingLimits>
-      <kspace_encoding_step_1>
-        <minimum>0</minimum>
-        <maximum>{width_max}</maximum>
-        <center>{width_center}</center>
-      </kspace_encoding_step_1>
-      <kspace_encoding_step_2>
-        <minimum>0</minimum>
-        <maximum>0</maximum>
-        <center>0</center>
-      </kspace_encoding_step_2>
-      <average>
-        <minimum>0</minimum>
-        <maximum>0</maximum>
-        <center>0</center>
-      </average>
-      <slice>
-        <minimum>0</minimum>
-        <maximum>{slice_max}</maximum>
-        <center>{slice_center}</center>
-      </slice>
-      <contrast>
-        <minimum>0</minimum>
-        <maximum>0</maximum>
-        <center>0</center>
-      </contrast>
-      <phase>
-        <minimum>0</minimum>
-        <maximum>0</maximum>
-        <center>0</center>
-      </phase>
-      <repetition>
-        <minimum>0</minimum>
-        <maximum>0</maximum>
-        <center>0</center>
-      </repetition>
-      <set>
-        <minimum>0</minimum>
-        <maximum>0</maximum>
-        <center>0</center>
-      </set>
-      <segment>
-        <minimum>0</minimum>
-        <maximum>0</maximum>
-        <center>0</center>
-      </segment>
-    </encodingLimits>
+{limits}    </encodingLimits>
   </encoding>
   <sequenceParameters>
     <TR>9000</TR>
@@ -148,6 +79,37 @@ xsi:schemaLocation="http://www.ismrm.org/ISMRMRD ismrmrd.xsd">
   </sequenceParameters>
 </ismrmrdHeader>
 """
+
+
+def _space(name: str, height: int, width: int) -> str:
+    """An ``encodedSpace`` / ``reconSpace`` element: matrix size and field of view."""
+    return f"""    <{name}>
+      <matrixSize>
+        <x>{height}</x>
+        <y>{width}</y>
+        <z>1</z>
+      </matrixSize>
+      <fieldOfView_mm>
+        <x>{FOV_MM:.1f}</x>
+        <y>{FOV_MM:.1f}</y>
+        <z>{SLICE_MM:.1f}</z>
+      </fieldOfView_mm>
+    </{name}>
+"""
+
+
+def _limit(name: str, maximum: int = 0, center: int = 0) -> str:
+    """One ``encodingLimits`` element (minimum 0)."""
+    return f"""      <{name}>
+        <minimum>0</minimum>
+        <maximum>{maximum}</maximum>
+        <center>{center}</center>
+      </{name}>
+"""
+
+
+#: the encoding limits that are 0 in a 2D single-contrast acquisition, in ISMRMRD's order
+_ZERO_LIMITS = ("contrast", "phase", "repetition", "set", "segment")
 
 
 def ismrmrd_header(
@@ -160,18 +122,15 @@ def ismrmrd_header(
     ``kspace_encoding_step_1`` limits with centre ``width // 2`` and maximum ``width - 1``, so
     that fastMRI's padding is ``[0, width)`` (no zero-padded columns).
     """
+    limits = (
+        _limit("kspace_encoding_step_1", width - 1, width // 2)
+        + _limit("kspace_encoding_step_2") + _limit("average")
+        + _limit("slice", slices - 1, slices // 2)
+        + "".join(_limit(name) for name in _ZERO_LIMITS)
+    )  # fmt: skip
+    spaces = _space("encodedSpace", height, width) + _space("reconSpace", height, width)
     return _ISMRMRD_HEADER.format(
-        patient_id=patient_id,
-        protocol=protocol,
-        coils=coils,
-        height=height,
-        width=width,
-        fov=FOV_MM,
-        slice_mm=SLICE_MM,
-        width_max=width - 1,
-        width_center=width // 2,
-        slice_max=slices - 1,
-        slice_center=slices // 2,
+        patient_id=patient_id, protocol=protocol, coils=coils, spaces=spaces, limits=limits
     ).encode("utf-8")
 
 

@@ -25,12 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastmri.models import Unet
+from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset
 
-from defend.detect.features import CHANNELS
+from defend.detect.examples import load_detection_data, make_detection_data
+from defend.detect.features import CHANNELS, detector_inputs
+from defend.device import pick_device, seed_everything
 from defend.errors import CheckpointError, DefendError
+from defend.io import check_writable, load_checkpoint, save_checkpoint
+from defend.kspace import acquired_columns
 from defend.tasks import Batch, Task
+from defend.train import TrainConfig
+from defend.train.loop import best_path, fit, run_config
 
 #: the weight of a hallucinated pixel in the map loss (regions cover ~1 % of an image)
 POS_WEIGHT = 10.0
@@ -118,7 +125,6 @@ class DetectTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
-        from sklearn.metrics import average_precision_score, roc_auc_score
 
         scores, labels, inter, union = [], [], 0.0, 0.0
         for batch in batches:
@@ -170,7 +176,6 @@ def train_detector(
         max_iter: the hallucination attack's iterations (its default).
         The rest: :func:`fit_detector`'s.
     """
-    from defend.detect.examples import make_detection_data
 
     folder = Path(detection_data) if detection_data else default_data_folder(out)
     log(f"detection data: {folder}")
@@ -212,11 +217,6 @@ def fit_detector(
     Returns:
         The per-epoch history (validation AUROC, AUPRC, map IoU).
     """
-    from defend.detect.examples import load_detection_data
-    from defend.device import seed_everything
-    from defend.io import check_writable
-    from defend.train import TrainConfig
-    from defend.train.loop import best_path, fit, run_config
 
     if not 0 < fpr < 1:
         raise DefendError(f"--fpr must be in (0, 1), got {fpr}")
@@ -254,7 +254,6 @@ def calibrate(path: Path, val_set: DetectionSet, fpr: float) -> float:
     clean false-positive rate was whatever that left.) The rate on images calibration never
     saw is :func:`~defend.detect.evaluate.evaluate_detector`'s ``test_fpr``.
     """
-    from defend.io import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(path)
     detector = _build(ckpt)
@@ -305,8 +304,6 @@ class Detector:
         """The deployment images (B, 6, h, w) of masked k-space ``x`` (B, coils, H, W, 2)
         and the guarded model's output ``recon`` (B, h, w); the mask is read off ``x``
         (its measured columns)."""
-        from defend.detect.features import detector_inputs
-        from defend.kspace import acquired_columns
 
         device = next(self.module.parameters()).device
         xt = torch.as_tensor(np.asarray(x, np.float32), device=device)
@@ -332,7 +329,6 @@ class Detector:
 
 def load_detector(path: str | os.PathLike, device: str | None = None) -> Detector:
     """The detector of a ``defend train detector`` checkpoint."""
-    from defend.device import pick_device
     from defend.io import load_checkpoint
 
     ckpt = load_checkpoint(path)

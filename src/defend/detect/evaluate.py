@@ -32,6 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from defend.detect.detector import default_data_folder, detector_outputs, load_detector
+from defend.detect.examples import VOLUMES, load_detection_data, make_detection_data
+from defend.errors import DefendError
+from defend.io import check_writable, load_checkpoint, write_csv, write_json
+from defend.plots import plot_roc
 
 #: the baselines: column of the detection data -> orientation (+1: higher is "attacked")
 BASELINES = {"psnr": -1, "ssim": -1, "nrmse": 1, "dc_error": 1, "kspace_residual": 1}
@@ -43,7 +50,6 @@ FPR = 0.05
 
 def separation(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """AUROC, AUPRC and the TPR at :data:`FPR` of ``scores`` (N,) for binary ``labels`` (N,)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
     scores = np.nan_to_num(scores.astype(np.float64), posinf=1e12, neginf=-1e12)
     fpr, tpr, _ = roc_curve(labels, scores)
@@ -120,9 +126,6 @@ def evaluate_detector(
         "localisation": {...}, "threshold": ..., "calibration": the checkpoint's record,
         "held_out": ..., and :func:`flag_rates`' (``test_fpr`` ...) at the threshold}``.
     """
-    from defend.detect.detector import detector_outputs, load_detector
-    from defend.detect.examples import VOLUMES, load_detection_data
-    from defend.io import check_writable, load_checkpoint, write_csv, write_json
 
     out = check_writable(out, "dir")
     det = load_detector(detector)
@@ -160,8 +163,6 @@ def _plot_roc(path: Path, labels: np.ndarray, methods: dict[str, np.ndarray], ma
     """ROC curves of every method on one group (hallucinations against the negatives)."""
     from sklearn.metrics import roc_curve
 
-    from defend.plots import plot_roc
-
     curves = {}
     for name, scores in methods.items():
         finite = np.nan_to_num(scores[mask].astype(np.float64), posinf=1e12, neginf=-1e12)
@@ -189,9 +190,6 @@ def detect_eval(
             model it guards. data_dir: the data folder. detection_data: the detection data
             folder (default: the detector's, ``DET.data``).
     """
-    from defend.detect.detector import default_data_folder
-    from defend.detect.examples import make_detection_data
-    from defend.errors import DefendError
     from defend.io import check_writable, load_checkpoint
 
     check_writable(out, "dir")

@@ -43,11 +43,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from art.defences.detector.evasion import BinaryInputDetector
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import Dataset
 
+from defend.attacks.apply import attack_arrays
+from defend.attacks.art_pgd import art_pgd
+from defend.data import load_arrays
+from defend.detect.detector import default_data_folder, threshold_at_fpr
+from defend.device import seed_everything
 from defend.errors import CheckpointError, DefendError
+from defend.estimators import load_estimator
+from defend.estimators.cls import make_classifier
+from defend.io import check_writable, file_sha256, load_checkpoint, write_json, write_npz
 from defend.tasks import Batch, Task
+from defend.train import TrainConfig
+from defend.train.loop import best_path, fit, run_config
 
 #: the attacks each input detector is trained and evaluated on: name -> what makes them
 ATTACKS = {
@@ -78,8 +90,6 @@ def _attack(
     """``x`` (N, C, H, W) attacked by ``name`` (one of :data:`ATTACKS`' [task]) at l-inf
     ``eps`` (DGDE has no eps: it changes few pixels, as far as it needs; ``seed`` seeds its
     draws, the global seed ART's PGD start)."""
-    from defend.attacks.apply import attack_arrays
-    from defend.attacks.art_pgd import art_pgd
 
     if name == "fgsm":
         return attack_arrays(estimator, "seg-fgsm", x, y, {"eps": eps})[0]
@@ -141,10 +151,6 @@ def make_input_detection_data(
     Returns:
         The manifest (``out/manifest.json``): task, attacks, budget, images per split.
     """
-    from defend.data import load_arrays
-    from defend.device import seed_everything
-    from defend.estimators import load_estimator
-    from defend.io import check_writable, file_sha256, load_checkpoint, write_json, write_npz
 
     ckpt = load_checkpoint(checkpoint)
     task = ckpt.get("task")
@@ -250,7 +256,6 @@ class InputDetectTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
-        from sklearn.metrics import roc_auc_score
 
         scores, labels = [], []
         for batch in batches:
@@ -288,11 +293,7 @@ def train_input_detector(
     Returns:
         The per-epoch history (validation AUROC and accuracy).
     """
-    from defend.detect.detector import default_data_folder
-    from defend.device import seed_everything
     from defend.io import check_writable
-    from defend.train import TrainConfig
-    from defend.train.loop import best_path, fit, run_config
 
     if not 0 < fpr < 1:
         raise DefendError(f"--fpr must be in (0, 1), got {fpr}")
@@ -334,7 +335,6 @@ def calibrate_input_detector(path: Path, val: dict[str, np.ndarray], fpr: float)
     of the clean images of ``val`` (the validation split of the input-detection data; its
     attacked images play no part), rewritten atomically. The false-positive rate it keeps on
     images it never saw is :func:`evaluate_input_detector`'s on the test split."""
-    from defend.detect.detector import threshold_at_fpr
     from defend.io import load_checkpoint, save_checkpoint
 
     clean = val["attack"] == ""
@@ -358,7 +358,6 @@ def input_threshold(path: str | os.PathLike) -> float:
 def input_detector_classifier(path: str | os.PathLike, device: str | None = None) -> Any:
     """A trained input detector as ART's ``PyTorchClassifier`` (2 classes: clean,
     adversarial; inputs (N, C, H, W) in [0, 1]), what ``BinaryInputDetector`` takes."""
-    from defend.estimators.cls import make_classifier
     from defend.io import load_checkpoint
 
     ckpt = load_checkpoint(path)
@@ -373,7 +372,6 @@ def input_detector_classifier(path: str | os.PathLike, device: str | None = None
 def load_input_detector(path: str | os.PathLike, device: str | None = None) -> Any:
     """ART's ``BinaryInputDetector`` over a trained input detector (``detect(x)`` ->
     ``(report, is_adversarial (N,) bool)``)."""
-    from art.defences.detector.evasion import BinaryInputDetector
 
     return BinaryInputDetector(input_detector_classifier(path, device))
 
@@ -388,7 +386,6 @@ def evaluate_input_detector(
     split's clean images: on the test split (the default) images that calibration, made on
     the clean images of split ``calibration_split`` (``calibration_negatives`` of them),
     never saw (``held_out``)."""
-    from sklearn.metrics import roc_auc_score
 
     from defend.io import load_checkpoint
 

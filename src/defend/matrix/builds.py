@@ -27,15 +27,23 @@ import copy
 import functools
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import defend
+from defend.data import synthesize
+from defend.data.arrays import fingerprint, load_dataset
+from defend.detect.detector import train_detector
+from defend.detect.inputs import train_input_detector
 from defend.errors import DefendError
-from defend.io import write_json
+from defend.io import load_checkpoint, write_json
 from defend.matrix.config import TASKS
+from defend.smooth.denoiser import train_denoiser
+from defend.train import TrainConfig, default_schedule, make_objective, train_model
 
 #: bumped when what a build holds changes, so older caches are rebuilt rather than reused
 VERSION = 1
@@ -102,7 +110,6 @@ def data_fingerprint(path: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=8)
 def _fingerprint(path: str, signature: tuple) -> dict[str, Any]:
     """:func:`data_fingerprint` of ``path`` (``signature``: its files' stats, the cache key)."""
-    from defend.data.arrays import fingerprint, load_dataset
 
     found: dict[str, Any] = {}
     for task in TASKS:
@@ -184,7 +191,6 @@ class Builder:
         return _train_config(epochs, self.device, **extra)
 
     def _data(self, build: Build) -> None:
-        from defend.data import synthesize
 
         synthesize(self.path(build), progress=False, **build.settings)
 
@@ -210,8 +216,6 @@ class Builder:
         GPU, Gloo on CPU; rank 0 writes the checkpoint, as ``defend train`` does)."""
         if processes == 1:
             return train_spec(spec)
-        import subprocess
-        import sys
 
         spec_file = Path(spec["out"]).with_suffix(".spec.json")
         write_json(spec_file, spec)
@@ -224,7 +228,6 @@ class Builder:
             raise RuntimeError(f"torchrun training of {spec['out']} failed: {last}")
 
     def _denoiser(self, build: Build) -> None:
-        from defend.smooth.denoiser import train_denoiser
 
         s = build.settings
         data, base = (self.path(b) for b in build.needs)
@@ -233,19 +236,14 @@ class Builder:
                        log=_quiet)  # fmt: skip
 
     def _detector(self, build: Build) -> None:
-        from defend.io import load_checkpoint
 
         s = build.settings
         data, base = (self.path(b) for b in build.needs)
         config = self._config(s["epochs"], lr=1e-3, seed=s["seed"])
         if load_checkpoint(base)["task"] == "recon":
-            from defend.detect.detector import train_detector
-
             train_detector(base, data, self.path(build), max_iter=s["max_iter"], config=config,
                            progress=False, log=_quiet)  # fmt: skip
         else:
-            from defend.detect.inputs import train_input_detector
-
             train_input_detector(base, data, self.path(build), n=s["n"] or None,
                                  config=config, log=_quiet)  # fmt: skip
 
@@ -254,7 +252,6 @@ def train_spec(spec: dict[str, Any]) -> None:
     """``defend train``'s function for a model build (``spec``: task, data, out, model,
     epochs, seed, device, and ``options`` for a standard model or ``method``,
     ``method_options`` and ``weights`` for a hardened one fine-tuned from it)."""
-    from defend.train import default_schedule, make_objective, train_model
 
     _, lr = default_schedule(spec["task"], spec["model"])
     config = _train_config(spec["epochs"], spec["device"], lr=lr, seed=spec["seed"])
@@ -267,7 +264,6 @@ def train_spec(spec: dict[str, Any]) -> None:
 
 
 def _train_config(epochs: int, device: str | None, **extra: Any) -> Any:
-    from defend.train import TrainConfig
 
     return TrainConfig(epochs=epochs, device=device, progress=False, **extra)
 

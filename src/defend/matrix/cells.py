@@ -52,8 +52,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from defend import intervals
+from defend.data import load_arrays
+from defend.io import write_npz
+from defend.kspace import zero_filled
 from defend.matrix import inside_radius, measures, outcomes
 from defend.matrix.columns import ATTACKS, EVADING, GRADIENT
 from defend.matrix.measures import Outputs
@@ -160,7 +164,6 @@ def run_cell(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
 
 def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Path,
              data_dir: Path) -> dict[str, Any]:  # fmt: skip
-    from defend.data import load_arrays
 
     task = cell.row.task
     defended = system(config, cell.row, paths)
@@ -271,7 +274,6 @@ def _recon_certified(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # fmt: skip
     """Center smoothing's bound at the grid's first input radius covering the perturbation
     (in the noise's units), checked against the smoothed outputs' actual distance."""
-    import torch
 
     unit = defended.smooth.noise.unit  # the noise's: fixed, from the training split
     xt = torch.as_tensor(x)
@@ -294,7 +296,6 @@ def clean_stage(config: dict[str, Any], row: Row, defended: Any, x: np.ndarray, 
     detector ``scores`` and certificates (:func:`~defend.matrix.rows.certificates`),
     computed once per row (``OUT/rows/<row>.npz``, written atomically; the same numbers
     whoever computes it)."""
-    from defend.io import write_npz
 
     path = out / "rows" / f"{row_id(row)}.npz"
     if path.exists():
@@ -322,7 +323,6 @@ def _write_examples(out: Path, cell: Cell, x: np.ndarray, x_adv: np.ndarray,
     """A few example images of the cell (``OUT/examples/<id>.npz``: ``input``, ``attacked``,
     ``output``, ``attacked_output``, each (k, h, w) float16); returns the file's path
     relative to ``out``."""
-    from defend.io import write_npz
 
     k = min(EXAMPLES, len(x))
     images = {
@@ -340,10 +340,6 @@ def _image(x: np.ndarray) -> np.ndarray:
     """(k, h, w) images of inputs: recon k-space as its zero-filled magnitude (rss), seg / cls
     their first channel."""
     if x.ndim == 5:
-        import torch
-
-        from defend.kspace import zero_filled
-
         return zero_filled(torch.as_tensor(x)).numpy()
     return x[:, 0]
 

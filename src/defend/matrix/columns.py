@@ -30,11 +30,14 @@ import torch
 from defend.adaptive.evading_hallucination import EvadingHallucination
 from defend.adaptive.evading_pgd import EvadingPGD
 from defend.attacks.apply import attack_arrays
+from defend.attacks.art_pgd import art_pgd, kspace_pgd
 from defend.attacks.dgde import DGDE
-from defend.attacks.hallucination import HallucinationAttack
+from defend.attacks.hallucination import HallucinationAttack, sampled_columns
 from defend.attacks.params import Param, by_name
 from defend.attacks.seg_fgsm import SegmentationFGSM
+from defend.data.lesion import add_lesion
 from defend.errors import DefendError
+from defend.matrix.measures import Hallucination
 
 
 def _seed_attack(name: str) -> Callable[..., np.ndarray]:
@@ -75,7 +78,6 @@ def _art_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
     """ART's PGD raising the task's loss: recon on the real parts of the sampled k-space
     (:func:`~defend.attacks.art_pgd.kspace_pgd`), images from one random start (ART starts
     at random only for classifiers: seg starts from the clean image)."""
-    from defend.attacks.art_pgd import art_pgd, kspace_pgd
 
     steps = int(params.get("steps", 10))
     np.random.seed(seed)  # ART's random start draws from numpy's global generator
@@ -96,7 +98,6 @@ def _noise(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
                       for p in positions]).astype(np.float32)  # fmt: skip
     if x.ndim == 5:
         from defend.attacks import HallucinationAttack
-        from defend.attacks.hallucination import sampled_columns
 
         xt = torch.as_tensor(x)
         columns = sampled_columns(xt, estimator).float()
@@ -112,9 +113,6 @@ def _real_feature(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | Non
     """k-space of the same slices with a real feature acquired in them: the hallucination
     attack's region (``params``: its region settings) at ``alpha`` x the range of the
     ground truth ``y`` (N, h, w), through the coils and the measured columns."""
-    from defend.attacks.hallucination import sampled_columns
-    from defend.data.lesion import add_lesion
-    from defend.matrix.measures import Hallucination
 
     feature = torch.as_tensor(Hallucination(estimator, params).feature(y))
     xt = torch.as_tensor(x).float()

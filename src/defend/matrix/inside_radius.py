@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from defend.attacks.art_pgd import art_pgd
 from defend.matrix.measures import Outputs
 
 #: PGD steps of eps / 4 each: enough to reach the radius from the clean input
@@ -48,7 +49,6 @@ def attack(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, y: np.nda
         the attacked inputs (the shape of ``x``); a sample without a certificate is left
         as it is.
     """
-    from defend.attacks.art_pgd import art_pgd
 
     radius = radii(defended, clean) * scale
     covered = np.flatnonzero(radius > 0)

@@ -31,8 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_curve
 
-from defend.attacks.hallucination import SUCCESS_STRENGTH
+from defend.attacks import HallucinationAttack
+from defend.attacks.hallucination import SUCCESS_STRENGTH, sampled_columns
+from defend.detect.evaluate import separation as scored
+from defend.kspace import zero_filled
+from defend.metrics import image_similarity, mask_dice_iou
 
 #: recon: net strength from which a hallucination counts as a success
 STRENGTH = SUCCESS_STRENGTH
@@ -117,12 +122,8 @@ def quality(task: str, y: np.ndarray, out: np.ndarray) -> np.ndarray:
     ground truth ``y``: recon SSIM, seg Dice (mean over labels present; NaN with none), cls 1
     if right else 0."""
     if task == "recon":
-        from defend.metrics import image_similarity
-
         return np.array([image_similarity(t, o)["ssim"] for t, o in zip(y, out, strict=True)])
     if task == "seg":
-        from defend.metrics import mask_dice_iou
-
         dice, _, nonempty = mask_dice_iou(torch.as_tensor(out), torch.as_tensor(y))
         count = nonempty.sum(1).float()
         mean = (dice * nonempty).sum(1) / count.clamp_min(1)
@@ -155,7 +156,6 @@ class Hallucination:
     """
 
     def __init__(self, estimator: Any, params: dict[str, Any]) -> None:
-        from defend.attacks import HallucinationAttack
 
         keep = ("region", "region_size", "region_center", "alpha")
         self.estimator = estimator
@@ -175,8 +175,6 @@ class Hallucination:
         """Per sample ``strength``, ``input_strength`` and ``net_strength`` (each (N,)) of
         resolved outputs ``clean``, ``adv`` (N, h, w) of k-space ``x``, ``x_adv``
         (N, coils, H, W, 2) (module doc)."""
-        from defend.attacks.hallucination import sampled_columns
-        from defend.kspace import zero_filled
 
         y0, y1 = torch.as_tensor(clean).float(), torch.as_tensor(adv).float()
         region = self.attack.regions(tuple(y0.shape[-2:]), len(y0), y0.device)
@@ -194,8 +192,6 @@ def zero_filled_images(estimator: Any, x: np.ndarray, shape: tuple[int, ...]) ->
     """(N, h, w) the zero-filled images of k-space ``x`` (N, coils, H, W, 2) on its measured
     columns, centre-cropped to ``shape`` (h, w): a recon defence's fallback where it
     abstains."""
-    from defend.attacks.hallucination import sampled_columns
-    from defend.kspace import zero_filled
 
     k = torch.as_tensor(x).float()
     return zero_filled(k * sampled_columns(k, estimator).to(k.dtype), shape).numpy()
@@ -204,7 +200,6 @@ def zero_filled_images(estimator: Any, x: np.ndarray, shape: tuple[int, ...]) ->
 def separation(clean_scores: np.ndarray, adv_scores: np.ndarray) -> float:
     """AUROC of detector scores, attacked samples (positives) against clean ones
     (:func:`defend.detect.evaluate.separation`'s)."""
-    from defend.detect.evaluate import separation as scored
 
     labels = np.r_[np.zeros(len(clean_scores)), np.ones(len(adv_scores))].astype(np.int64)
     return scored(labels, np.r_[clean_scores, adv_scores])["auroc"]
@@ -212,7 +207,6 @@ def separation(clean_scores: np.ndarray, adv_scores: np.ndarray) -> float:
 
 def roc_points(clean_scores: np.ndarray, adv_scores: np.ndarray) -> dict[str, list[float]]:
     """The ROC curve (``fpr``, ``tpr`` lists) of :func:`separation`, for the report."""
-    from sklearn.metrics import roc_curve
 
     labels = np.r_[np.zeros(len(clean_scores)), np.ones(len(adv_scores))]
     scores = np.nan_to_num(np.r_[clean_scores, adv_scores].astype(np.float64))

@@ -28,11 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from defend.errors import DefendError
 from defend.matrix.builds import Build, Builder, data_build
-from defend.matrix.cells import Cell
+from defend.matrix.cells import Cell, run_cell
+from defend.matrix.provenance import cell_paths, provenance
+from defend.matrix.results import write_cell
 from defend.matrix.rows import row_builds
 
 #: the GPUs a build (training) asks for where the driver sees CUDA (else none)
@@ -43,7 +46,6 @@ CELL_GPUS = 0.5
 
 def _gpus(share: float) -> float:
     """``share`` where the driver sees CUDA, else 0."""
-    import torch
 
     return share if torch.cuda.is_available() else 0.0
 
@@ -67,7 +69,6 @@ def levels(builds: list[Build]) -> list[list[Build]]:
 
 def _make(cache: Path, device: str | None, build: Build) -> str:
     """A Ray task: make one build (its needs are done)."""
-    import torch
 
     torch.set_num_threads(1)
     return str(Builder(cache, device, log=lambda _: None).make(build))
@@ -76,10 +77,6 @@ def _make(cache: Path, device: str | None, build: Build) -> str:
 def _cell(config: dict[str, Any], cell: Cell, cache: Path, device: str | None,
           out: Path) -> dict[str, Any]:  # fmt: skip
     """A Ray task: one cell's record (its builds are done)."""
-    import torch
-
-    from defend.matrix.cells import run_cell
-    from defend.matrix.provenance import cell_paths
 
     torch.set_num_threads(1)
     paths, data = cell_paths(config, cell, Builder(cache, device, log=lambda _: None))
@@ -143,8 +140,6 @@ def _needs(make: Any, build: Build) -> Any:
 
 def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder, out: Path,
            progress: bool) -> None:  # fmt: skip
-    from defend.matrix.provenance import provenance
-    from defend.matrix.results import write_cell
 
     task = ray.remote(num_cpus=1, num_gpus=_gpus(CELL_GPUS), max_retries=0)(_cell)
     pending = {task.remote(config, c, builder.cache, builder.device, out): c for c in todo}

@@ -31,6 +31,7 @@ from typing import Any
 
 from defend.intervals import Estimate, separated
 from defend.io import write_csv, write_json, write_text
+from defend.matrix.html import write_report
 from defend.matrix.outcomes import SHOWN, estimate
 
 CSV_COLUMNS = ("task", "model", "defence", "attack", "adaptive", "eps", "metric", "value",
@@ -196,7 +197,6 @@ def write_results(out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
         text += ["", "## failed cells", ""]
         text += [f"- `{r['id']}`: {r.get('error', '?')}" for r in failed]
     write_text(out / "matrix.md", "\n".join(text) + "\n")
-    from defend.matrix.html import write_report
 
     write_report(out, records, raised)
     write_json(out / "flags.json", raised)

@@ -19,9 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from defend.adaptive.eot import eot_estimator
+from defend.detect.detector import load_detector
+from defend.detect.inputs import input_detector_classifier, input_scores, input_threshold
+from defend.estimators import load_estimator
 from defend.matrix.builds import Build, data_build, denoiser_build, detector_build, model_build
 from defend.matrix.measures import Outputs, zero_filled_images
 from defend.metrics import predicted_masks
+from defend.smooth import smoothed, training_unit
+from defend.smooth.certify import EPS_IN
+from defend.smooth.denoiser import load_denoiser
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,6 @@ class System:
         """The smoothed model's EOT estimator (the adaptive attacker's view); ``frozen``:
         the same ``draws`` noise images for every query (a black-box attacker's
         deterministic estimate, :mod:`defend.adaptive.eot`)."""
-        from defend.adaptive.eot import eot_estimator
 
         torch.manual_seed(seed)
         frozen_seed = seed if frozen else None
@@ -111,7 +117,6 @@ class System:
 
 def system(config: dict[str, Any], row: Row, paths: dict[str, Path]) -> System:
     """The defended model of ``row`` from its built ``paths`` (:func:`row_builds`' keys)."""
-    from defend.estimators import load_estimator
 
     device = config_device(config)
     estimator = load_estimator(paths["model"], device=device)
@@ -140,8 +145,6 @@ def base_outputs(task: str, estimator: Any, x: np.ndarray) -> Outputs:
 
 def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
                    device: str | None) -> None:  # fmt: skip
-    from defend.smooth import smoothed, training_unit
-    from defend.smooth.denoiser import load_denoiser
 
     task, s = out.task, config["smoothing"]
     out.denoiser = load_denoiser(paths["denoiser"], paths["model"]) if "denoiser" in paths else None
@@ -181,13 +184,10 @@ def smoothed_output(task: str, smooth: Any, x: np.ndarray, n: int, s: dict[str, 
 def _add_detector(out: System, path: Path, device: str | None) -> None:
     out.detector_path = path
     if out.task == "recon":
-        from defend.detect.detector import load_detector
-
         detector = load_detector(path, device=device)
         out.scores = lambda x, outputs: detector.score(x, outputs.values)
         out.threshold = detector.threshold
         return
-    from defend.detect.inputs import input_detector_classifier, input_scores, input_threshold
 
     classifier = input_detector_classifier(path, device=device)
     out.scores = lambda x, _: input_scores(classifier, x)
@@ -205,7 +205,6 @@ def certificates(system: System, config: dict[str, Any], x: np.ndarray, y: np.nd
         bool, ``eps_in`` (E,) the grid of input radii (the noise's units), ``eps_out``
         (N, E) the bounds (inf where none).
     """
-    from defend.smooth.certify import EPS_IN
 
     s, seed, smooth = config["smoothing"], config["run"]["seed"], system.smooth
     found: dict[str, list] = {}

@@ -46,6 +46,7 @@ from defend.matrix.provenance import (
     check_merge,
     provenance,
 )
+from defend.matrix.ray_engine import run_ray
 from defend.matrix.results import read_cells, write_cell, write_results
 from defend.matrix.rows import config_device
 
@@ -106,8 +107,6 @@ def run_matrix(
     log(f"matrix: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     builder = Builder(Path(cache) if cache else out.parent / "cache", config_device(config), log)
     if engine == "ray":
-        from defend.matrix.ray_engine import run_ray
-
         run_ray(config, todo, builder, out, address, progress, log, num_cpus=workers)
     else:
         _run_local(config, todo, builder, out, progress)

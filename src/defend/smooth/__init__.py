@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from defend.attacks.torch_attack import torch_forward
+from defend.estimators import ReconEstimator, SegEstimator, load_estimator
+from defend.io import load_checkpoint
 from defend.smooth.core import (
     CenterSmoothing,
     KspaceNoise,
@@ -23,6 +26,7 @@ from defend.smooth.core import (
     SmoothSegmenter,
     kspace_noise,
 )
+from defend.smooth.denoiser import load_denoiser
 from defend.smooth.unit import training_unit
 
 __all__ = [
@@ -40,7 +44,6 @@ Smoothed = SmoothClassifier | SmoothSegmenter | CenterSmoothing
 
 
 def _task(estimator: Any) -> str:
-    from defend.estimators import ReconEstimator, SegEstimator
 
     if isinstance(estimator, ReconEstimator):
         return "recon"
@@ -66,7 +69,6 @@ def smoothed(
             denoiser's (:func:`defend.smooth.core.kspace_noise`).
         options: for reconstruction, :class:`CenterSmoothing`'s ``delta``.
     """
-    from defend.attacks.torch_attack import torch_forward
 
     forward = torch_forward(estimator)
     if forward is None:
@@ -101,14 +103,10 @@ def load_smoothed(
     ``defend train denoiser`` checkpoint or a module), for ``predict`` and ``certify``
     (``options``: :func:`smoothed`'s). Reconstruction: the k-space unit is ``unit``, else
     :func:`training_unit` of ``data``'s training split, else the denoiser's."""
-    from defend.estimators import load_estimator
-    from defend.io import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     estimator = load_estimator(ckpt, device=device)
     if denoiser is not None and not isinstance(denoiser, nn.Module):
-        from defend.smooth.denoiser import load_denoiser
-
         denoiser = load_denoiser(denoiser, ckpt)
     if unit is None and data is not None and ckpt["task"] == "recon":
         unit = training_unit(data, ckpt)

@@ -80,15 +80,8 @@ def sampled(batch: Batch) -> torch.Tensor:
     return mask.reshape(len(mask), 1, 1, mask.shape[-2], 1).to(batch["input"].dtype)
 
 
-def kspace_pgd(
-    task: Task,
-    model: nn.Module,
-    batch: Batch,
-    budget: KspaceBudget,
-    steps: int,
-    step: float,
-    loss: AttackLoss | None = None,
-) -> torch.Tensor:
+def kspace_pgd(task: Task, model: nn.Module, batch: Batch, budget: KspaceBudget, steps: int,
+               step: float, loss: AttackLoss | None = None) -> torch.Tensor:  # fmt: skip
     """PGD on the sampled k-space raising ``loss`` (default: the reconstruction error to the
     ground truth, the task's loss).
 
@@ -167,16 +160,9 @@ def hallucination_attack(
     )
 
 
-def hallucinate(
-    task: Task,
-    model: nn.Module,
-    batch: Batch,
-    budget: KspaceBudget,
-    steps: int,
-    step: float,
-    kinds: tuple[str, ...] = REGIONS,
-    alpha: tuple[float, float] = (0.15, 0.6),
-) -> torch.Tensor:
+def hallucinate(task: Task, model: nn.Module, batch: Batch, budget: KspaceBudget, steps: int,
+                step: float, kinds: tuple[str, ...] = REGIONS,
+                alpha: tuple[float, float] = (0.15, 0.6)) -> torch.Tensor:  # fmt: skip
     """:class:`~defend.attacks.HallucinationAttack` on a recon batch, at a random region
     (kind from ``kinds``, random size and position, :func:`random_regions`) and a random
     contrast (uniform in ``alpha``, either sign) per sample.
