@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+# the library is imported inside each command: start-up without torch (defend.cli)
 from defend.adaptive.evade_params import EVADING_HALLUCINATION
 from defend.attacks.declared import DECLARED
 from defend.attacks.params import Param, by_name

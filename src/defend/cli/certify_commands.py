@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+# the library is imported inside each command: start-up without torch (defend.cli)
 from defend.cli.app import PROGRESS, app, signature
 
 #: the options of ``defend certify``, in the order --help shows them: name -> (type, option)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+# the library is imported inside each command: start-up without torch (defend.cli)
 from defend.cli.app import PROGRESS, app
 
 data_app = typer.Typer(help="Built-in synthetic data.", no_args_is_help=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+# the library is imported inside each command: start-up without torch (defend.cli)
 from defend.cli.app import app, format_metrics
 
 

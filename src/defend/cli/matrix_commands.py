@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+# the library is imported inside each command: start-up without torch (defend.cli)
 from defend.cli.app import PROGRESS, app
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+# the library is imported inside each command: start-up without torch (defend.cli)
 from defend.cli.app import PROGRESS, app, check_model_options, format_metrics, signature
 from defend.errors import DefendError
 

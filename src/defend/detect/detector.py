@@ -329,7 +329,6 @@ class Detector:
 
 def load_detector(path: str | os.PathLike, device: str | None = None) -> Detector:
     """The detector of a ``defend train detector`` checkpoint."""
-    from defend.io import load_checkpoint
 
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "detector":

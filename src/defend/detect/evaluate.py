@@ -161,7 +161,6 @@ def evaluate_detector(
 
 def _plot_roc(path: Path, labels: np.ndarray, methods: dict[str, np.ndarray], mask: np.ndarray):
     """ROC curves of every method on one group (hallucinations against the negatives)."""
-    from sklearn.metrics import roc_curve
 
     curves = {}
     for name, scores in methods.items():
@@ -190,7 +189,6 @@ def detect_eval(
             model it guards. data_dir: the data folder. detection_data: the detection data
             folder (default: the detector's, ``DET.data``).
     """
-    from defend.io import check_writable, load_checkpoint
 
     check_writable(out, "dir")
     ckpt = load_checkpoint(detector)

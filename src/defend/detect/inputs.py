@@ -56,7 +56,14 @@ from defend.device import seed_everything
 from defend.errors import CheckpointError, DefendError
 from defend.estimators import load_estimator
 from defend.estimators.cls import make_classifier
-from defend.io import check_writable, file_sha256, load_checkpoint, write_json, write_npz
+from defend.io import (
+    check_writable,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+    write_npz,
+)
 from defend.tasks import Batch, Task
 from defend.train import TrainConfig
 from defend.train.loop import best_path, fit, run_config
@@ -293,7 +300,6 @@ def train_input_detector(
     Returns:
         The per-epoch history (validation AUROC and accuracy).
     """
-    from defend.io import check_writable
 
     if not 0 < fpr < 1:
         raise DefendError(f"--fpr must be in (0, 1), got {fpr}")
@@ -335,7 +341,6 @@ def calibrate_input_detector(path: Path, val: dict[str, np.ndarray], fpr: float)
     of the clean images of ``val`` (the validation split of the input-detection data; its
     attacked images play no part), rewritten atomically. The false-positive rate it keeps on
     images it never saw is :func:`evaluate_input_detector`'s on the test split."""
-    from defend.io import load_checkpoint, save_checkpoint
 
     clean = val["attack"] == ""
     threshold = threshold_at_fpr(input_scores(input_detector_classifier(path), val["image"][clean]),
@@ -350,7 +355,6 @@ def calibrate_input_detector(path: Path, val: dict[str, np.ndarray], fpr: float)
 def input_threshold(path: str | os.PathLike) -> float:
     """The calibrated score threshold of an input detector checkpoint (0, ART's argmax, for
     a checkpoint trained before calibration existed)."""
-    from defend.io import load_checkpoint
 
     return float(load_checkpoint(path).get("calibration", {}).get("threshold", 0.0))
 
@@ -358,7 +362,6 @@ def input_threshold(path: str | os.PathLike) -> float:
 def input_detector_classifier(path: str | os.PathLike, device: str | None = None) -> Any:
     """A trained input detector as ART's ``PyTorchClassifier`` (2 classes: clean,
     adversarial; inputs (N, C, H, W) in [0, 1]), what ``BinaryInputDetector`` takes."""
-    from defend.io import load_checkpoint
 
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "input-detector":
@@ -386,8 +389,6 @@ def evaluate_input_detector(
     split's clean images: on the test split (the default) images that calibration, made on
     the clean images of split ``calibration_split`` (``calibration_negatives`` of them),
     never saw (``held_out``)."""
-
-    from defend.io import load_checkpoint
 
     arrays = load_input_detection_data(folder, split)
     report, flagged = load_input_detector(detector).detect(arrays["image"], batch_size=64)

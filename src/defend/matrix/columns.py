@@ -97,8 +97,6 @@ def _noise(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
     signs = np.stack([np.random.default_rng([seed, int(p)]).choice([-1.0, 1.0], x.shape[1:])
                       for p in positions]).astype(np.float32)  # fmt: skip
     if x.ndim == 5:
-        from defend.attacks import HallucinationAttack
-
         xt = torch.as_tensor(x)
         columns = sampled_columns(xt, estimator).float()
         bound = HallucinationAttack(estimator, eps=1.0).budget.bound(xt, columns).numpy()
