@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "defend"
 #: the layers, lowest first; a module may import its own layer's packages and lower ones
 LAYERS = (
     {"errors", "io", "device", "cpu_kernels", "intervals", "metrics", "losses", "plots",
-     "kspace"},
+     "kspace", "plugins"},
     {"tasks"},
     {"models"},
     {"data"},

@@ -19,7 +19,7 @@ import torch
 
 from defend import plots
 from defend.adaptive.eot import eot_estimator
-from defend.adaptive.registry import ATTACKS
+from defend.adaptive.registry import all_attacks
 from defend.attacks.apply import attack_groups, attack_warnings, make_attack, summarise
 from defend.data import load_groups
 from defend.data.arrays import every_kth, task_root
@@ -78,7 +78,7 @@ def run_attack(
     widths and coil counts: see :func:`attack_groups`).
 
     Args:
-        name: a key of :data:`defend.adaptive.ATTACKS` (``hallucination``,
+        name: a key of :func:`defend.adaptive.registry.all_attacks` (``hallucination``,
             ``hallucination-evade``, ``seg-fgsm``, ``dgde``).
         checkpoint: a ``defend train`` checkpoint of the attack's task.
         data_dir: data folder (``defend data synth`` output or real data).
@@ -100,9 +100,10 @@ def run_attack(
     if smooth is not None:
         seed = (params or {}).get("seed", 0)
         estimator = _smoothed_estimator(estimator, ckpt, smooth, seed, data_dir)
-    make_attack(name, estimator, params, ATTACKS)  # bad parameters fail before data loads
+    registry = all_attacks()
+    make_attack(name, estimator, params, registry)  # bad parameters fail before data loads
     groups = _load_samples(data_dir, task, split, n, skip, ckpt)
-    results = attack_groups(name, estimator, groups, params, ATTACKS)
+    results = attack_groups(name, estimator, groups, params, registry)
     rows = sorted((row for r in results for row in r["rows"]), key=lambda row: row["index"])
     summary = summarise([{k: v for k, v in row.items() if k != "index"} for row in rows])
     files = _write_outputs(name, Path(out), results, rows, ckpt, figure_samples, save_adversarial)
@@ -117,13 +118,14 @@ def _check_request(name: str, n: int, skip: int, device: str | None, out: Any) -
     """The task of attack ``name`` (whose checkpoints it attacks), once the checks made before
     anything is read pass: a known attack, ``n`` and ``skip`` >= 1, a device there is and an
     ``out`` folder that can be written (else a one-line :class:`DefendError`)."""
-    if name not in ATTACKS:
-        raise DefendError(f"unknown attack '{name}': choose one of {', '.join(ATTACKS)}")
+    registry = all_attacks()
+    if name not in registry:
+        raise DefendError(f"unknown attack '{name}': choose one of {', '.join(registry)}")
     if n < 1 or skip < 1:
         raise DefendError(f"--n and --skip must be >= 1, got {n}, {skip}")
     pick_device(device)  # device and output first: refused before anything is read
     check_writable(out, "dir")
-    return ATTACKS[name].task
+    return registry[name].task
 
 
 def _load_samples(

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from defend.errors import DefendError
+
 #: attack name -> (module, class); the modules import ART, so they load on first use
 _CLASSES = {
     "TorchAttack": "torch_attack",
@@ -40,6 +42,44 @@ _ATTACKS = {
     "seg-fgsm": ("SegmentationFGSM", "seg"),
     "dgde": ("DGDE", "cls"),
 }
+#: the attacks :func:`register_attack` added (plugins), by name
+_REGISTERED: dict[str, RegisteredAttack] = {}
+#: names an attack may not take: the built-in attacks, the matrix's other columns and the
+#: adaptive ones
+RESERVED = (*_ATTACKS, "hallucination-evade", "seg-pgd", "art-pgd", "noise", "real-feature",
+            "inside-radius", "evade")  # fmt: skip
+TASKS = ("recon", "seg", "cls")
+
+
+def register_attack(name: str, attack: type, task: str) -> None:
+    """Add your own attack under ``name``, for ``task``'s checkpoints.
+
+    ``attack`` is a :class:`TorchAttack` subclass (``_generate_batch`` and its ``PARAMS``,
+    :mod:`defend.attacks.params`). Registered, it is ``defend attack NAME`` (an option per
+    parameter with ``cli=True``; load the module through ``DEFEND_PLUGINS``,
+    :mod:`defend.plugins`), an attack of :func:`defend.attacks.apply.attack_arrays` and
+    ``defend.adaptive.run_attack``, and a column of the matrix for ``task`` (one cell per
+    eps when it declares ``eps``; its ``[attack.NAME]`` section is checked against its
+    parameters; in the task's default ``attacks``). Registering the same class again under
+    the same name does nothing; anything else under a taken name is refused.
+    """
+    from defend.attacks.torch_attack import TorchAttack  # ART: only once an attack is added
+
+    if task not in TASKS:
+        raise DefendError(f"register_attack: task must be one of {', '.join(TASKS)}, got {task!r}")
+    if not (isinstance(attack, type) and issubclass(attack, TorchAttack)):
+        raise DefendError(f"register_attack: {attack!r} is not a TorchAttack subclass")
+    known = _REGISTERED.get(name)
+    if name in RESERVED or (known is not None and known != RegisteredAttack(attack, task)):
+        raise DefendError(f"register_attack: the name '{name}' is taken")
+    _REGISTERED[name] = RegisteredAttack(attack, task)
+
+
+def registered_attacks() -> dict[str, RegisteredAttack]:
+    """The attacks :func:`register_attack` added, by name (without importing the built-in
+    ones: the command line reads this at start-up)."""
+    return dict(_REGISTERED)
+
 
 __all__ = [
     "ATTACKS",
@@ -49,17 +89,21 @@ __all__ = [
     "SegmentationFGSM",
     "TorchAttack",
     "region_mask",
+    "register_attack",
+    "registered_attacks",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """The attack classes and ``ATTACKS`` (CLI name -> :class:`RegisteredAttack`), imported
+    """The attack classes and ``ATTACKS`` (CLI name -> :class:`RegisteredAttack`: the built-in
+    attacks and the registered ones), imported
     on first use so that ``defend.attacks.budget`` and ``.region`` load without ART."""
     import importlib
 
     if name in _CLASSES:
         return getattr(importlib.import_module(f"defend.attacks.{_CLASSES[name]}"), name)
     if name == "ATTACKS":
-        return {key: RegisteredAttack(__getattr__(cls), task)
-                for key, (cls, task) in _ATTACKS.items()}  # fmt: skip
+        built_in = {key: RegisteredAttack(__getattr__(cls), task)
+                    for key, (cls, task) in _ATTACKS.items()}  # fmt: skip
+        return {**built_in, **_REGISTERED}
     raise AttributeError(f"module 'defend.attacks' has no attribute '{name}'")

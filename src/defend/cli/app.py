@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import typer
@@ -73,6 +74,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     )
 
 
+#: run by :func:`main` before the app parses anything (errors as one line): e.g. the plugins'
+#: attack commands (:func:`defend.cli.attack_commands.add_registered`)
+BEFORE_RUN: list[Callable[[], None]] = []
+
 DEVICE = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present).")
 
 INTERRUPTED = "interrupted: rerun the same command to resume"
@@ -106,6 +111,8 @@ def main() -> None:
     standalone mode (exit 2); ``--help`` returns 0.
     """
     try:
+        for step in BEFORE_RUN:
+            step()
         code = app(standalone_mode=False)
     except DefendError as exc:
         typer.echo(f"error: {exc}", err=True)

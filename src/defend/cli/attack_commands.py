@@ -13,7 +13,7 @@ import typer
 from defend.adaptive.evade_params import EVADING_HALLUCINATION
 from defend.attacks.declared import DECLARED
 from defend.attacks.params import Param, by_name
-from defend.cli.app import DEVICE, PROGRESS, app
+from defend.cli.app import BEFORE_RUN, DEVICE, PROGRESS, app
 from defend.errors import DefendError
 
 #: the adaptive attacks ``defend attack`` offers through an option of a plain one
@@ -110,11 +110,14 @@ def _param_option(param: Param) -> inspect.Parameter:
                              annotation=kind)  # fmt: skip
 
 
-def _attack_command(name: str, summary: str, adaptive: str | None = None) -> None:
+def _attack_command(name: str, summary: str, adaptive: str | None = None,
+                    declared_params: tuple[Param, ...] | None = None) -> None:  # fmt: skip
     """Register ``defend attack NAME``: the common options, then the attack's declared
-    parameters (:mod:`defend.attacks.params`); with ``adaptive``, also that attack's own
-    parameters, whose ``detector`` switches to it (``--evade DET.pt``)."""
-    declared = by_name(DECLARED[name])
+    parameters (:mod:`defend.attacks.declared`, or ``declared_params`` for a registered
+    attack); with ``adaptive``, also that attack's own parameters, whose ``detector``
+    switches to it (``--evade DET.pt``)."""
+    declared = by_name(DECLARED[name] if declared_params is None else declared_params)
+    own = dict(declared)
     if adaptive is not None:
         declared = {**declared, **by_name(ADAPTIVE[adaptive])}
     params = [p for p in declared.values() if p.cli]
@@ -128,7 +131,7 @@ def _attack_command(name: str, summary: str, adaptive: str | None = None) -> Non
             declared[key].check(value)
         chosen = adaptive if adaptive and given.get("detector") is not None else name
         if chosen == name:
-            given = {k: v for k, v in given.items() if k in by_name(DECLARED[name])}
+            given = {k: v for k, v in given.items() if k in own}
         _run_attack(chosen, common, given, progress)
 
     fixed = [
@@ -147,3 +150,24 @@ _attack_command("hallucination", "Masked iterative FGSM in k-space: make a recon
                 adaptive="hallucination-evade")  # fmt: skip
 _attack_command("seg-fgsm", "FGSM / PGD against a segmentation model (Wang & Xu).")
 _attack_command("dgde", "DGDE: black-box few-pixel differential evolution on a classifier.")
+
+
+def add_registered() -> list[str]:
+    """Load the plugins (``DEFEND_PLUGINS``, :mod:`defend.plugins`) and add ``defend attack
+    NAME`` for every attack registered since start-up (:func:`defend.attacks.register_attack`);
+    returns the names added. :func:`defend.cli.app.main` runs it before parsing."""
+    from defend.attacks import registered_attacks
+    from defend.plugins import load_plugins
+
+    load_plugins()
+    known = {info.name for info in attack_app.registered_commands}
+    added = []
+    for name, entry in registered_attacks().items():
+        if name not in known:
+            summary = (entry.attack.__doc__ or name).strip().splitlines()[0]
+            _attack_command(name, summary, declared_params=entry.attack.PARAMS)
+            added.append(name)
+    return added
+
+
+BEFORE_RUN.append(add_registered)

@@ -55,11 +55,12 @@ import numpy as np
 import torch
 
 from defend import intervals
+from defend.attacks import registered_attacks
 from defend.data import load_arrays
 from defend.io import write_npz
 from defend.kspace import zero_filled
 from defend.matrix import inside_radius, measures, outcomes
-from defend.matrix.columns import ATTACKS, EVADING, GRADIENT
+from defend.matrix.columns import ATTACKS, EVADING, GRADIENT, column
 from defend.matrix.measures import Outputs
 from defend.matrix.outcomes import AttackSpec
 from defend.matrix.rows import Row, certificates, rows, system
@@ -104,7 +105,7 @@ def plan(config: dict[str, Any]) -> list[Cell]:
                     cells += [Cell(row, attack)] if row.smoothing else []
                     continue
                 for adaptive in _variants(config, row, attack):
-                    takes_eps = ATTACKS[attack].takes_eps
+                    takes_eps = column(attack).takes_eps
                     for eps in config[task]["eps"] if takes_eps else [None]:
                         cells.append(Cell(row, attack, adaptive, eps))
     return cells
@@ -128,7 +129,8 @@ def cell_params(config: dict[str, Any], cell: Cell, paths: dict[str, Path]) -> d
         params = {**params, **config["attack"]["evade"], "detector": str(paths["detector"])}
     if cell.attack == "real-feature":  # the hallucination attack's feature, as a real one
         params = dict(config["attack"]["hallucination"])
-    if cell.attack in ("hallucination", "seg-fgsm", "seg-pgd", "dgde"):
+    seeded = ("hallucination", "seg-fgsm", "seg-pgd", "dgde", *registered_attacks())
+    if cell.attack in seeded:
         params["seed"] = config["run"]["seed"]
     if cell.attack == "dgde" and cell.adaptive == "eot":
         # pruning to the fewest pixels that flip the fixed-draw estimate lands on its
@@ -215,7 +217,7 @@ def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
         samples = judge(x_adv, adv_out)
         samples.update(inside_radius.outcomes(defended, clean, x, adv_out))
         return x_adv, adv_out, samples
-    plain = AttackSpec(ATTACKS[cell.attack].run, defended.estimator,
+    plain = AttackSpec(column(cell.attack).run, defended.estimator,
                        cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
     if cell.adaptive != "none":
         tries = [_adaptive(config, cell, defended, paths), plain]

@@ -29,6 +29,7 @@ import torch
 
 from defend.adaptive.evading_hallucination import EvadingHallucination
 from defend.adaptive.evading_pgd import EvadingPGD
+from defend.attacks import registered_attacks
 from defend.attacks.apply import attack_arrays
 from defend.attacks.art_pgd import art_pgd, kspace_pgd
 from defend.attacks.dgde import DGDE
@@ -38,6 +39,7 @@ from defend.attacks.seg_fgsm import SegmentationFGSM
 from defend.data.lesion import add_lesion
 from defend.errors import DefendError
 from defend.matrix.measures import Hallucination
+from defend.plugins import load_plugins
 
 
 def _seed_attack(name: str) -> Callable[..., np.ndarray]:
@@ -158,10 +160,34 @@ SECTIONS: dict[str, dict[str, Param]] = {
 }  # fmt: skip
 
 
+def column(name: str) -> Column:
+    """The column called ``name``: one of :data:`ATTACKS` or a registered attack
+    (:func:`defend.attacks.register_attack`; the plugins are loaded if it is not yet
+    registered, as in a fresh Ray worker), run as the seed attacks are."""
+    if name in ATTACKS:
+        return ATTACKS[name]
+    entry = registered_attacks().get(name)
+    if entry is None:
+        load_plugins()
+        entry = registered_attacks().get(name)
+    if entry is None:
+        raise DefendError(f"unknown attack column '{name}' (is its plugin in DEFEND_PLUGINS?)")
+    return Column(_seed_attack(name), "eps" in by_name(entry.attack.PARAMS))
+
+
+def section_params(name: str) -> dict[str, Param]:
+    """The parameters ``[attack.NAME]`` may set (:data:`SECTIONS`, or a registered attack's
+    declared ones but eps, seed and verbose)."""
+    if name in SECTIONS:
+        return SECTIONS[name]
+    params = by_name(registered_attacks()[name].attack.PARAMS)
+    return {k: p for k, p in params.items() if k not in ("eps", "seed", "verbose")}
+
+
 def check_section(name: str, section: dict[str, Any]) -> None:
     """Raise a one-line :class:`DefendError` unless every key of ``[attack.NAME]`` is a
     declared parameter of that column with an allowed value."""
-    declared = SECTIONS[name]
+    declared = section_params(name)
     for key, value in section.items():
         if key not in declared:
             known = ", ".join(declared) or "none"

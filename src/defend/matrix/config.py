@@ -22,8 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from defend.attacks import registered_attacks
 from defend.errors import DefendError
 from defend.matrix.columns import check_section
+from defend.plugins import load_plugins
 
 PRESETS = ("smoke", "quick", "paper")
 TASKS = ("recon", "seg", "cls")
@@ -36,6 +38,15 @@ TASK_ATTACKS = {
     "seg": ("seg-fgsm", "seg-pgd", "art-pgd", "noise", "inside-radius"),
     "cls": ("dgde", "art-pgd", "noise", "inside-radius"),
 }
+
+
+def task_attacks(task: str) -> tuple[str, ...]:
+    """The attacks ``task``'s ``attacks`` may list: :data:`TASK_ATTACKS` and the attacks
+    registered for it (:func:`defend.attacks.register_attack`; not in the defaults)."""
+    plugins = (name for name, entry in registered_attacks().items() if entry.task == task)
+    return (*TASK_ATTACKS[task], *plugins)
+
+
 HARDENING = {"recon": ("hallucination", "pgd"), "seg": ("pgd", "fgsm-rs", "trades"),
              "cls": ("pgd", "fgsm-rs", "trades")}  # fmt: skip
 
@@ -113,6 +124,7 @@ def load_config(source: str | os.PathLike | None = None) -> dict[str, Any]:
             or has a bad value (one line naming the key and the file).
     """
     path = preset_path(str(source or "quick")) if _is_preset(source) else Path(source)
+    load_plugins()  # a plugin's attacks may be listed
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as error:
@@ -209,9 +221,10 @@ def check_values(config: dict[str, Any], path: Path) -> None:
             raise bad(f"smoothing.{key}", f"must be in (0, {high}), got {config['smoothing'][key]}")
     if config["detector"]["epochs"] < 1:
         raise bad("detector.epochs", f"must be >= 1, got {config['detector']['epochs']}")
+    known = [*DEFAULTS["attack"], *registered_attacks()]
     for name, section in config["attack"].items():
-        if name not in DEFAULTS["attack"]:
-            raise bad(f"attack.{name}", f"is not an attack: choose {', '.join(DEFAULTS['attack'])}")
+        if name not in known:
+            raise bad(f"attack.{name}", f"is not an attack: choose {', '.join(known)}")
         try:
             check_section(name, section)
         except DefendError as error:
@@ -219,7 +232,7 @@ def check_values(config: dict[str, Any], path: Path) -> None:
 
 
 def _check_task(section: dict[str, Any], task: str, bad: Any) -> None:
-    for key, choices in (("defences", DEFENCE_KINDS), ("attacks", TASK_ATTACKS[task]),
+    for key, choices in (("defences", DEFENCE_KINDS), ("attacks", task_attacks(task)),
                          ("hardening", HARDENING[task])):  # fmt: skip
         for value in section[key]:
             if value not in choices:
