@@ -439,15 +439,14 @@ def test_attack_progress_is_the_attack_verbose(flag, verbose, monkeypatch, tmp_p
 def fake_model_steps(monkeypatch) -> list[str]:
     """Replace synthesis, training and attacks by stubs that record what they were asked."""
     calls: list[str] = []
-    monkeypatch.setattr(defend.data, "synthesize", lambda out, **k: calls.append(f"synth {k}"))
+    fixtures = defend.bench.fixtures  # the names it imported
+    monkeypatch.setattr(fixtures, "synthesize", lambda out, **k: calls.append(f"synth {k}"))
     monkeypatch.setattr(
-        defend.train, "train_model", lambda task, d, out, **k: calls.append(f"train {out.name}")
+        fixtures, "train_model", lambda task, d, out, **k: calls.append(f"train {out.name}")
     )
-    monkeypatch.setattr(defend.io, "load_checkpoint", lambda path: {"metrics": {}})
+    monkeypatch.setattr(fixtures, "load_checkpoint", lambda path: {"metrics": {}})
     monkeypatch.setattr(
-        defend.adaptive.runner,
-        "run_attack",
-        lambda *a, **k: calls.append("attack") or {"summary": {}},
+        fixtures, "run_attack", lambda *a, **k: calls.append("attack") or {"summary": {}}
     )
     return calls
 

@@ -88,3 +88,9 @@ def test_a_taken_name_is_refused(toy_registry):
         defend.attacks.register_attack("dgde", ToySign, "cls")
     with pytest.raises(DefendError, match="task must be one of"):
         defend.attacks.register_attack("toy-2", ToySign, "audio")
+
+    class Unspecified(ToySign):
+        _estimator_requirements = None
+
+    with pytest.raises(DefendError, match="names no _estimator_requirements"):
+        defend.attacks.register_attack("toy-3", Unspecified, "cls")

@@ -142,7 +142,7 @@ def plot_pixels(
         axes[i, 1].imshow(adv, cmap="gray", vmin=0, vmax=1)
         rows, cols = np.nonzero(np.abs(image_adv[i] - image[i]).max(0) > 0)
         axes[i, 1].scatter(cols, rows, s=40, facecolors="none", edgecolors="red", linewidths=0.8)
-        if scores:
+        if scores and {"label", "p_true_clean", "p_true"} <= set(scores[i]):  # DGDE's report
             s = scores[i]
             label = classes[int(s["label"])] if classes else int(s["label"])
             axes[i, 0].set_title(f"{label}: p={s['p_true_clean']:.2f}", fontsize=8)

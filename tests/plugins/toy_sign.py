@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from art.estimators.classification.classifier import ClassifierMixin
+from art.estimators.estimator import BaseEstimator
 
 from defend.attacks import register_attack
 from defend.attacks.params import COMMON, Param
@@ -20,6 +22,7 @@ from defend.attacks.torch_attack import Attacked, SampleRNG, TorchAttack, clip_r
 class ToySign(TorchAttack):
     """One signed-gradient step raising a classifier's cross-entropy (a toy FGSM)."""
 
+    _estimator_requirements = (BaseEstimator, ClassifierMixin)  # what ART checks it gets
     PARAMS = COMMON + (
         Param("eps", 8 / 255, "l-inf budget", float, "[0, 1] pixel units", low=0, high=1,
               open_low=True),

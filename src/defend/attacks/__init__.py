@@ -69,6 +69,9 @@ def register_attack(name: str, attack: type, task: str) -> None:
         raise DefendError(f"register_attack: task must be one of {', '.join(TASKS)}, got {task!r}")
     if not (isinstance(attack, type) and issubclass(attack, TorchAttack)):
         raise DefendError(f"register_attack: {attack!r} is not a TorchAttack subclass")
+    if not getattr(attack, "_estimator_requirements", None):
+        raise DefendError(f"register_attack: {attack.__name__} names no _estimator_requirements "
+                          "(the ART estimator kinds it attacks)")  # fmt: skip
     known = _REGISTERED.get(name)
     if name in RESERVED or (known is not None and known != RegisteredAttack(attack, task)):
         raise DefendError(f"register_attack: the name '{name}' is taken")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from defend.attacks import ATTACKS
+import defend.attacks
 from defend.attacks.torch_attack import TorchAttack
 from defend.errors import DefendError
 
@@ -60,7 +60,7 @@ def make_attack(
 ) -> TorchAttack:
     """The attack called ``name`` on ``estimator``: a key of ``registry`` (default
     :data:`defend.attacks.ATTACKS`; :data:`defend.adaptive.ATTACKS` adds the adaptive ones)."""
-    registry = ATTACKS if registry is None else registry
+    registry = defend.attacks.ATTACKS if registry is None else registry  # plugins included
     if name not in registry:
         raise DefendError(f"unknown attack '{name}': choose one of {', '.join(registry)}")
     return registry[name].attack(estimator, **dict(params or {}))
