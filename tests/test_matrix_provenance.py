@@ -22,7 +22,8 @@ from defend.io import write_json
 from defend.matrix import load_config, provenance, report, run_matrix
 from defend.matrix import run as matrix_run
 from defend.matrix.builds import data_build, model_build
-from defend.matrix.cells import plan
+from defend.matrix.cells import new_record, plan
+from defend.matrix.record import CellRecord
 from defend.matrix.results import write_cell
 from entry import defend_main
 
@@ -45,11 +46,11 @@ def _folder(path: Path, config: dict, task: str = "cls", count: int = 2) -> list
     write_json(path / "config.json", config)
     cells = [c for c in plan(config) if c.row.task == task][:count]
     for cell in cells:
-        record = {"id": cell.id, "task": task, "model": cell.row.model,
-                  "defence": cell.row.defence, "attack": cell.attack, "adaptive": cell.adaptive,
-                  "eps": cell.eps, "status": "ok", "metrics": {"success": 0.5}, "n": 2,
-                  "seconds": 0.1}  # fmt: skip
-        write_cell(path, {**record, **provenance.provenance(config, cell)})
+        record = CellRecord(id=cell.id, task=task, model=cell.row.model,
+                            defence=cell.row.defence, attack=cell.attack,
+                            adaptive=cell.adaptive, eps=cell.eps, status="ok",
+                            metrics={"success": 0.5}, n=2, seconds=0.1)  # fmt: skip
+        write_cell(path, record, provenance.provenance(config, cell))
     return [c.id for c in cells]
 
 
@@ -114,14 +115,14 @@ def test_resume_refuses_cells_of_changed_data_path_files(tiny_data, tmp_path):
     out = tmp_path / "run"
     [first] = _folder(out, config, count=1)
     cell = next(c for c in plan(config) if c.id == first)
-    record = json.loads((out / "cells" / f"{first}.json").read_text())
+    record = CellRecord.from_json(json.loads((out / "cells" / f"{first}.json").read_text()))
     provenance.check_kept(out, config, [(cell, record)])  # this run's own record passes
     with h5py.File(next((data / "train").glob("*.h5")), "r+") as f:
         f["kspace"][0, 0, 0, 0] += 1
     _bump(next((data / "train").glob("*.h5")))
     with pytest.raises(DefendError, match=r"other builds than this run's \(data, model differ"):
         run_matrix(config, out, cache=tmp_path / "cache", progress=False, log=_quiet)
-    record["config_hash"] = "0" * 16
+    record.config_hash = "0" * 16
     with pytest.raises(DefendError, match="another configuration than"):
         provenance.check_kept(out, config, [(cell, record)])
 
@@ -131,7 +132,7 @@ def test_local_engine_stamps_each_record(tmp_path, monkeypatch):
     config = load_config("smoke")
     cell = next(c for c in plan(config) if c.row.task == "cls")
     monkeypatch.setattr(matrix_run, "cell_paths", lambda *args: ({}, tmp_path))
-    monkeypatch.setattr(matrix_run, "run_cell", lambda _, c, *rest: {"id": c.id, "status": "ok"})
+    monkeypatch.setattr(matrix_run, "run_cell", lambda _, c, *rest: new_record(config, c))
     matrix_run._run_local(config, [cell], None, tmp_path, progress=False)
     record = json.loads((tmp_path / "cells" / f"{cell.id}.json").read_text())
     stamp = provenance.provenance(config, cell)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -17,13 +18,14 @@ import pytest
 
 from defend.intervals import wilson
 from defend.matrix.html import write_report
+from defend.matrix.record import CellRecord
 from defend.matrix.results import flags, write_results
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"')
 
 
 def _record(out: Path, task: str, defence: str, attack: str, eps: float | None,
-            **metrics: Any) -> dict[str, Any]:  # fmt: skip
+            **metrics: Any) -> CellRecord:  # fmt: skip
     """A finished cell record with an examples npz of 2 random (16, 16) samples."""
     cell_id = f"{task}.net.{defence}.{attack}" + ("" if eps is None else f".eps{eps:.4g}")
     rng = np.random.default_rng(len(cell_id))
@@ -36,22 +38,22 @@ def _record(out: Path, task: str, defence: str, attack: str, eps: float | None,
     base = {"clean_quality": 30.0, "attacked_quality": 20.0, "success": 0.5,
             "quality_metric": "psnr", "linf": eps or 0.0, "l2": 1.0}  # fmt: skip
     success = {**base, **metrics}["success"]
-    return {"id": cell_id, "task": task, "model": "net", "defence": defence, "attack": attack,
-            "adaptive": "none", "eps": eps, "params": {}, "seed": 0, "n": 8, "seconds": 0.1,
-            "status": "ok", "metrics": {**base, **metrics}, "examples": str(examples),
-            "intervals": {"success": wilson(round(8 * success), 8)}}  # fmt: skip
+    return CellRecord(id=cell_id, task=task, model="net", defence=defence, attack=attack,
+                      eps=eps, params={}, seed=0, n=8, seconds=0.1,
+                      metrics={**base, **metrics}, examples=str(examples),
+                      intervals={"success": list(wilson(round(8 * success), 8))})  # fmt: skip
 
 
-def _records(out: Path) -> list[dict[str, Any]]:
+def _records(out: Path) -> list[CellRecord]:
     """Recon cells (an eps sweep whose success falls from 8/8 to 0/8: a flag, the intervals
     separate; a detector cell), a cls cell
     with a NaN quality and a certificate, and a failed seg cell."""
     detector = _record(out, "recon", "detector", "hallucination", 0.01, detection_auroc=0.8,
                        detected=0.75, false_positive=0.125, undetected_success=0.25)  # fmt: skip
-    detector["roc"] = {"fpr": [0.0, 0.25, 0.5, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0]}
-    failed = {"id": "seg.net.none.seg-fgsm.eps0.03", "task": "seg", "model": "net",
-              "defence": "none", "attack": "seg-fgsm", "adaptive": "none", "eps": 0.03,
-              "n": 8, "status": "failed", "error": "RuntimeError: <boom> & more"}  # fmt: skip
+    detector.roc = {"fpr": [0.0, 0.25, 0.5, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0]}
+    failed = CellRecord(id="seg.net.none.seg-fgsm.eps0.03", task="seg", model="net",
+                        defence="none", attack="seg-fgsm", eps=0.03, n=8, status="failed",
+                        error="RuntimeError: <boom> & more")  # fmt: skip
     smooth = _record(out, "cls", "smooth", "art-pgd", 0.03, attacked_quality=float("nan"),
                      certified=0.5, abstain=0.125)  # fmt: skip
     return [
@@ -64,13 +66,13 @@ def _records(out: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def report(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+def report(tmp_path: Path) -> tuple[Path, list[dict[str, str]]]:
     records = _records(tmp_path)
     raised = flags(records)
     return write_report(tmp_path, records, raised), raised
 
 
-def test_report_is_self_contained(report: tuple[Path, list[dict[str, Any]]]) -> None:
+def test_report_is_self_contained(report: tuple[Path, list[dict[str, str]]]) -> None:
     path, raised = report
     text = path.read_text()
     images = IMG.findall(text)
@@ -124,7 +126,7 @@ def _browse(chromium: str, tmp_path: Path, *args: str) -> subprocess.CompletedPr
 
 
 def test_report_renders_in_chromium(
-    report: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+    report: tuple[Path, list[dict[str, str]]], tmp_path: Path
 ) -> None:
     chromium = _chromium()
     path, _ = report
@@ -148,3 +150,22 @@ def test_report_renders_in_chromium(
     assert found, dom[-2000:]
     decoded, total = int(found[1]), int(found[2])
     assert total == len(IMG.findall(path.read_text())) and decoded == total > 0
+
+
+def test_cell_record_keeps_the_file_format(tmp_path: Path) -> None:
+    """A record written and read back is the same record, and the file holds only the keys
+    that are set: no ``error`` on a finished cell, no summary on a failed one, ``eps`` null
+    kept (an attack without one)."""
+    from defend.matrix.results import read_cells, write_cell
+
+    finished, failed = _records(tmp_path)[2], _records(tmp_path)[4]
+    failed.eps = None
+    for record in (finished, failed):
+        write_cell(tmp_path, record, {"config_hash": "0" * 16})
+    back = read_cells([tmp_path])
+    assert back[finished.id].roc == finished.roc and back[finished.id].metrics == finished.metrics
+    written = json.loads((tmp_path / "cells" / f"{failed.id}.json").read_text())
+    assert written["eps"] is None and written["config_hash"] == "0" * 16
+    assert "metrics" not in written and "examples" not in written and written["error"]
+    assert "error" not in json.loads((tmp_path / "cells" / f"{finished.id}.json").read_text())
+    assert back[failed.id] == CellRecord.from_json(written) and not back[failed.id].ok

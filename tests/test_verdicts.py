@@ -13,6 +13,7 @@ import torch
 from defend import intervals
 from defend.matrix import measures, outcomes, results
 from defend.matrix.measures import Outputs
+from defend.matrix.record import CellRecord
 from defend.matrix.rows import System
 
 
@@ -138,11 +139,10 @@ def test_net_strength_is_zero_for_a_model_faithful_to_the_measurement():
 
 # ------------------------------------------------------------------ flags and tables
 def _record(cell: str, adaptive: str, metrics: dict[str, np.ndarray], task: str = "cls",
-            eps: float = 0.03) -> dict:  # fmt: skip
+            eps: float = 0.03) -> CellRecord:  # fmt: skip
     summary = outcomes.summarise(task, metrics)
-    return {"id": cell, "task": task, "model": "m", "defence": "smoothing", "attack": "art-pgd",
-            "adaptive": adaptive, "eps": eps, "n": 32, "seconds": 1.0, "status": "ok",
-            **summary}  # fmt: skip
+    return CellRecord(id=cell, task=task, model="m", defence="smoothing", attack="art-pgd",
+                      adaptive=adaptive, eps=eps, n=32, seconds=1.0, **summary)  # fmt: skip
 
 
 def test_adaptive_weaker_than_plain_flag_fires_where_intervals_separate():

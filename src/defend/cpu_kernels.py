@@ -64,7 +64,7 @@ def cpu_kernels() -> str:
     """The CPU kernels, as benchmarks print them: ATen's capability, then ``(pinned)`` when
     all three libraries are capped at AVX2, else the caps that are set, e.g. ``avx512``,
     ``avx2 (pinned)``, ``avx2 (ONEDNN_MAX_CPU_ISA=AVX512_CORE)``."""
-    import torch
+    import torch  # this module is imported before torch (the caps must come first)
 
     capability = torch.backends.cpu.get_cpu_capability().lower()
     caps = {n: os.environ[n] for n in (*PINNED, "DNNL_MAX_CPU_ISA") if n in os.environ}

@@ -91,7 +91,7 @@ def image_similarity(
     Returns:
         ``{"psnr", "ssim", "nrmse"}``; PSNR is ``inf`` for identical images.
     """
-    from skimage.metrics import structural_similarity
+    from skimage.metrics import structural_similarity  # skimage: on first use
 
     clean = np.asarray(clean, dtype=np.float64)
     other = np.asarray(other, dtype=np.float64)

@@ -1,10 +1,13 @@
 """The task registry: what differs between reconstruction, segmentation and classification.
 
 A :class:`Task` holds a task's forward pass, its training loss (per sample, the one
-definition used by training, by the estimators and by attacks on "the training loss") and its
-validation metrics. :data:`TASKS` is the one list of tasks; everything else (CLI, models,
-data, training, estimators) asks it. Batches are dicts (see ``docs/design.md``):
-``batch["input"]`` is what a model and an attack see.
+definition used by training, by the estimators and by attacks on "the training loss"), its
+validation metrics and its ``kind``: what it outputs (``recon`` an image from k-space,
+``seg`` per-pixel masks, ``cls`` a label), which decides how the rest of ``defend`` reads
+its data, builds its models and estimators, attacks, smooths and scores it (each asks
+:func:`kind_of`). :data:`TASKS` is the one list of tasks: the three built in and those
+:func:`register_task` adds (docs/design.md, recipe "Add a task"). Batches are dicts (see
+``docs/design.md``): ``batch["input"]`` is what a model and an attack see.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from defend.errors import DefendError
 from defend.kspace import zero_filled
+from defend.plugins import load_plugins
 
 Batch = dict
 
@@ -27,6 +31,11 @@ class Task:
     """Base class: one task's forward pass, loss and validation metrics."""
 
     name: str = ""
+    #: what the task outputs: ``recon``, ``seg`` or ``cls`` (:data:`KINDS`)
+    kind: str = ""
+    #: the data set's folder below a data folder (``DATA/<folder>/<split>``; recon reads
+    #: ``DATA/<split>``); "" for the kind's own (``seg``, ``cls``)
+    data_folder: str = ""
     #: validation metric that selects the best checkpoint (higher is better)
     monitor: str = ""
     #: whether bf16 autocast is safe for this task's model (FFTs are not)
@@ -62,6 +71,7 @@ class ReconTask(Task):
     """
 
     name = "recon"
+    kind = "recon"
     monitor = "ssim"
     amp_safe = False
     loss_name = "l1"
@@ -82,7 +92,7 @@ class ReconTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
-        from defend.metrics import recon_metrics
+        from defend.metrics import recon_metrics  # fastmri + skimage: ~1 s, recon only
 
         volumes: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         for batch in batches:
@@ -114,6 +124,7 @@ class SegTask(Task):
     """
 
     name = "seg"
+    kind = "seg"
     monitor = "dice"
     #: the key of :data:`defend.losses.SEG_LOSSES` this task trains with
     loss_name = "dicefocal"
@@ -121,7 +132,7 @@ class SegTask(Task):
     def loss(self, pred: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Dice + Focal of logits (B, K, H, W) against masks ``batch["target"]`` (B, K, H, W):
         (B,)."""
-        from defend.losses import seg_loss
+        from defend.losses import seg_loss  # smp: seconds, seg only
 
         return seg_loss(self.loss_name, pred, batch["target"])
 
@@ -135,7 +146,7 @@ class SegTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
-        from defend.metrics import dice_iou
+        from defend.metrics import dice_iou  # fastmri + skimage: ~1 s, seg only
 
         dices, ious, losses = [], [], []
         for batch in batches:
@@ -156,6 +167,7 @@ class ClsTask(Task):
     """Image classification. Loss: cross-entropy. Metrics: accuracy and AUROC."""
 
     name = "cls"
+    kind = "cls"
     monitor = "accuracy"
     loss_name = "cross_entropy"
 
@@ -171,7 +183,7 @@ class ClsTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
-        from sklearn.metrics import roc_auc_score
+        from sklearn.metrics import roc_auc_score  # sklearn: ~1 s, cls only
 
         probs, labels = [], []
         for batch in batches:
@@ -189,17 +201,52 @@ class ClsTask(Task):
         return metrics
 
 
-#: the task registry: name -> :class:`Task`
+#: what a task may output (:attr:`Task.kind`)
+KINDS = ("recon", "seg", "cls")
+#: the task registry: name -> :class:`Task` (the built-in three and :func:`register_task`'s)
 TASKS: dict[str, type[Task]] = {"recon": ReconTask, "seg": SegTask, "cls": ClsTask}
+
+
+def register_task(task: type[Task]) -> None:
+    """Add ``task`` (a :class:`Task` subclass with a new ``name`` and a ``kind`` of
+    :data:`KINDS`) to :data:`TASKS`: ``defend train --task NAME``, its checkpoints, the
+    attacks and defences of its kind, and a matrix section ``[NAME]`` then take it.
+
+    Raises:
+        DefendError: the name is taken by another task, or the kind is not one of KINDS.
+    """
+    if not (isinstance(task, type) and issubclass(task, Task)) or not task.name:
+        raise DefendError(f"register_task: {task!r} is not a named Task subclass")
+    if task.kind not in KINDS:
+        raise DefendError(f"register_task: kind must be one of {', '.join(KINDS)}, "
+                          f"got {task.kind!r}")  # fmt: skip
+    known = TASKS.get(task.name)
+    if known is not None and known is not task:
+        raise DefendError(f"register_task: the name '{task.name}' is taken")
+    TASKS[task.name] = task
 
 
 def check_task(name: str) -> str:
     """``name`` if it is a registered task, else a one-line :class:`DefendError`."""
+    if name not in TASKS:
+        load_plugins()  # a plugin's task, first asked for in this process
     if name not in TASKS:
         raise DefendError(f"unknown task '{name}': choose one of {', '.join(TASKS)}")
     return name
 
 
 def get_task(name: str) -> Task:
-    """The :class:`Task` called ``name`` (``recon``, ``seg`` or ``cls``)."""
+    """The :class:`Task` called ``name`` (``recon``, ``seg``, ``cls`` or a registered one)."""
     return TASKS[check_task(name)]()
+
+
+def kind_of(name: str) -> str:
+    """What task ``name`` outputs: ``recon``, ``seg`` or ``cls`` (:attr:`Task.kind`)."""
+    return TASKS[check_task(name)].kind
+
+
+def data_folder(name: str) -> str:
+    """The folder task ``name``'s data lies in below a data folder (:attr:`Task.data_folder`,
+    by default its kind's)."""
+    task = TASKS[check_task(name)]
+    return task.data_folder or task.kind

@@ -17,6 +17,7 @@ above the attacks (:mod:`defend.attacks`) and the defences (:mod:`defend.smooth`
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 #: name -> module; they import ART and the defences, so they load on first use
@@ -33,8 +34,6 @@ __all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
-
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"defend.adaptive.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'defend.adaptive' has no attribute '{name}'")

@@ -32,6 +32,7 @@ from defend.errors import DefendError
 from defend.estimators import ReconEstimator, SegEstimator
 from defend.estimators.cls import make_classifier
 from defend.smooth.core import ImageNoise, kspace_noise
+from defend.tasks import kind_of
 
 
 def _mean_softmax_logits(out: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,9 @@ def eot_estimator(
     device = estimator.device
 
     def expected(noise: Any, task: str) -> ExpectedOutput:
-        return ExpectedOutput(forward, base, noise, draws, COMBINE[task], denoiser, frozen_seed)
+        return ExpectedOutput(
+            forward, base, noise, draws, COMBINE[kind_of(task)], denoiser, frozen_seed
+        )
 
     if isinstance(estimator, ReconEstimator):
         noise = kspace_noise(sigma, estimator, unit, denoiser)

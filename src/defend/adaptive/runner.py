@@ -24,12 +24,13 @@ from defend.attacks.apply import attack_groups, attack_warnings, make_attack, su
 from defend.data import load_groups
 from defend.data.arrays import every_kth, task_root
 from defend.device import pick_device
-from defend.errors import DefendError
+from defend.errors import CheckpointError, DefendError
 from defend.estimators import load_estimator
 from defend.io import check_writable, load_checkpoint, write_csv, write_json, write_npz
 from defend.kspace import zero_filled
 from defend.smooth import training_unit
 from defend.smooth.denoiser import load_denoiser
+from defend.tasks import kind_of
 
 
 def _adversarial_arrays(results: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -51,7 +52,7 @@ def _smoothed_estimator(
         raise DefendError(f"--smooth-sigma must be a finite number > 0, got {sigma}")
     denoiser = smooth.get("denoiser")
     denoiser = None if denoiser is None else load_denoiser(denoiser, ckpt)
-    unit = training_unit(data_dir, ckpt) if ckpt["task"] == "recon" else None
+    unit = training_unit(data_dir, ckpt) if kind_of(ckpt["task"]) == "recon" else None
     torch.manual_seed(seed)
     return eot_estimator(estimator, sigma, smooth.get("eot", 8), denoiser, unit=unit)
 
@@ -94,8 +95,11 @@ def run_attack(
     Returns:
         ``{"attack", "params", "summary", "rows", "files", "attacked", "shapes", ...}``.
     """
-    task = _check_request(name, n, skip, device, out)
-    ckpt = load_checkpoint(checkpoint, task)
+    wanted = _check_request(name, n, skip, device, out)
+    ckpt = load_checkpoint(checkpoint)
+    task = ckpt["task"]
+    if task != wanted and kind_of(task) != wanted:  # the attack's task, or a task of its kind
+        raise CheckpointError(f"{checkpoint}: a '{task}' checkpoint, expected '{wanted}'")
     estimator = load_estimator(ckpt, device=device)
     if smooth is not None:
         seed = (params or {}).get("seed", 0)

@@ -12,6 +12,7 @@ detector-aware attacks) are in :mod:`defend.adaptive`, a layer above both.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,6 @@ _REGISTERED: dict[str, RegisteredAttack] = {}
 #: adaptive ones
 RESERVED = (*_ATTACKS, "hallucination-evade", "seg-pgd", "art-pgd", "noise", "real-feature",
             "inside-radius", "evade")  # fmt: skip
-TASKS = ("recon", "seg", "cls")
 
 
 def register_attack(name: str, attack: type, task: str) -> None:
@@ -58,12 +58,15 @@ def register_attack(name: str, attack: type, task: str) -> None:
     :mod:`defend.attacks.params`). Registered, it is ``defend attack NAME`` (an option per
     parameter with ``cli=True``; load the module through ``DEFEND_PLUGINS``,
     :mod:`defend.plugins`), an attack of :func:`defend.attacks.apply.attack_arrays` and
-    ``defend.adaptive.run_attack``, and a column of the matrix for ``task`` (one cell per
-    eps when it declares ``eps``; its ``[attack.NAME]`` section is checked against its
-    parameters; in the task's default ``attacks``). Registering the same class again under
+    ``defend.adaptive.run_attack``, and a column the matrix's sections of ``task`` (and, for
+    a built-in task, of the registered tasks of its kind) may list in ``attacks`` (one cell
+    per eps when it declares ``eps``; its ``[attack.NAME]`` section is checked against its
+    parameters; not in the default ``attacks``). Registering the same class again under
     the same name does nothing; anything else under a taken name is refused.
     """
-    from defend.attacks.torch_attack import TorchAttack  # ART: only once an attack is added
+    # ART and torch: only once an attack is added (the command line starts without them)
+    from defend.attacks.torch_attack import TorchAttack
+    from defend.tasks import TASKS
 
     if task not in TASKS:
         raise DefendError(f"register_attack: task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -101,8 +104,6 @@ def __getattr__(name: str) -> Any:
     """The attack classes and ``ATTACKS`` (CLI name -> :class:`RegisteredAttack`: the built-in
     attacks and the registered ones), imported
     on first use so that ``defend.attacks.budget`` and ``.region`` load without ART."""
-    import importlib
-
     if name in _CLASSES:
         return getattr(importlib.import_module(f"defend.attacks.{_CLASSES[name]}"), name)
     if name == "ATTACKS":

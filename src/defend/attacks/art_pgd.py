@@ -14,6 +14,7 @@ def art_pgd(estimator: Any, eps: Any, steps: int, batch: int, random_init: int =
     """ART's ``ProjectedGradientDescent`` in ``norm`` (l-inf by default, or 2), step eps / 4
     (``eps``: a number or an array broadcasting on the input, per sample for l2; ART starts
     at random only for classifiers)."""
+    # ART (~3 s) on first use: detect.examples imports this module for callers without it
     from art.attacks.evasion import ProjectedGradientDescent
 
     return ProjectedGradientDescent(
@@ -44,6 +45,7 @@ def kspace_pgd(
     Returns:
         (N, coils, H, W, 2) the attacked k-space.
     """
+    # ART (~3 s) on first use, as above
     from defend.attacks import HallucinationAttack
     from defend.attacks.hallucination import sampled_columns
 

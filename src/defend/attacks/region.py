@@ -179,7 +179,7 @@ def parse_size(value: str) -> tuple[int, int]:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A region mask from a ``.npy`` array or an image file (non-zero pixels are inside)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # Pillow: only for an image mask
 
     path = Path(path)
     if not path.is_file():

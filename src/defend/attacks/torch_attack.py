@@ -73,7 +73,7 @@ def torch_forward(estimator: Any) -> Forward | None:
         return None
     if callable(getattr(estimator, "forward", None)):
         return estimator.forward
-    from art.estimators.pytorch import PyTorchEstimator
+    from art.estimators.pytorch import PyTorchEstimator  # a sub-package ART loads late
 
     if not isinstance(estimator, PyTorchEstimator) or not _identity_preprocessing(estimator):
         return None

@@ -142,7 +142,7 @@ def _art_row(estimator: Any, smooth: Any, x: np.ndarray, n: int, batch_size: int
     ours = np.array([smooth.predict(xi, n, 0.001, batch_size) for xi in x])
     our_seconds = time.perf_counter() - start
     try:
-        import statsmodels  # noqa: F401
+        import statsmodels  # noqa: F401 - ART's certify needs it; optional here
 
         certify = "available"
     except ImportError:

@@ -106,7 +106,7 @@ app.command("train")(train)
 def _train_model(task: str, o: dict[str, Any]) -> None:
     """``defend train recon|seg|cls``: :func:`defend.train.train_model`."""
     from defend.data import Acquisition
-    from defend.tasks import check_task
+    from defend.tasks import check_task, kind_of
     from defend.train import TrainConfig, default_schedule, train_model
 
     check_task(task)  # device and --out are checked first thing by train_model
@@ -119,7 +119,7 @@ def _train_model(task: str, o: dict[str, Any]) -> None:
         seed=o["seed"], device=o["device"], num_workers=o["workers"], progress=o["progress"],
     )  # fmt: skip
     acquisition = None
-    if task == "recon":
+    if kind_of(task) == "recon":
         acquisition = Acquisition(o["mask_type"], o["center_fraction"], o["acceleration"])
     history = train_model(
         task, o["data"], o["out"], model=o["model"], model_options=model_options,

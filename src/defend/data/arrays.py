@@ -28,7 +28,7 @@ from defend.data.folders import ClsFolder, SegFolder
 from defend.data.recon import ReconDataset
 from defend.errors import CheckpointError, DataError, DefendError
 from defend.io import load_checkpoint
-from defend.tasks import check_task
+from defend.tasks import check_task, data_folder, kind_of
 
 #: what ``classes`` may be: a label count (seg) or the class names in index order (cls)
 Classes = int | Sequence[str]
@@ -57,7 +57,8 @@ def task_root(data_dir: Path, task: str, split: str) -> Path:
 
     recon: ``data_dir/split``, else the one folder named as fastMRI ships the split
     (``multicoil_train``, ``singlecoil_val``, ``knee_multicoil_test_full``, ...); seg:
-    ``data_dir/seg/split`` if it exists, else ``data_dir/split``; cls: likewise with ``cls``.
+    ``data_dir/seg/split`` if it exists, else ``data_dir/split``; cls: likewise with ``cls``; a
+    registered task: likewise with its :func:`~defend.tasks.data_folder`.
 
     Raises:
         DataError: (recon) several fastMRI folders fit the split (say which with ``--data``
@@ -65,7 +66,7 @@ def task_root(data_dir: Path, task: str, split: str) -> Path:
     """
     check_task(task)
     data_dir = Path(data_dir)
-    if task == "recon":
+    if kind_of(task) == "recon":
         plain = data_dir / split
         found = [] if plain.is_dir() else fastmri_folders(data_dir, split)
         if len(found) > 1:
@@ -74,7 +75,7 @@ def task_root(data_dir: Path, task: str, split: str) -> Path:
                 f"({', '.join(p.name for p in found)}); keep one per data folder"
             )
         return found[0] if found else plain
-    nested = data_dir / task / split
+    nested = data_dir / data_folder(task) / split
     return nested if nested.is_dir() else data_dir / split
 
 
@@ -126,9 +127,9 @@ def fingerprint(dataset: Dataset) -> dict[str, Any]:
 def _check_classes(task: str, classes: Classes | None) -> None:
     if classes is None:
         return
-    if task == "recon":
+    if kind_of(task) == "recon":
         raise DefendError("classes does not apply to recon data")
-    if task == "seg":
+    if kind_of(task) == "seg":
         if isinstance(classes, bool) or not isinstance(classes, int | np.integer):
             raise DefendError(f"seg classes must be the number of labels (an int), got {classes!r}")
     elif isinstance(classes, str) or not isinstance(classes, Sequence):
@@ -166,19 +167,19 @@ def load_dataset(
     """
     check_task(task)
     _check_classes(task, classes)
-    if task == "recon" and channels is not None:
+    if kind_of(task) == "recon" and channels is not None:
         raise DefendError("channels does not apply to recon data")
-    if task != "recon" and acquisition is not None:
+    if kind_of(task) != "recon" and acquisition is not None:
         raise DefendError(f"acquisition does not apply to {task} data")
     root = task_root(data_dir, task, split)
-    if task == "recon":
+    if kind_of(task) == "recon":
         if not root.is_dir():
             raise DataError(
                 f"{data_dir}: no {split} split (expected {root} or a folder named as fastMRI "
                 f"ships it, e.g. {Path(data_dir) / f'multicoil_{split}'})"
             )
         return ReconDataset(root, acquisition or Acquisition(), train=train)
-    if task == "seg":
+    if kind_of(task) == "seg":
         return SegFolder(root, classes=classes, channels=channels)  # type: ignore[arg-type]
     return ClsFolder(root, classes=classes, channels=channels)  # type: ignore[arg-type]
 
@@ -207,15 +208,15 @@ def checkpoint_data_args(
     data = ckpt.get("data")
     if not isinstance(data, Mapping):
         raise CheckpointError(f"{source}: checkpoint lacks its data dict")
-    needed = ("acquisition",) if task == "recon" else ("classes", "input_shape")
+    needed = ("acquisition",) if kind_of(task) == "recon" else ("classes", "input_shape")
     missing = [k for k in needed if k not in data]
     if missing:
         raise CheckpointError(f"{source}: checkpoint data lacks {', '.join(missing)}")
     try:
-        if task == "recon":
+        if kind_of(task) == "recon":
             return {"acquisition": Acquisition.from_dict(dict(data["acquisition"]))}
         classes = data["classes"]
-        if task == "seg":
+        if kind_of(task) == "seg":
             classes = int(classes)
         elif isinstance(classes, str) or not isinstance(classes, Sequence):
             raise TypeError(f"classes {classes!r} is not a list of names")
@@ -240,7 +241,7 @@ def _merge_checkpoint(
             raise DefendError(f"{key} does not apply to {task} data")
         mine = fixed[key]
         same = value == mine
-        if key == "classes" and task == "cls":
+        if key == "classes" and kind_of(task) == "cls":
             same = not isinstance(value, str) and list(value) == mine
         if key == "acquisition":
             same = isinstance(value, Acquisition) and value.to_dict() == mine.to_dict()
@@ -367,7 +368,7 @@ def _stack(
     ``x`` float32 ``(N, ...)``; ``y`` int64 ``(N,)`` for cls, else float32 ``(N, ...)``;
     ``positions`` int64 ``(N,)``. ``xs`` and ``ys`` must be non-empty and of one shape each.
     """
-    y_dtype = np.int64 if task == "cls" else np.float32
+    y_dtype = np.int64 if kind_of(task) == "cls" else np.float32
     return (
         np.stack(xs).astype(np.float32, copy=False),
         np.stack(ys).astype(y_dtype, copy=False),

@@ -344,7 +344,7 @@ class ClsFolder(Dataset):
         classes: Sequence[str] | None = None,
         channels: int | None = None,
     ):
-        from torchvision.datasets.folder import make_dataset
+        from torchvision.datasets.folder import make_dataset  # torchvision: cls data only
 
         root = Path(root)
         if not root.is_dir():

@@ -145,7 +145,7 @@ def _hallucinate(
     budget, per-sample regions and contrasts; ``positions`` (M,) seed each row's start.
     Returns ``(x_adv, report rows)``."""
     # ART loads on first use (about 3 s); from the package, so that a class patched there runs
-    from defend.attacks import HallucinationAttack
+    from defend.attacks import HallucinationAttack  # ART: ~3 s, as below
 
     x_adv, rows = x.copy(), [{} for _ in range(len(x))]
     budgets = sorted(set(zip(settings["norm"], settings["eps"].tolist(), strict=True)))

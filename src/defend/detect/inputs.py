@@ -64,7 +64,7 @@ from defend.io import (
     write_json,
     write_npz,
 )
-from defend.tasks import Batch, Task
+from defend.tasks import Batch, Task, kind_of
 from defend.train import TrainConfig
 from defend.train.loop import best_path, fit, run_config
 
@@ -118,7 +118,7 @@ def split_samples(
     ``index`` (M,) the image's position in the split."""
     images, labels = [x], [np.zeros(len(x), np.int64)]
     attacks, index = [np.full(len(x), "")], [np.arange(len(x))]
-    for name in ATTACKS[task]:
+    for name in ATTACKS[kind_of(task)]:
         x_adv = _attack(name, estimator, x, y, eps, seed).astype(np.float32)
         changed = np.abs(x_adv - x).reshape(len(x), -1).max(1) > 0
         images.append(x_adv[changed])
@@ -161,15 +161,15 @@ def make_input_detection_data(
 
     ckpt = load_checkpoint(checkpoint)
     task = ckpt.get("task")
-    if task not in ATTACKS:
+    if kind_of(task) not in ATTACKS:
         raise CheckpointError(f"{checkpoint}: input detectors guard seg or cls models, not {task}")
-    eps = EPS[task] if eps is None else float(eps)
+    eps = EPS[kind_of(task)] if eps is None else float(eps)
     if not 0 < eps <= 1:
         raise DefendError(f"eps must be in (0, 1] (images are in [0, 1]), got {eps}")
     out = check_writable(out, "dir")
     estimator = load_estimator(ckpt, device=device)
     checkpoint_key = {"sha256": file_sha256(checkpoint), "model_config": ckpt["model_config"]}
-    manifest = {"task": task, "checkpoint": checkpoint_key, "attacks": ATTACKS[task],
+    manifest = {"task": task, "checkpoint": checkpoint_key, "attacks": ATTACKS[kind_of(task)],
                 "eps": eps, "seed": seed, "n": n, "version": VERSION,
                 "attack_seeds": f"data_seed(seed, split), stream {STREAM!r}"}  # fmt: skip
     old = out / "manifest.json"
@@ -183,7 +183,8 @@ def make_input_detection_data(
         split_seed = data_seed(seed, split)
         seed_everything(split_seed)
         x, y = load_arrays(Path(data_dir), task, split, n, checkpoint=ckpt)
-        log(f"input-detection data: {split} ({len(x)} images, attacks {', '.join(ATTACKS[task])})")
+        attacks = ", ".join(ATTACKS[kind_of(task)])
+        log(f"input-detection data: {split} ({len(x)} images, attacks {attacks})")
         write_npz(path, split_samples(task, estimator, x, y, eps, split_seed))
     return manifest
 

@@ -26,7 +26,7 @@ from defend.estimators.seg import SegEstimator
 from defend.estimators.torch_estimator import TorchEstimator
 from defend.io import load_checkpoint
 from defend.models import build_model, load_weights
-from defend.tasks import SegTask
+from defend.tasks import SegTask, kind_of
 
 __all__ = ["ReconEstimator", "SegEstimator", "TorchEstimator", "load_estimator", "make_classifier"]
 
@@ -56,9 +56,9 @@ def load_estimator(
     task, data = ckpt["task"], ckpt["data"]
     input_shape = tuple(int(s) for s in data["input_shape"])
     model = _rebuild_model(ckpt, source)
-    if task == "recon":
+    if kind_of(task) == "recon":
         return _recon_estimator(model, data, input_shape, source, device)
-    if task == "seg":
+    if kind_of(task) == "seg":
         # the estimator's loss is the training loss, as for ART's classifiers
         loss = ckpt.get("loss", SegTask.loss_name)
         return SegEstimator(model, input_shape, device=device, loss=loss)

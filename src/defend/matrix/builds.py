@@ -41,8 +41,9 @@ from defend.detect.detector import train_detector
 from defend.detect.inputs import train_input_detector
 from defend.errors import DefendError
 from defend.io import load_checkpoint, write_json
-from defend.matrix.config import TASKS
+from defend.matrix.config import TASKS, matrix_tasks
 from defend.smooth.denoiser import train_denoiser
+from defend.tasks import data_folder, kind_of
 from defend.train import TrainConfig, default_schedule, make_objective, train_model
 
 #: bumped when what a build holds changes, so older caches are rebuilt rather than reused
@@ -112,7 +113,9 @@ def _fingerprint(path: str, signature: tuple) -> dict[str, Any]:
     """:func:`data_fingerprint` of ``path`` (``signature``: its files' stats, the cache key)."""
 
     found: dict[str, Any] = {}
-    for task in TASKS:
+    # a registered task reading a folder of its own adds its files
+    own = [t for t in matrix_tasks() if t not in TASKS and data_folder(t) not in TASKS]
+    for task in (*TASKS, *own):
         for split in DATA_SPLITS:
             try:
                 found[f"{task}/{split}"] = fingerprint(load_dataset(task, Path(path), split))
@@ -240,7 +243,7 @@ class Builder:
         s = build.settings
         data, base = (self.path(b) for b in build.needs)
         config = self._config(s["epochs"], lr=1e-3, seed=s["seed"])
-        if load_checkpoint(base)["task"] == "recon":
+        if kind_of(load_checkpoint(base)["task"]) == "recon":
             train_detector(base, data, self.path(build), max_iter=s["max_iter"], config=config,
                            progress=False, log=_quiet)  # fmt: skip
         else:
@@ -277,6 +280,4 @@ def _short(settings: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":  # one process of a torchrun-trained build (Builder._train)
-    import sys
-
     train_spec(json.loads(Path(sys.argv[1]).read_text()))

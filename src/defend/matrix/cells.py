@@ -15,7 +15,7 @@ recon rows the ``real-feature`` column (a real finding, not an attack) where the
 ``attacks`` list them (the defaults do).
 
 :func:`run_cell` attacks the first ``run.n`` samples of ``run.split`` and returns the cell's
-record (``OUT/cells/<id>.json``):
+record (a :class:`~defend.matrix.record.CellRecord`, ``OUT/cells/<id>.json``):
 
 * ``id``, ``task``, ``model``, ``defence``, ``attack``, ``adaptive``, ``eps``, ``params``,
   ``seed``, ``n``, ``seconds``, ``status`` (``ok`` or ``failed`` with ``error``), on
@@ -63,7 +63,9 @@ from defend.matrix import inside_radius, measures, outcomes
 from defend.matrix.columns import ATTACKS, EVADING, GRADIENT, column
 from defend.matrix.measures import Outputs
 from defend.matrix.outcomes import AttackSpec
+from defend.matrix.record import CellRecord
 from defend.matrix.rows import Row, certificates, rows, system
+from defend.tasks import kind_of
 
 #: example samples kept per cell for the report
 EXAMPLES = 2
@@ -117,7 +119,7 @@ def _variants(config: dict[str, Any], row: Row, attack: str) -> list[str]:
         return variants
     if row.smoothing and (attack in GRADIENT or attack == "dgde"):
         variants.append("eot")
-    if row.detector and attack in EVADING[row.task]:
+    if row.detector and attack in EVADING[kind_of(row.task)]:
         variants.append("evade")
     return variants
 
@@ -139,28 +141,32 @@ def cell_params(config: dict[str, Any], cell: Cell, paths: dict[str, Path]) -> d
     return params
 
 
+def new_record(config: dict[str, Any], cell: Cell) -> CellRecord:
+    """The record of ``cell`` before it runs: its identity (:class:`CellRecord`)."""
+    run = config["run"]
+    worst = [f"{cell.attack}+{cell.adaptive}", cell.attack] if cell.adaptive != "none" else None
+    return CellRecord(id=cell.id, task=cell.row.task, model=cell.row.model,
+                      defence=cell.row.defence, attack=cell.attack, adaptive=cell.adaptive,
+                      eps=cell.eps, seed=run["seed"], n=run["n"], split=run["split"],
+                      worst_case_of=worst)  # fmt: skip
+
+
 def run_cell(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Path,
-             data_dir: Path) -> dict[str, Any]:  # fmt: skip
+             data_dir: Path) -> CellRecord:  # fmt: skip
     """The record of ``cell`` (module doc); a failure is recorded, not raised."""
     start = time.perf_counter()
-    record: dict[str, Any] = {
-        "id": cell.id, "task": cell.row.task, "model": cell.row.model,
-        "defence": cell.row.defence, "attack": cell.attack, "adaptive": cell.adaptive,
-        "eps": cell.eps, "seed": config["run"]["seed"], "n": config["run"]["n"],
-        "split": config["run"]["split"],
-    }  # fmt: skip
-    if cell.adaptive != "none":  # per sample the worse of the two for the defence
-        record["worst_case_of"] = [f"{cell.attack}+{cell.adaptive}", cell.attack]
+    record = new_record(config, cell)
     try:
-        record["params"] = {k: v for k, v in cell_params(config, cell, paths).items()
-                            if k != "detector"}  # fmt: skip
-        record.update(_measure(config, cell, paths, out, data_dir))
-        record["status"] = "ok"
+        params = cell_params(config, cell, paths)
+        record.params = {k: v for k, v in params.items() if k != "detector"}
+        for name, value in _measure(config, cell, paths, out, data_dir).items():
+            setattr(record, name, value)
+        record.status = "ok"
     except Exception as error:  # noqa: BLE001 - a failed cell is recorded, the rest go on
-        record["status"] = "failed"
-        record["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
-        record["traceback"] = traceback.format_exc(limit=6)
-    record["seconds"] = round(time.perf_counter() - start, 3)
+        record.status = "failed"
+        record.error = f"{type(error).__name__}: {error}".splitlines()[0]
+        record.traceback = traceback.format_exc(limit=6)
+    record.seconds = round(time.perf_counter() - start, 3)
     return record
 
 
@@ -176,7 +182,7 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     x_adv, adv_out, samples = _attacked(config, cell, paths, judge, clean, positions)
     samples.update(outcomes.size(x, x_adv))
     result: dict[str, Any] = {"n": len(x)}  # the split may hold fewer
-    extra: dict[str, Any] = {"quality_metric": measures.QUALITY[task]}
+    extra: dict[str, Any] = {"quality_metric": measures.QUALITY[kind_of(task)]}
     if defended.scores is not None:
         adv_scores = defended.scores(x_adv, adv_out)
         samples.update(outcomes.detection(clean["scores"], adv_scores, defended.threshold,
@@ -250,13 +256,13 @@ def _certified(
     ``certified`` (N,), and the counts (``certificate_violations``, recon
     ``certified_bound``)."""
     delta = (x_adv - x).reshape(len(x), -1)
-    if task == "recon":
+    if kind_of(task) == "recon":
         return _recon_certified(defended, clean, x, x_adv, adv_out)
     size = np.linalg.norm(delta, axis=1)
     covered = clean["radius"] >= size
     abstain = defended.smooth.ABSTAIN
     answered = ~adv_out.abstained
-    if task == "cls":
+    if kind_of(task) == "cls":
         label = clean["label"]
         right = covered & (label == y)
         broken = covered & (label != abstain) & answered & (adv_out.values != label)

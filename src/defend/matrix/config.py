@@ -25,13 +25,13 @@ from typing import Any
 from defend.attacks import registered_attacks
 from defend.errors import DefendError
 from defend.matrix.columns import check_section
+from defend.matrix.defence_registry import BUILT_IN, task_defences
 from defend.plugins import load_plugins
+from defend.tasks import TASKS as ALL_TASKS
+from defend.tasks import kind_of
 
 PRESETS = ("smoke", "quick", "paper")
 TASKS = ("recon", "seg", "cls")
-#: the defence kinds a task's ``defences`` may list; ``adversarial`` stands for one row per
-#: method of the task's ``hardening``
-DEFENCE_KINDS = ("none", "adversarial", "smoothing", "detector", "adversarial+detector")
 #: the attacks a task's ``attacks`` may list (seg-pgd: seg-fgsm with its ``pgd_steps``)
 TASK_ATTACKS = {
     "recon": ("hallucination", "art-pgd", "noise", "real-feature", "inside-radius"),
@@ -41,25 +41,43 @@ TASK_ATTACKS = {
 
 
 def task_attacks(task: str) -> tuple[str, ...]:
-    """The attacks ``task``'s ``attacks`` may list: :data:`TASK_ATTACKS` and the attacks
-    registered for it (:func:`defend.attacks.register_attack`; not in the defaults)."""
-    plugins = (name for name, entry in registered_attacks().items() if entry.task == task)
-    return (*TASK_ATTACKS[task], *plugins)
+    """The attacks ``task``'s ``attacks`` may list: its kind's :data:`TASK_ATTACKS` and the
+    attacks registered for it or its kind (:func:`defend.attacks.register_attack`; not in the
+    defaults)."""
+    kind = kind_of(task)
+    plugins = (n for n, entry in registered_attacks().items() if entry.task in (task, kind))
+    return (*TASK_ATTACKS[kind], *plugins)
+
+
+def matrix_tasks() -> tuple[str, ...]:
+    """Every task a configuration may name: the built-in :data:`TASKS` and those plugins
+    registered (:func:`defend.tasks.register_task`)."""
+    load_plugins()
+    return tuple(ALL_TASKS)
 
 
 HARDENING = {"recon": ("hallucination", "pgd"), "seg": ("pgd", "fgsm-rs", "trades"),
              "cls": ("pgd", "fgsm-rs", "trades")}  # fmt: skip
 
 
-def _task_defaults(task: str, model: str, eps: list[float], sigma: float) -> dict[str, Any]:
+#: per kind of task: the default model, eps sweep and smoothing sigma of its section
+KIND_DEFAULTS = {"recon": ("unet", [0.05, 0.1], 0.25),
+                 "seg": ("Unet/resnet18", [0.008, 0.03], 0.25),
+                 "cls": ("resnet18", [4 / 255, 8 / 255], 0.25)}  # fmt: skip
+
+
+def task_defaults(kind: str) -> dict[str, Any]:
+    """The default section of a task of ``kind`` (``[recon]``, ``[seg]``, ``[cls]`` and a
+    registered task's ``[NAME]``)."""
+    model, eps, sigma = KIND_DEFAULTS[kind]
     return {
         "models": [model],
         "epochs": 4,
-        "eps": eps,
-        "hardening": [HARDENING[task][0]],
+        "eps": list(eps),
+        "hardening": [HARDENING[kind][0]],
         "hardening_epochs": 4,
-        "defences": list(DEFENCE_KINDS),
-        "attacks": list(TASK_ATTACKS[task]),
+        "defences": list(BUILT_IN),
+        "attacks": list(TASK_ATTACKS[kind]),
         "sigma": sigma,
         "model_options": {},
     }
@@ -77,9 +95,7 @@ DEFAULTS: dict[str, Any] = {
         "train_processes": 1,
     },  # fmt: skip
     "data": {"path": "", "size": 32, "volumes": 8, "slices": 4, "coils": 2},
-    "recon": _task_defaults("recon", "unet", [0.05, 0.1], 0.25),
-    "seg": _task_defaults("seg", "Unet/resnet18", [0.008, 0.03], 0.25),
-    "cls": _task_defaults("cls", "resnet18", [4 / 255, 8 / 255], 0.25),
+    **{task: task_defaults(task) for task in TASKS},
     "attack": {
         "hallucination": {"max_iter": 40},
         "seg-fgsm": {"loss": "bce"},
@@ -109,6 +125,17 @@ FREE = {"attack", *(f"attack.{name}" for name in DEFAULTS["attack"]),
         *(f"{task}.model_options" for task in TASKS)}  # fmt: skip
 
 
+def defaults() -> dict[str, Any]:
+    """:data:`DEFAULTS` with a section for each registered task (its kind's defaults)."""
+    extra = {t: task_defaults(kind_of(t)) for t in matrix_tasks() if t not in DEFAULTS}
+    return {**DEFAULTS, **extra}
+
+
+def free() -> set[str]:
+    """:data:`FREE` and the ``model_options`` of the registered tasks."""
+    return FREE | {f"{task}.model_options" for task in matrix_tasks()}
+
+
 def preset_path(name: str) -> Path:
     """The TOML file of a shipped preset."""
     if name not in PRESETS:
@@ -131,7 +158,7 @@ def load_config(source: str | os.PathLike | None = None) -> dict[str, Any]:
         raise DefendError(f"{path}: cannot read the configuration ({error.strerror})") from None
     except tomllib.TOMLDecodeError as error:
         raise DefendError(f"{path}: not valid TOML ({error})") from None
-    config = merge(DEFAULTS, raw, path)
+    config = merge(defaults(), raw, path)
     check_values(config, path)
     config["source"] = str(path)
     return config
@@ -146,7 +173,7 @@ def merge(defaults: dict[str, Any], given: dict[str, Any], path: Path, where: st
     out = copy.deepcopy(defaults)
     for key, value in given.items():
         name = f"{where}{key}"
-        if key not in defaults and where.rstrip(".") not in FREE:
+        if key not in defaults and where.rstrip(".") not in free():
             raise DefendError(f"{path}: unknown key {name!r}" + _choices(defaults))
         default = defaults.get(key)
         if isinstance(default, dict):
@@ -204,14 +231,14 @@ def check_values(config: dict[str, Any], path: Path) -> None:
         if run[key] < 1:
             raise bad(f"run.{key}", f"must be >= 1, got {run[key]}")
     for task in run["tasks"]:
-        if task not in TASKS:
-            raise bad("run.tasks", f"holds {task!r}: choose from {', '.join(TASKS)}")
+        if task not in matrix_tasks():
+            raise bad("run.tasks", f"holds {task!r}: choose from {', '.join(matrix_tasks())}")
     if run["split"] not in ("train", "val", "test"):
         raise bad("run.split", f"must be train, val or test, got {run['split']!r}")
     for key in ("size", "volumes", "slices", "coils"):
         if config["data"][key] < 1:
             raise bad(f"data.{key}", f"must be >= 1, got {config['data'][key]}")
-    for task in TASKS:
+    for task in matrix_tasks():
         _check_task(config[task], task, bad)
     for key, value in config["smoothing"].items():
         if key not in ("alpha", "delta") and value < (0 if key == "denoiser_epochs" else 1):
@@ -232,8 +259,8 @@ def check_values(config: dict[str, Any], path: Path) -> None:
 
 
 def _check_task(section: dict[str, Any], task: str, bad: Any) -> None:
-    for key, choices in (("defences", DEFENCE_KINDS), ("attacks", task_attacks(task)),
-                         ("hardening", HARDENING[task])):  # fmt: skip
+    for key, choices in (("defences", task_defences(task)), ("attacks", task_attacks(task)),
+                         ("hardening", HARDENING[kind_of(task)])):  # fmt: skip
         for value in section[key]:
             if value not in choices:
                 raise bad(f"{task}.{key}", f"holds {value!r}: choose from {', '.join(choices)}")

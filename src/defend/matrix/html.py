@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from defend.io import write_text  # noqa: E402
-from defend.matrix.outcomes import SHOWN, estimate  # noqa: E402
+from defend.matrix.outcomes import SHOWN  # noqa: E402
+from defend.matrix.record import CellRecord  # noqa: E402
 
 #: the heatmaps of a task, in order (metric, title): matrix.md's tables but the clean
 #: quality and the adaptive cells' two own attacks
@@ -58,13 +59,13 @@ code { background: #f3f3f3; padding: 0 .2em; } .flag { color: #a00; } .ok { colo
 """
 
 
-def write_report(out: Path, records: list[dict[str, Any]], flags: list[dict[str, str]]) -> Path:
+def write_report(out: Path, records: list[CellRecord], flags: list[dict[str, str]]) -> Path:
     """``OUT/report.html`` of the records (plan order) and the flags raised, atomically."""
     out = Path(out)
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = [r for r in records if r.ok]
     body = [_header(out, records)]
-    for task in dict.fromkeys(r["task"] for r in ok):
-        body.append(_task(out, task, [r for r in ok if r["task"] == task]))
+    for task in dict.fromkeys(r.task for r in ok):
+        body.append(_task(out, task, [r for r in ok if r.task == task]))
     body += [_flags(flags), _failed(records)]
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -75,7 +76,7 @@ def write_report(out: Path, records: list[dict[str, Any]], flags: list[dict[str,
     return write_text(out / "report.html", page)
 
 
-def _header(out: Path, records: list[dict[str, Any]]) -> str:
+def _header(out: Path, records: list[CellRecord]) -> str:
     """The title, the configuration's source and the cell counts."""
     source = "?"
     config = out / "config.json"
@@ -84,7 +85,7 @@ def _header(out: Path, records: list[dict[str, Any]]) -> str:
             source = json.loads(config.read_text()).get("source", "?")
         except (OSError, ValueError):
             pass
-    failed = sum(r.get("status") != "ok" for r in records)
+    failed = sum(not r.ok for r in records)
     return (
         "<h1>defend matrix</h1>"
         f"<p>configuration: <code>{_e(source)}</code> &middot; {len(records)} cells, "
@@ -92,16 +93,16 @@ def _header(out: Path, records: list[dict[str, Any]]) -> str:
     )
 
 
-def _task(out: Path, task: str, cells: list[dict[str, Any]]) -> str:
+def _task(out: Path, task: str, cells: list[CellRecord]) -> str:
     """A task's section: heatmaps, ROC curves, eps sweeps and example images."""
-    unit = cells[0]["metrics"].get("quality_metric", "")
-    parts = [f"<h2>{_e(task)}</h2><p>quality: {_e(unit)}, {cells[0]['n']} samples a cell</p>"]
+    unit = cells[0].metrics.get("quality_metric", "")
+    parts = [f"<h2>{_e(task)}</h2><p>quality: {_e(unit)}, {cells[0].n} samples a cell</p>"]
     parts.append("<h3>metrics</h3>")
     for metric, title in HEATMAPS:
-        having = [r for r in cells if metric in r["metrics"]]
+        having = [r for r in cells if metric in r.metrics]
         if having:
             parts.append(_figure(_heatmap(having, metric, title), f"{task}: {title}"))
-    roc = [r for r in cells if r.get("roc")]
+    roc = [r for r in cells if r.roc]
     if roc:
         parts += ["<h3>detector ROC</h3>", _figure(_roc(roc, task), f"{task}: ROC curves")]
     sweep = _sweep(cells, task)
@@ -111,16 +112,16 @@ def _task(out: Path, task: str, cells: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def _heatmap(cells: list[dict[str, Any]], metric: str, title: str) -> str:
+def _heatmap(cells: list[CellRecord], metric: str, title: str) -> str:
     """A heatmap of ``metric``: rows model / defence, columns attack @eps, values written."""
-    columns = list(dict.fromkeys(_column(r) for r in cells))
-    rows = list(dict.fromkeys(_row(r) for r in cells))
+    columns = list(dict.fromkeys(r.column for r in cells))
+    rows = list(dict.fromkeys(r.row for r in cells))
     grid = np.full((len(rows), len(columns)), np.nan)
     spans: dict[tuple[int, int], str] = {}
     for r in cells:
-        found = estimate(r, metric)
+        found = r.estimate(metric)
         if found is not None:
-            at = rows.index(_row(r)), columns.index(_column(r))
+            at = rows.index(r.row), columns.index(r.column)
             grid[at] = found.value
             if math.isfinite(found.low) and math.isfinite(found.high):
                 spans[at] = f"\n[{found.low:.2f}, {found.high:.2f}]"
@@ -143,16 +144,16 @@ def _heatmap(cells: list[dict[str, Any]], metric: str, title: str) -> str:
     return _png(fig)
 
 
-def _roc(cells: list[dict[str, Any]], task: str) -> str:
+def _roc(cells: list[CellRecord], task: str) -> str:
     """The ROC curves of the detector cells, one a cell, AUROC in the legend."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.plot([0, 1], [0, 1], color="#999", linestyle=":", linewidth=0.8)
     for r in cells:
-        auroc = r["metrics"].get("detection_auroc")
-        label = f"{_row(r)} | {_column(r)}"
+        auroc = r.metrics.get("detection_auroc")
+        label = f"{r.row} | {r.column}"
         if isinstance(auroc, int | float) and math.isfinite(auroc):
             label += f" (AUROC {auroc:.3f})"
-        ax.plot(r["roc"]["fpr"], r["roc"]["tpr"], linewidth=1, label=label)
+        ax.plot(r.roc["fpr"], r.roc["tpr"], linewidth=1, label=label)
     ax.set_xlabel("false positive rate", fontsize=8)
     ax.set_ylabel("true positive rate", fontsize=8)
     ax.set_title(f"{task}: detector ROC", fontsize=9)
@@ -161,14 +162,14 @@ def _roc(cells: list[dict[str, Any]], task: str) -> str:
     return _png(fig)
 
 
-def _sweep(cells: list[dict[str, Any]], task: str) -> str | None:
+def _sweep(cells: list[CellRecord], task: str) -> str | None:
     """Success against eps per (model / defence, attack) series of >= 2 eps; None if none."""
     series: dict[str, list[tuple[float, float]]] = {}
     for r in cells:
-        value = r["metrics"].get("success")
-        if r["eps"] is None or not isinstance(value, int | float) or not math.isfinite(value):
+        value = r.metrics.get("success")
+        if r.eps is None or not isinstance(value, int | float) or not math.isfinite(value):
             continue
-        series.setdefault(f"{_row(r)} | {_attack(r)}", []).append((r["eps"], value))
+        series.setdefault(f"{r.row} | {r.attack_name}", []).append((r.eps, value))
     series = {k: sorted(v) for k, v in series.items() if len({e for e, _ in v}) >= 2}
     if not series:
         return None
@@ -185,11 +186,11 @@ def _sweep(cells: list[dict[str, Any]], task: str) -> str | None:
     return _png(fig)
 
 
-def _examples(out: Path, cells: list[dict[str, Any]]) -> str:
+def _examples(out: Path, cells: list[CellRecord]) -> str:
     """A collapsible block of example images per cell (a note where the file is missing)."""
     parts = []
     for r in cells:
-        path = out / r["examples"] if r.get("examples") else None
+        path = out / r.examples if r.examples else None
         if path is None or not path.exists():
             body = "<p>no example images</p>"
         else:
@@ -201,7 +202,7 @@ def _examples(out: Path, cells: list[dict[str, Any]]) -> str:
                 caption = (f"clean input, attacked input, |difference| ×{amp:.3g} (amplified "
                            "to the input's range), clean output, attacked output")  # fmt: skip
                 body = _figure(image, caption)
-        parts.append(f"<details><summary>{_e(r['id'])}</summary>{body}</details>")
+        parts.append(f"<details><summary>{_e(r.id)}</summary>{body}</details>")
     return "\n".join(parts)
 
 
@@ -244,28 +245,15 @@ def _flags(flags: list[dict[str, str]]) -> str:
     return "\n".join(parts)
 
 
-def _failed(records: list[dict[str, Any]]) -> str:
+def _failed(records: list[CellRecord]) -> str:
     """The failed cells and their errors (a line saying none failed otherwise)."""
-    failed = [r for r in records if r.get("status") != "ok"]
+    failed = [r for r in records if not r.ok]
     if not failed:
         return "<h2>failed cells</h2><p>none</p>"
     items = "".join(
-        f"<li><code>{_e(r['id'])}</code>: <pre>{_e(str(r.get('error', '?')))}</pre></li>"
-        for r in failed
+        f"<li><code>{_e(r.id)}</code>: <pre>{_e(str(r.error or '?'))}</pre></li>" for r in failed
     )
     return f"<h2>failed cells</h2><ul>{items}</ul>"
-
-
-def _attack(r: dict[str, Any]) -> str:
-    return r["attack"] + ("" if r["adaptive"] == "none" else f"+{r['adaptive']}")
-
-
-def _column(r: dict[str, Any]) -> str:
-    return _attack(r) if r["eps"] is None else f"{_attack(r)} @{r['eps']:.3g}"
-
-
-def _row(r: dict[str, Any]) -> str:
-    return f"{r['model']} / {r['defence']}"
 
 
 def _e(text: Any) -> str:

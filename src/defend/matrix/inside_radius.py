@@ -27,6 +27,7 @@ import torch
 
 from defend.attacks.art_pgd import art_pgd
 from defend.matrix.measures import Outputs
+from defend.tasks import kind_of
 
 #: PGD steps of eps / 4 each: enough to reach the radius from the clean input
 STEPS = 10
@@ -63,7 +64,7 @@ def attack(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, y: np.nda
     np.random.seed(seed)
     target = _away_from(defended, clean, y, covered, estimator)
     mask = None
-    if defended.task == "recon":  # the noise's support: both parts of the sampled entries
+    if kind_of(defended.task) == "recon":  # the noise's support: both parts of the sampled entries
         mask = np.broadcast_to(defended.smooth.noise.scale(torch.as_tensor(x[covered])) > 0,
                                x[covered].shape).astype(np.float32)  # fmt: skip
     x_adv[covered] = pgd.generate(x[covered], y=target, mask=mask)
@@ -74,7 +75,7 @@ def radii(defended: Any, clean: dict[str, np.ndarray]) -> np.ndarray:
     """(N,) each sample's certified l2 radius in the input's units (0: no certificate):
     cls / seg the clean certificate's; recon the largest grid radius with a finite bound,
     times the noise's k-space unit."""
-    if defended.task != "recon":
+    if kind_of(defended.task) != "recon":
         return np.asarray(clean["radius"], np.float64)
     finite = np.isfinite(clean["eps_out"])
     last = np.where(finite.any(1), finite.shape[1] - 1 - np.argmax(finite[:, ::-1], 1), -1)
@@ -87,9 +88,9 @@ def _away_from(defended: Any, clean: dict[str, np.ndarray], y: np.ndarray,
     """What the attack moves away from: the certified answer (cls: its one-hot class; seg:
     the certified labels, the ground truth where a pixel has none; recon: the certified
     centre)."""
-    if defended.task == "cls":
+    if kind_of(defended.task) == "cls":
         return np.eye(estimator.nb_classes, dtype=np.float32)[clean["label"][covered]]
-    if defended.task == "recon":
+    if kind_of(defended.task) == "recon":
         return clean["center"][covered]
     labels = clean["labels"][covered]
     sure = labels != defended.smooth.ABSTAIN
@@ -102,9 +103,9 @@ def outcomes(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray,
     under the inside-radius attack of clean inputs ``x`` (module doc)."""
     task = defended.task
     covered = radii(defended, clean) > 0
-    if task == "recon":
+    if kind_of(task) == "recon":
         broken = moved(defended, clean, x, adv_out) > _bound(clean)
-    elif task == "cls":
+    elif kind_of(task) == "cls":
         broken = ~adv_out.abstained & (adv_out.values != np.asarray(clean["label"]))
     else:
         labels = clean["labels"]

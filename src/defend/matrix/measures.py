@@ -38,6 +38,7 @@ from defend.attacks.hallucination import SUCCESS_STRENGTH, sampled_columns
 from defend.detect.evaluate import separation as scored
 from defend.kspace import zero_filled
 from defend.metrics import image_similarity, mask_dice_iou
+from defend.tasks import kind_of
 
 #: recon: net strength from which a hallucination counts as a success
 STRENGTH = SUCCESS_STRENGTH
@@ -66,7 +67,7 @@ class Outputs:
     @classmethod
     def answered(cls, values: np.ndarray, task: str) -> Outputs:
         """Outputs with no abstention (a model without smoothing)."""
-        shape = values.shape if task == "seg" else values.shape[:1]
+        shape = values.shape if kind_of(task) == "seg" else values.shape[:1]
         return cls(values, np.zeros(shape, bool))
 
     @classmethod
@@ -90,7 +91,7 @@ def abstained(task: str, out: Outputs) -> np.ndarray:
     """(N,) share of each output that abstained: cls / recon 0 or 1, seg the share of
     pixels."""
     gave_up = out.abstained.reshape(len(out), -1).astype(np.float64)
-    return gave_up.mean(1) if task == "seg" else gave_up[:, 0]
+    return gave_up.mean(1) if kind_of(task) == "seg" else gave_up[:, 0]
 
 
 def resolve(task: str, out: Outputs, y: np.ndarray,
@@ -106,9 +107,9 @@ def resolve(task: str, out: Outputs, y: np.ndarray,
         the values with each abstention replaced: cls :data:`NO_CLASS`, seg the wrong
         label of the pixel, recon the fallback image.
     """
-    if task == "cls":
+    if kind_of(task) == "cls":
         return np.where(out.abstained, NO_CLASS, out.values)
-    if task == "seg":
+    if kind_of(task) == "seg":
         return np.where(out.abstained, np.asarray(y) <= 0.5, out.values)
     if not out.abstained.any():
         return out.values
@@ -121,9 +122,9 @@ def quality(task: str, y: np.ndarray, out: np.ndarray) -> np.ndarray:
     """(N,) per-sample quality of resolved outputs ``out`` (:func:`resolve`) against the
     ground truth ``y``: recon SSIM, seg Dice (mean over labels present; NaN with none), cls 1
     if right else 0."""
-    if task == "recon":
+    if kind_of(task) == "recon":
         return np.array([image_similarity(t, o)["ssim"] for t, o in zip(y, out, strict=True)])
-    if task == "seg":
+    if kind_of(task) == "seg":
         dice, _, nonempty = mask_dice_iou(torch.as_tensor(out), torch.as_tensor(y))
         count = nonempty.sum(1).float()
         mean = (dice * nonempty).sum(1) / count.clamp_min(1)
@@ -136,9 +137,9 @@ def success(task: str, y: np.ndarray, clean: np.ndarray, adv: np.ndarray,
     """(N,) float: 1 where the attack succeeded, 0 where not, NaN where it cannot be judged
     (cls: wrong when clean; seg: no clean Dice). Outputs resolved (:func:`resolve`);
     recon needs ``net_strength`` (N,) (:meth:`Hallucination.strengths`)."""
-    if task == "recon":
+    if kind_of(task) == "recon":
         return (np.asarray(net_strength) >= STRENGTH).astype(np.float64)
-    if task == "seg":
+    if kind_of(task) == "seg":
         before, after = quality(task, y, clean), quality(task, y, adv)
         judged = np.isfinite(before) & (before > 0) & np.isfinite(after)
         return np.where(judged, after < (1 - SEG_DROP) * np.where(judged, before, 1), np.nan)

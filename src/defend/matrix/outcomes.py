@@ -11,7 +11,6 @@ with its 95 % interval and the number of samples judged (:mod:`defend.intervals`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 from defend import intervals
 from defend.matrix import measures
 from defend.matrix.measures import Outputs
+from defend.tasks import kind_of
 
 #: per-sample outcomes that are 0 or 1 on every task (rates: Wilson intervals)
 RATES = ("success", "adaptive_success", "plain_success", "undetected_success",
@@ -70,7 +70,7 @@ BOUNDS = {"clean_quality": (0.0, 1.0), "attacked_quality": (0.0, 1.0), "abstain"
 
 def bounds(task: str, metric: str) -> tuple[float, float] | None:
     """The range a mean of ``metric`` on ``task`` can take, None where it has none."""
-    if task == "recon" and metric in ("clean_quality", "attacked_quality"):
+    if kind_of(task) == "recon" and metric in ("clean_quality", "attacked_quality"):
         return (-1.0, 1.0)
     return BOUNDS.get(metric)
 
@@ -80,8 +80,8 @@ def is_rate(task: str, metric: str) -> bool:
     if metric in RATES:
         return True
     if metric in SHARES:
-        return task != "seg"
-    return task == "cls" and metric in ("clean_quality", "attacked_quality")
+        return kind_of(task) != "seg"
+    return kind_of(task) == "cls" and metric in ("clean_quality", "attacked_quality")
 
 
 class Judge:
@@ -98,7 +98,7 @@ class Judge:
                  clean_out: Outputs) -> None:  # fmt: skip
         self.task, self.defended, self.x, self.y = defended.task, defended, x, y
         self.feature = None
-        if self.task == "recon":
+        if kind_of(self.task) == "recon":
             params = config["attack"]["hallucination"]
             self.feature = measures.Hallucination(defended.estimator, params)
         self.clean_abstain = measures.abstained(self.task, clean_out)
@@ -109,7 +109,7 @@ class Judge:
         """The outputs as scored (:func:`measures.resolve`): recon abstentions replaced by
         the system's declared fallback for inputs ``x``."""
         fallback = None
-        if self.task == "recon" and out.abstained.any():
+        if kind_of(self.task) == "recon" and out.abstained.any():
             if self.defended.fallback is None:
                 raise ValueError("a recon system abstained without a declared fallback")
             fallback = self.defended.fallback(x, tuple(self.y.shape[1:]))
@@ -228,17 +228,3 @@ def summarise(task: str, samples: dict[str, np.ndarray]) -> dict[str, Any]:
         summary["counts"][metric] = found.n
         summary["per_sample"][metric] = [round(float(v), 6) for v in values]
     return summary
-
-
-def estimate(record: dict[str, Any], metric: str) -> intervals.Estimate | None:
-    """``metric`` of a cell record with its interval, None where the record lacks it."""
-    value = record.get("metrics", {}).get(metric)
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    low, high = record.get("intervals", {}).get(metric, (math.nan, math.nan))
-    count = record.get("counts", {}).get(metric, record.get("n", 0))
-    return intervals.Estimate(float(value), _float(low), _float(high), int(count))
-
-
-def _float(value: Any) -> float:
-    return math.nan if value is None else float(value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import defend
 from defend.errors import DefendError
 from defend.matrix.builds import Builder, data_build
 from defend.matrix.cells import Cell
-from defend.matrix.config import TASKS
+from defend.matrix.config import matrix_tasks
+from defend.matrix.record import CellRecord
 from defend.matrix.rows import row_builds
 
 #: ``run`` settings that choose which cells exist, not their numbers (out of config_hash)
@@ -52,7 +54,8 @@ def cell_config(config: dict[str, Any], task: str) -> dict[str, Any]:
     """The part of the resolved configuration a ``task`` cell's numbers depend on: all of it
     but ``source`` (where the file lay), ``run``'s :data:`PLAN_ONLY`, the other tasks'
     sections and the task's :data:`ROW_LISTS` (which cells exist, not what they measure)."""
-    view = {k: v for k, v in config.items() if k != "source" and (k not in TASKS or k == task)}
+    tasks = matrix_tasks()
+    view = {k: v for k, v in config.items() if k != "source" and (k not in tasks or k == task)}
     view["run"] = {k: v for k, v in config["run"].items() if k not in PLAN_ONLY}
     view[task] = {k: v for k, v in config[task].items() if k not in ROW_LISTS}
     return json.loads(json.dumps(view))
@@ -89,36 +92,37 @@ def _settings(pairs: list[tuple[str, Any]]) -> str:
     return shown + (f" (and {len(pairs) - 3} more)" if len(pairs) > 3 else "")
 
 
-def _builds_note(was: dict[str, Any], now: dict[str, Any]) -> str:
-    """Which builds two provenances differ in, and the package versions where they differ."""
-    a, b = was.get("builds") or {}, now.get("builds") or {}
+def _builds_note(was: CellRecord, now: CellRecord) -> str:
+    """Which builds two records differ in, and the package versions where they differ."""
+    a, b = was.builds or {}, now.builds or {}
     names = [n for n in sorted(set(a) | set(b)) if a.get(n) != b.get(n)] or ["builds_hash"]
     note = f"{', '.join(names)} differ"
-    if was.get("defend_version") != now.get("defend_version"):
-        note += f"; defend {was.get('defend_version')} against {now.get('defend_version')}"
+    if was.defend_version != now.defend_version:
+        note += f"; defend {was.defend_version} against {now.defend_version}"
     return note
 
 
-def check_kept(out: Path, config: dict[str, Any], kept: list[tuple[Cell, dict]]) -> None:
+def check_kept(out: Path, config: dict[str, Any], kept: list[tuple[Cell, CellRecord]]) -> None:
     """Refuse a record this run would keep (not run again) whose hashes are not this run's
     (:func:`provenance`): one line naming the cell and what differs."""
     advice = "run with --force or choose another --out"
     for cell, record in kept:
-        now, where = provenance(config, cell), f"{out}: cell {cell.id}"
-        if record.get("config_hash") is None:
+        where = f"{out}: cell {cell.id}"
+        now = replace(record, **provenance(config, cell))
+        if record.config_hash is None:
             raise DefendError(f"{where} carries no configuration hash (made by an older "
                               f"defend); {advice}")  # fmt: skip
-        if record["config_hash"] != now["config_hash"]:
+        if record.config_hash != now.config_hash:
             raise DefendError(f"{where} was made with another configuration than "
-                              f"{out / 'config.json'}'s (config hash {record['config_hash']} "
-                              f"against {now['config_hash']}); {advice}")  # fmt: skip
-        if record.get("builds_hash") != now["builds_hash"]:
+                              f"{out / 'config.json'}'s (config hash {record.config_hash} "
+                              f"against {now.config_hash}); {advice}")  # fmt: skip
+        if record.builds_hash != now.builds_hash:
             raise DefendError(f"{where} was made with other builds than this run's "
                               f"({_builds_note(record, now)}: the data.path files or defend "
                               f"changed); {advice}")  # fmt: skip
 
 
-def check_merge(found: list[tuple[Path, dict[str, dict[str, Any]]]]) -> None:
+def check_merge(found: list[tuple[Path, dict[str, CellRecord]]]) -> None:
     """Refuse to merge records made with other configurations or builds: all records of a task
     must carry one ``config_hash``, all of a row one ``builds_hash``, whichever folder holds
     them (records of an older defend, with no hashes, merge only with their like).
@@ -130,42 +134,42 @@ def check_merge(found: list[tuple[Path, dict[str, dict[str, Any]]]]) -> None:
         DefendError: one line naming the folders and, where their ``config.json`` tell, the
             differing keys with their values (else the builds, or the hashes, that differ).
     """
-    tasks: dict[str, tuple[Path, dict]] = {}
-    rows: dict[tuple, tuple[Path, dict]] = {}
+    tasks: dict[str, tuple[Path, CellRecord]] = {}
+    rows: dict[tuple, tuple[Path, CellRecord]] = {}
     for folder, records in found:
         for record in records.values():
             here = (Path(folder), record)
-            there = tasks.setdefault(record["task"], here)
-            if there[1].get("config_hash") != record.get("config_hash"):
+            there = tasks.setdefault(record.task, here)
+            if there[1].config_hash != record.config_hash:
                 raise DefendError(_config_refusal(there, here))
-            there = rows.setdefault((record["task"], record["model"], record["defence"]), here)
-            if there[1].get("builds_hash") != record.get("builds_hash"):
+            there = rows.setdefault((record.task, record.model, record.defence), here)
+            if there[1].builds_hash != record.builds_hash:
                 raise DefendError(
-                    f"cells of row {record['task']} {record['model']} {record['defence']} in "
+                    f"cells of row {record.task} {record.model} {record.defence} in "
                     f"{folder} were made with other builds than in {there[0]} "
                     f"({_builds_note(there[1], record)}); merge only runs of the same data "
                     "and builds"
                 )
 
 
-def _config_refusal(there: tuple[Path, dict], here: tuple[Path, dict]) -> str:
+def _config_refusal(there: tuple[Path, CellRecord], here: tuple[Path, CellRecord]) -> str:
     """The line refusing ``here``'s record beside ``there``'s (another config_hash)."""
     (a, first), (b, record) = there, here
     for folder, r in ((a, first), (b, record)):
-        if r.get("config_hash") is None:
+        if r.config_hash is None:
             return (f"cells in {folder} carry no configuration hash (made by an older defend): "
                     "run them again to merge them")  # fmt: skip
     paths = [a / "config.json", b / "config.json"]
     if all(p.exists() for p in paths):
-        views = [cell_config(json.loads(p.read_text()), record["task"]) for p in paths]
+        views = [cell_config(json.loads(p.read_text()), record.task) for p in paths]
         changed = differences(*views)
         if changed:
             return (f"cells in {b} were made with {_settings([(k, v) for k, _, v in changed])}, "
                     f"{a} with {_settings([(k, v) for k, v, _ in changed])}; merge only runs of "
                     "one configuration")  # fmt: skip
-    return (f"cell {record['id']} in {b} was made with another configuration than cell "
-            f"{first['id']} in {a} (config hash {record['config_hash']} against "
-            f"{first['config_hash']}); merge only runs of one configuration")  # fmt: skip
+    return (f"cell {record.id} in {b} was made with another configuration than cell "
+            f"{first.id} in {a} (config hash {record.config_hash} against "
+            f"{first.config_hash}); merge only runs of one configuration")  # fmt: skip
 
 
 def cell_paths(config: dict[str, Any], cell: Cell, builder: Builder) -> tuple[dict, Path]:

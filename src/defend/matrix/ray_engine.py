@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from defend.errors import DefendError
 from defend.matrix.builds import Build, Builder, data_build
-from defend.matrix.cells import Cell, run_cell
+from defend.matrix.cells import Cell, new_record, run_cell
 from defend.matrix.provenance import cell_paths, provenance
+from defend.matrix.record import CellRecord
 from defend.matrix.results import write_cell
 from defend.matrix.rows import row_builds
 
@@ -98,7 +99,7 @@ def run_ray(
     started for the run (``num_cpus``: its CPUs, default all) and shut down after it; a Ray
     already initialised is used as it is (and left running). Nothing to run starts nothing."""
     try:
-        import ray
+        import ray  # an optional extra (pip install .[ray])
     except ImportError:
         raise DefendError("--engine ray needs Ray: pip install 'defend[ray]'") from None
     if not todo:
@@ -151,16 +152,14 @@ def _cells(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder,
             record = ray.get(ready)
         except Exception as error:  # noqa: BLE001 - a lost task is a failed cell
             record = lost(config, cell, error)
-        write_cell(out, {**record, **provenance(config, cell)})
+        write_cell(out, record, provenance(config, cell))
         bar.update()
     bar.close()
 
 
-def lost(config: dict[str, Any], cell: Cell, error: BaseException) -> dict[str, Any]:
+def lost(config: dict[str, Any], cell: Cell, error: BaseException) -> CellRecord:
     """The failed record of a cell whose task Ray lost (``run_cell`` records its own errors)."""
-    run = config["run"]
-    return {"id": cell.id, "task": cell.row.task, "model": cell.row.model,
-            "defence": cell.row.defence, "attack": cell.attack, "adaptive": cell.adaptive,
-            "eps": cell.eps, "seed": run["seed"], "n": run["n"], "split": run["split"],
-            "status": "failed", "seconds": 0.0,
-            "error": f"ray: {type(error).__name__}: {error}".splitlines()[0]}  # fmt: skip
+    record = new_record(config, cell)
+    record.status, record.seconds = "failed", 0.0
+    record.error = f"ray: {type(error).__name__}: {error}".splitlines()[0]
+    return record

@@ -26,13 +26,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from defend.intervals import Estimate, separated
 from defend.io import write_csv, write_json, write_text
 from defend.matrix.html import write_report
-from defend.matrix.outcomes import SHOWN, estimate
+from defend.matrix.outcomes import SHOWN
+from defend.matrix.record import CellRecord
 
 CSV_COLUMNS = ("task", "model", "defence", "attack", "adaptive", "eps", "metric", "value",
                "ci_low", "ci_high", "n", "seconds")  # fmt: skip
@@ -42,42 +44,44 @@ TABLES = SHOWN
 WHITE_BOX = ("hallucination", "seg-fgsm", "seg-pgd", "art-pgd")
 
 
-def write_cell(out: Path, record: dict[str, Any]) -> Path:
-    """``OUT/cells/<id>.json``, atomically."""
-    return write_json(out / "cells" / f"{record['id']}.json", record)
+def write_cell(out: Path, record: CellRecord, provenance: dict[str, Any] | None = None) -> Path:
+    """``OUT/cells/<id>.json`` of ``record`` with its ``provenance``
+    (:func:`defend.matrix.provenance.provenance`), atomically."""
+    if provenance:
+        record = replace(record, **provenance)
+    return write_json(out / "cells" / f"{record.id}.json", record.to_json())
 
 
-def read_cells(folders: Iterable[Path]) -> dict[str, dict[str, Any]]:
+def read_cells(folders: Iterable[Path]) -> dict[str, CellRecord]:
     """Every cell record under ``FOLDER/cells`` of each folder (shards merge), by id; an
     unreadable file (a run killed mid-write never leaves one, but a copy might) is skipped."""
     found = {}
     for folder in folders:
         for path in sorted((Path(folder) / "cells").glob("*.json")):
             try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
+                record = CellRecord.from_json(json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
                 continue
-            found[record["id"]] = record
+            found[record.id] = record
     return found
 
 
-def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def csv_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
     """The long-form rows of the cells that finished, metrics in their record's order."""
     out = []
     for r in records:
-        if r.get("status") != "ok":
+        if not r.ok:
             continue
-        for metric, value in r["metrics"].items():
+        for metric, value in r.metrics.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            low, high = r.get("intervals", {}).get(metric, ("", ""))
-            count = r.get("counts", {}).get(metric, "")
-            out.append({"task": r["task"], "model": r["model"], "defence": r["defence"],
-                        "attack": r["attack"], "adaptive": r["adaptive"],
-                        "eps": "" if r["eps"] is None else f"{r['eps']:.6g}", "metric": metric,
+            low, high = r.intervals.get(metric, ("", ""))
+            out.append({"task": r.task, "model": r.model, "defence": r.defence,
+                        "attack": r.attack, "adaptive": r.adaptive,
+                        "eps": "" if r.eps is None else f"{r.eps:.6g}", "metric": metric,
                         "value": f"{value:.6g}", "ci_low": _csv_number(low),
-                        "ci_high": _csv_number(high), "n": count,
-                        "seconds": f"{r['seconds']:.3f}"})  # fmt: skip
+                        "ci_high": _csv_number(high), "n": r.counts.get(metric, ""),
+                        "seconds": f"{r.seconds:.3f}"})  # fmt: skip
     return out
 
 
@@ -85,39 +89,30 @@ def _csv_number(value: Any) -> str:
     return "" if value is None or value == "" else f"{value:.6g}"
 
 
-def _column(r: dict[str, Any]) -> str:
-    name = r["attack"] + ("" if r["adaptive"] == "none" else f"+{r['adaptive']}")
-    return name if r["eps"] is None else f"{name} @{r['eps']:.3g}"
-
-
-def _row(r: dict[str, Any]) -> str:
-    return f"{r['model']} / {r['defence']}"
-
-
-def tables(records: list[dict[str, Any]]) -> str:
+def tables(records: list[CellRecord]) -> str:
     """The markdown tables of the finished cells, per task and metric."""
     lines = []
-    ok = [r for r in records if r.get("status") == "ok"]
-    for task in dict.fromkeys(r["task"] for r in ok):
-        cells = [r for r in ok if r["task"] == task]
-        unit = cells[0]["metrics"].get("quality_metric", "")
+    ok = [r for r in records if r.ok]
+    for task in dict.fromkeys(r.task for r in ok):
+        cells = [r for r in ok if r.task == task]
+        unit = cells[0].metrics.get("quality_metric", "")
         lines += [
-            f"## {task} (quality: {unit}, {cells[0]['n']} samples a cell)",
+            f"## {task} (quality: {unit}, {cells[0].n} samples a cell)",
             "",
             "Each value with its 95 % interval (Wilson for rates, t for means).",
             "",
         ]
         for metric, title in TABLES:
-            having = [r for r in cells if metric in r["metrics"]]
+            having = [r for r in cells if metric in r.metrics]
             if having:
                 lines += [f"**{title}**", "", *_table(having, metric), ""]
     return "\n".join(lines)
 
 
-def _table(cells: list[dict[str, Any]], metric: str) -> list[str]:
-    columns = list(dict.fromkeys(_column(r) for r in cells))
-    rows = list(dict.fromkeys(_row(r) for r in cells))
-    value = {(_row(r), _column(r)): estimate(r, metric) for r in cells}
+def _table(cells: list[CellRecord], metric: str) -> list[str]:
+    columns = list(dict.fromkeys(r.column for r in cells))
+    rows = list(dict.fromkeys(r.row for r in cells))
+    value = {(r.row, r.column): r.estimate(metric) for r in cells}
     head = ["| model / defence | " + " | ".join(columns) + " |",
             "|---" * (len(columns) + 1) + "|"]  # fmt: skip
     body = [f"| {row} | " + " | ".join(_number(value.get((row, c))) for c in columns) + " |"
@@ -136,14 +131,12 @@ def _number(value: Estimate | None) -> str:
     return f"{value.value:.3f} [{value.low:.2f}, {value.high:.2f}]"
 
 
-def flags(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+def flags(records: list[CellRecord]) -> list[dict[str, str]]:
     """The sanity flags raised by the finished cells (module doc)."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    by = {(r["task"], r["model"], r["defence"], r["attack"], r["adaptive"], r["eps"]): r
-          for r in ok}  # fmt: skip
+    by = {(r.task, r.model, r.defence, r.attack, r.adaptive, r.eps): r for r in records if r.ok}
     found: list[dict[str, str]] = []
 
-    def check(stronger: dict | None, weaker: dict | None, metric: str, name: str,
+    def check(stronger: CellRecord | None, weaker: CellRecord | None, metric: str, name: str,
               weaker_metric: str | None = None) -> None:  # fmt: skip
         if stronger is None or weaker is None:
             return
@@ -171,33 +164,33 @@ def flags(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     return found
 
 
-def _flag(stronger: dict[str, Any], metric: str, weaker: dict[str, Any], weaker_metric: str,
+def _flag(stronger: CellRecord, metric: str, weaker: CellRecord, weaker_metric: str,
           name: str) -> list[dict[str, str]]:  # fmt: skip
     """The flag ``name`` where ``stronger``'s ``metric`` lies wholly below ``weaker``'s
     ``weaker_metric`` (95 % intervals separate), else none."""
-    a, b = estimate(stronger, metric), estimate(weaker, weaker_metric)
+    a, b = stronger.estimate(metric), weaker.estimate(weaker_metric)
     if a is None or b is None or not separated(a, b):
         return []
     what = metric if metric == weaker_metric else f"{metric} against {weaker_metric}"
     detail = (f"{what} {a.value:.3f} [{a.low:.2f}, {a.high:.2f}] against "
               f"{b.value:.3f} [{b.low:.2f}, {b.high:.2f}]")  # fmt: skip
-    return [{"flag": name, "cell": stronger["id"], "against": weaker["id"], "detail": detail}]
+    return [{"flag": name, "cell": stronger.id, "against": weaker.id, "detail": detail}]
 
 
-def write_results(out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+def write_results(out: Path, records: list[CellRecord]) -> dict[str, Any]:
     """``matrix.csv``, ``matrix.md`` and ``flags.json`` from the records (plan order)."""
     write_csv(out / "matrix.csv", csv_rows(records), CSV_COLUMNS)
     raised = flags(records)
-    failed = [r for r in records if r.get("status") != "ok"]
+    failed = [r for r in records if not r.ok]
     text = ["# defend matrix", "", tables(records)]
     text += ["## sanity flags (Carlini et al. 2019)", ""]
     text += [f"- {f['flag']}: `{f['cell']}` against `{f['against']}` ({f['detail']})"
              for f in raised] or ["- none raised"]  # fmt: skip
     if failed:
         text += ["", "## failed cells", ""]
-        text += [f"- `{r['id']}`: {r.get('error', '?')}" for r in failed]
+        text += [f"- `{r.id}`: {r.error or '?'}" for r in failed]
     write_text(out / "matrix.md", "\n".join(text) + "\n")
 
     write_report(out, records, raised)
     write_json(out / "flags.json", raised)
-    return {"flags": raised, "failed": [r["id"] for r in failed]}
+    return {"flags": raised, "failed": [r.id for r in failed]}

@@ -4,7 +4,9 @@ A row is ``none`` (the standard model), ``adv-METHOD`` (the model hardened by ``
 --adversarial METHOD``), ``smoothing`` (the standard model smoothed at the task's sigma, behind
 a denoiser when ``smoothing.denoiser_epochs`` > 0), ``detector`` (the standard model guarded by
 the hallucination detector (recon) or the input detector (seg, cls)) and
-``adv-METHOD+detector``. :func:`rows` lists a task's rows from the configuration,
+``adv-METHOD+detector``, and the defences plugins register
+(:mod:`~defend.matrix.defence_registry`: the standard model, changed by the defence's
+``apply``). :func:`rows` lists a task's rows from the configuration,
 :func:`row_builds` names what each needs, and :class:`System` is the defended model as a cell
 sees it.
 """
@@ -24,11 +26,13 @@ from defend.detect.detector import load_detector
 from defend.detect.inputs import input_detector_classifier, input_scores, input_threshold
 from defend.estimators import load_estimator
 from defend.matrix.builds import Build, data_build, denoiser_build, detector_build, model_build
+from defend.matrix.defence_registry import BUILT_IN, defence
 from defend.matrix.measures import Outputs, zero_filled_images
 from defend.metrics import predicted_masks
 from defend.smooth import smoothed, training_unit
 from defend.smooth.certify import EPS_IN
 from defend.smooth.denoiser import load_denoiser
+from defend.tasks import kind_of
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,12 @@ class Row:
 
     @property
     def detector(self) -> bool:
-        return self.defence.endswith("detector")
+        return self.defence == "detector" or self.defence.endswith("+detector")
+
+    @property
+    def registered(self) -> bool:
+        """Whether a plugin registered this row's defence (:func:`register_defence`)."""
+        return self.defence not in BUILT_IN and self.method is None
 
 
 def rows(config: dict[str, Any], task: str) -> list[Row]:
@@ -74,13 +83,15 @@ def row_builds(config: dict[str, Any], row: Row) -> dict[str, Build]:
     base = model_build(config, row.task, row.model, row.method)
     needs = {"model": base}
     if row.smoothing:
-        if row.task == "recon":
+        if kind_of(row.task) == "recon":
             needs["data"] = data_build(config)
         denoiser = denoiser_build(config, row.task, base)
         if denoiser is not None:
             needs["denoiser"] = denoiser
     if row.detector:
         needs["detector"] = detector_build(config, base)
+    if row.registered and defence(row.defence).builds is not None:
+        needs.update(defence(row.defence).builds(config, row))
     return needs
 
 
@@ -110,7 +121,7 @@ class System:
 
         torch.manual_seed(seed)
         frozen_seed = seed if frozen else None
-        unit = self.smooth.noise.unit if self.task == "recon" else None  # the same noise
+        unit = self.smooth.noise.unit if kind_of(self.task) == "recon" else None  # the same noise
         return eot_estimator(self.estimator, self.smooth.sigma, draws, self.denoiser, frozen_seed,
                              unit)  # fmt: skip
 
@@ -125,6 +136,8 @@ def system(config: dict[str, Any], row: Row, paths: dict[str, Path]) -> System:
         _add_smoothing(out, config, paths, device)
     if row.detector:
         _add_detector(out, paths["detector"], device)
+    if row.registered:
+        defence(row.defence).apply(out, config, paths)
     return out
 
 
@@ -138,9 +151,9 @@ def base_outputs(task: str, estimator: Any, x: np.ndarray) -> Outputs:
     """The base model's outputs: recon images, seg the masks its logits predict, cls the
     labels; no abstention."""
     pred = estimator.predict(x, batch_size=len(x))
-    if task == "seg":
+    if kind_of(task) == "seg":
         pred = predicted_masks(torch.as_tensor(pred)).numpy()
-    return Outputs.answered(pred.argmax(1) if task == "cls" else pred, task)
+    return Outputs.answered(pred.argmax(1) if kind_of(task) == "cls" else pred, task)
 
 
 def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
@@ -149,10 +162,10 @@ def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
     task, s = out.task, config["smoothing"]
     out.denoiser = load_denoiser(paths["denoiser"], paths["model"]) if "denoiser" in paths else None
     options = {}
-    if task == "recon":  # the noise fixed before any input: std sigma x the training unit
+    if kind_of(task) == "recon":  # the noise fixed before any input: std sigma x the training unit
         options = {"delta": s["delta"], "unit": training_unit(paths["data"], paths["model"])}
     out.smooth = smoothed(out.estimator, config[task]["sigma"], out.denoiser, **options)
-    n = s["recon_n"] if task == "recon" else s["n"]
+    n = s["recon_n"] if kind_of(task) == "recon" else s["n"]
     seed = config["run"]["seed"]
 
     def outputs(x: np.ndarray, positions: np.ndarray) -> Outputs:
@@ -160,18 +173,18 @@ def _add_smoothing(out: System, config: dict[str, Any], paths: dict[str, Path],
                               for xi, p in zip(x, positions, strict=True)])  # fmt: skip
 
     out.outputs = outputs
-    if task == "recon":
+    if kind_of(task) == "recon":
         out.fallback = lambda x, shape: zero_filled_images(out.estimator, x, shape)
 
 
 def smoothed_output(task: str, smooth: Any, x: np.ndarray, n: int, s: dict[str, Any],
                     seed: int) -> Outputs:  # fmt: skip
     """One smoothed prediction (a leading axis of 1), its abstention explicit."""
-    if task == "cls":
+    if kind_of(task) == "cls":
         label = int(smooth.predict(x, n, s["alpha"], seed=seed))
         gave_up = label == smooth.ABSTAIN
         return Outputs(np.array([0 if gave_up else label]), np.array([gave_up]))
-    if task == "seg":
+    if kind_of(task) == "seg":
         labels = smooth.predict(x, n, s["alpha"], seed=seed)[None]
         return Outputs(labels == 1, labels == smooth.ABSTAIN)
     center = smooth.predict(x, n, s["alpha"], seed=seed, n0=s["n0"])
@@ -183,7 +196,7 @@ def smoothed_output(task: str, smooth: Any, x: np.ndarray, n: int, s: dict[str, 
 
 def _add_detector(out: System, path: Path, device: str | None) -> None:
     out.detector_path = path
-    if out.task == "recon":
+    if kind_of(out.task) == "recon":
         detector = load_detector(path, device=device)
         out.scores = lambda x, outputs: detector.score(x, outputs.values)
         out.threshold = detector.threshold
@@ -210,7 +223,7 @@ def certificates(system: System, config: dict[str, Any], x: np.ndarray, y: np.nd
     found: dict[str, list] = {}
     for xi, p in zip(x, positions, strict=True):
         common = {"n0": s["n0"], "alpha": s["alpha"], "seed": seed + int(p)}
-        if system.task == "recon":
+        if kind_of(system.task) == "recon":
             grid = [e * smooth.sigma for e in (*EPS_IN, 2.0, 4.0)]
             center, bounds = smooth.certify(xi, n=s["recon_n"], eps_in=grid, **common)
             found.setdefault("center_abstained", []).append(center is None)
@@ -221,7 +234,7 @@ def certificates(system: System, config: dict[str, Any], x: np.ndarray, y: np.nd
             found["eps_in"] = [grid]
             continue
         label, radius = smooth.certify(xi, n=s["n"], **common)
-        found.setdefault("labels" if system.task == "seg" else "label", []).append(label)
+        found.setdefault("labels" if kind_of(system.task) == "seg" else "label", []).append(label)
         found.setdefault("radius", []).append(radius)
     out = {k: np.asarray(v) for k, v in found.items()}
     if "eps_in" in out:

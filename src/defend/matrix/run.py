@@ -101,7 +101,7 @@ def run_matrix(
     if force:
         shutil.rmtree(out / "rows", ignore_errors=True)
     done = read_cells([out])
-    todo = [c for c in cells if force or done.get(c.id, {}).get("status") != "ok"]
+    todo = [c for c in cells if force or c.id not in done or not done[c.id].ok]
     running = {c.id for c in todo}
     check_kept(out, config, [(c, done[c.id]) for c in cells if c.id in done.keys() - running])
     log(f"matrix: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
@@ -120,7 +120,7 @@ def _run_local(config: dict[str, Any], todo: list[Cell], builder: Builder, out: 
         bar.set_postfix_str(cell.id[-40:])
         paths, data = cell_paths(config, cell, builder)
         record = run_cell(config, cell, paths, out, data)
-        write_cell(out, {**record, **provenance(config, cell)})
+        write_cell(out, record, provenance(config, cell))
 
 
 def report(out: str | os.PathLike, *, folders: list[Path] | None = None,

@@ -28,7 +28,7 @@ from defend.kspace import zero_filled
 from defend.models.cls import build_cls_model
 from defend.models.recon import ReconUnet, ReconVarNet
 from defend.models.seg import DEFAULT_SEG_NAME, SMALL_SEG_KWARGS, build_seg_model, parse_seg_name
-from defend.tasks import check_task
+from defend.tasks import check_task, kind_of
 
 __all__ = [
     "RECON_DEFAULTS",
@@ -76,15 +76,15 @@ def build_model(task: str, config: Mapping[str, Any]) -> nn.Module:
     name = kwargs.pop("name", None)
     if not isinstance(name, str):
         raise DefendError(f"model config for task '{task}' needs a 'name' (got {dict(config)})")
-    if task == "recon" and name.lower() not in _RECON_CLASSES:
+    if kind_of(task) == "recon" and name.lower() not in _RECON_CLASSES:
         raise DefendError(
             f"unknown reconstruction model '{name}'; valid: {', '.join(_RECON_CLASSES)}"
         )
     check_model_options(task, name, kwargs)
     try:
-        if task == "recon":
+        if kind_of(task) == "recon":
             return _RECON_CLASSES[name.lower()](**kwargs)
-        if task == "seg":
+        if kind_of(task) == "seg":
             return build_seg_model(name, **kwargs)
         return build_cls_model(name, **kwargs)
     except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, IndexError) as exc:
@@ -109,10 +109,10 @@ def _option_specs(task: str, name: str | None) -> tuple[str, dict[str, tuple[Any
     """The model's full name and ``{option: (default, annotation)}`` of what it accepts."""
     config = default_model_config(task, name)
     full_name = config.pop("name")
-    if task == "recon":
+    if kind_of(task) == "recon":
         specs = _signature_specs(_RECON_CLASSES[full_name])
-    elif task == "seg":
-        import segmentation_models_pytorch as smp
+    elif kind_of(task) == "seg":
+        import segmentation_models_pytorch as smp  # seconds to import; seg only
 
         arch, _ = parse_seg_name(full_name)
         specs = _signature_specs(
@@ -233,7 +233,7 @@ def default_model_config(task: str, name: str | None = None, **data_info: Any) -
     check_task(task)
     input_shape = _shape(data_info, "input_shape")
     target_shape = _shape(data_info, "target_shape")
-    if task == "recon":
+    if kind_of(task) == "recon":
         key = (name or "unet").lower()
         if key not in RECON_DEFAULTS:
             raise DefendError(
@@ -250,7 +250,7 @@ def default_model_config(task: str, name: str | None = None, **data_info: Any) -
     in_channels = int(
         data_info.get("in_channels") or (input_shape[0] if input_shape is not None else 1)
     )
-    if task == "seg":
+    if kind_of(task) == "seg":
         classes = int(target_shape[0]) if target_shape is not None else _num_classes(data_info, 1)
         if name is None:
             extra = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL_SEG_KWARGS.items()}

@@ -53,7 +53,7 @@ def parse_seg_name(name: str) -> tuple[str, str | None]:
     if encoder is not None:
         valid = _smp().encoders.get_encoder_names()
         if encoder.startswith("tu-"):
-            import timm
+            import timm  # only for timm encoders (tu-*)
 
             if not timm.is_model(encoder[3:].split(".")[0]):
                 raise DefendError(f"unknown timm encoder '{encoder[3:]}' in model name '{name}'")

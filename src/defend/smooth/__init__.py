@@ -28,6 +28,7 @@ from defend.smooth.core import (
 )
 from defend.smooth.denoiser import load_denoiser
 from defend.smooth.unit import training_unit
+from defend.tasks import kind_of
 
 __all__ = [
     "CenterSmoothing",
@@ -78,13 +79,13 @@ def smoothed(
         denoiser = denoiser.to(device).eval()
     common = {"denoiser": denoiser, "device": device}
     task = _task(estimator)
-    if task == "recon":
+    if kind_of(task) == "recon":
         noise = kspace_noise(sigma, estimator, unit, denoiser)
         return CenterSmoothing(forward, sigma, noise, **common, **options)
     if options or unit is not None:
         names = [*options, *(["unit"] if unit is not None else [])]
         raise TypeError(f"unexpected options for {task} smoothing: {', '.join(names)}")
-    if task == "seg":
+    if kind_of(task) == "seg":
         return SmoothSegmenter(forward, sigma, **common)
     return SmoothClassifier(forward, estimator.nb_classes, sigma, **common)
 
@@ -108,6 +109,6 @@ def load_smoothed(
     estimator = load_estimator(ckpt, device=device)
     if denoiser is not None and not isinstance(denoiser, nn.Module):
         denoiser = load_denoiser(denoiser, ckpt)
-    if unit is None and data is not None and ckpt["task"] == "recon":
+    if unit is None and data is not None and kind_of(ckpt["task"]) == "recon":
         unit = training_unit(data, ckpt)
     return smoothed(estimator, sigma, denoiser, unit, **options)

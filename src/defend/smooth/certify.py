@@ -47,6 +47,7 @@ from defend.errors import DefendError
 from defend.io import check_writable, load_checkpoint, write_csv, write_json, write_text
 from defend.plots import plot_sweep
 from defend.smooth import load_smoothed, training_unit
+from defend.tasks import kind_of
 
 #: default sample counts and alpha per task (Cohen et al.; SegCertify; center smoothing)
 DEFAULTS = {
@@ -109,7 +110,7 @@ def _summary(task: str, settings: dict[str, Any], rows: list[dict[str, Any]]) ->
 
 def _means(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, Any]:
     """Means over samples, and the figure's curve ``{"x": [...], "y": [...]}``."""
-    if task == "cls":
+    if kind_of(task) == "cls":
         radii = np.array([r["radius"] if r["correct"] else -1.0 for r in rows])
         grid = np.linspace(0, max(4 * sigma, float(radii.max(initial=0))), 9)
         curve = [float((radii >= r).mean()) for r in grid]
@@ -119,7 +120,7 @@ def _means(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, Any
             "abstain": abstain,
             "curve": {"x": grid.tolist(), "y": curve},
         }
-    if task == "seg":
+    if kind_of(task) == "seg":
         keys = ("certified_fraction", "certified_accuracy", "abstain_fraction")
         means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
         foreground = [r["foreground_accuracy"] for r in rows]
@@ -232,8 +233,8 @@ def certify_split(
         "seed": seed,
         "skip": skip,
         **counts,
-        "tau": tau if task == "seg" else None,
-        "eps_in": eps_in if task == "recon" else None,
+        "tau": tau if kind_of(task) == "seg" else None,
+        "eps_in": eps_in if kind_of(task) == "recon" else None,
         **noise,
     }
     certify = _row_function(task, smooth, tau, eps_in)
@@ -247,7 +248,7 @@ def certify_split(
 def _sample_counts(task: str, n0: int | None, n: int | None, alpha: float | None) -> dict[str, Any]:
     """``{"n0", "n", "alpha"}``: the given ones, :data:`DEFAULTS` of ``task`` for those None."""
     given = (("n0", n0), ("n", n), ("alpha", alpha))
-    return {**DEFAULTS[task], **{k: v for k, v in given if v is not None}}
+    return {**DEFAULTS[kind_of(task)], **{k: v for k, v in given if v is not None}}
 
 
 def _smoothed(
@@ -269,7 +270,7 @@ def _smoothed(
         DefendError: reconstruction with ``counts["n"]`` too few for any centre to pass its
             test at ``alpha / 2`` (``certify`` spends half of ``alpha`` on the centre).
     """
-    recon = ckpt["task"] == "recon"
+    recon = kind_of(ckpt["task"]) == "recon"
     noise = {"unit": training_unit(data_dir, ckpt)} if recon else {}
     smooth = load_smoothed(checkpoint, sigma, denoiser, device=device, **noise)
     if recon:
@@ -326,9 +327,9 @@ def _write_results(
     labels) into ``out``, each written atomically; then the partial log (:data:`PARTIAL`)
     goes, the run complete."""
     task, sigma = summary["task"], summary["settings"]["sigma"]
-    write_csv(out / "certificates.csv", [{k: r[k] for k in COLUMNS[task]} for r in rows])
+    write_csv(out / "certificates.csv", [{k: r[k] for k in COLUMNS[kind_of(task)]} for r in rows])
     write_json(out / "summary.json", {**summary, "rows": rows})
-    xlabel, ylabel = FIGURE[task]
+    xlabel, ylabel = FIGURE[kind_of(task)]
     name = f"sigma {sigma:g}" + (" + denoiser" if denoiser else "")
     plot_sweep(
         out / "certified.png",
@@ -352,8 +353,8 @@ def _every(
 
 
 def _row_function(task: str, smooth: Any, tau: float, eps_in: float) -> Callable[..., dict]:
-    if task == "cls":
+    if kind_of(task) == "cls":
         return lambda x, y, s: _cls_row(smooth, x, y, s)
-    if task == "seg":
+    if kind_of(task) == "seg":
         return lambda x, y, s: _seg_row(smooth, x, y.astype(np.uint8), s, tau)
     return lambda x, y, s: _recon_row(smooth, x, s, eps_in)

@@ -16,7 +16,7 @@ from defend.device import pick_device, seed_everything
 from defend.errors import DefendError
 from defend.io import check_writable, file_sha256, load_weights_file
 from defend.models import build_model, default_model_config, load_weights
-from defend.tasks import get_task
+from defend.tasks import get_task, kind_of
 from defend.train.distributed import main_only
 from defend.train.loop import TrainConfig, fit, run_config
 from defend.train.objectives import Objective
@@ -33,7 +33,8 @@ SCHEDULES: dict[str, tuple[int, float]] = {
 
 def default_schedule(task: str, model: str | None = None) -> tuple[int, float]:
     """Default ``(epochs, lr)`` of ``task`` (and model name, where it differs)."""
-    return SCHEDULES.get(f"{task}/{model}", SCHEDULES.get(task, (10, 1e-3)))
+    kind = kind_of(task)
+    return SCHEDULES.get(f"{kind}/{model}", SCHEDULES.get(kind, (10, 1e-3)))
 
 
 def describe_data(task: str, dataset: Dataset, acquisition: Acquisition | None) -> dict[str, Any]:
@@ -48,10 +49,10 @@ def describe_data(task: str, dataset: Dataset, acquisition: Acquisition | None) 
     """
     sample = dataset[0]
     info: dict[str, Any] = {"input_shape": list(sample["input"].shape)}
-    if task == "recon":
+    if kind_of(task) == "recon":
         info["target_shape"] = list(sample["target"].shape)
         info["acquisition"] = (acquisition or Acquisition()).to_dict()
-    elif task == "seg":
+    elif kind_of(task) == "seg":
         info["classes"] = int(sample["target"].shape[0])
     else:
         info["classes"] = list(dataset.classes)
@@ -60,9 +61,9 @@ def describe_data(task: str, dataset: Dataset, acquisition: Acquisition | None) 
 
 def model_data_args(task: str, info: dict[str, Any]) -> dict[str, Any]:
     """The data-dependent arguments of :func:`defend.models.default_model_config`."""
-    if task == "recon":
+    if kind_of(task) == "recon":
         return {"input_shape": info["input_shape"], "target_shape": info["target_shape"]}
-    if task == "seg":
+    if kind_of(task) == "seg":
         return {"in_channels": info["input_shape"][0], "classes": info["classes"]}
     return {"in_channels": info["input_shape"][0], "num_classes": len(info["classes"])}
 
@@ -91,8 +92,8 @@ def _load_splits(
         data_dir,
         "val",
         acquisition=acquisition,
-        classes=info["classes"] if task != "recon" else None,
-        channels=info["input_shape"][0] if task != "recon" else None,
+        classes=info["classes"] if kind_of(task) != "recon" else None,
+        channels=info["input_shape"][0] if kind_of(task) != "recon" else None,
     )
     for split, dataset in (("train", train_set), ("val", val_set)):
         log(f"{split}: {task_root(data_dir, task, split)} ({len(dataset)} samples)")
@@ -139,7 +140,7 @@ def train_model(
     config = config or TrainConfig()
     log = main_only(log)
     _check_start(config, out, weights)
-    acquisition = acquisition or Acquisition() if task == "recon" else None
+    acquisition = acquisition or Acquisition() if kind_of(task) == "recon" else None
     task_spec = get_task(task)
     train_set, val_set, info = _load_splits(task, Path(data_dir), acquisition, log)
     net, model_config = _initial_model(task, model, model_options, info, config.seed, weights)

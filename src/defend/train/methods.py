@@ -18,7 +18,7 @@ from torch import nn
 
 from defend.attacks.budget import KspaceBudget
 from defend.errors import DefendError
-from defend.tasks import Batch, Task
+from defend.tasks import Batch, Task, kind_of
 from defend.train import perturb
 from defend.train.objectives import Adversarial, Hallucination, Perturb, step_fraction
 
@@ -170,21 +170,21 @@ def make_objective(
         clean_floor: recon hallucination: the best checkpoint's clean-SSIM margin
             (default :data:`~defend.train.objectives.CLEAN_FLOOR`).
     """
-    if method not in METHODS.get(task, ()):
+    if method not in METHODS.get(kind_of(task), ()):
         fits = [t for t, methods in METHODS.items() if method in methods]
         where = f" (it fits {', '.join(fits)})" if fits else ""
         raise DefendError(
             f"--adversarial {method} does not fit task {task}{where}: choose "
-            f"{', '.join(METHODS.get(task, ()))}"
+            f"{', '.join(METHODS.get(kind_of(task), ()))}"
         )
-    eps = DEFAULT_EPS[task] if eps is None else eps
-    steps = (5 if task == "recon" else DEFAULT_STEPS[method]) if steps is None else steps
+    eps = DEFAULT_EPS[kind_of(task)] if eps is None else eps
+    steps = (5 if kind_of(task) == "recon" else DEFAULT_STEPS[method]) if steps is None else steps
     if steps < 1:
         raise DefendError(f"--steps must be >= 1, got {steps}")
     settings: dict[str, Any] = {"mix": mix, "warmup_epochs": warmup_epochs}
     if beta is not None:
         settings["beta"] = beta
-    if task == "recon":
+    if kind_of(task) == "recon":
         if attack_loss is not None:
             raise DefendError("--attack-loss is for seg and cls; recon attacks use their own")
         return kspace_objective(method, eps, steps, step, norm, clean_floor, **settings)
@@ -193,7 +193,7 @@ def make_objective(
     if norm != "inf":
         raise DefendError("--norm is for recon; image attacks are l-inf")
     if attack_loss is None:
-        attack_loss = "bce" if task == "seg" else "training"
-    elif task == "cls" and attack_loss != "training":
+        attack_loss = "bce" if kind_of(task) == "seg" else "training"
+    elif kind_of(task) == "cls" and attack_loss != "training":
         raise DefendError("--attack-loss bce is for seg; cls attacks raise cross-entropy")
     return image_objective(method, eps, steps, step, attack_loss, **settings)

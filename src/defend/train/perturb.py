@@ -134,6 +134,7 @@ def hallucination_attack(
         step: step size as a fraction of eps. seed: the attack's seed.
         options: the attack's region and contrast options (default: its centred line, 0.3).
     """
+    # ART (through the attack and the estimators): ~3 s, only hallucination training needs it
     from defend.attacks.hallucination import HallucinationAttack
     from defend.estimators import ReconEstimator
 
