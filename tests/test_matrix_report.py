@@ -169,3 +169,78 @@ def test_cell_record_keeps_the_file_format(tmp_path: Path) -> None:
     assert "metrics" not in written and "examples" not in written and written["error"]
     assert "error" not in json.loads((tmp_path / "cells" / f"{finished.id}.json").read_text())
     assert back[failed.id] == CellRecord.from_json(written) and not back[failed.id].ok
+
+
+def _cell(defence: str, success: list[float], eps: float | None = 0.1, attack: str = "art-pgd",
+          task: str = "cls", **metrics: float) -> CellRecord:  # fmt: skip
+    from defend.matrix.outcomes import summarise
+
+    summary = summarise(task, {"success": np.asarray(success, np.float64)})
+    summary["metrics"].update(metrics)
+    cell_id = f"{task}.net.{defence}.{attack}" + ("" if eps is None else f".eps{eps:g}")
+    return CellRecord(id=cell_id, task=task, model="net", defence=defence, attack=attack,
+                      eps=eps, n=len(success), **summary)  # fmt: skip
+
+
+def test_the_verdict_judges_each_defence_by_its_worst_attack():
+    from defend.matrix.verdict import sentence, verdicts
+
+    beaten, resisted = [1.0] * 16, [0.0] * 16
+    records = [
+        _cell("none", beaten), _cell("none", resisted, attack="noise"),
+        _cell("smoothing", resisted), _cell("smoothing", resisted, attack="noise"),
+        _cell("detector", [1.0] * 8 + [0.0] * 8),  # overlaps 16/16? no: [0.28, 0.72]
+        _cell("adv-pgd", [1.0] * 15 + [0.0]),
+        _cell("none", resisted, eps=None, attack="dgde"),
+        _cell("smoothing", resisted, eps=None, attack="dgde"),
+        _cell("smoothing", [0.0] * 16, attack="inside-radius"),  # a check, not an attack
+    ]  # fmt: skip
+    found = {(v.defence, v.budget): v for v in verdicts(records)}
+    assert found[("none", "eps 0.1")].outcome == "undefended"
+    assert found[("smoothing", "eps 0.1")].outcome == "holds"
+    assert found[("detector", "eps 0.1")].outcome == "holds"  # 8/16 [0.28, 0.72] below [0.81, 1]
+    assert found[("adv-pgd", "eps 0.1")].outcome == "does not hold"
+    assert found[("smoothing", "dgde")].outcome == "nothing to defend"
+    assert found[("smoothing", "eps 0.1")].worst.attack == "art-pgd"
+    assert sentence(found[("adv-pgd", "eps 0.1")]).startswith(
+        "net / adv-pgd at eps 0.1: does not hold. Worst attack art-pgd: success 0.94 ["
+    )
+    nan = _cell("cls-none", [np.nan] * 4)  # no sample right when clean
+    assert [v.outcome for v in verdicts([nan])] == ["not judged"]
+
+
+def test_quality_flags_fire_on_useless_models_only():
+    from defend.matrix.results import quality_flags
+
+    worse = _cell("none", [0.0] * 16, task="recon")
+    worse.metrics.update(clean_quality=0.2, zero_filled_quality=0.6)
+    worse.intervals.update(clean_quality=[0.15, 0.25], zero_filled_quality=[0.55, 0.65])
+    chance = _cell("none", [0.0] * 16, chance_quality=0.5, clean_quality=0.5)
+    chance.intervals["clean_quality"] = [0.3, 0.7]
+    blind = _cell("detector", [0.0] * 16, detection_auroc=0.1)
+    blind.intervals["detection_auroc"] = [0.0, 0.3]
+    names = [f["flag"] for f in quality_flags([worse, chance, blind])]
+    assert names == [
+        "model worse than its zero-filled input",
+        "model not shown better than chance",
+        "detector below chance",
+    ]
+    fine = _cell("none", [0.0] * 16, chance_quality=0.5, clean_quality=0.95)
+    fine.intervals["clean_quality"] = [0.8, 1.0]
+    fine.metrics["detection_auroc"], fine.intervals["detection_auroc"] = 0.3, [0.1, 0.6]
+    assert quality_flags([fine]) == []
+
+
+def test_the_report_opens_with_the_verdict_and_says_when_it_means_nothing(tmp_path):
+    """The verdict (with what success means) comes before the cells; a one-epoch run says
+    it is a pipeline check; "none raised" is not shown as good news when nothing succeeded."""
+    (tmp_path / "config.json").write_text(
+        json.dumps({"source": "smoke", "run": {"n": 2, "tasks": ["cls"]}, "cls": {"epochs": 1}})
+    )
+    records = [_cell("none", [0.0, 0.0]), _cell("smoothing", [0.0, 0.0])]
+    text = write_report(tmp_path, records, []).read_text()
+    assert text.index("<h2>verdict</h2>") < text.index("<h3>metrics</h3>")
+    assert "an image classified right when clean is classified wrong" in text
+    assert "A pipeline check, not a study: models trained for 1 epoch(s) and 2 samples" in text
+    assert '<p class="ok">none raised' not in text and "no attack succeeded" in text
+    assert "nothing to defend" in text and "Grey cells" in text

@@ -120,9 +120,13 @@ def test_the_toy_attack_defence_and_task_run_in_defend_matrix(tmp_path):
     assert info.returncode == 0, info.stderr
     assert "task      toy-screen" in info.stdout and "sensitivity" in info.stdout
     [data] = (tmp_path / "cache").glob("data-*/data")
-    for command in (("attack", "dgde", "--max-queries", 20), ("certify", "--sigma", 0.25)):
+    commands = (
+        ("attack", "dgde", "--max-queries", 20, "--n", 2),
+        ("certify", "--sigma", 0.25, "--n-samples", 2, "--n0", 8, "--n", 16),
+    )
+    for command in commands:
         done = _defend(*command, "--checkpoint", model, "--data", data, "--out",
-                       tmp_path / command[0], "--n", 2, "--no-progress")  # fmt: skip
+                       tmp_path / command[0], "--no-progress")  # fmt: skip
         assert done.returncode == 0, done.stderr  # a cls-kind task's checkpoint
 
 

@@ -305,7 +305,8 @@ def test_recon_inside_radius_reads_the_bound_at_the_largest_certified_radius():
 
 def test_intervals_of_bounded_means_and_of_an_auroc():
     """A Dice mean's t interval stays inside [0, 1] (n = 3 Dice near 1 ran past 1 before);
-    an AUROC gets the Hanley-McNeil interval, wide at 6 against 6, narrow at 600 against 600."""
+    an AUROC gets the conservative Wilson interval over min(m, n) trials: wide at 6 against
+    6, narrow at 600 against 600, and not a point at 0 (Hanley-McNeil's was)."""
     from defend import intervals
     from defend.matrix.outcomes import summarise
 
@@ -318,5 +319,8 @@ def test_intervals_of_bounded_means_and_of_an_auroc():
     assert strength["intervals"]["net_strength"][0] < -1  # no range: not cut
     small, large = intervals.auroc(0.8, 6, 6), intervals.auroc(0.8, 600, 600)
     assert small.low < 0.6 < small.high <= 1.0
-    assert 0.77 < large.low < 0.8 < large.high < 0.83
+    assert 0.76 < large.low < 0.8 < large.high < 0.84
     assert np.isnan(intervals.auroc(0.5, 0, 6).low)
+    few, many = intervals.auroc(0.0, 2, 2), intervals.auroc(0.0, 32, 32)
+    assert few.low == 0 and few.high > 0.5  # 2 against 2 ordered wrongly: not below chance
+    assert many.high < 0.5

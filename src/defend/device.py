@@ -90,3 +90,41 @@ def model_mode(model: torch.nn.Module, training: bool) -> Iterator[None]:
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+def free_memory(device: str | torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: CUDA's free memory
+    (``torch.cuda.mem_get_info``), the host's ``MemAvailable`` (Linux) for the CPU; None
+    where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_batch_memory(batch: int, sample_shape: tuple[int, ...], device: str | torch.device,
+                       option: str = "--batch-size", copies: int = 3) -> None:  # fmt: skip
+    """Refuse, in one line before any work, a batch of ``batch`` float32 samples of
+    ``sample_shape`` whose ``copies`` (e.g. noise, noisy input, output) cannot fit in the
+    device's free memory (:func:`free_memory`); a lower bound, activations not counted.
+
+    Raises:
+        DeviceError: naming the option, the memory needed and free, and a batch that fits.
+    """
+    free = free_memory(device)
+    each = copies * 4 * int(np.prod(sample_shape))
+    if free is None or batch * each <= free:
+        return
+    fits = max(1, free // each)
+    gib = 2**30
+    raise DeviceError(f"{option} {batch}: {copies} copies of {batch} samples of shape "
+                      f"{tuple(sample_shape)} need at least {batch * each / gib:.1f} GiB, "
+                      f"{torch.device(device)} has {free / gib:.1f} GiB free: use {option} "
+                      f"{fits} or less")  # fmt: skip

@@ -9,8 +9,12 @@ Robustness", §5: report the uncertainty of every measurement). Two kinds:
 * a **mean** of a per-sample quantity (SSIM, Dice, hallucination strength, a share of
   pixels) gets Student's t interval, ``mean -+ t(0.975, n - 1) * sd / sqrt(n)``, cut to the
   quantity's possible range where it has one (a Dice cannot exceed 1);
-* an **AUROC** of ``m`` positives against ``n`` negatives gets the normal interval of Hanley
-  & McNeil (1982, "The meaning and use of the area under a ROC curve"), cut to [0, 1].
+* an **AUROC** ``A`` of ``m`` positives against ``n`` negatives gets a conservative interval:
+  the Wilson score interval of ``A`` over ``min(m, n)`` trials, i.e. with the largest
+  variance an AUROC estimate can have, ``A (1 - A) / min(m, n)`` (Birnbaum & Klose 1957).
+  Hanley & McNeil's (1982) normal interval is narrower but collapses to a point at 0 and 1
+  (a detector that ordered 2 against 2 samples the wrong way would be "certainly" below
+  chance); this one does not.
 
 NaN samples (those a metric cannot judge, e.g. success on an image already misclassified)
 are left out, and ``n`` counts the samples that were judged. Two intervals **separate** when
@@ -81,16 +85,14 @@ def mean(values: np.ndarray, level: float = LEVEL,
 
 
 def auroc(value: float, positives: int, negatives: int, level: float = LEVEL) -> Estimate:
-    """An AUROC ``value`` of ``positives`` against ``negatives`` samples with the Hanley &
-    McNeil (1982) normal interval, cut to [0, 1] (NaN without both kinds of sample)."""
+    """An AUROC ``value`` of ``positives`` against ``negatives`` samples with the Wilson score
+    interval over ``min(positives, negatives)`` trials (module doc: the largest variance an
+    AUROC estimate can have), inside [0, 1]; NaN without both kinds of sample."""
     if positives == 0 or negatives == 0 or not math.isfinite(value):
         return Estimate(value, math.nan, math.nan, positives + negatives)
-    a = value
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    variance = (a * (1 - a) + (positives - 1) * (q1 - a * a)
-                + (negatives - 1) * (q2 - a * a)) / (positives * negatives)  # fmt: skip
-    half = float(norm.ppf(0.5 + level / 2)) * math.sqrt(max(variance, 0.0))
-    return Estimate(a, max(0.0, a - half), min(1.0, a + half), positives + negatives)
+    trials = min(positives, negatives)
+    low, high = wilson(value * trials, trials, level)
+    return Estimate(value, low, high, positives + negatives)
 
 
 def separated(below: Estimate, above: Estimate) -> bool:

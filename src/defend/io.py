@@ -43,9 +43,10 @@ def _first_existing(path: Path) -> Path:
 
 
 def check_writable(path: str | os.PathLike, kind: str = "file") -> Path:
-    """Refuse, before any work, an output path that cannot be written; create nothing.
+    """Refuse, before any work, an output path that cannot be written; leave nothing.
 
-    Walks up from ``path`` to its first existing ancestor, which must be a writable folder;
+    Walks up from ``path`` to its first existing ancestor, which must be a writable folder
+    (a file is written there and removed);
     ``path`` itself may exist as a folder (``kind="dir"``) or as a file (``kind="file"``).
 
     Args:
@@ -74,7 +75,22 @@ def check_writable(path: str | os.PathLike, kind: str = "file") -> Path:
         raise OutputError(f"{path}: cannot be written: {folder} is {what}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: cannot be written: no write permission in {folder}")
+    _probe(path, folder)
     return path
+
+
+def _probe(path: Path, folder: Path) -> None:
+    """Write and remove a file in ``folder`` (what permission bits cannot tell: a read-only
+    or virtual file system, e.g. /proc, a full disk)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".defend-probe-", dir=folder)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise OutputError(
+            f"{path}: cannot be written: no file can be created in {folder} ({reason.lower()})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -278,4 +294,21 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> dict[st
         )
     if task is not None and ckpt.get("task") != task:
         raise CheckpointError(f"{path}: a '{ckpt.get('task')}' checkpoint, expected '{task}'")
+    return ckpt
+
+
+#: checkpoints ``defend train`` writes that guard a model rather than being one
+HELPERS = {"detector": ("a hallucination detector", "defend detect eval / evade"),
+           "input-detector": ("an input detector", "defend detect inputs"),
+           "denoiser": ("a denoiser", "--denoiser beside the model it guards")}  # fmt: skip
+
+
+def check_model_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """``ckpt`` if it is a task's model (``defend train recon|seg|cls``'s), else a one-line
+    :class:`CheckpointError` naming what it is and where it goes."""
+    kind = ckpt.get("kind")
+    if kind in HELPERS:
+        what, where = HELPERS[kind]
+        raise CheckpointError(f"{path}: {what} checkpoint, not a model (pass it to {where}; "
+                              "here give a model trained by defend train)")  # fmt: skip
     return ckpt

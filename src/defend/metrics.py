@@ -6,6 +6,9 @@ wrap ``fastmri.evaluate`` (numpy, scikit-image underneath).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import torch
 from fastmri import evaluate
@@ -120,3 +123,33 @@ def image_similarity(
         "ssim": float(structural_similarity(a_box, b_box, data_range=1.0)),
         "nrmse": float(np.sqrt(mse) / norm) if norm > 0 else float("nan"),
     }
+
+
+def quality_warnings(kind: str, metrics: dict[str, Any], classes: int | None = None) -> list[str]:
+    """One line for each sign that a model is of no use, from its validation ``metrics``:
+
+    * ``recon``: ``ssim`` below ``zf_ssim`` (worse than the zero-filled input it is given);
+    * ``cls``: ``auroc`` at or below 0.5, or ``accuracy`` at or below ``1 / classes``
+      (no better than chance);
+    * ``detector``: ``auroc`` below 0.5 (it ranks attacked images below clean ones).
+
+    Missing or NaN metrics raise nothing; ``seg`` has no such check.
+    """
+
+    def value(key: str) -> float:
+        found = metrics.get(key)
+        return float(found) if isinstance(found, int | float) else math.nan
+
+    lines = []
+    if kind == "recon" and value("ssim") < value("zf_ssim"):
+        lines.append(f"the reconstruction's SSIM {value('ssim'):.4f} is below its zero-filled "
+                     f"input's {value('zf_ssim'):.4f}: it is worse than no model")  # fmt: skip
+    if kind == "cls" and value("auroc") <= 0.5:
+        lines.append(f"the classifier's AUROC {value('auroc'):.4f} is at or below chance (0.5)")
+    if kind == "cls" and classes and value("accuracy") <= 1 / classes:
+        lines.append(f"the classifier's accuracy {value('accuracy'):.4f} is at or below chance "
+                     f"(1/{classes})")  # fmt: skip
+    if kind == "detector" and value("auroc") < 0.5:
+        lines.append(f"the detector's AUROC {value('auroc'):.4f} is below chance (0.5): it "
+                     "scores attacked images below clean ones")  # fmt: skip
+    return lines

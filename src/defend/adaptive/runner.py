@@ -26,7 +26,14 @@ from defend.data.arrays import every_kth, task_root
 from defend.device import pick_device
 from defend.errors import CheckpointError, DefendError
 from defend.estimators import load_estimator
-from defend.io import check_writable, load_checkpoint, write_csv, write_json, write_npz
+from defend.io import (
+    check_model_checkpoint,
+    check_writable,
+    load_checkpoint,
+    write_csv,
+    write_json,
+    write_npz,
+)
 from defend.kspace import zero_filled
 from defend.smooth import training_unit
 from defend.smooth.denoiser import load_denoiser
@@ -96,7 +103,7 @@ def run_attack(
         ``{"attack", "params", "summary", "rows", "files", "attacked", "shapes", ...}``.
     """
     wanted = _check_request(name, n, skip, device, out)
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = check_model_checkpoint(load_checkpoint(checkpoint), checkpoint)
     task = ckpt["task"]
     if task != wanted and kind_of(task) != wanted:  # the attack's task, or a task of its kind
         raise CheckpointError(f"{checkpoint}: a '{task}' checkpoint, expected '{wanted}'")

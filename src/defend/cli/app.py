@@ -8,6 +8,7 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -72,6 +73,21 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "  ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
     )
+
+
+def warn_quality(checkpoint: Path) -> None:
+    """``warning: ...`` on stderr for each sign that the checkpoint's model is of no use, from
+    the metrics it was chosen by (:func:`defend.metrics.quality_warnings`)."""
+    from defend.io import load_checkpoint
+    from defend.metrics import quality_warnings
+    from defend.tasks import TASKS, kind_of
+
+    ckpt = load_checkpoint(checkpoint)
+    kind = ckpt.get("kind") or (kind_of(ckpt["task"]) if ckpt.get("task") in TASKS else None)
+    classes = (ckpt.get("data") or {}).get("classes")
+    count = len(classes) if isinstance(classes, list) else None
+    for line in quality_warnings(kind or "", ckpt.get("metrics") or {}, count):
+        typer.echo(f"warning: {checkpoint}: {line}", err=True)
 
 
 #: run by :func:`main` before the app parses anything (errors as one line): e.g. the plugins'

@@ -33,7 +33,8 @@ CERTIFY_OPTIONS: dict[str, tuple[type, Any]] = {
     "alpha": (float, typer.Option(
         None, help="Failure probability (cls 0.001, seg 1e-4, recon 0.01).")),
     "tau": (float, typer.Option(
-        0.75, help="seg: vote threshold (radius sigma * Phi^-1(tau)).")),
+        None, help="seg: vote threshold in (0.5, 1) (radius sigma * Phi^-1(tau); default "
+        "0.75).")),
     "eps_in": (float, typer.Option(
         None, help="recon: input l2 radius in k-space units, as sigma (default sigma).")),
     "batch_size": (int, typer.Option(1000, help="Noisy copies per forward pass.")),

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 # the library is imported inside each command: start-up without torch (defend.cli)
-from defend.cli.app import app, format_metrics
+from defend.cli.app import app, format_metrics, warn_quality
 
 
 @app.command("info")
@@ -25,6 +25,7 @@ def info(
     typer.echo(f"data      {json.dumps(ckpt['data'])}")
     typer.echo(f"epoch     {ckpt['epoch']}")
     typer.echo(f"metrics   {format_metrics(ckpt['metrics'])}")
+    warn_quality(checkpoint)
     objective = (ckpt.get("run") or {}).get("objective") or {"name": "standard"}
     if ckpt.get("kind") == "denoiser":
         base = ckpt.get("base") or {}

@@ -13,7 +13,14 @@ from typing import Any
 import typer
 
 # the library is imported inside each command: start-up without torch (defend.cli)
-from defend.cli.app import PROGRESS, app, check_model_options, format_metrics, signature
+from defend.cli.app import (
+    PROGRESS,
+    app,
+    check_model_options,
+    format_metrics,
+    signature,
+    warn_quality,
+)
 from defend.errors import DefendError
 
 #: the options of ``defend train``, in the order --help shows them: name -> (type, option)
@@ -28,6 +35,12 @@ TRAIN_OPTIONS: dict[str, tuple[type, Any]] = {
         "(detector: a recon one; input-detector: a seg or cls one).")),
     "detection_data": (Path, typer.Option(
         None, help="detector / input-detector: where its detection data is kept (OUT.data).")),
+    "slices": (int, typer.Option(
+        None, help="detector / input-detector: at most this many slices (images) per split "
+        "for its attacked data (default all; the time it takes grows with it).")),
+    "max_iter": (int, typer.Option(
+        None, help="detector: the hallucination attack's iterations making its data "
+        "(default 150).")),
     "sigma": (float, typer.Option(
         None, help="denoiser: noise level (images: [0, 1] units; recon: relative, see README).")),
     "objective": (str, typer.Option("mse", help="denoiser: mse, stability or mse-stability.")),
@@ -39,7 +52,8 @@ TRAIN_OPTIONS: dict[str, tuple[type, Any]] = {
         None, help="Epochs (default: per task and model, see README); 0 with --weights: "
         "evaluate the weights and write a checkpoint without training.")),
     "batch_size": (int, typer.Option(
-        8, help="Batch size (under torchrun: the global batch).")),
+        None, help="Batch size (default 8; detector and input-detector 16; under torchrun: "
+        "the global batch).")),
     "lr": (float, typer.Option(None, help="Learning rate (AdamW, cosine schedule).")),
     "seed": (int, typer.Option(0, help="Random seed.")),
     "device": (str, typer.Option(
@@ -72,13 +86,19 @@ TRAIN_OPTIONS: dict[str, tuple[type, Any]] = {
         0, help="Epochs over which eps grows linearly to --eps.")),
     "beta": (float, typer.Option(
         None, help="Weight of the adversarial-vs-clean divergence (TRADES; trades default "
-        "6).")),
+        "6; recon hallucination 4).")),
     "attack_loss": (str, typer.Option(None, help="seg: bce (default) or training.")),
     "norm": (str, typer.Option("inf", help="recon: inf or 2 (per coil).")),
     "progress": (bool, PROGRESS),
 }  # fmt: skip
 #: options only the denoiser and detector runs take
-HELPER_ONLY = ("checkpoint", "sigma", "detection_data")
+HELPER_ONLY = ("checkpoint", "sigma", "detection_data", "slices", "max_iter")
+#: said when hallucination training starts from scratch: what the measured recipe adds
+RECIPE_NOTE = (
+    "note: docs/hardening.md's hardened U-Net (0.30x the standard model's hallucination "
+    "strength) was fine-tuned from a converged standard model: train one with defend train "
+    "recon first and pass it as --weights (one run from scratch measured 0.88x)"
+)
 #: options only adversarial training takes
 ADVERSARIAL_ONLY = ("eps", "steps", "step", "beta", "attack_loss")
 
@@ -93,8 +113,8 @@ def train(**options: Any) -> None:
         return helper(options)
     if any(options[key] is not None for key in HELPER_ONLY):
         raise DefendError(
-            "--checkpoint, --sigma and --detection-data are for defend train denoiser / "
-            "detector / input-detector"
+            "--checkpoint, --sigma, --detection-data, --slices and --max-iter are for defend "
+            "train denoiser / detector / input-detector"
         )
     return _train_model(task, options)
 
@@ -115,7 +135,8 @@ def _train_model(task: str, o: dict[str, Any]) -> None:
     default_epochs, default_lr = default_schedule(task, o["model"])
     config = TrainConfig(
         epochs=default_epochs if o["epochs"] is None else o["epochs"],
-        batch_size=o["batch_size"], lr=default_lr if o["lr"] is None else o["lr"],
+        batch_size=8 if o["batch_size"] is None else o["batch_size"],
+        lr=default_lr if o["lr"] is None else o["lr"],
         seed=o["seed"], device=o["device"], num_workers=o["workers"], progress=o["progress"],
     )  # fmt: skip
     acquisition = None
@@ -137,6 +158,8 @@ def _objective(task: str, o: dict[str, Any]) -> Any:
         if any(o[key] is not None for key in ADVERSARIAL_ONLY):
             raise DefendError("--eps, --steps, --step, --beta and --attack-loss need --adversarial")
         return None
+    if o["adversarial"] == "hallucination" and o["weights"] is None:
+        typer.echo(RECIPE_NOTE, err=True)
     keys = ("adversarial", "eps", "steps", "step", "mix", "warmup_epochs", "beta",
             "attack_loss", "norm")  # fmt: skip
     return make_objective(task, *(o[key] for key in keys))
@@ -162,10 +185,11 @@ def _train_detector(o: dict[str, Any]) -> None:
 
     if o["checkpoint"] is None:
         raise DefendError("defend train detector needs --checkpoint RECON.pt (the model it guards)")
+    max_iter = 150 if o["max_iter"] is None else o["max_iter"]
     history = train_detector(
         o["checkpoint"], o["data"], o["out"], detection_data=o["detection_data"],
-        config=_helper_config(12, o), resume=o["resume"], progress=o["progress"],
-        log=typer.echo,
+        n=o["slices"], max_iter=max_iter, config=_helper_config(10, o, 16), resume=o["resume"],
+        progress=o["progress"], log=typer.echo,
     )  # fmt: skip
     _show_final("detector", o["out"], history)
 
@@ -178,27 +202,34 @@ def _train_input_detector(o: dict[str, Any]) -> None:
         raise DefendError(
             "defend train input-detector needs --checkpoint SEG_OR_CLS.pt (the model it guards)"
         )
+    if o["max_iter"] is not None:
+        raise DefendError("--max-iter is for defend train detector (input-detector data uses "
+                          "its attacks' own)")  # fmt: skip
     history = train_input_detector(
         o["checkpoint"], o["data"], o["out"], detection_data=o["detection_data"],
-        eps=o["eps"], config=_helper_config(20, o), resume=o["resume"], log=typer.echo,
+        n=o["slices"], eps=o["eps"], config=_helper_config(20, o, 16), resume=o["resume"],
+        log=typer.echo,
     )  # fmt: skip
     _show_final("input detector", o["out"], history)
 
 
-def _helper_config(default_epochs: int, o: dict[str, Any]) -> Any:
+def _helper_config(default_epochs: int, o: dict[str, Any], default_batch: int = 8) -> Any:
     """The TrainConfig of a denoiser or detector run (lr 1e-3 unless given)."""
     from defend.train import TrainConfig
 
+    batch_size = default_batch if o["batch_size"] is None else o["batch_size"]
     return TrainConfig(
-        epochs=default_epochs if o["epochs"] is None else o["epochs"], batch_size=o["batch_size"],
+        epochs=default_epochs if o["epochs"] is None else o["epochs"], batch_size=batch_size,
         lr=1e-3 if o["lr"] is None else o["lr"], seed=o["seed"], device=o["device"],
         num_workers=o["workers"], progress=o["progress"],
     )  # fmt: skip
 
 
 def _show_final(kind: str, out: Path, history: list[dict[str, Any]]) -> None:
-    """The last epoch's metrics of a run (process 0 only)."""
+    """The last epoch's metrics of a run, and a warning line for each sign of a useless model
+    (:func:`defend.metrics.quality_warnings`; process 0 only)."""
     from defend.train.distributed import is_main_process
 
     if history and is_main_process():
         typer.echo(f"{kind} checkpoint {out}: " + format_metrics(history[-1]))
+        warn_quality(out)

@@ -159,6 +159,7 @@ def train_detector(
     out: str | os.PathLike,
     *,
     detection_data: str | os.PathLike | None = None,
+    n: int | None = None,
     max_iter: int = 150,
     chans: int = 16,
     fpr: float = 0.05,
@@ -173,13 +174,14 @@ def train_detector(
     Args:
         detection_data: where the detection data is kept (default ``OUT.data`` beside the
             detector; its test split is what ``defend detect eval`` adds).
-        max_iter: the hallucination attack's iterations (its default).
+        n: at most this many slices per split (None: all). max_iter: the hallucination
+            attack's iterations (its default). The data's time grows with both.
         The rest: :func:`fit_detector`'s.
     """
 
     folder = Path(detection_data) if detection_data else default_data_folder(out)
     log(f"detection data: {folder}")
-    make_detection_data(checkpoint, data_dir, folder, splits=("train", "val"),
+    make_detection_data(checkpoint, data_dir, folder, splits=("train", "val"), n=n,
                         max_iter=max_iter, seed=(config.seed if config else 0),
                         device=config.device if config else None, progress=progress)  # fmt: skip
     return fit_detector(folder, out, chans=chans, fpr=fpr, config=config, resume=resume, log=log)

@@ -38,6 +38,7 @@ from defend.detect.detector import default_data_folder, detector_outputs, load_d
 from defend.detect.examples import VOLUMES, load_detection_data, make_detection_data
 from defend.errors import DefendError
 from defend.io import check_writable, load_checkpoint, write_csv, write_json
+from defend.metrics import quality_warnings
 from defend.plots import plot_roc
 
 #: the baselines: column of the detection data -> orientation (+1: higher is "attacked")
@@ -217,6 +218,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         lines.append(f"{group:26s}" + "".join(f"{result[m]['auroc']:16.3f}" for m in methods))
     loc = metrics["localisation"]
     lines.append(f"map on hallucinations: IoU {loc['iou']:.3f}, pointing {loc['pointing']:.3f}")
+    for group, result in metrics["groups"].items():
+        for line in quality_warnings("detector", result.get("detector", {})):
+            lines.append(f"warning: {group}: {line}")
     if "test_fpr" in metrics:
         target = metrics["calibration"]["fpr"]
         seen = "" if metrics["held_out"] else ", NOT held out"

@@ -400,10 +400,14 @@ def make_detection_data(
     manifest = _merge_manifest(out / "manifest.json", manifest)
     write_json(out / "manifest.json", manifest)
     todo = [(s, first) for s in splits for first in range(0, int(sizes[s]), chunk)]
-    for split, first in tqdm(todo, desc="detection data", disable=not progress):
+    total = sum(int(sizes[s]) for s in splits)
+    bar = tqdm(total=total, desc="detection data", unit="slice", disable=not progress)
+    for split, first in todo:
         positions = np.arange(first, min(first + chunk, int(sizes[split])))
         part = out / split / f"part-{first // chunk:04d}.npz"
         _write_part(part, estimator, ckpt, data_dir, split, positions, seed, max_iter)
+        bar.update(len(positions))
+    bar.close()
     return manifest
 
 

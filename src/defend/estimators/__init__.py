@@ -24,7 +24,7 @@ from defend.estimators.cls import make_classifier
 from defend.estimators.recon import ReconEstimator
 from defend.estimators.seg import SegEstimator
 from defend.estimators.torch_estimator import TorchEstimator
-from defend.io import load_checkpoint
+from defend.io import check_model_checkpoint, load_checkpoint
 from defend.models import build_model, load_weights
 from defend.tasks import SegTask, kind_of
 
@@ -80,10 +80,7 @@ def _read_checkpoint(
         ckpt, source = dict(checkpoint), "checkpoint"
     else:
         ckpt, source = load_checkpoint(checkpoint), str(checkpoint)
-    if ckpt.get("kind") == "denoiser":
-        raise CheckpointError(
-            f"{source}: a denoiser checkpoint; pass it as --denoiser beside the model it guards"
-        )
+    check_model_checkpoint(ckpt, source)
     missing = [k for k in ("task", "model_config", "state_dict", "data") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks {', '.join(missing)}")

@@ -183,6 +183,7 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     samples.update(outcomes.size(x, x_adv))
     result: dict[str, Any] = {"n": len(x)}  # the split may hold fewer
     extra: dict[str, Any] = {"quality_metric": measures.QUALITY[kind_of(task)]}
+    samples.update(_baseline(task, defended, x, y, extra))
     if defended.scores is not None:
         adv_scores = defended.scores(x_adv, adv_out)
         samples.update(outcomes.detection(clean["scores"], adv_scores, defended.threshold,
@@ -208,6 +209,19 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
 
 
 Attacked = tuple[np.ndarray, Outputs, dict[str, np.ndarray]]
+
+
+def _baseline(task: str, defended: Any, x: np.ndarray, y: np.ndarray,
+              extra: dict[str, Any]) -> dict[str, np.ndarray]:  # fmt: skip
+    """What the model must beat to be of any use, for the quality flags: recon per sample
+    ``zero_filled_quality`` (the SSIM of the zero-filled input, (N,)); cls ``chance_quality``
+    (1 / classes, into ``extra``); seg nothing."""
+    if kind_of(task) == "recon":
+        images = measures.zero_filled_images(defended.estimator, x, tuple(y.shape[1:]))
+        return {"zero_filled_quality": measures.quality(task, y, images)}
+    if kind_of(task) == "cls":
+        extra["chance_quality"] = 1 / defended.estimator.nb_classes
+    return {}
 
 
 def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],

@@ -155,7 +155,10 @@ def load_config(source: str | os.PathLike | None = None) -> dict[str, Any]:
     try:
         raw = tomllib.loads(path.read_text())
     except OSError as error:
-        raise DefendError(f"{path}: cannot read the configuration ({error.strerror})") from None
+        hint = "" if path.suffix else f"; a preset is one of {', '.join(PRESETS)}"
+        raise DefendError(
+            f"{path}: cannot read the configuration ({error.strerror}){hint}"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise DefendError(f"{path}: not valid TOML ({error})") from None
     config = merge(defaults(), raw, path)

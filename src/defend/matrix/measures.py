@@ -40,6 +40,15 @@ from defend.kspace import zero_filled
 from defend.metrics import image_similarity, mask_dice_iou
 from defend.tasks import kind_of
 
+#: what attack success means on each kind of task, in words (the report shows it)
+SUCCESS_MEANS = {
+    "recon": "the reconstruction shows at least half of the attack's feature beyond what the "
+    "attacked measurement itself holds (net strength >= 0.5)",
+    "seg": "the Dice falls by at least a tenth of its clean value",
+    "cls": "an image classified right when clean is classified wrong or abstained on (the "
+    "rate is over the images classified right when clean)",
+}
+
 #: recon: net strength from which a hallucination counts as a success
 STRENGTH = SUCCESS_STRENGTH
 #: seg: the relative Dice drop from which an attack counts as a success

@@ -70,7 +70,11 @@ BOUNDS = {"clean_quality": (0.0, 1.0), "attacked_quality": (0.0, 1.0), "abstain"
 
 def bounds(task: str, metric: str) -> tuple[float, float] | None:
     """The range a mean of ``metric`` on ``task`` can take, None where it has none."""
-    if kind_of(task) == "recon" and metric in ("clean_quality", "attacked_quality"):
+    if kind_of(task) == "recon" and metric in (
+        "clean_quality",
+        "attacked_quality",
+        "zero_filled_quality",
+    ):
         return (-1.0, 1.0)
     return BOUNDS.get(metric)
 

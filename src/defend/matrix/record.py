@@ -86,9 +86,12 @@ class CellRecord:
         return f"{self.model} / {self.defence}"
 
     def estimate(self, metric: str) -> Estimate | None:
-        """``metric`` with its interval and count, None where the record lacks it."""
-        value = self.metrics.get(metric)
-        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        """``metric`` with its interval and count, None where the record lacks it; NaN
+        where no sample could be judged (the file holds null)."""
+        value = self.metrics.get(metric, False)
+        if value is None:
+            return Estimate(math.nan, math.nan, math.nan, self.counts.get(metric, 0))
+        if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         low, high = self.intervals.get(metric, (math.nan, math.nan))
         count = self.counts.get(metric, self.n)

@@ -161,7 +161,47 @@ def flags(records: list[CellRecord]) -> list[dict[str, str]]:
         if adaptive == "evade":
             check(r, r, "adaptive_undetected_success", "detector-aware attack weaker than plain",
                   "plain_undetected_success")  # fmt: skip
+    return found + quality_flags(list(by.values()))
+
+
+def quality_flags(records: list[CellRecord]) -> list[dict[str, str]]:
+    """Flags that a model or detector is of no use, so that the cells over it mean little:
+    a reconstruction whose clean SSIM lies wholly below its zero-filled input's (95 %
+    intervals separate); a classifier whose clean accuracy is not shown above chance (its
+    interval reaches down to 1 / classes); a detector whose AUROC lies wholly below 0.5. The
+    model's flags are raised once a row (its first cell), the detector's once a cell."""
+    found: list[dict[str, str]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for r in records:
+        first = (r.task, r.model, r.defence) not in seen
+        seen.add((r.task, r.model, r.defence))
+        if first and "zero_filled_quality" in r.metrics:
+            found += _flag(r, "clean_quality", r, "zero_filled_quality",
+                           "model worse than its zero-filled input")  # fmt: skip
+        accuracy, chance = r.estimate("clean_quality"), r.metrics.get("chance_quality")
+        if first and chance is not None and accuracy is not None and accuracy.low <= chance:
+            found.append(_flag_line(r, "model not shown better than chance",
+                                    f"clean accuracy {_shown(accuracy)} against chance "
+                                    f"{chance:.3f}"))  # fmt: skip
+        auroc = r.estimate("detection_auroc")
+        if auroc is not None and auroc.high < 0.5:
+            found.append(_flag_line(r, "detector below chance",
+                                    f"detection AUROC {_shown(auroc)} below 0.5"))  # fmt: skip
     return found
+
+
+def _against(flag: dict[str, str]) -> str:
+    """`` against `ID``` where a flag compares two cells."""
+    other = flag["against"]
+    return f" against `{other}`" if other and other != flag["cell"] else ""
+
+
+def _shown(value: Estimate) -> str:
+    return f"{value.value:.3f} [{value.low:.2f}, {value.high:.2f}]"
+
+
+def _flag_line(record: CellRecord, name: str, detail: str) -> dict[str, str]:
+    return {"flag": name, "cell": record.id, "against": "", "detail": detail}
 
 
 def _flag(stronger: CellRecord, metric: str, weaker: CellRecord, weaker_metric: str,
@@ -184,7 +224,7 @@ def write_results(out: Path, records: list[CellRecord]) -> dict[str, Any]:
     failed = [r for r in records if not r.ok]
     text = ["# defend matrix", "", tables(records)]
     text += ["## sanity flags (Carlini et al. 2019)", ""]
-    text += [f"- {f['flag']}: `{f['cell']}` against `{f['against']}` ({f['detail']})"
+    text += [f"- {f['flag']}: `{f['cell']}`" + _against(f) + f" ({f['detail']})"
              for f in raised] or ["- none raised"]  # fmt: skip
     if failed:
         text += ["", "## failed cells", ""]

@@ -43,8 +43,16 @@ from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from defend.data.arrays import every_kth, load_arrays
+from defend.device import check_batch_memory
 from defend.errors import DefendError
-from defend.io import check_writable, load_checkpoint, write_csv, write_json, write_text
+from defend.io import (
+    check_model_checkpoint,
+    check_writable,
+    load_checkpoint,
+    write_csv,
+    write_json,
+    write_text,
+)
 from defend.plots import plot_sweep
 from defend.smooth import load_smoothed, training_unit
 from defend.tasks import kind_of
@@ -197,7 +205,7 @@ def certify_split(
     n: int | None = None,
     alpha: float | None = None,
     batch_size: int = 1000,
-    tau: float = 0.75,
+    tau: float | None = None,
     eps_in: float | None = None,
     seed: int = 0,
     device: str | None = None,
@@ -210,39 +218,67 @@ def certify_split(
         sigma: the noise std (images: [0, 1] units; recon: k-space units, module doc).
         denoiser: a ``defend train denoiser`` checkpoint, or None.
         n0, n, alpha: selection and estimation samples, failure probability (default
-            :data:`DEFAULTS`). tau: segmentation's vote threshold. eps_in: the
-            reconstruction's input radius (default ``sigma``, k-space units).
+            :data:`DEFAULTS`). tau: segmentation's vote threshold (default 0.75). eps_in:
+            the reconstruction's input radius (default ``sigma``, k-space units).
 
     Returns:
         The summary (also ``out/summary.json``), with ``rows``.
+
+    Raises:
+        DefendError: (one line, before anything is written) an option out of its range or
+            given to a task that ignores it, ``n0`` above ``n``, a checkpoint that is not a
+            model, an output folder that cannot be written.
     """
     if n_samples < 1 or skip < 1:
         raise DefendError(f"--n-samples and --skip must be >= 1, got {n_samples}, {skip}")
-    out = check_writable(out, "dir")
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = check_model_checkpoint(load_checkpoint(checkpoint), checkpoint)
     task = ckpt["task"]
     counts = _sample_counts(task, n0, n, alpha)
-    eps_in = sigma if eps_in is None else eps_in
+    check_options(task, sigma, counts, batch_size, tau, eps_in)
+    out = check_writable(out, "dir")
+    tau, eps_in = 0.75 if tau is None else tau, sigma if eps_in is None else eps_in
     smooth, noise = _smoothed(checkpoint, data_dir, ckpt, sigma, denoiser, device, counts)
     samples = _every(data_dir, task, split, n_samples, skip, ckpt)
+    check_batch_memory(batch_size, samples[0].shape[1:], smooth.device)
     settings = {
-        "checkpoint": Path(checkpoint).name,
-        "denoiser": denoiser and Path(denoiser).name,
-        "split": split,
-        "sigma": sigma,
-        "seed": seed,
-        "skip": skip,
-        **counts,
+        "checkpoint": Path(checkpoint).name, "denoiser": denoiser and Path(denoiser).name,
+        "split": split, "sigma": sigma, "seed": seed, "skip": skip, **counts,
         "tau": tau if kind_of(task) == "seg" else None,
-        "eps_in": eps_in if kind_of(task) == "recon" else None,
-        **noise,
-    }
+        "eps_in": eps_in if kind_of(task) == "recon" else None, **noise,
+    }  # fmt: skip
     certify = _row_function(task, smooth, tau, eps_in)
     options = {**counts, "batch_size": batch_size}
     rows = _certify_rows(out / PARTIAL, task, settings, certify, samples, options, progress)
     summary = _summary(task, settings, rows)
     _write_results(out, summary, rows, checkpoint, denoiser)
     return {**summary, "rows": rows}
+
+
+def check_options(task: str, sigma: float, counts: dict[str, Any], batch_size: int,
+                  tau: float | None, eps_in: float | None) -> None:  # fmt: skip
+    """Refuse, in one line naming the option and the value given, what certify cannot use:
+    ``sigma``, ``n0``, ``n``, ``batch_size`` or ``eps_in`` not above 0, ``alpha`` outside
+    (0, 1), ``n0`` above ``n`` (every sample would abstain), ``tau`` outside (0.5, 1)
+    (the radius ``sigma * Phi^-1(tau)`` must be positive), or ``tau`` / ``eps_in`` given to
+    a task that ignores them."""
+    kind = kind_of(task)
+    for name, value in (("--sigma", sigma), ("--n0", counts["n0"]), ("--n", counts["n"]),
+                        ("--batch-size", batch_size), ("--eps-in", eps_in)):  # fmt: skip
+        if value is not None and not value > 0:
+            raise DefendError(f"{name} must be > 0, got {value:g}")
+    if not 0 < counts["alpha"] < 1:
+        raise DefendError(f"--alpha must be in (0, 1), got {counts['alpha']:g}")
+    if counts["n0"] > counts["n"]:
+        raise DefendError(
+            f"--n0 ({counts['n0']}) must not exceed --n ({counts['n']}): "
+            "with more selection than estimation samples every sample abstains"
+        )
+    if tau is not None and kind != "seg":
+        raise DefendError(f"--tau is segmentation's vote threshold; {task} ignores it")
+    if tau is not None and not 0.5 < tau < 1:
+        raise DefendError(f"--tau must be in (0.5, 1), got {tau:g}")
+    if eps_in is not None and kind != "recon":
+        raise DefendError(f"--eps-in is the reconstruction's input radius; {task} ignores it")
 
 
 def _sample_counts(task: str, n0: int | None, n: int | None, alpha: float | None) -> dict[str, Any]:

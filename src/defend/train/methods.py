@@ -145,6 +145,11 @@ DEFAULT_EPS = {"recon": 0.1, "seg": 0.008, "cls": 8 / 255}
 DEFAULT_STEPS = {"pgd": 7, "fgsm-rs": 1, "trades": 10, "hallucination": 5}
 
 
+#: recon hallucination training's default consistency weight: the measured recipe's
+#: (docs/hardening.md: fine-tuned from a standard model with ``--beta 4``)
+HALLUCINATION_BETA = 4.0
+
+
 def make_objective(
     task: str,
     method: str,
@@ -165,7 +170,8 @@ def make_objective(
         eps: budget (default :data:`DEFAULT_EPS`, the units of the matching attack command).
         steps: attack steps per training batch (default :data:`DEFAULT_STEPS`; recon pgd 5).
         step: step size as a fraction of eps. mix: attacked fraction of each batch.
-        warmup_epochs: linear eps warm-up. beta: TRADES / consistency weight (trades: 6).
+        warmup_epochs: linear eps warm-up. beta: TRADES / consistency weight (trades: 6;
+            recon hallucination: 4, the recipe docs/hardening.md measured).
         attack_loss: seg ``bce`` (default) or ``training``. norm: recon ``inf`` or ``2``.
         clean_floor: recon hallucination: the best checkpoint's clean-SSIM margin
             (default :data:`~defend.train.objectives.CLEAN_FLOOR`).
@@ -182,6 +188,8 @@ def make_objective(
     if steps < 1:
         raise DefendError(f"--steps must be >= 1, got {steps}")
     settings: dict[str, Any] = {"mix": mix, "warmup_epochs": warmup_epochs}
+    if beta is None and method == "hallucination":
+        beta = HALLUCINATION_BETA
     if beta is not None:
         settings["beta"] = beta
     if kind_of(task) == "recon":
