@@ -207,6 +207,10 @@ def test_the_verdict_judges_each_defence_by_its_worst_attack():
     )
     nan = _cell("cls-none", [np.nan] * 4)  # no sample right when clean
     assert [v.outcome for v in verdicts([nan])] == ["not judged"]
+    guessing = _cell("smoothing", resisted, chance_quality=0.5, clean_quality=0.5)
+    guessing.intervals["clean_quality"] = [0.19, 0.81]  # a low success over a coin flip
+    [v] = [v for v in verdicts([records[0], guessing]) if v.defence == "smoothing"]
+    assert v.outcome == "at chance" and "means nothing" in sentence(v)
 
 
 def test_quality_flags_fire_on_useless_models_only():

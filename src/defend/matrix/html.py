@@ -64,9 +64,11 @@ GREY = (
 )
 #: list classes and figure colours of the verdicts' outcomes
 OUTCOME_CLASS = {"holds": "ok", "does not hold": "flag", "nothing to defend": "caveat",
-                 "not judged": "caveat", "undefended": ""}  # fmt: skip
+                 "not judged": "caveat", "at chance": "flag", "worse than no model": "flag",
+                 "undefended": ""}  # fmt: skip
 OUTCOME_COLOUR = {"holds": "#1a7f37", "does not hold": "#c62828", "nothing to defend": "#888888",
-                  "not judged": "#bbbbbb", "undefended": "#222222"}  # fmt: skip
+                  "not judged": "#bbbbbb", "at chance": "#e08000",
+                  "worse than no model": "#e08000", "undefended": "#222222"}  # fmt: skip
 #: a run below these is a pipeline check (the report says so)
 MIN_EPOCHS, MIN_SAMPLES = 2, 8
 #: the arrays of a cell's examples npz

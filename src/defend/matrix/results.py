@@ -168,8 +168,10 @@ def quality_flags(records: list[CellRecord]) -> list[dict[str, str]]:
     """Flags that a model or detector is of no use, so that the cells over it mean little:
     a reconstruction whose clean SSIM lies wholly below its zero-filled input's (95 %
     intervals separate); a classifier whose clean accuracy is not shown above chance (its
-    interval reaches down to 1 / classes); a detector whose AUROC lies wholly below 0.5. The
-    model's flags are raised once a row (its first cell), the detector's once a cell."""
+    interval reaches down to 1 / classes); a detector whose AUROC against a plain attack lies
+    wholly below 0.5 (a detector-aware attack drives it there on purpose: that is the
+    attack's success, read in its cell). The model's flags are raised once a row (its first
+    cell), the detector's once a cell."""
     found: list[dict[str, str]] = []
     seen: set[tuple[str, str, str]] = set()
     for r in records:
@@ -183,8 +185,8 @@ def quality_flags(records: list[CellRecord]) -> list[dict[str, str]]:
             found.append(_flag_line(r, "model not shown better than chance",
                                     f"clean accuracy {_shown(accuracy)} against chance "
                                     f"{chance:.3f}"))  # fmt: skip
-        auroc = r.estimate("detection_auroc")
-        if auroc is not None and auroc.high < 0.5:
+        auroc = r.estimate("detection_auroc")  # plain attacks: an adaptive one aims low
+        if r.adaptive == "none" and auroc is not None and auroc.high < 0.5:
             found.append(_flag_line(r, "detector below chance",
                                     f"detection AUROC {_shown(auroc)} below 0.5"))  # fmt: skip
     return found

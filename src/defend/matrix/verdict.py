@@ -12,6 +12,9 @@ by the strongest attack known against it (Carlini et al. 2019, §5):
 * ``nothing to defend``: the undefended model's worst case is 0: the attacks do not beat
   the model, so the defence is not tested;
 * ``not judged``: no sample could be judged (e.g. none right when clean);
+* ``at chance`` / ``worse than no model``: the defended model itself is of no use (a
+  classifier whose clean accuracy is not shown above chance, a reconstruction whose clean
+  SSIM lies below its zero-filled input's): a low success there is no defence;
 * ``undefended``: the ``none`` row itself, the reference.
 """
 
@@ -67,9 +70,21 @@ def verdicts(records: list[CellRecord]) -> list[Verdict]:
     for (task, model, defence, at), (cell, success) in worst.items():
         base = worst.get((task, model, "none", at))
         reference = None if defence == "none" or base is None else base[1]
-        outcome = _outcome(defence, success, reference)
+        outcome = _useless(cell) or _outcome(defence, success, reference)
         out.append(Verdict(task, cell.row, defence, at, cell, success, reference, outcome))
     return out
+
+
+def _useless(cell: CellRecord) -> str | None:
+    """``at chance`` or ``worse than no model`` where the row's model is of no use (module
+    doc), read off the cell's clean quality and its baseline; else None."""
+    quality, chance = cell.estimate("clean_quality"), cell.metrics.get("chance_quality")
+    if quality is not None and chance is not None and quality.low <= chance:
+        return "at chance"
+    zero_filled = cell.estimate("zero_filled_quality")
+    if quality is not None and zero_filled is not None and separated(quality, zero_filled):
+        return "worse than no model"
+    return None
 
 
 def _outcome(defence: str, success: Estimate, undefended: Estimate | None) -> str:
@@ -93,6 +108,11 @@ def _shown(value: Estimate) -> str:
 def sentence(verdict: Verdict) -> str:
     """The verdict in words: ``unet / smoothing at eps 0.1: does not hold. Worst attack
     hallucination+eot: success 0.50 [0.09, 0.91] of 2; undefended 0.50 [...] of 2.``"""
+    if verdict.outcome in ("at chance", "worse than no model"):
+        quality = verdict.worst.estimate("clean_quality")
+        return (f"{verdict.row} at {verdict.budget}: {verdict.outcome}: its clean "
+                f"{verdict.worst.metrics.get('quality_metric', 'quality')} is "
+                f"{_shown(quality)}, so a low attack success means nothing.")  # fmt: skip
     if verdict.outcome == "not judged":
         return (f"{verdict.row} at {verdict.budget}: not judged: no sample could be judged "
                 "(success counts only samples the model gets right when clean).")  # fmt: skip
