@@ -14,8 +14,11 @@ elsewhere the machine's own kernels run. A notebook that ran torch on the CPU be
 importing ``defend`` may keep some of the kernels it started with. Equal numbers need the
 same torch release (its oneDNN and MKL) as well, and oneDNN may block its loops by cache
 size, which no variable pins: an Intel Xeon and an AMD EPYC, both pinned, give different last
-digits (tests/test_cpu_kernels.py records each). What the pin does give on every machine is
-the same digits at any thread count. GPU kernels are not affected.
+digits (tests/test_cpu_kernels.py records each). Nor does the pin make every training
+independent of the thread count: some convolution kernels (those of the ResNet-18 encoders)
+reduce gradients in per-thread parts, so their training at 1 and at 2 threads ends in other
+last digits (README); the probe of tests/test_cpu_kernels.py does not. GPU kernels are not
+affected.
 """
 
 from __future__ import annotations
