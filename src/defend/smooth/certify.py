@@ -31,10 +31,11 @@ atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -225,9 +226,8 @@ def certify_split(
         The summary (also ``out/summary.json``), with ``rows``.
 
     Raises:
-        DefendError: (one line, before anything is written) an option out of its range or
-            given to a task that ignores it, ``n0`` above ``n``, a checkpoint that is not a
-            model, an output folder that cannot be written.
+        DefendError: (one line, before any file) a bad option (:func:`check_options`), a
+            checkpoint that is not a model, an unwritable ``out``, a batch that cannot fit.
     """
     if n_samples < 1 or skip < 1:
         raise DefendError(f"--n-samples and --skip must be >= 1, got {n_samples}, {skip}")
@@ -247,10 +247,10 @@ def certify_split(
         "eps_in": eps_in if kind_of(task) == "recon" else None, **noise,
     }  # fmt: skip
     certify = _row_function(task, smooth, tau, eps_in)
-    options = {**counts, "batch_size": batch_size}
-    rows = _certify_rows(out / PARTIAL, task, settings, certify, samples, options, progress)
-    summary = _summary(task, settings, rows)
-    _write_results(out, summary, rows, checkpoint, denoiser)
+    with _draw_bar(smooth, progress) as draws:
+        rows = _certify_rows(out / PARTIAL, task, settings, certify, samples,
+                             {**counts, "batch_size": batch_size}, progress, draws)  # fmt: skip
+    _write_results(out, summary := _summary(task, settings, rows), rows, checkpoint, denoiser)
     return {**summary, "rows": rows}
 
 
@@ -258,7 +258,7 @@ def check_options(task: str, sigma: float, counts: dict[str, Any], batch_size: i
                   tau: float | None, eps_in: float | None) -> None:  # fmt: skip
     """Refuse, in one line naming the option and the value given, what certify cannot use:
     ``sigma``, ``n0``, ``n``, ``batch_size`` or ``eps_in`` not above 0, ``alpha`` outside
-    (0, 1), ``n0`` above ``n`` (every sample would abstain), ``tau`` outside (0.5, 1)
+    (0, 0.5), ``n0`` above ``n`` (every sample would abstain), ``tau`` outside (0.5, 1)
     (the radius ``sigma * Phi^-1(tau)`` must be positive), or ``tau`` / ``eps_in`` given to
     a task that ignores them."""
     kind = kind_of(task)
@@ -266,8 +266,8 @@ def check_options(task: str, sigma: float, counts: dict[str, Any], batch_size: i
                         ("--batch-size", batch_size), ("--eps-in", eps_in)):  # fmt: skip
         if value is not None and not value > 0:
             raise DefendError(f"{name} must be > 0, got {value:g}")
-    if not 0 < counts["alpha"] < 1:
-        raise DefendError(f"--alpha must be in (0, 1), got {counts['alpha']:g}")
+    if not 0 < counts["alpha"] < 0.5:
+        raise DefendError(f"--alpha must be in (0, 0.5), got {counts['alpha']:g}")
     if counts["n0"] > counts["n"]:
         raise DefendError(
             f"--n0 ({counts['n0']}) must not exceed --n ({counts['n']}): "
@@ -315,6 +315,20 @@ def _smoothed(
     return smooth, noise
 
 
+@contextlib.contextmanager
+def _draw_bar(smooth: Any, progress: bool) -> Iterator[Any]:
+    """A second progress bar counting the noisy copies of the sample being certified (a
+    recon sample at real size takes minutes), fed by ``smooth.on_draws``."""
+    draws = tqdm(desc="noisy copies, this sample", unit="copy", leave=False,
+                 disable=not progress)  # fmt: skip
+    smooth.on_draws = draws.update
+    try:
+        yield draws
+    finally:
+        smooth.on_draws = None
+        draws.close()
+
+
 def _certify_rows(
     partial: Path,
     task: str,
@@ -323,6 +337,7 @@ def _certify_rows(
     samples: tuple[np.ndarray, np.ndarray, np.ndarray],
     options: dict[str, Any],
     progress: bool,
+    draws: Any = None,
 ) -> list[dict[str, Any]]:
     """One certificate row per sample of ``samples`` ``(x, y, positions)``, in order.
 
@@ -342,6 +357,8 @@ def _certify_rows(
         for i in range(len(rows), len(x)):
             index = int(positions[i])
             sample = {**options, "seed": settings["seed"] + index}
+            if draws is not None:
+                draws.reset()
             row = {"index": index, **certify(x[i], y[i], sample)}
             rows.append(row)
             log.write(json.dumps(row) + "\n")

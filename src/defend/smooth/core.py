@@ -142,6 +142,8 @@ class Smooth:
             raise DefendError(f"the noise's sigma {noise.sigma} is not the smoothing's {sigma}")
         self.base, self.sigma, self.noise = base, sigma, noise
         self.denoiser, self.device = denoiser, torch.device(device)
+        #: called with the number of noisy copies each chunk ran (a progress bar's update)
+        self.on_draws: Callable[[int], Any] | None = None
 
     @property
     def noise_std(self) -> float:
@@ -174,7 +176,10 @@ class Smooth:
                 chunk = range(first, min(first + per_chunk, blocks))
                 eps = torch.cat([_block_noise(seed, phase, b, tuple(x.shape)) for b in chunk])
                 eps = eps[: n - first * BLOCK].to(self.device)
-                yield self.forward(clean + scale * eps)
+                out = self.forward(clean + scale * eps)
+                if self.on_draws is not None:
+                    self.on_draws(len(eps))
+                yield out
 
 
 def _check_alpha(alpha: float) -> None:
