@@ -27,7 +27,6 @@ def _certify(ckpt: Path, data: Path, out: Path, *options: object):
         (("--alpha", 0), "--alpha must be in (0, 0.5), got 0"),
         (("--alpha", 2), "--alpha must be in (0, 0.5), got 2"),  # not the halved 1
         (("--batch-size", 0), "--batch-size must be > 0, got 0"),
-        (("--n0", 50, "--n", 20), "--n0 (50) must not exceed --n (20)"),
         (("--tau", 0.9), "--tau is segmentation's vote threshold; cls ignores it"),
         (("--eps-in", 0.1), "--eps-in is the reconstruction's input radius; cls ignores it"),
     ],
@@ -42,6 +41,20 @@ def test_certify_refuses_tau_outside_its_range(seg_ckpt, synth_dir, tmp_path):
     result = _certify(seg_ckpt, synth_dir, tmp_path / "out", "--tau", 0.4)
     one_line_error(result, "--tau must be in (0.5, 1), got 0.4")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recon_certify_refuses_more_centre_candidates_than_samples(unet_ckpt, synth_dir,
+                                                                   tmp_path):  # fmt: skip
+    """Recon abstains on every sample with n0 > n: refused; cls and seg select on n0 and
+    estimate on n apart, so there it is a valid, if odd, choice."""
+    from defend.smooth.certify import check_options
+
+    result = _certify(unet_ckpt, synth_dir, tmp_path / "out", "--n0", 50, "--n", 20)
+    one_line_error(result, "--n0 (50) must not exceed --n (20)")
+    assert list(tmp_path.iterdir()) == []
+    counts = {"n0": 50, "n": 20, "alpha": 0.01}
+    for task in ("cls", "seg"):
+        check_options(task, 0.25, counts, 100, None, None)
 
 
 @pytest.mark.parametrize("kind", ["detector", "input-detector", "denoiser"])

@@ -205,6 +205,9 @@ def test_the_verdict_judges_each_defence_by_its_worst_attack():
     assert sentence(found[("adv-pgd", "eps 0.1")]).startswith(
         "net / adv-pgd at eps 0.1: does not hold. Worst attack art-pgd: success 0.94 ["
     )
+    worse = _cell("smoothing", beaten, eps=None, attack="dgde")  # a defence that lets it in
+    [v] = [v for v in verdicts([records[6], worse]) if v.defence == "smoothing"]
+    assert v.outcome == "does not hold"  # not "nothing to defend": 16/16 against 0/16
     nan = _cell("cls-none", [np.nan] * 4)  # no sample right when clean
     assert [v.outcome for v in verdicts([nan])] == ["not judged"]
     guessing = _cell("smoothing", resisted, chance_quality=0.5, clean_quality=0.5)

@@ -139,7 +139,11 @@ def test_the_toy_defence_changes_what_the_row_outputs(toy_registry, cls_ckpt, sy
 
     x, _ = load_arrays(synth_dir, "cls", "test", 8, checkpoint=cls_ckpt)
     labels = defended.estimator.predict(squeeze(x).astype(x.dtype)).argmax(1)
+    seen, predict = [], defended.estimator.predict
+    defended.estimator.predict = lambda images, **kw: seen.append(images) or predict(images, **kw)
     np.testing.assert_array_equal(defended.outputs(x, np.arange(len(x))).values, labels)
+    assert not np.array_equal(squeeze(x), x)  # the squeeze moves the images ...
+    np.testing.assert_array_equal(seen[0], squeeze(x))  # ... and the model saw them squeezed
     assert row_builds(config, row).keys() == {"model"}
 
 

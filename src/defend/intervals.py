@@ -43,6 +43,10 @@ class Estimate:
     high: float
     n: int
 
+    def __str__(self) -> str:
+        """``0.500 [0.24, 0.76]``, how the matrix's tables and flags show an estimate."""
+        return f"{self.value:.3f} [{self.low:.2f}, {self.high:.2f}]"
+
 
 def wilson(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion ``successes / n`` (NaN for n = 0)."""

@@ -131,7 +131,8 @@ def quality_warnings(kind: str, metrics: dict[str, Any], classes: int | None = N
     * ``recon``: ``ssim`` below ``zf_ssim`` (worse than the zero-filled input it is given);
     * ``cls``: ``auroc`` at or below 0.5, or ``accuracy`` at or below ``1 / classes``
       (no better than chance);
-    * ``detector``: ``auroc`` below 0.5 (it ranks attacked images below clean ones).
+    * ``detector`` and ``input-detector``: ``auroc`` below 0.5 (it ranks attacked images
+      below clean ones).
 
     Missing or NaN metrics raise nothing; ``seg`` has no such check.
     """
@@ -149,7 +150,7 @@ def quality_warnings(kind: str, metrics: dict[str, Any], classes: int | None = N
     if kind == "cls" and classes and value("accuracy") <= 1 / classes:
         lines.append(f"the classifier's accuracy {value('accuracy'):.4f} is at or below chance "
                      f"(1/{classes})")  # fmt: skip
-    if kind == "detector" and value("auroc") < 0.5:
+    if kind in ("detector", "input-detector") and value("auroc") < 0.5:
         lines.append(f"the detector's AUROC {value('auroc'):.4f} is below chance (0.5): it "
                      "scores attacked images below clean ones")  # fmt: skip
     return lines

@@ -67,11 +67,6 @@ def register_defence(name: str, apply: Callable[[Any, dict[str, Any], dict[str, 
     _REGISTERED[name] = entry
 
 
-def registered_defences() -> dict[str, Defence]:
-    """The defences :func:`register_defence` added, by name."""
-    return dict(_REGISTERED)
-
-
 def task_defences(task: str) -> tuple[str, ...]:
     """The defences ``task``'s ``defences`` may list: :data:`BUILT_IN` and those registered
     for it or its kind (:func:`defend.tasks.kind_of`; not in the defaults)."""

@@ -341,11 +341,7 @@ def _flags(flags: list[dict[str, str]], ok: list[CellRecord]) -> str:
     else:
         raised = "".join(
             f'<li class="flag">{_e(f["flag"])}: <code>{_e(f["cell"])}</code>'
-            + (
-                f" against <code>{_e(f['against'])}</code>"
-                if f["against"] and f["against"] != f["cell"]
-                else ""
-            )
+            + (f" against <code>{_e(f['against'])}</code>" if f["against"] else "")
             + f" ({_e(f['detail'])})</li>"
             for f in flags
         )

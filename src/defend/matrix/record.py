@@ -88,9 +88,9 @@ class CellRecord:
     def estimate(self, metric: str) -> Estimate | None:
         """``metric`` with its interval and count, None where the record lacks it; NaN
         where no sample could be judged (the file holds null)."""
-        value = self.metrics.get(metric, False)
-        if value is None:
+        if metric in self.metrics and self.metrics[metric] is None:
             return Estimate(math.nan, math.nan, math.nan, self.counts.get(metric, 0))
+        value = self.metrics.get(metric)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         low, high = self.intervals.get(metric, (math.nan, math.nan))

@@ -35,11 +35,15 @@ from defend.io import write_csv, write_json, write_text
 from defend.matrix.html import write_report
 from defend.matrix.outcomes import SHOWN
 from defend.matrix.record import CellRecord
+from defend.matrix.verdict import useless
 
 CSV_COLUMNS = ("task", "model", "defence", "attack", "adaptive", "eps", "metric", "value",
                "ci_low", "ci_high", "n", "seconds")  # fmt: skip
 #: the tables of matrix.md, in order: (metric, title)
 TABLES = SHOWN
+#: the quality flag of each way a model is of no use (:func:`defend.matrix.verdict.useless`)
+USELESS_FLAGS = {"at chance": "model not shown better than chance",
+                 "worse than no model": "model worse than its zero-filled input"}  # fmt: skip
 #: the white-box attacks that random noise must not beat
 WHITE_BOX = ("hallucination", "seg-fgsm", "seg-pgd", "art-pgd")
 
@@ -128,7 +132,7 @@ def _number(value: Estimate | None) -> str:
         return "nan"
     if not (math.isfinite(value.low) and math.isfinite(value.high)):
         return f"{value.value:.3f}"
-    return f"{value.value:.3f} [{value.low:.2f}, {value.high:.2f}]"
+    return str(value)
 
 
 def flags(records: list[CellRecord]) -> list[dict[str, str]]:
@@ -177,29 +181,18 @@ def quality_flags(records: list[CellRecord]) -> list[dict[str, str]]:
     for r in records:
         first = (r.task, r.model, r.defence) not in seen
         seen.add((r.task, r.model, r.defence))
-        if first and "zero_filled_quality" in r.metrics:
-            found += _flag(r, "clean_quality", r, "zero_filled_quality",
-                           "model worse than its zero-filled input")  # fmt: skip
-        accuracy, chance = r.estimate("clean_quality"), r.metrics.get("chance_quality")
-        if first and chance is not None and accuracy is not None and accuracy.low <= chance:
-            found.append(_flag_line(r, "model not shown better than chance",
-                                    f"clean accuracy {_shown(accuracy)} against chance "
-                                    f"{chance:.3f}"))  # fmt: skip
+        if first and (no_use := useless(r)):
+            found.append(_flag_line(r, USELESS_FLAGS[no_use[0]], no_use[1]))
         auroc = r.estimate("detection_auroc")  # plain attacks: an adaptive one aims low
         if r.adaptive == "none" and auroc is not None and auroc.high < 0.5:
             found.append(_flag_line(r, "detector below chance",
-                                    f"detection AUROC {_shown(auroc)} below 0.5"))  # fmt: skip
+                                    f"detection AUROC {auroc} below 0.5"))  # fmt: skip
     return found
 
 
 def _against(flag: dict[str, str]) -> str:
     """`` against `ID``` where a flag compares two cells."""
-    other = flag["against"]
-    return f" against `{other}`" if other and other != flag["cell"] else ""
-
-
-def _shown(value: Estimate) -> str:
-    return f"{value.value:.3f} [{value.low:.2f}, {value.high:.2f}]"
+    return f" against `{flag['against']}`" if flag["against"] else ""
 
 
 def _flag_line(record: CellRecord, name: str, detail: str) -> dict[str, str]:
@@ -214,9 +207,9 @@ def _flag(stronger: CellRecord, metric: str, weaker: CellRecord, weaker_metric: 
     if a is None or b is None or not separated(a, b):
         return []
     what = metric if metric == weaker_metric else f"{metric} against {weaker_metric}"
-    detail = (f"{what} {a.value:.3f} [{a.low:.2f}, {a.high:.2f}] against "
-              f"{b.value:.3f} [{b.low:.2f}, {b.high:.2f}]")  # fmt: skip
-    return [{"flag": name, "cell": stronger.id, "against": weaker.id, "detail": detail}]
+    detail = f"{what} {a} against {b}"
+    against = "" if weaker is stronger else weaker.id  # a cell's two measurements: no other
+    return [{"flag": name, "cell": stronger.id, "against": against, "detail": detail}]
 
 
 def write_results(out: Path, records: list[CellRecord]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ by the strongest attack known against it (Carlini et al. 2019, §5):
   (the ``none`` row) at that budget (the intervals separate);
 * ``does not hold``: the intervals overlap, or its worst case is higher;
 * ``nothing to defend``: the undefended model's worst case is 0: the attacks do not beat
-  the model, so the defence is not tested;
+  the model, so the defence is not tested (unless its own worst case lies wholly above 0:
+  then it ``does not hold``);
 * ``not judged``: no sample could be judged (e.g. none right when clean);
 * ``at chance`` / ``worse than no model``: the defended model itself is of no use (a
   classifier whose clean accuracy is not shown above chance, a reconstruction whose clean
@@ -70,20 +71,25 @@ def verdicts(records: list[CellRecord]) -> list[Verdict]:
     for (task, model, defence, at), (cell, success) in worst.items():
         base = worst.get((task, model, "none", at))
         reference = None if defence == "none" or base is None else base[1]
-        outcome = _useless(cell) or _outcome(defence, success, reference)
+        no_use = useless(cell)
+        outcome = no_use[0] if no_use else _outcome(defence, success, reference)
         out.append(Verdict(task, cell.row, defence, at, cell, success, reference, outcome))
     return out
 
 
-def _useless(cell: CellRecord) -> str | None:
-    """``at chance`` or ``worse than no model`` where the row's model is of no use (module
-    doc), read off the cell's clean quality and its baseline; else None."""
+def useless(cell: CellRecord) -> tuple[str, str] | None:
+    """``(outcome, detail)`` where the cell's model is of no use, read off its clean quality
+    and the baseline it must beat: ``at chance`` (cls: the clean accuracy's interval reaches
+    down to 1 / classes) or ``worse than no model`` (recon: the clean SSIM's interval lies
+    wholly below the zero-filled input's); else None. The verdict and the quality flags
+    (:func:`defend.matrix.results.quality_flags`) both read it."""
     quality, chance = cell.estimate("clean_quality"), cell.metrics.get("chance_quality")
     if quality is not None and chance is not None and quality.low <= chance:
-        return "at chance"
+        return "at chance", f"clean accuracy {quality} against chance {chance:.3f}"
     zero_filled = cell.estimate("zero_filled_quality")
     if quality is not None and zero_filled is not None and separated(quality, zero_filled):
-        return "worse than no model"
+        return "worse than no model", (f"clean SSIM {quality} against the zero-filled "
+                                       f"input's {zero_filled}")  # fmt: skip
     return None
 
 
@@ -94,8 +100,8 @@ def _outcome(defence: str, success: Estimate, undefended: Estimate | None) -> st
         return "undefended"
     if undefended is None or math.isnan(undefended.value):
         return "not judged"
-    if undefended.value == 0:
-        return "nothing to defend"
+    if undefended.value == 0:  # untested, unless the defence itself lets attacks through
+        return "does not hold" if separated(undefended, success) else "nothing to defend"
     return "holds" if separated(success, undefended) else "does not hold"
 
 

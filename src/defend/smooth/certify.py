@@ -56,6 +56,7 @@ from defend.io import (
 )
 from defend.plots import plot_sweep
 from defend.smooth import load_smoothed, training_unit
+from defend.smooth.core import check_alpha
 from defend.tasks import kind_of
 
 #: default sample counts and alpha per task (Cohen et al.; SegCertify; center smoothing)
@@ -258,7 +259,7 @@ def check_options(task: str, sigma: float, counts: dict[str, Any], batch_size: i
                   tau: float | None, eps_in: float | None) -> None:  # fmt: skip
     """Refuse, in one line naming the option and the value given, what certify cannot use:
     ``sigma``, ``n0``, ``n``, ``batch_size`` or ``eps_in`` not above 0, ``alpha`` outside
-    (0, 0.5), ``n0`` above ``n`` (every sample would abstain), ``tau`` outside (0.5, 1)
+    (0, 0.5), recon ``n0`` above ``n`` (every sample would abstain), ``tau`` outside (0.5, 1)
     (the radius ``sigma * Phi^-1(tau)`` must be positive), or ``tau`` / ``eps_in`` given to
     a task that ignores them."""
     kind = kind_of(task)
@@ -266,12 +267,11 @@ def check_options(task: str, sigma: float, counts: dict[str, Any], batch_size: i
                         ("--batch-size", batch_size), ("--eps-in", eps_in)):  # fmt: skip
         if value is not None and not value > 0:
             raise DefendError(f"{name} must be > 0, got {value:g}")
-    if not 0 < counts["alpha"] < 0.5:
-        raise DefendError(f"--alpha must be in (0, 0.5), got {counts['alpha']:g}")
-    if counts["n0"] > counts["n"]:
+    check_alpha(counts["alpha"])  # the value typed (recon's certify halves it later)
+    if kind == "recon" and counts["n0"] > counts["n"]:
         raise DefendError(
-            f"--n0 ({counts['n0']}) must not exceed --n ({counts['n']}): "
-            "with more selection than estimation samples every sample abstains"
+            f"--n0 ({counts['n0']}) must not exceed --n ({counts['n']}): with more centre "
+            "candidates than estimation samples every sample abstains"
         )
     if tau is not None and kind != "seg":
         raise DefendError(f"--tau is segmentation's vote threshold; {task} ignores it")

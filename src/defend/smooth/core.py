@@ -182,7 +182,8 @@ class Smooth:
                 yield out
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
+    """A one-line error for a failure probability outside (0, 0.5)."""
     if not 0 < alpha < 0.5:
         raise DefendError(f"--alpha must be in (0, 0.5), got {alpha}")
 
@@ -211,7 +212,7 @@ class SmoothClassifier(Smooth):
     def predict(self, x: Any, n: int, alpha: float, batch_size: int = 1000, seed: int = 0) -> int:
         """The smoothed prediction for one image ``x`` (C, H, W), or :data:`ABSTAIN`; wrong
         (not abstaining on a class other than ``g(x)``) with probability at most ``alpha``."""
-        _check_alpha(alpha)
+        check_alpha(alpha)
         counts = self.counts(x, n, batch_size, seed, phase=2)
         top2 = np.argsort(counts, kind="stable")[::-1][:2]
         count1, count2 = int(counts[top2[0]]), int(counts[top2[1]])
@@ -225,7 +226,7 @@ class SmoothClassifier(Smooth):
         """``(class, radius)`` for one image ``x`` (C, H, W): ``g`` predicts ``class`` within
         the l2 ``radius`` (pixel units) with probability >= 1 - alpha; ``(ABSTAIN, 0.0)``
         when the lower bound on the class's probability is below one half."""
-        _check_alpha(alpha)
+        check_alpha(alpha)
         top = int(self.counts(x, n0, batch_size, seed, phase=0).argmax())
         count = int(self.counts(x, n, batch_size, seed, phase=1)[top])
         p_lower = lower_confidence_bound(count, n, alpha)
@@ -266,7 +267,7 @@ class SmoothSegmenter(Smooth):
     ) -> np.ndarray:
         """Per-pixel smoothed labels (K, H, W) of one image (C, H, W): the majority where a
         two-sided binomial test (Holm-corrected) separates it from one half, else ABSTAIN."""
-        _check_alpha(alpha)
+        check_alpha(alpha)
         votes = self.votes(x, n, batch_size, seed, phase=2)
         top = (2 * votes > n).astype(np.uint8)
         wins = np.maximum(votes, n - votes)
@@ -302,7 +303,7 @@ class SmoothSegmenter(Smooth):
     ) -> list[tuple[np.ndarray, float]]:
         """:meth:`certify` at each ``tau`` from the same samples (a certificate per tau,
         each at level ``alpha``): larger tau, larger radius, fewer certified pixels."""
-        _check_alpha(alpha)
+        check_alpha(alpha)
         if not all(0.5 <= tau < 1 for tau in taus):
             raise DefendError(f"--tau must be in [0.5, 1), got {taus}")
         selection = self.votes(x, n0, batch_size, seed, phase=0)
@@ -370,7 +371,7 @@ class CenterSmoothing(Smooth):
         samples, the fraction within ``r`` lowered by ``delta_1 = sqrt(ln(2 / alpha) / (2 n))``
         is at least ``1/2 - delta``, and ``delta_1 <= delta`` (the paper's test, level alpha).
         """
-        _check_alpha(alpha)
+        check_alpha(alpha)
         self.check_samples(n, alpha)
         x = self._input(x)
         candidates = torch.cat(list(self.outputs(x, n0, batch_size, seed, phase=0)))
