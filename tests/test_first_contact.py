@@ -193,3 +193,17 @@ def test_certify_shows_progress_within_a_sample(cls_ckpt, synth_dir, tmp_path):
     result = _certify(cls_ckpt, synth_dir, tmp_path / "out", "--n-samples", 1, "--n0", 8,
                       "--n", 40)  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_attacks_show_progress_within_a_batch(unet_ckpt, synth_dir, capsys):
+    """A verbose attack shows the iterations of the batch in progress (a second bar), so a
+    150-iteration attack at real size is not a frozen screen; quiet, it prints nothing."""
+    import defend
+    from defend.attacks import HallucinationAttack
+
+    x, _ = defend.load_arrays(synth_dir, "recon", "test", 1, checkpoint=unet_ckpt)
+    unet = defend.load_estimator(unet_ckpt)
+    HallucinationAttack(unet, eps=0.05, max_iter=3, patience=0).generate(x)
+    assert capsys.readouterr().err == ""
+    HallucinationAttack(unet, eps=0.05, max_iter=3, patience=0, verbose=True).generate(x)
+    assert "iterations, this batch" in capsys.readouterr().err

@@ -247,9 +247,9 @@ def test_kspace_noise_is_one_gaussian_whatever_the_input(unet_ckpt, synth_dir):
     support = (smooth.noise.scale(xt[None])[0] > 0).any(-1).any(-2).any(0)
     assert torch.equal(support, mask) and smooth.noise_std == pytest.approx(0.125)
     identity = Smooth(lambda v: v, 0.25, smooth.noise)
-    noisy = torch.cat(list(identity.outputs(xt, 32, 32, seed=5, phase=0)))
+    noisy = torch.cat([o for _, o in identity.outputs(xt, 32, 32, seed=5, phase=0)])
     for moved in (2 * xt, zeroed):
-        shifted = torch.cat(list(identity.outputs(moved, 32, 32, seed=5, phase=0)))
+        shifted = torch.cat([o for _, o in identity.outputs(moved, 32, 32, seed=5, phase=0)])
         torch.testing.assert_close(shifted - noisy, (moved - xt).expand_as(noisy))
     assert (noisy - xt)[..., ~mask, :].abs().max() == 0  # no noise off the sampled columns
     spread = (noisy - xt)[..., mask, :].std()
@@ -446,3 +446,42 @@ def test_frozen_eot_is_one_deterministic_estimate_and_dgde_moves_the_smoothed_mo
         after = smooth.predict(x_adv[i], n=200, alpha=0.01, seed=1)
         moved.append(row["success"] == 1 and before[i] == labels[i] and after != labels[i])
     assert any(moved)
+
+
+def test_a_stopped_certify_continues_mid_sample_with_the_same_numbers(
+    unet_ckpt, synth_dir, tmp_path, monkeypatch
+):
+    """Ctrl-C in the middle of a center-smoothing sample keeps its draws: the next run
+    continues at the next block (fewer forward passes) and writes the rows of an
+    uninterrupted run; a run of another seed does not reuse them."""
+    from defend.smooth import certify as certify_module
+    from defend.smooth.core import Smooth
+
+    monkeypatch.setattr(certify_module, "SAVE_EVERY", 0.0)  # save after every chunk
+    forward, calls, stop_at = Smooth.forward, [0], [None]
+
+    def counted(self, noisy):
+        calls[0] += 1
+        if calls[0] == stop_at[0]:
+            raise KeyboardInterrupt
+        return forward(self, noisy)
+
+    monkeypatch.setattr(Smooth, "forward", counted)
+
+    def run(out, seed=0, stop=None):
+        calls[0], stop_at[0] = 0, stop
+        summary = certify_module.certify_split(
+            unet_ckpt, synth_dir, tmp_path / out, 0.1, n_samples=1, n0=4, n=600, alpha=0.2,
+            batch_size=64, seed=seed, progress=False)  # fmt: skip
+        return summary["rows"], calls[0]
+
+    rows, full = run("a")
+    with pytest.raises(KeyboardInterrupt):
+        run("b", stop=15)  # in the second of the three 600-draw phases
+    assert (tmp_path / "b" / certify_module.SAMPLE).exists()
+    resumed, resumed_calls = run("b")
+    assert resumed == rows and resumed_calls == full - 14
+    assert not (tmp_path / "b" / certify_module.SAMPLE).exists()
+    with pytest.raises(KeyboardInterrupt):
+        run("c", stop=15)
+    assert run("c", seed=1)[1] == full  # another seed's draws are not reused

@@ -102,7 +102,7 @@ class EvadingPGD(TorchAttack):
         target = self._target(x, y)
         step = (self.step if self.step is not None else 2.5 / self.max_iter) * self.eps
         x_adv = (x + self.eps * (rng.rand(x.shape[1:]) * 2 - 1)).clamp(lo, hi)
-        for _ in range(self.max_iter):
+        for _ in self.iterations():
             x_adv = x_adv + step * self._loss_and_grad(x_adv, target).sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(lo, hi)
         forward = torch_forward(self.estimator)

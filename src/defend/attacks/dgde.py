@@ -293,7 +293,7 @@ class DGDE(TorchAttack):
         genes[start], fitness[start] = self._de_init(st, rng, start)
         stale = torch.zeros(b, dtype=torch.long, device=st.x.device)
         stale[~torch.isfinite(fitness[:, 0])] = self.patience
-        for _ in range(self.max_iter):
+        for _ in self.iterations():
             size = st.support.sum(1)
             active = (stale < self.patience) & (st.queries + n <= self.max_queries) & (size > 1)
             rows = active.nonzero().squeeze(1)

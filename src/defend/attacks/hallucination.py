@@ -278,7 +278,7 @@ class HallucinationAttack(TorchAttack):
             best_pred = torch.where(improved.view(-1, 1, 1), pred, best_pred)
             return improved
 
-        for _ in range(self.max_iter):
+        for _ in self.iterations():
             loss, pred, grad = self._score(x + delta, weight, target)
             improved = keep_best(loss, pred)
             since = torch.where(improved, 0, since + 1)

@@ -126,7 +126,7 @@ class SegmentationFGSM(TorchAttack):
         if self.max_iter > 1:
             noise = rng.rand(x.shape[1:]) * 2 - 1
             x_adv = (x + self.eps * noise).clamp(lo, hi)
-        for _ in range(self.max_iter):
+        for _ in self.iterations():
             _, grad = self._loss_and_grad(x_adv, target)
             x_adv = x_adv + step * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(lo, hi)

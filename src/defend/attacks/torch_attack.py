@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -221,6 +221,13 @@ class TorchAttack(EvasionAttack):
     @property
     def device(self) -> torch.device:
         return estimator_device(self.estimator)
+
+    def iterations(self) -> Iterable[int]:
+        """``range(self.max_iter)`` for a batch's attack loop, with a second progress bar
+        (when ``verbose``) counting the iterations of the batch in progress: one batch of a
+        150-iteration attack at real size takes minutes."""
+        return tqdm(range(self.max_iter), desc="iterations, this batch", leave=False,
+                    disable=not self.verbose)  # fmt: skip
 
     def generate(
         self, x: Array, y: Array | None = None, *, seed: int | None = None,

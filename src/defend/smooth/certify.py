@@ -24,9 +24,11 @@ of ``data_dir``'s training split (:func:`defend.smooth.training_unit`); a certif
 every perturbation of those parts with l2 norm at most ``eps_in * unit``
 (:class:`defend.smooth.noise.KspaceNoise`).
 
-A run that stops keeps the finished samples in ``certificates.partial.jsonl`` and resumes
-from there with the same settings (other settings are refused); the final files are written
-atomically.
+A run that stops keeps the finished samples in ``certificates.partial.jsonl`` and the noise
+draws of the sample in progress in ``certificates.sample.pt`` (its vote counts, candidates or
+distances, saved every 30 s, :class:`~defend.smooth.draw_checkpoint.DrawCheckpoint`), and
+resumes from there with the same settings (other settings are refused), continuing the
+interrupted sample at its next block of draws; the final files are written atomically.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from defend.io import (
 from defend.plots import plot_sweep
 from defend.smooth import load_smoothed, training_unit
 from defend.smooth.core import check_alpha
+from defend.smooth.draw_checkpoint import DrawCheckpoint
 from defend.tasks import kind_of
 
 #: default sample counts and alpha per task (Cohen et al.; SegCertify; center smoothing)
@@ -150,6 +153,10 @@ def _means(task: str, rows: list[dict[str, Any]], sigma: float) -> dict[str, Any
 
 #: where a run keeps its finished rows until the final files are written (module doc)
 PARTIAL = "certificates.partial.jsonl"
+#: where a run keeps the Monte Carlo state of the sample it is certifying (module doc)
+SAMPLE = "certificates.sample.pt"
+#: seconds between two saves of the sample's Monte Carlo state within one phase
+SAVE_EVERY = 30.0
 #: the columns of certificates.csv per task
 COLUMNS = {
     "cls": ("index", "label", "predict", "radius", "correct"),
@@ -248,9 +255,8 @@ def certify_split(
         "eps_in": eps_in if kind_of(task) == "recon" else None, **noise,
     }  # fmt: skip
     certify = _row_function(task, smooth, tau, eps_in)
-    with _draw_bar(smooth, progress) as draws:
-        rows = _certify_rows(out / PARTIAL, task, settings, certify, samples,
-                             {**counts, "batch_size": batch_size}, progress, draws)  # fmt: skip
+    rows = _certify_rows(out, task, smooth, settings, certify, samples,
+                         {**counts, "batch_size": batch_size}, progress)  # fmt: skip
     _write_results(out, summary := _summary(task, settings, rows), rows, checkpoint, denoiser)
     return {**summary, "rows": rows}
 
@@ -330,39 +336,44 @@ def _draw_bar(smooth: Any, progress: bool) -> Iterator[Any]:
 
 
 def _certify_rows(
-    partial: Path,
+    out: Path,
     task: str,
+    smooth: Any,
     settings: dict[str, Any],
     certify: Callable[..., dict[str, Any]],
     samples: tuple[np.ndarray, np.ndarray, np.ndarray],
     options: dict[str, Any],
     progress: bool,
-    draws: Any = None,
 ) -> list[dict[str, Any]]:
     """One certificate row per sample of ``samples`` ``(x, y, positions)``, in order.
 
-    The rows a stopped run of the same ``settings`` left in ``partial`` are kept (another
-    run's are refused, :func:`_read_partial`); each new row is appended to it as a JSON line,
-    flushed, as soon as it is done (``partial``'s folder is made if missing). The sample at
-    dataset position ``i`` is certified with ``options`` (``n0``, ``n``, ``alpha``,
-    ``batch_size``) and seed ``settings["seed"] + i``: its row is ``{"index": i,
-    **certify(x, y, {**options, "seed": settings["seed"] + i})}``.
+    The rows a stopped run of the same ``settings`` left in ``out``'s :data:`PARTIAL` are
+    kept (another run's are refused, :func:`_read_partial`); each new row is appended to it
+    as a JSON line, flushed, as soon as it is done. The sample at dataset position ``i`` is
+    certified with ``options`` (``n0``, ``n``, ``alpha``, ``batch_size``) and seed
+    ``settings["seed"] + i``: its row is ``{"index": i, **certify(x, y, {**options, "seed":
+    settings["seed"] + i})}``. Meanwhile the Monte Carlo state of the sample in progress is
+    saved in :data:`SAMPLE` as it grows and continued by the next run (``smooth.checkpoint``,
+    :class:`~defend.smooth.draw_checkpoint.DrawCheckpoint`), dropped once its row is in.
     """
     x, y, positions = samples
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial, log = out / PARTIAL, DrawCheckpoint(out / SAMPLE, every=SAVE_EVERY)
     rows = _read_partial(partial, settings)[: len(x)]
     _write_partial(partial, settings, rows)
-    bar = tqdm(range(len(x)), desc=f"certify {task}", disable=not progress, initial=len(rows))
-    with partial.open("a") as log:
+    bar = tqdm(range(len(x)), desc=f"certify {task}",
+               disable=not progress, initial=len(rows))  # fmt: skip
+    smooth.checkpoint = log
+    with _draw_bar(smooth, progress) as draws, partial.open("a") as finished:
         for i in range(len(rows), len(x)):
             index = int(positions[i])
             sample = {**options, "seed": settings["seed"] + index}
-            if draws is not None:
-                draws.reset()
+            draws.reset()
+            log.begin(settings, sample["seed"])
             row = {"index": index, **certify(x[i], y[i], sample)}
             rows.append(row)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+            finished.write(json.dumps(row) + "\n")
+            finished.flush()
+            log.clear()
             bar.update()
     bar.close()
     return rows

@@ -48,6 +48,7 @@ from scipy.stats import binom, binomtest, norm
 from torch import nn
 
 from defend.errors import DefendError
+from defend.smooth.draw_checkpoint import DrawCheckpoint
 from defend.smooth.noise import ImageNoise, KspaceNoise
 
 #: noise draws per seeded block (a batch is a whole number of blocks)
@@ -144,6 +145,8 @@ class Smooth:
         self.denoiser, self.device = denoiser, torch.device(device)
         #: called with the number of noisy copies each chunk ran (a progress bar's update)
         self.on_draws: Callable[[int], Any] | None = None
+        #: where the Monte Carlo state of the sample is saved as it grows (:meth:`reduce`)
+        self.checkpoint: DrawCheckpoint | None = None
 
     @property
     def noise_std(self) -> float:
@@ -160,10 +163,11 @@ class Smooth:
         return self.base(inputs)
 
     def outputs(
-        self, x: torch.Tensor, n: int, batch_size: int, seed: int, phase: int
-    ) -> Iterator[torch.Tensor]:
+        self, x: torch.Tensor, n: int, batch_size: int, seed: int, phase: int, first_block: int = 0
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """Base outputs of ``n`` noisy copies of the single input ``x`` (...), in chunks of
-        about ``batch_size`` (a whole number of :data:`BLOCK` draws), each (k, ...)."""
+        about ``batch_size`` (a whole number of :data:`BLOCK` draws): ``(blocks done, (k,
+        ...))`` each, from block ``first_block`` on (the earlier blocks' draws skipped)."""
         if n < 1 or batch_size < 1:
             raise DefendError(f"sample counts and --batch-size must be >= 1, got {n}, {batch_size}")
         x = x.float().cpu()
@@ -172,14 +176,40 @@ class Smooth:
         per_chunk = max(1, batch_size // BLOCK)
         blocks = math.ceil(n / BLOCK)
         with torch.no_grad():
-            for first in range(0, blocks, per_chunk):
-                chunk = range(first, min(first + per_chunk, blocks))
-                eps = torch.cat([_block_noise(seed, phase, b, tuple(x.shape)) for b in chunk])
+            for first in range(first_block, blocks, per_chunk):
+                last = min(first + per_chunk, blocks)
+                draws = [_block_noise(seed, phase, b, tuple(x.shape)) for b in range(first, last)]
+                eps = torch.cat(draws)
                 eps = eps[: n - first * BLOCK].to(self.device)
                 out = self.forward(clean + scale * eps)
                 if self.on_draws is not None:
                     self.on_draws(len(eps))
-                yield out
+                yield last, out
+
+    def reduce(
+        self,
+        x: torch.Tensor,
+        n: int,
+        batch_size: int,
+        seed: int,
+        phase: int,
+        fold: Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``fold(state, outputs)`` over the chunks of :meth:`outputs` from ``state = None``.
+
+        With a :class:`~defend.smooth.draw_checkpoint.DrawCheckpoint` in ``self.checkpoint``
+        the state is saved as it grows and a saved one is continued from its next block: the
+        same result as one uninterrupted run."""
+        log = self.checkpoint
+        first, state = log.resume(phase, n) if log is not None else (0, None)
+        if first and self.on_draws is not None:
+            self.on_draws(min(n, first * BLOCK))
+        blocks = math.ceil(n / BLOCK)
+        for done, out in self.outputs(x, n, batch_size, seed, phase, first_block=first):
+            state = fold(state, out)
+            if log is not None:
+                log.save(phase, n, done, state, done=done == blocks)
+        return state
 
 
 def check_alpha(alpha: float) -> None:
@@ -204,10 +234,12 @@ class SmoothClassifier(Smooth):
 
     def counts(self, x: torch.Tensor, n: int, batch_size: int, seed: int, phase: int) -> np.ndarray:
         """(classes,) how often each class wins over ``n`` noisy copies of ``x`` (C, H, W)."""
-        counts = torch.zeros(self.num_classes, dtype=torch.long)
-        for logits in self.outputs(self._input(x), n, batch_size, seed, phase):
-            counts += torch.bincount(logits.argmax(1).cpu(), minlength=self.num_classes)
-        return counts.numpy()
+
+        def fold(counts: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+            chunk = torch.bincount(logits.argmax(1).cpu(), minlength=self.num_classes)
+            return chunk if counts is None else counts + chunk
+
+        return self.reduce(self._input(x), n, batch_size, seed, phase, fold).numpy()
 
     def predict(self, x: Any, n: int, alpha: float, batch_size: int = 1000, seed: int = 0) -> int:
         """The smoothed prediction for one image ``x`` (C, H, W), or :data:`ABSTAIN`; wrong
@@ -251,11 +283,12 @@ class SmoothSegmenter(Smooth):
 
     def votes(self, x: torch.Tensor, n: int, batch_size: int, seed: int, phase: int) -> np.ndarray:
         """(K, H, W) how many of ``n`` noisy copies of ``x`` (C, H, W) vote foreground."""
-        votes = None
-        for logits in self.outputs(self._input(x), n, batch_size, seed, phase):
+
+        def fold(votes: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
             chunk = (logits > 0).sum(0).cpu()
-            votes = chunk if votes is None else votes + chunk
-        return votes.numpy()
+            return chunk if votes is None else votes + chunk
+
+        return self.reduce(self._input(x), n, batch_size, seed, phase, fold).numpy()
 
     def _decide(self, top: np.ndarray, p_values: np.ndarray, alpha: float) -> np.ndarray:
         """Labels (K, H, W) uint8: ``top`` where Holm rejects at ``alpha``, else ABSTAIN."""
@@ -317,6 +350,12 @@ class SmoothSegmenter(Smooth):
         return results
 
 
+def _concatenate(outputs: torch.Tensor | None, chunk: torch.Tensor) -> torch.Tensor:
+    """``outputs`` (k, ...) followed by ``chunk`` (m, ...), on the CPU."""
+    chunk = chunk.cpu()
+    return chunk if outputs is None else torch.cat([outputs, chunk])
+
+
 class CenterSmoothing(Smooth):
     """Center smoothing of a model with image outputs (B, h, w), e.g. a reconstruction.
 
@@ -353,12 +392,13 @@ class CenterSmoothing(Smooth):
         phase: int,
     ) -> torch.Tensor:
         """(m, n) l2 distances of ``m`` points (m, h, w) to ``n`` noisy outputs of ``x``."""
-        flat = points.flatten(1)
-        parts = [
-            torch.cdist(flat, out.flatten(1)).cpu()
-            for out in self.outputs(x, n, batch_size, seed, phase)
-        ]
-        return torch.cat(parts, dim=1).double()
+        flat = points.flatten(1).to(self.device)
+
+        def fold(distances: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+            chunk = torch.cdist(flat, out.flatten(1)).cpu().double()
+            return chunk if distances is None else torch.cat([distances, chunk], dim=1)
+
+        return self.reduce(x, n, batch_size, seed, phase, fold)
 
     def center(
         self, x: Any, n0: int, n: int, alpha: float, batch_size: int = 1000, seed: int = 0
@@ -374,7 +414,7 @@ class CenterSmoothing(Smooth):
         check_alpha(alpha)
         self.check_samples(n, alpha)
         x = self._input(x)
-        candidates = torch.cat(list(self.outputs(x, n0, batch_size, seed, phase=0)))
+        candidates = self.reduce(x, n0, batch_size, seed, 0, _concatenate)
         medians = self._distances(x, candidates, n, batch_size, seed, phase=1).median(1).values
         best = int(medians.argmin())
         center, radius = candidates[best], float(medians[best])
