@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "defend"
 
 #: the layers, lowest first; a module may import its own layer's packages and lower ones
 LAYERS = (
-    {"errors", "io", "device", "cpu_kernels", "intervals", "metrics", "losses", "plots",
+    {"errors", "io", "device", "memory", "cpu_kernels", "intervals", "metrics", "losses", "plots",
      "kspace", "plugins"},
     {"tasks"},
     {"models"},

@@ -109,15 +109,18 @@ def free_memory(device: str | torch.device) -> int | None:
     return None
 
 
-def check_batch_memory(batch: int, sample_shape: tuple[int, ...], device: str | torch.device,
+def check_batch_memory(batch: int | None, sample_shape: tuple[int, ...], device: str | torch.device,
                        option: str = "--batch-size", copies: int = 3) -> None:  # fmt: skip
     """Refuse, in one line before any work, a batch of ``batch`` float32 samples of
     ``sample_shape`` whose ``copies`` (e.g. noise, noisy input, output) cannot fit in the
     device's free memory (:func:`free_memory`); a lower bound, activations not counted.
+    ``batch`` None (a size derived from the memory budget, :mod:`defend.memory`) passes.
 
     Raises:
         DeviceError: naming the option, the memory needed and free, and a batch that fits.
     """
+    if batch is None:
+        return
     free = free_memory(device)
     each = copies * 4 * int(np.prod(sample_shape))
     if free is None or batch * each <= free:

@@ -24,13 +24,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from defend.attacks.torch_attack import torch_forward
 from defend.errors import DefendError
 from defend.estimators import ReconEstimator, SegEstimator
 from defend.estimators.cls import make_classifier
+from defend.memory import samples_per_pass
 from defend.smooth.core import ImageNoise, kspace_noise
 from defend.tasks import kind_of
 
@@ -62,7 +65,7 @@ class ExpectedOutput(nn.Module):
         combine: (B, draws, ...) -> (B, ...) (:data:`COMBINE`).
         denoiser: a module from noisy to clean inputs, or None.
         frozen_seed: None for fresh noise on every call; else the seed of ``draws`` noise
-            images (C, H, W) drawn once and used for every input (module doc).
+            images (C, H, W), the same on every call and for every input (module doc).
     """
 
     def __init__(
@@ -78,27 +81,49 @@ class ExpectedOutput(nn.Module):
         super().__init__()
         self.base, self.denoiser = base, denoiser
         self._forward, self.noise, self.draws, self.combine = forward, noise, draws, combine
-        self.frozen_seed, self._frozen = frozen_seed, None
+        self.frozen_seed = frozen_seed
         self.train(base.training)  # a new module is in training mode; take the base's
 
-    def _draws(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise (B, draws, ...) for inputs ``x`` (B, ...)."""
+    def _draw(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Standard normal noise (B, ...) of draw ``index`` for inputs ``x`` (B, ...): fresh
+        from the global generator, or the frozen draw ``index`` (the same for every input)."""
         if self.frozen_seed is None:
-            return torch.randn((len(x), self.draws, *x.shape[1:]), device=x.device, dtype=x.dtype)
-        if self._frozen is None or self._frozen.shape[1:] != x.shape[1:]:
-            generator = torch.Generator().manual_seed(self.frozen_seed)
-            self._frozen = torch.randn((self.draws, *x.shape[1:]), generator=generator)
-        return self._frozen.to(x.device, x.dtype).expand(len(x), *self._frozen.shape)
+            return torch.randn(x.shape, device=x.device, dtype=x.dtype)
+        state = np.random.SeedSequence([self.frozen_seed, index]).generate_state(1, np.uint64)
+        generator = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+        draw = torch.randn(x.shape[1:], generator=generator)
+        return draw.to(x.device, x.dtype).expand_as(x)
+
+    def _noisy_forward(self, noisy: torch.Tensor) -> torch.Tensor:
+        """``forward(D(noisy))`` of a batch of noisy inputs (N, ...)."""
+        return self._forward(self.denoiser(noisy) if self.denoiser is not None else noisy)
+
+    def _chunk(self, x: torch.Tensor, first: int, count: int) -> torch.Tensor:
+        """Outputs (B, count, ...) of draws ``first .. first + count - 1`` of inputs (B, ...)."""
+        scale = self.noise.scale(x)
+        noisy = [x + scale * self._draw(x, first + j) for j in range(count)]
+        out = self._noisy_forward(torch.stack(noisy, 1).flatten(0, 1))
+        return out.unflatten(0, (len(x), count))
 
     def forward(self, x: torch.Tensor, *unused: Any) -> torch.Tensor:
         """The expected output (B, ...) of inputs ``x`` (B, ...); a reconstruction model's
-        mask argument is unused (the base estimator applies its own)."""
-        scale = self.noise.scale(x).unsqueeze(1)
-        noisy = (x.unsqueeze(1) + scale * self._draws(x)).flatten(0, 1)
-        if self.denoiser is not None:
-            noisy = self.denoiser(noisy)
-        out = self._forward(noisy)
-        return self.combine(out.unflatten(0, (len(x), self.draws)))
+        mask argument is unused (the base estimator applies its own).
+
+        The draws go through the model in chunks that the memory budget holds
+        (:func:`defend.memory.samples_per_pass`); with gradients, each chunk is recomputed
+        in the backward pass (``torch.utils.checkpoint``) instead of kept, so memory does
+        not grow with ``draws``. Draw ``j`` is the same whatever the chunking."""
+        per_pass = samples_per_pass(self._noisy_forward, x[0].detach(), x.device, self)
+        size = max(1, min(self.draws, per_pass // len(x)))
+        recompute = torch.is_grad_enabled() and size < self.draws
+        outs = []
+        for first in range(0, self.draws, size):
+            count = min(size, self.draws - first)
+            if recompute:
+                outs.append(checkpoint(self._chunk, x, first, count, use_reentrant=False))
+            else:
+                outs.append(self._chunk(x, first, count))
+        return self.combine(torch.cat(outs, 1))
 
 
 class SmoothedReconEstimator(ReconEstimator):

@@ -48,6 +48,7 @@ def kspace_pgd(
     # ART (~3 s) on first use, as above
     from defend.attacks import HallucinationAttack
     from defend.attacks.hallucination import sampled_columns
+    from defend.attacks.torch_attack import attack_batch
 
     xt = torch.as_tensor(x)
     columns = sampled_columns(xt, estimator).float()
@@ -55,4 +56,5 @@ def kspace_pgd(
     bound = unit * np.asarray(eps, np.float32).reshape(-1, 1, 1, 1, 1)
     bound = bound * np.ones((1, 1, 1, 1, 1), np.float32)
     mask = (columns * torch.tensor([1.0, 0.0])).expand_as(xt).numpy()
-    return art_pgd(estimator, bound, steps, len(x), random_init=0).generate(x, y=y, mask=mask)
+    batch = attack_batch(estimator, x)
+    return art_pgd(estimator, bound, steps, batch, random_init=0).generate(x, y=y, mask=mask)

@@ -115,8 +115,9 @@ class Param:
 
 #: What every attack takes (:class:`~defend.attacks.torch_attack.TorchAttack`).
 COMMON = (
-    Param("batch_size", 16, "samples attacked together (results do not depend on it)", int,
-          "samples", low=1),
+    Param("batch_size", None, "samples attacked together (default: what the memory budget "
+          "holds, defend.memory; results do not depend on it)", int, "samples", low=1,
+          optional=True),
     Param("seed", 0, "the attack's seed (each sample draws from (seed, its index))", int),
     Param("verbose", False, "show a progress bar", bool, cli=False),
 )  # fmt: skip

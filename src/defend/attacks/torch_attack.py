@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from defend.attacks.params import COMMON, Param, by_name, check_known
 from defend.errors import DefendError
 from defend.estimators.torch_estimator import model_mode
+from defend.memory import samples_per_pass
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 #: numpy in, numpy out; torch in, torch out
@@ -84,6 +85,19 @@ def torch_forward(estimator: Any) -> Forward | None:
         return out[-1] if isinstance(out, list | tuple) else out
 
     return forward
+
+
+def attack_batch(estimator: Any, x: Array) -> int:
+    """Samples of ``x`` (N, ...) one attack pass on ``estimator`` may hold: what the memory
+    budget allows for a pass with gradients (:func:`defend.memory.samples_per_pass`), at
+    most N; N for a black box (no torch forward to measure)."""
+    forward = torch_forward(estimator)
+    if forward is None:
+        return len(x)
+    first = torch.as_tensor(np.asarray(x[:1], dtype=np.float32) if not torch.is_tensor(x)
+                            else x[:1]).to(estimator_device(estimator))[0]  # fmt: skip
+    fits = samples_per_pass(forward, first, first.device, owner=estimator.model)
+    return max(1, min(len(x), fits))
 
 
 def differentiable(estimator: Any) -> bool:
@@ -264,9 +278,10 @@ class TorchAttack(EvasionAttack):
         rng = SampleRNG(self.seed if seed is None else seed, indices, device)
         outs: list[torch.Tensor] = []
         reports: list[dict[str, torch.Tensor]] = []
-        starts = range(0, len(xt), self.batch_size)
-        for start in tqdm(starts, desc=type(self).__name__, disable=not self.verbose):
-            sl = slice(start, start + self.batch_size)
+        batch = self.batch_size or attack_batch(self.estimator, xt)
+        for start in tqdm(range(0, len(xt), batch), desc=type(self).__name__,
+                          disable=not self.verbose):  # fmt: skip
+            sl = slice(start, start + batch)
             rows = torch.arange(len(xt), device=device)[sl]
             x_adv, report = self._generate_batch(
                 xt[sl], None if yt is None else yt[sl], rng.subset(sl), rows, **kwargs

@@ -19,7 +19,7 @@ from defend.cli.app import app, main
 
 #: the command groups, in the order ``defend --help`` lists them; importing a group's module
 #: registers its commands on :data:`app`
-GROUPS = ("data", "train", "detect", "attack", "info", "certify", "matrix", "bench")
+GROUPS = ("data", "train", "import", "detect", "attack", "info", "certify", "matrix", "bench")
 for _group in GROUPS:
     importlib.import_module(f"defend.cli.{_group}_commands")
 

@@ -36,6 +36,9 @@ def info(
     elif objective["name"] != "standard":
         settings = {k: v for k, v in objective.items() if k != "name"}
         typer.echo(f"training  adversarial {objective['name']}  {format_metrics(settings)}")
+    if ckpt.get("imported"):
+        origin = ckpt["imported"]
+        typer.echo(f"imported  {origin['kind']} {origin['file']} (sha256 {origin['sha256']})")
     if ckpt.get("best"):
         monitor = (ckpt.get("monitor") or {}).get("metric") or get_task(ckpt["task"]).monitor
         best = ckpt["best"]

@@ -59,7 +59,7 @@ from defend.attacks.budget import KspaceBudget
 from defend.attacks.region import random_regions
 from defend.data import load_groups
 from defend.data.arrays import split_size
-from defend.detect.features import detector_inputs, kspace_residual
+from defend.detect.features import forward_in_passes
 from defend.errors import DefendError
 from defend.io import check_writable, file_sha256, load_checkpoint, write_json, write_npz
 
@@ -192,12 +192,7 @@ def _scores(
     # skimage (through fastmri.evaluate) loads on first use: about 0.7 s
     from defend.metrics import image_similarity
 
-    xt = torch.as_tensor(x, device=estimator.device)
-    mask = estimator.mask.to(xt.device)
-    with torch.no_grad():
-        recon = estimator.forward(xt)
-        inputs = detector_inputs(xt, mask, recon)
-        residual = kspace_residual(xt, mask, recon)
+    recon, inputs, residual = forward_in_passes(estimator, torch.as_tensor(x))
     clean_recon = recon if clean_recon is None else clean_recon
     # the map over the reconstruction: both channels carry the same per-sample scale
     dc_error = inputs[:, 2].flatten(1).norm(dim=1) / inputs[:, 0].flatten(1).norm(dim=1)

@@ -27,11 +27,14 @@ differentiable in ``y`` and ``f``, so a detector-aware attack can follow its gra
 
 from __future__ import annotations
 
+from typing import Any
+
 import fastmri
 import torch
 from fastmri.data.transforms import center_crop
 
 from defend.kspace import as_kspace_mask, safe_sqrt, zero_filled
+from defend.memory import samples_per_pass
 
 #: the channels of :func:`detector_inputs`, in order
 CHANNELS = ("reconstruction", "zero_filled", "measurement_map", "real_part", "imaginary_part",
@@ -151,3 +154,22 @@ def detector_inputs(kspace: torch.Tensor, mask: torch.Tensor, recon: torch.Tenso
     images = torch.stack([recon, zf, measurement_map(kspace, mask, recon)], dim=1) / scale
     ratio = _log_ratio(parts, 1e-4 * torch.ones_like(scale))
     return torch.cat([images, parts, ratio[:, None]], dim=1)
+
+
+def forward_in_passes(
+    estimator: Any, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(recon (N, h, w), detector inputs (N, 3, h, w), k-space residual (N,))`` of k-space
+    ``x`` (N, coils, H, W, 2) on the CPU, in passes the memory budget holds
+    (:func:`defend.memory.samples_per_pass`)."""
+    device, mask = estimator.device, estimator.mask
+    size = samples_per_pass(estimator.forward, x[0].to(device), device, estimator.model)
+    parts = []
+    with torch.no_grad():
+        for first in range(0, len(x), size):
+            xt = x[first : first + size].to(device)
+            recon = estimator.forward(xt)
+            inputs = detector_inputs(xt, mask.to(device), recon)
+            residual = kspace_residual(xt, mask.to(device), recon)
+            parts.append((recon.cpu(), inputs.cpu(), residual.cpu()))
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]

@@ -36,6 +36,7 @@ from defend.attacks.dgde import DGDE
 from defend.attacks.hallucination import HallucinationAttack, sampled_columns
 from defend.attacks.params import Param, by_name
 from defend.attacks.seg_fgsm import SegmentationFGSM
+from defend.attacks.torch_attack import attack_batch
 from defend.data.lesion import add_lesion
 from defend.errors import DefendError
 from defend.matrix.measures import Hallucination
@@ -89,7 +90,8 @@ def _art_pgd(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,
     if y.ndim == 1:  # class labels -> one-hot, as ART's classifiers take them
         target = np.eye(estimator.nb_classes, dtype=np.float32)[y]
     random_init = 1 if y.ndim == 1 else 0
-    return art_pgd(estimator, eps, steps, len(x), random_init).generate(x, y=target)
+    batch = attack_batch(estimator, x)
+    return art_pgd(estimator, eps, steps, batch, random_init).generate(x, y=target)
 
 
 def _noise(estimator: Any, x: np.ndarray, y: np.ndarray, eps: float | None,

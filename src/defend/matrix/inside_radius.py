@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from defend.attacks.art_pgd import art_pgd
+from defend.attacks.torch_attack import attack_batch
 from defend.matrix.measures import Outputs
 from defend.tasks import kind_of
 
@@ -60,7 +61,8 @@ def attack(defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, y: np.nda
     estimator = defended.eot(config["smoothing"]["eot"], seed)
     budget = radius[covered].reshape(-1, *([1] * (x.ndim - 1))).astype(np.float32)
     steps = int(config["attack"].get("inside-radius", {}).get("steps", STEPS))
-    pgd = art_pgd(estimator, budget, steps, len(covered), random_init=0, norm=2)
+    batch = attack_batch(estimator, x[covered])
+    pgd = art_pgd(estimator, budget, steps, batch, random_init=0, norm=2)
     np.random.seed(seed)
     target = _away_from(defended, clean, y, covered, estimator)
     mask = None

@@ -213,7 +213,7 @@ def certify_split(
     n0: int | None = None,
     n: int | None = None,
     alpha: float | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     tau: float | None = None,
     eps_in: float | None = None,
     seed: int = 0,
@@ -229,6 +229,7 @@ def certify_split(
         n0, n, alpha: selection and estimation samples, failure probability (default
             :data:`DEFAULTS`). tau: segmentation's vote threshold (default 0.75). eps_in:
             the reconstruction's input radius (default ``sigma``, k-space units).
+        batch_size: noisy copies a pass (None: what :mod:`defend.memory` allows).
 
     Returns:
         The summary (also ``out/summary.json``), with ``rows``.
@@ -261,7 +262,7 @@ def certify_split(
     return {**summary, "rows": rows}
 
 
-def check_options(task: str, sigma: float, counts: dict[str, Any], batch_size: int,
+def check_options(task: str, sigma: float, counts: dict[str, Any], batch_size: int | None,
                   tau: float | None, eps_in: float | None) -> None:  # fmt: skip
     """Refuse, in one line naming the option and the value given, what certify cannot use:
     ``sigma``, ``n0``, ``n``, ``batch_size`` or ``eps_in`` not above 0, ``alpha`` outside

@@ -30,10 +30,10 @@ imaginary part of every entry the acquisition samples, ``unit`` an absolute k-sp
 measured once on the training split (:class:`KspaceNoise`), and radii ``eps_in`` are l2 norms
 over those components in multiples of ``unit``.
 
-Sampling is batched on the model's device in chunks of ``batch_size``: ``n = 100_000`` never
-holds ``n`` copies. The noise comes in blocks of :data:`BLOCK` draws, each from a CPU
-generator seeded by ``(seed, phase, block)``, so a result depends on the seed and not on the
-batch size or the device.
+Sampling is batched on the model's device in chunks of ``batch_size`` (default: what the
+memory budget holds, :mod:`defend.memory`): ``n = 100_000`` never holds ``n`` copies. The
+noise comes in blocks of :data:`BLOCK` draws, each from a CPU generator seeded by ``(seed,
+phase, block)``, so a result depends on the seed and not on the batch size or the device.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from scipy.stats import binom, binomtest, norm
 from torch import nn
 
 from defend.errors import DefendError
+from defend.memory import samples_per_pass
 from defend.smooth.draw_checkpoint import DrawCheckpoint
 from defend.smooth.noise import ImageNoise, KspaceNoise
 
@@ -163,14 +164,23 @@ class Smooth:
         return self.base(inputs)
 
     def outputs(
-        self, x: torch.Tensor, n: int, batch_size: int, seed: int, phase: int, first_block: int = 0
+        self,
+        x: torch.Tensor,
+        n: int,
+        batch_size: int | None,
+        seed: int,
+        phase: int,
+        first_block: int = 0,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Base outputs of ``n`` noisy copies of the single input ``x`` (...), in chunks of
-        about ``batch_size`` (a whole number of :data:`BLOCK` draws): ``(blocks done, (k,
+        about ``batch_size`` (a whole number of :data:`BLOCK` draws; None: as many as the
+        memory budget holds, :func:`defend.memory.samples_per_pass`): ``(blocks done, (k,
         ...))`` each, from block ``first_block`` on (the earlier blocks' draws skipped)."""
+        x = x.float().cpu()
+        if batch_size is None:
+            batch_size = samples_per_pass(self.forward, x.to(self.device), self.device, self)
         if n < 1 or batch_size < 1:
             raise DefendError(f"sample counts and --batch-size must be >= 1, got {n}, {batch_size}")
-        x = x.float().cpu()
         scale = self.noise.scale(x[None])[0].to(self.device)
         clean = x.to(self.device)
         per_chunk = max(1, batch_size // BLOCK)
@@ -241,7 +251,9 @@ class SmoothClassifier(Smooth):
 
         return self.reduce(self._input(x), n, batch_size, seed, phase, fold).numpy()
 
-    def predict(self, x: Any, n: int, alpha: float, batch_size: int = 1000, seed: int = 0) -> int:
+    def predict(
+        self, x: Any, n: int, alpha: float, batch_size: int | None = None, seed: int = 0
+    ) -> int:
         """The smoothed prediction for one image ``x`` (C, H, W), or :data:`ABSTAIN`; wrong
         (not abstaining on a class other than ``g(x)``) with probability at most ``alpha``."""
         check_alpha(alpha)
@@ -253,7 +265,7 @@ class SmoothClassifier(Smooth):
         return int(top2[0])
 
     def certify(
-        self, x: Any, n0: int, n: int, alpha: float, batch_size: int = 1000, seed: int = 0
+        self, x: Any, n0: int, n: int, alpha: float, batch_size: int | None = None, seed: int = 0
     ) -> tuple[int, float]:
         """``(class, radius)`` for one image ``x`` (C, H, W): ``g`` predicts ``class`` within
         the l2 ``radius`` (pixel units) with probability >= 1 - alpha; ``(ABSTAIN, 0.0)``
@@ -296,7 +308,7 @@ class SmoothSegmenter(Smooth):
         return np.where(certified, top, self.ABSTAIN).astype(np.uint8)
 
     def predict(
-        self, x: Any, n: int, alpha: float, batch_size: int = 1000, seed: int = 0
+        self, x: Any, n: int, alpha: float, batch_size: int | None = None, seed: int = 0
     ) -> np.ndarray:
         """Per-pixel smoothed labels (K, H, W) of one image (C, H, W): the majority where a
         two-sided binomial test (Holm-corrected) separates it from one half, else ABSTAIN."""
@@ -314,7 +326,7 @@ class SmoothSegmenter(Smooth):
         n0: int,
         n: int,
         alpha: float,
-        batch_size: int = 1000,
+        batch_size: int | None = None,
         seed: int = 0,
         tau: float = 0.75,
     ) -> tuple[np.ndarray, float]:
@@ -330,7 +342,7 @@ class SmoothSegmenter(Smooth):
         n0: int,
         n: int,
         alpha: float,
-        batch_size: int = 1000,
+        batch_size: int | None = None,
         seed: int = 0,
         taus: tuple[float, ...] = (0.75,),
     ) -> list[tuple[np.ndarray, float]]:
@@ -401,7 +413,7 @@ class CenterSmoothing(Smooth):
         return self.reduce(x, n, batch_size, seed, phase, fold)
 
     def center(
-        self, x: Any, n0: int, n: int, alpha: float, batch_size: int = 1000, seed: int = 0
+        self, x: Any, n0: int, n: int, alpha: float, batch_size: int | None = None, seed: int = 0
     ) -> torch.Tensor | None:
         """The smoothed output (h, w) of one input, or None (abstain).
 
@@ -426,7 +438,13 @@ class CenterSmoothing(Smooth):
         return center
 
     def predict(
-        self, x: Any, n: int, alpha: float, batch_size: int = 1000, seed: int = 0, n0: int = 30
+        self,
+        x: Any,
+        n: int,
+        alpha: float,
+        batch_size: int | None = None,
+        seed: int = 0,
+        n0: int = 30,
     ) -> torch.Tensor | None:
         """The smoothed output (h, w) of one input, or None: :meth:`center` (``n0``
         candidates)."""
@@ -438,7 +456,7 @@ class CenterSmoothing(Smooth):
         n0: int,
         n: int,
         alpha: float,
-        batch_size: int = 1000,
+        batch_size: int | None = None,
         seed: int = 0,
         eps_in: float | Sequence[float] = 1.0,
     ) -> tuple[torch.Tensor | None, Any]:

@@ -1,0 +1,104 @@
+"""One memory budget for every pass through a model.
+
+Where a user thinks in samples, a command takes ``--batch-size``. Everywhere else (the noisy
+copies of smoothing, EOT's draws, detection data, the matrix's attacks) the number of samples
+one pass holds is derived from a budget in bytes, ``samples = budget // per_sample``:
+
+* the budget (:func:`memory_budget`): ``DEFEND_MEMORY`` (e.g. ``8GiB``; the matrix's ``[run]
+  memory`` sets it), else on CUDA 80 % of the device's free memory (``torch.cuda.
+  mem_get_info``), on the CPU the smaller of :data:`CPU_BUDGET` and 75 % of the host's
+  available memory;
+* ``per_sample`` (:func:`sample_bytes`) is measured, not guessed: one sample through the
+  model with autograd on, counting the bytes of every tensor autograd saves for the backward
+  pass (``torch.autograd.graph.saved_tensors_hooks``) plus the input and output, i.e. what
+  one more sample adds to the peak of a pass with gradients (a pass without is cheaper, so
+  the count is safe for both).
+
+Results never depend on the derived sizes: smoothing draws its noise in seeded blocks, EOT
+one draw at a time, the attacks per sample.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import weakref
+from collections.abc import Callable
+
+import torch
+
+from defend.device import free_memory
+from defend.errors import DefendError
+
+#: the CPU budget for a pass's tensors: with the process's own ~1.5 GiB (libraries, model,
+#: data) a real-size fastMRI slice's work stays within 8 GiB of host memory
+CPU_BUDGET = 6 * 2**30
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_measured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def parse_bytes(text: str | int) -> int:
+    """``8GiB``, ``512MiB``, ``2G``, ``1.5g`` or a plain byte count as bytes.
+
+    Raises:
+        DefendError: anything else, or not above 0 (one line naming the value).
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+        if found is None:
+            raise DefendError(f"memory must be a size such as 8GiB or 512MiB, got {text!r}")
+        value = int(float(found[1]) * _UNITS[found[2]])
+    if value <= 0:
+        raise DefendError(f"memory must be > 0, got {text!r}")
+    return value
+
+
+def memory_budget(device: str | torch.device) -> int:
+    """Bytes a pass's tensors may take on ``device`` (module doc)."""
+    if os.environ.get("DEFEND_MEMORY"):
+        return parse_bytes(os.environ["DEFEND_MEMORY"])
+    device = torch.device(device)
+    free = free_memory(device)
+    if device.type == "cuda":
+        return int(0.8 * free)
+    return CPU_BUDGET if free is None else min(CPU_BUDGET, int(0.75 * free))
+
+
+def _pass_bytes(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd saves in ``forward(x)`` (each storage once), of ``x``
+    and of the output with their gradients."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward(x)
+    return sum(storages.values()) + 2 * x.nbytes + 2 * out.nbytes
+
+
+def sample_bytes(forward: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor,
+                 owner: object = None) -> int:  # fmt: skip
+    """Bytes one sample ``sample`` (...) adds to a pass through ``forward``: the growth of
+    :func:`_pass_bytes` from a batch of one to a batch of two (what is saved once, e.g. the
+    weights, drops out), at least the input's bytes (module doc). Measured once per ``owner``
+    (default ``forward``; pass the model when ``forward`` is a bound method) and shape."""
+    owner = forward if owner is None else owner
+    known = _measured.setdefault(owner, {})
+    key = (tuple(sample.shape), sample.dtype, str(sample.device))
+    if key not in known:
+        one, two = (_pass_bytes(forward, sample.expand(k, *sample.shape)) for k in (1, 2))
+        known[key] = max(two - one, sample.nbytes)
+    return known[key]
+
+
+def samples_per_pass(forward: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor,
+                     device: str | torch.device, owner: object = None) -> int:  # fmt: skip
+    """How many samples like ``sample`` one pass through ``forward`` may hold within the
+    budget of ``device`` (:func:`memory_budget`, :func:`sample_bytes`): at least 1."""
+    return max(1, memory_budget(device) // sample_bytes(forward, sample, owner))

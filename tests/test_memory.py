@@ -1,0 +1,104 @@
+"""One memory budget (defend.memory): sizes parsed, per-sample bytes measured, and chunked
+passes (smoothing, EOT) that give the numbers of an unchunked one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import defend
+from defend.adaptive.eot import eot_estimator
+from defend.errors import DefendError
+from defend.memory import memory_budget, parse_bytes, sample_bytes, samples_per_pass
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("8GiB", 8 * 2**30), ("512MiB", 512 * 2**20), ("2G", 2 * 2**30), ("1.5g", 3 * 2**29),
+     ("4096", 4096), (100, 100)],
+)  # fmt: skip
+def test_sizes_parse(text, value):
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["lots", "8 parsecs", "0GiB", "-1"])
+def test_bad_sizes_are_one_line(text):
+    with pytest.raises(DefendError, match="memory must be"):
+        parse_bytes(text)
+
+
+def test_budget_reads_defend_memory_and_caps_the_cpu(monkeypatch):
+    monkeypatch.setenv("DEFEND_MEMORY", "3GiB")
+    assert memory_budget("cpu") == 3 * 2**30
+    monkeypatch.delenv("DEFEND_MEMORY")
+    assert 0 < memory_budget("cpu") <= 6 * 2**30
+
+
+def test_per_sample_bytes_grow_with_the_sample_not_the_weights():
+    """What one more sample adds: four times the pixels, about four times the bytes; ten
+    times the weights (a wider first layer's kernel), no more bytes than its activations."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+    small, large = (sample_bytes(net, torch.rand(1, s, s)) for s in (32, 64))
+    assert 3.5 < large / small < 4.5
+    wide = nn.Sequential(nn.Conv2d(1, 8, 11, padding=5), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+    assert sample_bytes(wide, torch.rand(1, 32, 32)) == pytest.approx(small, rel=0.05)
+
+
+def test_samples_per_pass_follow_the_budget(monkeypatch):
+    net = nn.Conv2d(1, 8, 3, padding=1)
+    each = sample_bytes(net, torch.rand(1, 32, 32))
+    monkeypatch.setenv("DEFEND_MEMORY", str(10 * each))
+    assert samples_per_pass(net, torch.rand(1, 32, 32), "cpu") == 10
+    monkeypatch.setenv("DEFEND_MEMORY", "1")
+    assert samples_per_pass(net, torch.rand(1, 32, 32), "cpu") == 1  # never 0
+
+
+def test_chunked_eot_gives_the_unchunked_outputs_and_gradients(unet_ckpt, synth_dir,
+                                                               monkeypatch):  # fmt: skip
+    """EOT's draws in chunks the budget holds, recomputed in the backward pass: the same
+    outputs and input gradients as all draws in one pass (frozen draws, so comparable)."""
+    x, y = defend.load_arrays(synth_dir, "recon", "test", 2, checkpoint=unet_ckpt)
+    estimator = defend.load_estimator(unet_ckpt)
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        eot = eot_estimator(estimator, sigma=0.1, draws=6, frozen_seed=4, unit=1.0)
+        return eot.predict(x), eot.loss_gradient(x, y)
+
+    whole = run()
+    seen = []
+    chunk = type(eot_estimator(estimator, 0.1, 1, unit=1.0).model)._chunk
+
+    def counted(self, inputs, first, count):
+        seen.append(count)
+        return chunk(self, inputs, first, count)
+
+    monkeypatch.setattr(type(eot_estimator(estimator, 0.1, 1, unit=1.0).model), "_chunk", counted)
+    each = sample_bytes(
+        eot_estimator(estimator, 0.1, 1, unit=1.0).model._noisy_forward, torch.as_tensor(x[0])
+    )
+    monkeypatch.setenv("DEFEND_MEMORY", str(5 * each))  # 2 inputs x 2 draws a pass
+    chunked = run()
+    assert max(seen) == 2 and len(seen) > 3  # chunks of 2 draws, and recomputed
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-4, atol=1e-7)
+    assert np.abs(whole[1]).max() > 0
+
+
+def test_smoothing_without_a_batch_size_takes_the_budget_and_the_same_numbers(
+    cls_ckpt, synth_dir, monkeypatch
+):
+    from defend.smooth import load_smoothed
+
+    smooth = load_smoothed(cls_ckpt, 0.25)
+    sizes: list[int] = []
+    smooth.on_draws = sizes.append
+    x, _ = defend.load_arrays(synth_dir, "cls", "test", 1, checkpoint=cls_ckpt)
+    given = smooth.certify(x[0], n0=16, n=64, alpha=0.1, batch_size=64)
+    each = sample_bytes(smooth.forward, torch.as_tensor(x[0]), smooth)
+    monkeypatch.setenv("DEFEND_MEMORY", str(40 * each))  # 40 copies: 2 blocks of 16
+    sizes.clear()
+    assert smooth.certify(x[0], n0=16, n=64, alpha=0.1) == given
+    assert max(sizes) == 32
