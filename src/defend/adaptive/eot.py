@@ -34,7 +34,7 @@ from defend.errors import DefendError
 from defend.estimators import ReconEstimator, SegEstimator
 from defend.estimators.cls import make_classifier
 from defend.memory import samples_per_pass
-from defend.smooth.core import ImageNoise, kspace_noise
+from defend.smooth.noise import ImageNoise, kspace_noise
 from defend.tasks import kind_of
 
 
@@ -151,7 +151,7 @@ def eot_estimator(
     """The smoothed version of ``estimator`` (``defend.load_estimator``'s) for EOT attacks:
     the same kind of estimator, input and output format, around :class:`ExpectedOutput`
     (``frozen_seed``: fixed noise draws, for black-box attacks; module doc). Reconstruction:
-    the noise of the smoothed model, :func:`defend.smooth.core.kspace_noise` (``unit``: the
+    the noise of the smoothed model, :func:`defend.smooth.noise.kspace_noise` (``unit``: the
     k-space unit, :func:`defend.smooth.training_unit`; None takes the denoiser's)."""
 
     if draws < 1:

@@ -198,3 +198,23 @@ def bench_robustness_command(
         checkpoints, data, split=split, n=n, eps=eps, seed=seed, device=device, log=typer.echo
     )
     _show(format_robustness(results), results, out)
+
+
+@bench_app.command("memory")
+def bench_memory_command(
+    out: Path = typer.Argument(Path("runs/bench-memory"), help="Folder for data and runs."),
+    budget: float = typer.Option(8.0, help="The host-memory budget each step is held to (GiB)."),
+    quick: bool = typer.Option(False, help="2 attack iterations, 1 detector epoch: a first look."),
+) -> None:
+    """Peak host memory of train recon, attack hallucination, certify, train detector and a
+    one-cell matrix at fastMRI's real size (15 coils, 640 x 368 / 372 k-space), each in its
+    own process, against the budget. Exit 1 when a step fails or exceeds it."""
+    from defend.bench.peak_memory import run_memory_bench
+    from defend.io import check_writable
+
+    if budget <= 0:
+        raise DefendError(f"--budget must be > 0 GiB, got {budget:g}")
+    rows = run_memory_bench(check_writable(out, "dir"), budget, quick, log=typer.echo)
+    typer.echo(f"== written to {out / 'memory.json'}")
+    if any(r["code"] != 0 or r["ratio"] > 1 for r in rows):
+        raise typer.Exit(1)

@@ -35,6 +35,7 @@ from defend.device import pick_device, seed_everything
 from defend.errors import CheckpointError, DefendError
 from defend.io import check_writable, load_checkpoint, save_checkpoint
 from defend.kspace import acquired_columns
+from defend.memory import samples_per_pass
 from defend.tasks import Batch, Task
 from defend.train import TrainConfig
 from defend.train.loop import best_path, fit, run_config
@@ -277,11 +278,15 @@ def _build(ckpt: dict[str, Any]) -> HallucinationDetector:
 
 
 def detector_outputs(
-    detector: nn.Module, inputs: np.ndarray, batch: int = 64
+    detector: nn.Module, inputs: np.ndarray, batch: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(scores (N,), maps (N, h, w))`` of a detector on stored inputs (N, 6, h, w), in
-    batches: the image logits and the per-pixel probabilities."""
+    batches (None: as many as the memory budget holds, :mod:`defend.memory`): the image
+    logits and the per-pixel probabilities."""
     device = next(detector.parameters()).device
+    if batch is None:
+        first = torch.as_tensor(inputs[0], device=device)
+        batch = samples_per_pass(lambda v: detector(v)[1], first, device, owner=detector)
     scores, maps = [], []
     with torch.no_grad():
         for i in range(0, len(inputs), batch):

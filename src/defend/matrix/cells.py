@@ -56,7 +56,7 @@ import torch
 
 from defend import intervals
 from defend.attacks import registered_attacks
-from defend.data import load_arrays
+from defend.data import load_groups
 from defend.io import write_npz
 from defend.kspace import zero_filled
 from defend.matrix import inside_radius, measures, outcomes
@@ -172,39 +172,73 @@ def run_cell(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
 
 def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Path,
              data_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """The cell's measured fields: its first ``run.n`` samples of ``run.split``, every one
+    of them, one group per input shape (fastMRI mixes k-space widths and coil counts), each
+    against the defended system of its shape; the outcomes of all groups summarised
+    together."""
+    run = config["run"]
+    groups = load_groups(data_dir, cell.row.task, run["split"], run["n"],
+                         checkpoint=paths["model"])  # fmt: skip
+    parts = [_measure_group(config, cell, paths, out, group, len(groups) > 1)
+             for group in groups]  # fmt: skip
+    return _merge(cell, parts, out)
 
+
+def _measure_group(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Path,
+                   group: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   shaped: bool) -> dict[str, Any]:  # fmt: skip
+    """One shape group ``(x, y, positions)`` of the cell: ``samples`` (per-sample outcomes),
+    ``extra`` (cell metrics), the detector's ``clean_scores`` / ``adv_scores``, the recon
+    certificates' ``bounds``, and what the examples show (``shown``)."""
+    x, y, positions = group
     task = cell.row.task
-    defended = system(config, cell.row, paths)
-    x, y, positions = load_arrays(data_dir, task, config["run"]["split"], config["run"]["n"],
-                                  checkpoint=paths["model"], return_indices=True)  # fmt: skip
-    clean = clean_stage(config, cell.row, defended, x, y, positions, out)
+    defended = system(config, cell.row, paths, input_shape=x.shape[1:])
+    clean = clean_stage(config, cell.row, defended, x, y, positions, out, shaped)
     judge = outcomes.Judge(config, defended, x, y, clean_outputs(clean))
     x_adv, adv_out, samples = _attacked(config, cell, paths, judge, clean, positions)
     samples.update(outcomes.size(x, x_adv))
-    result: dict[str, Any] = {"n": len(x)}  # the split may hold fewer
     extra: dict[str, Any] = {"quality_metric": measures.QUALITY[kind_of(task)]}
     samples.update(_baseline(task, defended, x, y, extra))
+    part: dict[str, Any] = {"samples": samples, "extra": extra, "bounds": None}
     if defended.scores is not None:
-        adv_scores = defended.scores(x_adv, adv_out)
-        samples.update(outcomes.detection(clean["scores"], adv_scores, defended.threshold,
-                                          samples.get("success")))  # fmt: skip
-        extra["detection_auroc"] = measures.separation(clean["scores"], adv_scores)
-        result["roc"] = measures.roc_points(clean["scores"], adv_scores)
-        auroc = intervals.auroc(extra["detection_auroc"], len(adv_scores),
-                                len(clean["scores"]))  # fmt: skip
+        part["clean_scores"], part["adv_scores"] = clean["scores"], defended.scores(x_adv, adv_out)
+        samples.update(outcomes.detection(clean["scores"], part["adv_scores"],
+                                          defended.threshold, samples.get("success")))  # fmt: skip
+    if "violated" not in samples and defended.smooth is not None and "success" in samples:
+        certified, part["violations"], part["bounds"] = _certified(
+            task, defended, clean, x, x_adv, y, adv_out)  # fmt: skip
+        samples.update(certified)
+    part["shown"] = (x, x_adv, judge.clean, judge.shown(x_adv, adv_out))
+    return part
+
+
+def _merge(cell: Cell, parts: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """The cell's fields from its shape groups' :func:`_measure_group` parts: outcomes
+    concatenated in group order and summarised, the detector's AUROC and ROC over all
+    scores, the certificates' violations summed and bound's median over all samples."""
+    task = cell.row.task
+    samples = {k: np.concatenate([p["samples"][k] for p in parts]) for k in parts[0]["samples"]}
+    extra = dict(parts[0]["extra"])
+    result: dict[str, Any] = {"n": sum(len(p["shown"][0]) for p in parts)}  # may be < run.n
+    if "clean_scores" in parts[0]:
+        clean, adv = (np.concatenate([p[k] for p in parts]) for k in ("clean_scores", "adv_scores"))
+        extra["detection_auroc"] = measures.separation(clean, adv)
+        result["roc"] = measures.roc_points(clean, adv)
+        auroc = intervals.auroc(extra["detection_auroc"], len(adv), len(clean))
     if "violated" in samples:
         extra["certificate_violations"] = int(np.nansum(samples["violated"]))
-    elif defended.smooth is not None and "success" in samples:  # not on a real feature
-        certified, counted = _certified(task, defended, clean, x, x_adv, y, adv_out)
-        samples.update(certified)
-        extra.update(counted)
+    elif "violations" in parts[0]:
+        extra["certificate_violations"] = sum(p["violations"] for p in parts)
+        if kind_of(task) == "recon":
+            bounds = np.concatenate([p["bounds"] for p in parts])
+            finite = bounds[np.isfinite(bounds)]
+            extra["certified_bound"] = float(np.median(finite)) if len(finite) else float("nan")
     result.update(outcomes.summarise(task, samples))
     result["metrics"].update(extra)
     if "detection_auroc" in extra:
         result["intervals"]["detection_auroc"] = [auroc.low, auroc.high]
         result["counts"]["detection_auroc"] = auroc.n
-    shown = judge.clean, judge.shown(x_adv, adv_out)
-    result["examples"] = _write_examples(out, cell, x, x_adv, *shown)
+    result["examples"] = _write_examples(out, cell, *parts[0]["shown"])
     return result
 
 
@@ -265,10 +299,10 @@ def _adaptive(config: dict[str, Any], cell: Cell, defended: Any,
 def _certified(
     task: str, defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, x_adv: np.ndarray,
     y: np.ndarray, adv_out: Outputs,
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # fmt: skip
+) -> tuple[dict[str, np.ndarray], int, np.ndarray | None]:  # fmt: skip
     """The clean certificates against this cell's perturbations (module doc): per sample
-    ``certified`` (N,), and the counts (``certificate_violations``, recon
-    ``certified_bound``)."""
+    ``certified`` (N,), the number of violations, and recon the bounds (N,) that covered
+    each perturbation (inf where none did; None for the other tasks)."""
     delta = (x_adv - x).reshape(len(x), -1)
     if kind_of(task) == "recon":
         return _recon_certified(defended, clean, x, x_adv, adv_out)
@@ -280,20 +314,18 @@ def _certified(
         label = clean["label"]
         right = covered & (label == y)
         broken = covered & (label != abstain) & answered & (adv_out.values != label)
-        return ({"certified": right.astype(np.float64)},
-                {"certificate_violations": int(broken.sum())})  # fmt: skip
+        return {"certified": right.astype(np.float64)}, int(broken.sum()), None
     labels = clean["labels"]
     sure = labels != abstain
     right = (sure & (labels == (y > 0.5))).reshape(len(x), -1).mean(1)
     changed = (sure & answered & (adv_out.values != (labels == 1))).reshape(len(x), -1).any(1)
-    return ({"certified": np.where(covered, right, 0.0)},
-            {"certificate_violations": int((covered & changed).sum())})  # fmt: skip
+    return {"certified": np.where(covered, right, 0.0)}, int((covered & changed).sum()), None
 
 
 def _recon_certified(
     defended: Any, clean: dict[str, np.ndarray], x: np.ndarray, x_adv: np.ndarray,
     adv_out: Outputs,
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:  # fmt: skip
+) -> tuple[dict[str, np.ndarray], int, np.ndarray]:  # fmt: skip
     """Center smoothing's bound at the grid's first input radius covering the perturbation
     (in the noise's units), checked against the smoothed outputs' actual distance."""
 
@@ -306,20 +338,19 @@ def _recon_certified(
     bound = np.where(inside, bounds[np.arange(len(x)), np.minimum(column, len(grid) - 1)], np.inf)
     moved = inside_radius.moved(defended, clean, x, adv_out)
     finite = np.isfinite(bound)
-    return ({"certified": finite.astype(np.float64)}, {
-        "certified_bound": float(np.median(bound[finite])) if finite.any() else float("nan"),
-        "certificate_violations": int((finite & (moved > bound)).sum()),
-    })  # fmt: skip
+    return {"certified": finite.astype(np.float64)}, int((finite & (moved > bound)).sum()), bound
 
 
 def clean_stage(config: dict[str, Any], row: Row, defended: Any, x: np.ndarray, y: np.ndarray,
-                positions: np.ndarray, out: Path) -> dict[str, np.ndarray]:  # fmt: skip
+                positions: np.ndarray, out: Path,
+                shaped: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
     """The row's clean outputs (``outputs`` and ``abstained``, :func:`clean_outputs`),
     detector ``scores`` and certificates (:func:`~defend.matrix.rows.certificates`),
     computed once per row (``OUT/rows/<row>.npz``, written atomically; the same numbers
-    whoever computes it)."""
+    whoever computes it; ``shaped``: one file per input shape, ``<row>-<shape>.npz``)."""
 
-    path = out / "rows" / f"{row_id(row)}.npz"
+    shape = "-" + "x".join(map(str, x.shape[1:])) if shaped else ""
+    path = out / "rows" / f"{row_id(row)}{shape}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as f:
             found = {k: f[k] for k in f.files}

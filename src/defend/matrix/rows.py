@@ -126,11 +126,16 @@ class System:
                              unit)  # fmt: skip
 
 
-def system(config: dict[str, Any], row: Row, paths: dict[str, Path]) -> System:
-    """The defended model of ``row`` from its built ``paths`` (:func:`row_builds`' keys)."""
+def system(config: dict[str, Any], row: Row, paths: dict[str, Path],
+           input_shape: tuple[int, ...] | None = None) -> System:  # fmt: skip
+    """The defended model of ``row`` from its built ``paths`` (:func:`row_builds`' keys), for
+    inputs of ``input_shape`` (recon: the estimator reshaped to that k-space, its mask of
+    that width; None: the checkpoint's shape)."""
 
     device = config_device(config)
     estimator = load_estimator(paths["model"], device=device)
+    if input_shape is not None and kind_of(row.task) == "recon":
+        estimator = estimator.reshaped(tuple(input_shape))
     out = System(row.task, estimator, lambda x, _: base_outputs(row.task, estimator, x))
     if row.smoothing:
         _add_smoothing(out, config, paths, device)

@@ -21,12 +21,11 @@ from defend.estimators import ReconEstimator, SegEstimator, load_estimator
 from defend.io import load_checkpoint
 from defend.smooth.core import (
     CenterSmoothing,
-    KspaceNoise,
     SmoothClassifier,
     SmoothSegmenter,
-    kspace_noise,
 )
 from defend.smooth.denoiser import load_denoiser
+from defend.smooth.noise import KspaceNoise, kspace_noise
 from defend.smooth.unit import training_unit
 from defend.tasks import kind_of
 
@@ -67,7 +66,7 @@ def smoothed(
             of [0, 1]; k-space: multiples of ``unit``, :class:`KspaceNoise`).
         denoiser: a module from noisy to clean inputs of the estimator's format, or None.
         unit: reconstruction only: the k-space unit (:func:`training_unit`); None takes the
-            denoiser's (:func:`defend.smooth.core.kspace_noise`).
+            denoiser's (:func:`defend.smooth.noise.kspace_noise`).
         options: for reconstruction, :class:`CenterSmoothing`'s ``delta``.
     """
 
@@ -81,7 +80,12 @@ def smoothed(
     task = _task(estimator)
     if kind_of(task) == "recon":
         noise = kspace_noise(sigma, estimator, unit, denoiser)
-        return CenterSmoothing(forward, sigma, noise, **common, **options)
+        smooth = CenterSmoothing(forward, sigma, noise, **common, **options)
+        smooth.input_shape = tuple(estimator.input_shape)
+        smooth.reshape = lambda shape: smoothed(
+            estimator.reshaped(shape), sigma, denoiser, noise.unit, **options
+        )
+        return smooth
     if options or unit is not None:
         names = [*options, *(["unit"] if unit is not None else [])]
         raise TypeError(f"unexpected options for {task} smoothing: {', '.join(names)}")

@@ -45,7 +45,7 @@ import numpy as np
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
-from defend.data.arrays import every_kth, load_arrays
+from defend.data.arrays import every_kth, load_groups
 from defend.device import check_batch_memory
 from defend.errors import DefendError
 from defend.io import (
@@ -248,7 +248,7 @@ def certify_split(
     tau, eps_in = 0.75 if tau is None else tau, sigma if eps_in is None else eps_in
     smooth, noise = _smoothed(checkpoint, data_dir, ckpt, sigma, denoiser, device, counts)
     samples = _every(data_dir, task, split, n_samples, skip, ckpt)
-    check_batch_memory(batch_size, samples[0].shape[1:], smooth.device)
+    check_batch_memory(batch_size, max((x.shape for x in samples[0]), key=np.prod), smooth.device)
     settings = {
         "checkpoint": Path(checkpoint).name, "denoiser": denoiser and Path(denoiser).name,
         "split": split, "sigma": sigma, "seed": seed, "skip": skip, **counts,
@@ -342,7 +342,7 @@ def _certify_rows(
     smooth: Any,
     settings: dict[str, Any],
     certify: Callable[..., dict[str, Any]],
-    samples: tuple[np.ndarray, np.ndarray, np.ndarray],
+    samples: tuple[list[np.ndarray], list[np.ndarray], np.ndarray],
     options: dict[str, Any],
     progress: bool,
 ) -> list[dict[str, Any]]:
@@ -410,11 +410,15 @@ def _write_results(
 
 def _every(
     data_dir: Any, task: str, split: str, n_samples: int, skip: int, ckpt: dict[str, Any]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(x, y, positions)`` of every ``skip``-th sample of the split, ``n_samples`` at most."""
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """``(x, y, positions)`` of every ``skip``-th sample of the split, ``n_samples`` at most,
+    one array a sample in dataset order: samples of every shape (fastMRI mixes k-space
+    widths and coil counts; each is certified by the smoothing of its shape)."""
     positions = every_kth(data_dir, task, split, n_samples, skip, ckpt)
-    x, y = load_arrays(data_dir, task, split, indices=positions, checkpoint=ckpt)
-    return x, y, positions
+    rows = {}
+    for xs, ys, used in load_groups(data_dir, task, split, indices=positions, checkpoint=ckpt):
+        rows.update({int(p): (xi, yi) for xi, yi, p in zip(xs, ys, used, strict=True)})
+    return [rows[int(p)][0] for p in positions], [rows[int(p)][1] for p in positions], positions
 
 
 def _row_function(task: str, smooth: Any, tau: float, eps_in: float) -> Callable[..., dict]:
@@ -422,4 +426,4 @@ def _row_function(task: str, smooth: Any, tau: float, eps_in: float) -> Callable
         return lambda x, y, s: _cls_row(smooth, x, y, s)
     if kind_of(task) == "seg":
         return lambda x, y, s: _seg_row(smooth, x, y.astype(np.uint8), s, tau)
-    return lambda x, y, s: _recon_row(smooth, x, s, eps_in)
+    return lambda x, y, s: _recon_row(smooth.reshaped(x.shape), x, s, eps_in)

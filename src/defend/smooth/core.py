@@ -50,7 +50,7 @@ from torch import nn
 from defend.errors import DefendError
 from defend.memory import samples_per_pass
 from defend.smooth.draw_checkpoint import DrawCheckpoint
-from defend.smooth.noise import ImageNoise, KspaceNoise
+from defend.smooth.noise import ImageNoise
 
 #: noise draws per seeded block (a batch is a whole number of blocks)
 BLOCK = 16
@@ -89,36 +89,6 @@ def _block_noise(seed: int, phase: int, block: int, shape: tuple[int, ...]) -> t
     return torch.randn((BLOCK, *shape), generator=generator)
 
 
-def kspace_noise(
-    sigma: float, estimator: Any, unit: float | None = None, denoiser: Any = None
-) -> KspaceNoise:
-    """The smoothing noise of a reconstruction estimator: :class:`KspaceNoise` on its mask.
-
-    Args:
-        unit: the k-space unit (:func:`defend.smooth.training_unit`); None: the unit a
-            denoiser was trained with (its ``kspace_unit``, :func:`defend.smooth.denoiser.
-            load_denoiser`).
-
-    Raises:
-        DefendError: no unit at all, or a unit other than the denoiser's (other data).
-    """
-    stored = getattr(denoiser, "kspace_unit", None)
-    if unit is None:
-        unit = stored
-    if unit is None:
-        raise DefendError(
-            "reconstruction smoothing needs its k-space unit, fixed before any input is seen: "
-            "pass unit= (defend.smooth.training_unit(data, checkpoint)) or a denoiser trained "
-            "with one"
-        )
-    if stored is not None and not math.isclose(stored, unit, rel_tol=1e-6):
-        raise DefendError(
-            f"the denoiser was trained for noise of k-space unit {stored:.6g}, this smoothing "
-            f"uses {unit:.6g}: other training data"
-        )
-    return KspaceNoise(sigma, unit, estimator.mask)
-
-
 class Smooth:
     """Noisy copies of one input through the (denoiser and) base model, in seeded chunks.
 
@@ -148,6 +118,25 @@ class Smooth:
         self.on_draws: Callable[[int], Any] | None = None
         #: where the Monte Carlo state of the sample is saved as it grows (:meth:`reduce`)
         self.checkpoint: DrawCheckpoint | None = None
+        #: the input shape this smoothing is built for, and how to build it for another
+        #: (reconstruction: fastMRI mixes k-space widths; :func:`defend.smooth.smoothed`)
+        self.input_shape: tuple[int, ...] | None = None
+        self.reshape: Callable[[tuple[int, ...]], Smooth] | None = None
+        self._shapes: dict[tuple[int, ...], Smooth] = {}
+
+    def reshaped(self, input_shape: tuple[int, ...]) -> Smooth:
+        """This smoothing for inputs of ``input_shape``: itself where it needs no other
+        (images; the shape it was built for), else the same model and noise level over the
+        reshaped estimator (its mask of that width), sharing ``on_draws`` and
+        ``checkpoint``."""
+        input_shape = tuple(int(s) for s in input_shape)
+        if self.reshape is None or input_shape == self.input_shape:
+            return self
+        if input_shape not in self._shapes:
+            self._shapes[input_shape] = self.reshape(input_shape)
+        other = self._shapes[input_shape]
+        other.on_draws, other.checkpoint = self.on_draws, self.checkpoint
+        return other
 
     @property
     def noise_std(self) -> float:

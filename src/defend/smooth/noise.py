@@ -13,6 +13,7 @@ every input), but for a :class:`KspaceNoise` without a mask, a denoiser's traini
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -91,3 +92,33 @@ class KspaceNoise:
         """The noise std of each entry of ``x`` (B, coils, H, W, 2): ``noise_std`` on the
         sampled columns, 0 elsewhere; it depends on ``x``'s shape only."""
         return (self.noise_std * self.support(x).to(x.dtype)).expand_as(x)
+
+
+def kspace_noise(
+    sigma: float, estimator: Any, unit: float | None = None, denoiser: Any = None
+) -> KspaceNoise:
+    """The smoothing noise of a reconstruction estimator: :class:`KspaceNoise` on its mask.
+
+    Args:
+        unit: the k-space unit (:func:`defend.smooth.training_unit`); None: the unit a
+            denoiser was trained with (its ``kspace_unit``, :func:`defend.smooth.denoiser.
+            load_denoiser`).
+
+    Raises:
+        DefendError: no unit at all, or a unit other than the denoiser's (other data).
+    """
+    stored = getattr(denoiser, "kspace_unit", None)
+    if unit is None:
+        unit = stored
+    if unit is None:
+        raise DefendError(
+            "reconstruction smoothing needs its k-space unit, fixed before any input is seen: "
+            "pass unit= (defend.smooth.training_unit(data, checkpoint)) or a denoiser trained "
+            "with one"
+        )
+    if stored is not None and not math.isclose(stored, unit, rel_tol=1e-6):
+        raise DefendError(
+            f"the denoiser was trained for noise of k-space unit {stored:.6g}, this smoothing "
+            f"uses {unit:.6g}: other training data"
+        )
+    return KspaceNoise(sigma, unit, estimator.mask)
