@@ -71,9 +71,9 @@ def test_chunked_eot_gives_the_unchunked_outputs_and_gradients(unet_ckpt, synth_
     seen = []
     chunk = type(eot_estimator(estimator, 0.1, 1, unit=1.0).model)._chunk
 
-    def counted(self, inputs, first, count):
+    def counted(self, inputs, first, count, per_pass):
         seen.append(count)
-        return chunk(self, inputs, first, count)
+        return chunk(self, inputs, first, count, per_pass)
 
     monkeypatch.setattr(type(eot_estimator(estimator, 0.1, 1, unit=1.0).model), "_chunk", counted)
     each = sample_bytes(
@@ -85,6 +85,29 @@ def test_chunked_eot_gives_the_unchunked_outputs_and_gradients(unet_ckpt, synth_
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-4, atol=1e-7)
     assert np.abs(whole[1]).max() > 0
+    monkeypatch.setenv("DEFEND_MEMORY", str(each + each // 2))  # one noisy copy a pass
+    seen.clear()
+    split = run()
+    assert max(seen) == 1  # one draw a chunk, its two inputs in two passes
+    np.testing.assert_allclose(split[0], whole[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(split[1], whole[1], rtol=1e-4, atol=1e-7)
+
+
+def test_fresh_eot_keeps_a_fixed_attack_batch_and_measuring_draws_nothing(unet_ckpt, synth_dir,
+                                                                          monkeypatch):  # fmt: skip
+    """EOT's fresh noise follows the attack's batch, so that batch must not follow the
+    memory budget; and measuring a size consumes no random numbers."""
+    from defend.attacks.torch_attack import attack_batch
+
+    x, _ = defend.load_arrays(synth_dir, "recon", "test", 8, checkpoint=unet_ckpt)
+    x = np.concatenate([x, x, x])  # 24 samples
+    estimator = defend.load_estimator(unet_ckpt)
+    monkeypatch.setenv("DEFEND_MEMORY", "1")
+    assert attack_batch(eot_estimator(estimator, 0.1, 4, unit=1.0), x) == 16
+    assert attack_batch(eot_estimator(estimator, 0.1, 4, frozen_seed=0, unit=1.0), x) == 1
+    torch.manual_seed(3)
+    samples_per_pass(lambda v: v + torch.randn_like(v), torch.ones(4), "cpu")  # it draws
+    assert torch.equal(torch.rand(3), (torch.manual_seed(3), torch.rand(3))[1])
 
 
 def test_smoothing_without_a_batch_size_takes_the_budget_and_the_same_numbers(
@@ -102,3 +125,30 @@ def test_smoothing_without_a_batch_size_takes_the_budget_and_the_same_numbers(
     sizes.clear()
     assert smooth.certify(x[0], n0=16, n=64, alpha=0.1) == given
     assert max(sizes) == 32
+
+
+def test_the_matrix_run_memory_setting(tmp_path, monkeypatch):
+    """``[run] memory`` is checked in one line, sets the budget of each cell, and is not part
+    of what a cell measures (a folder resumes under another value)."""
+    import os
+
+    from defend.io import write_json
+    from defend.matrix import load_config
+    from defend.matrix.provenance import cell_config, check_folder
+    from defend.memory import budget
+
+    path = tmp_path / "m.toml"
+    path.write_text('[run]\nmemory = "lots"\n')
+    with pytest.raises(DefendError, match=r"run.memory must be a size such as 8GiB"):
+        load_config(path)
+    path.write_text('[run]\nmemory = "2GiB"\n')
+    config = load_config(path)
+    monkeypatch.delenv("DEFEND_MEMORY", raising=False)
+    with budget(config["run"]["memory"]):
+        assert memory_budget("cpu") == 2 * 2**30
+    assert "DEFEND_MEMORY" not in os.environ
+    other = load_config("smoke")
+    write_json(tmp_path / "run" / "config.json", {k: v for k, v in config.items() if k != "source"})
+    config["run"]["memory"] = "4GiB"
+    check_folder(tmp_path / "run", config)  # no refusal
+    assert "memory" not in cell_config(other, "cls")["run"]

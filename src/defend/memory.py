@@ -20,10 +20,11 @@ one draw at a time, the attacks per sample.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -33,6 +34,9 @@ from defend.errors import DefendError
 #: the CPU budget for a pass's tensors: with the process's own ~1.5 GiB (libraries, model,
 #: data) a real-size fastMRI slice's work stays within 8 GiB of host memory
 CPU_BUDGET = 6 * 2**30
+#: the most samples one derived pass holds: beyond this a pass's fixed costs are negligible,
+#: and memory is better left to the rest of the machine
+MAX_SAMPLES = 1000
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _measured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -77,7 +81,9 @@ def _pass_bytes(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
         return tensor
 
     x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    devices = [x.device] if x.device.type == "cuda" else []
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with torch.random.fork_rng(devices=devices), torch.enable_grad(), hooks:  # draws nothing
         out = forward(x)
     return sum(storages.values()) + 2 * x.nbytes + 2 * out.nbytes
 
@@ -87,10 +93,14 @@ def sample_bytes(forward: Callable[[torch.Tensor], torch.Tensor], sample: torch.
     """Bytes one sample ``sample`` (...) adds to a pass through ``forward``: the growth of
     :func:`_pass_bytes` from a batch of one to a batch of two (what is saved once, e.g. the
     weights, drops out), at least the input's bytes (module doc). Measured once per ``owner``
-    (default ``forward``; pass the model when ``forward`` is a bound method) and shape."""
+    (default ``forward``; pass the model when ``forward`` is a bound method), forward
+    function and shape; the measurement draws no random numbers (the generators are
+    forked), so results do not depend on whether a size was measured or given."""
     owner = forward if owner is None else owner
     known = _measured.setdefault(owner, {})
-    key = (tuple(sample.shape), sample.dtype, str(sample.device))
+    function = getattr(forward, "__func__", forward)  # which forward of the owner
+    name = getattr(function, "__qualname__", type(function).__qualname__)
+    key = (name, tuple(sample.shape), sample.dtype, str(sample.device))
     if key not in known:
         one, two = (_pass_bytes(forward, sample.expand(k, *sample.shape)) for k in (1, 2))
         known[key] = max(two - one, sample.nbytes)
@@ -100,5 +110,25 @@ def sample_bytes(forward: Callable[[torch.Tensor], torch.Tensor], sample: torch.
 def samples_per_pass(forward: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor,
                      device: str | torch.device, owner: object = None) -> int:  # fmt: skip
     """How many samples like ``sample`` one pass through ``forward`` may hold within the
-    budget of ``device`` (:func:`memory_budget`, :func:`sample_bytes`): at least 1."""
-    return max(1, memory_budget(device) // sample_bytes(forward, sample, owner))
+    budget of ``device`` (:func:`memory_budget`, :func:`sample_bytes`): at least 1, at most
+    :data:`MAX_SAMPLES`."""
+    fits = memory_budget(device) // sample_bytes(forward, sample, owner)
+    return max(1, min(MAX_SAMPLES, fits))
+
+
+@contextlib.contextmanager
+def budget(size: str | int | None) -> Iterator[None]:
+    """Within the block, :func:`memory_budget` is ``size`` (``8GiB``, ...; empty or None:
+    unchanged), as ``DEFEND_MEMORY`` sets it (the matrix's ``[run] memory``)."""
+    if not size:
+        yield
+        return
+    before = os.environ.get("DEFEND_MEMORY")
+    os.environ["DEFEND_MEMORY"] = str(parse_bytes(size))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DEFEND_MEMORY", None)
+        else:
+            os.environ["DEFEND_MEMORY"] = before

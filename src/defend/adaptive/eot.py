@@ -33,7 +33,7 @@ from defend.attacks.torch_attack import torch_forward
 from defend.errors import DefendError
 from defend.estimators import ReconEstimator, SegEstimator
 from defend.estimators.cls import make_classifier
-from defend.memory import samples_per_pass
+from defend.memory import sample_bytes, samples_per_pass
 from defend.smooth.noise import ImageNoise, kspace_noise
 from defend.tasks import kind_of
 
@@ -82,6 +82,10 @@ class ExpectedOutput(nn.Module):
         self.base, self.denoiser = base, denoiser
         self._forward, self.noise, self.draws, self.combine = forward, noise, draws, combine
         self.frozen_seed = frozen_seed
+        #: fresh noise comes from the global generator a batch at a time, so an attack's
+        #: batch must not follow the memory budget (:func:`defend.attacks.torch_attack.
+        #: attack_batch`): the previous fixed default, 16
+        self.attack_batch = 16 if frozen_seed is None else None
         self.train(base.training)  # a new module is in training mode; take the base's
 
     def _draw(self, x: torch.Tensor, index: int) -> torch.Tensor:
@@ -98,31 +102,42 @@ class ExpectedOutput(nn.Module):
         """``forward(D(noisy))`` of a batch of noisy inputs (N, ...)."""
         return self._forward(self.denoiser(noisy) if self.denoiser is not None else noisy)
 
-    def _chunk(self, x: torch.Tensor, first: int, count: int) -> torch.Tensor:
-        """Outputs (B, count, ...) of draws ``first .. first + count - 1`` of inputs (B, ...)."""
+    def sample_bytes(self, sample: torch.Tensor) -> int:
+        """Bytes one input ``sample`` (...) adds to an attack's pass: one noisy copy's
+        (:func:`defend.memory.sample_bytes`), since the draws go through in chunks the
+        budget holds, recomputed in the backward pass (:meth:`forward`)."""
+        return sample_bytes(self._noisy_forward, sample, self)
+
+    def _chunk(self, x: torch.Tensor, first: int, count: int, per_pass: int) -> torch.Tensor:
+        """Outputs (B, count, ...) of draws ``first .. first + count - 1`` of inputs (B, ...),
+        through the model ``per_pass`` noisy copies at a time (each recomputed in the
+        backward pass when there are several)."""
         scale = self.noise.scale(x)
-        noisy = [x + scale * self._draw(x, first + j) for j in range(count)]
-        out = self._noisy_forward(torch.stack(noisy, 1).flatten(0, 1))
-        return out.unflatten(0, (len(x), count))
+        noisy = torch.stack([x + scale * self._draw(x, first + j) for j in range(count)], 1)
+        parts = noisy.flatten(0, 1).split(per_pass)
+        if torch.is_grad_enabled() and len(parts) > 1:
+            outs = [checkpoint(self._noisy_forward, part, use_reentrant=False) for part in parts]
+        else:
+            outs = [self._noisy_forward(part) for part in parts]
+        return torch.cat(outs).unflatten(0, (len(x), count))
 
     def forward(self, x: torch.Tensor, *unused: Any) -> torch.Tensor:
         """The expected output (B, ...) of inputs ``x`` (B, ...); a reconstruction model's
         mask argument is unused (the base estimator applies its own).
 
-        The draws go through the model in chunks that the memory budget holds
-        (:func:`defend.memory.samples_per_pass`); with gradients, each chunk is recomputed
-        in the backward pass (``torch.utils.checkpoint``) instead of kept, so memory does
-        not grow with ``draws``. Draw ``j`` is the same whatever the chunking."""
+        The noisy copies go through the model in passes the memory budget holds
+        (:func:`defend.memory.samples_per_pass`), draws in chunks of ``per_pass // B``
+        (at least one); with gradients each chunk is recomputed in the backward pass
+        (``torch.utils.checkpoint``) instead of kept, so memory does not grow with
+        ``draws``. Draw ``j`` is the same whatever the chunking."""
         per_pass = samples_per_pass(self._noisy_forward, x[0].detach(), x.device, self)
         size = max(1, min(self.draws, per_pass // len(x)))
         recompute = torch.is_grad_enabled() and size < self.draws
         outs = []
         for first in range(0, self.draws, size):
-            count = min(size, self.draws - first)
-            if recompute:
-                outs.append(checkpoint(self._chunk, x, first, count, use_reentrant=False))
-            else:
-                outs.append(self._chunk(x, first, count))
+            args = (x, first, min(size, self.draws - first), per_pass)
+            outs.append(checkpoint(self._chunk, *args, use_reentrant=False) if recompute
+                        else self._chunk(*args))  # fmt: skip
         return self.combine(torch.cat(outs, 1))
 
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from defend.attacks.params import COMMON, Param, by_name, check_known
 from defend.errors import DefendError
 from defend.estimators.torch_estimator import model_mode
-from defend.memory import samples_per_pass
+from defend.memory import MAX_SAMPLES, memory_budget, sample_bytes
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 #: numpy in, numpy out; torch in, torch out
@@ -88,16 +88,21 @@ def torch_forward(estimator: Any) -> Forward | None:
 
 
 def attack_batch(estimator: Any, x: Array) -> int:
-    """Samples of ``x`` (N, ...) one attack pass on ``estimator`` may hold: what the memory
-    budget allows for a pass with gradients (:func:`defend.memory.samples_per_pass`), at
-    most N; N for a black box (no torch forward to measure)."""
-    forward = torch_forward(estimator)
+    """Samples of ``x`` (N, ...) one attack pass on ``estimator`` may hold, at most N: what
+    the memory budget allows for a pass with gradients (:mod:`defend.memory`; the model's own
+    ``sample_bytes`` where it declares one, as EOT's does), or the model's fixed
+    ``attack_batch`` (EOT with fresh noise, whose draws follow the batch); N for a black box
+    (no torch forward to measure)."""
+    forward, model = torch_forward(estimator), getattr(estimator, "model", None)
+    if getattr(model, "attack_batch", None):
+        return max(1, min(len(x), model.attack_batch))
     if forward is None:
         return len(x)
     first = torch.as_tensor(np.asarray(x[:1], dtype=np.float32) if not torch.is_tensor(x)
                             else x[:1]).to(estimator_device(estimator))[0]  # fmt: skip
-    fits = samples_per_pass(forward, first, first.device, owner=estimator.model)
-    return max(1, min(len(x), fits))
+    measure = getattr(model, "sample_bytes", None)
+    each = measure(first) if measure else sample_bytes(forward, first, owner=model)
+    return max(1, min(len(x), MAX_SAMPLES, memory_budget(first.device) // each))
 
 
 def differentiable(estimator: Any) -> bool:

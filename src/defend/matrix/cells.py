@@ -65,6 +65,7 @@ from defend.matrix.measures import Outputs
 from defend.matrix.outcomes import AttackSpec
 from defend.matrix.record import CellRecord
 from defend.matrix.rows import Row, certificates, rows, system
+from defend.memory import budget
 from defend.tasks import kind_of
 
 #: example samples kept per cell for the report
@@ -159,7 +160,9 @@ def run_cell(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     try:
         params = cell_params(config, cell, paths)
         record.params = {k: v for k, v in params.items() if k != "detector"}
-        for name, value in _measure(config, cell, paths, out, data_dir).items():
+        with budget(config["run"]["memory"]):  # in this process, local or a Ray worker
+            measured = _measure(config, cell, paths, out, data_dir)
+        for name, value in measured.items():
             setattr(record, name, value)
         record.status = "ok"
     except Exception as error:  # noqa: BLE001 - a failed cell is recorded, the rest go on

@@ -26,6 +26,7 @@ from defend.attacks import registered_attacks
 from defend.errors import DefendError
 from defend.matrix.columns import check_section
 from defend.matrix.defence_registry import BUILT_IN, task_defences
+from defend.memory import parse_bytes
 from defend.plugins import load_plugins
 from defend.tasks import TASKS as ALL_TASKS
 from defend.tasks import kind_of
@@ -93,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
         "tasks": list(TASKS),
         "adaptive": True,
         "train_processes": 1,
+        "memory": "",  # each pass's budget (e.g. "8GiB"; "" auto: defend.memory)
     },  # fmt: skip
     "data": {"path": "", "size": 32, "volumes": 8, "slices": 4, "coils": 2},
     **{task: task_defaults(task) for task in TASKS},
@@ -230,6 +232,11 @@ def check_values(config: dict[str, Any], path: Path) -> None:
         return DefendError(f"{path}: {key} {message}")
 
     run = config["run"]
+    if run["memory"]:
+        try:
+            parse_bytes(run["memory"])
+        except DefendError as error:
+            raise bad("run.memory", str(error).removeprefix("memory ")) from None
     for key in ("n", "train_processes"):
         if run[key] < 1:
             raise bad(f"run.{key}", f"must be >= 1, got {run[key]}")

@@ -27,6 +27,9 @@ from defend.matrix.rows import row_builds
 
 #: ``run`` settings that choose which cells exist, not their numbers (out of config_hash)
 PLAN_ONLY = ("tasks", "adaptive")
+#: ``run`` settings that change how a cell runs, never what it measures (out of
+#: config_hash, and a folder may be resumed with another value)
+HOW_ONLY = ("memory",)
 
 
 #: a task's lists of rows and columns (a cell's own model, defence, attack and eps are in its
@@ -42,6 +45,9 @@ def check_folder(out: Path, config: dict[str, Any]) -> None:
     old = json.loads(path.read_text())
     new = json.loads(json.dumps({k: v for k, v in config.items() if k != "source"}))
     old.pop("source", None)
+    for view in (old, new):
+        for key in HOW_ONLY:
+            view.get("run", {}).pop(key, None)
     if old != new:
         keys = [key for key, _, _ in differences(old, new)]
         raise DefendError(
@@ -56,7 +62,7 @@ def cell_config(config: dict[str, Any], task: str) -> dict[str, Any]:
     sections and the task's :data:`ROW_LISTS` (which cells exist, not what they measure)."""
     tasks = matrix_tasks()
     view = {k: v for k, v in config.items() if k != "source" and (k not in tasks or k == task)}
-    view["run"] = {k: v for k, v in config["run"].items() if k not in PLAN_ONLY}
+    view["run"] = {k: v for k, v in config["run"].items() if k not in PLAN_ONLY + HOW_ONLY}
     view[task] = {k: v for k, v in config[task].items() if k not in ROW_LISTS}
     return json.loads(json.dumps(view))
 
