@@ -3,6 +3,9 @@ passes (smoothing, EOT) that give the numbers of an unchunked one."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +48,18 @@ def test_per_sample_bytes_grow_with_the_sample_not_the_weights():
     assert 3.5 < large / small < 4.5
     wide = nn.Sequential(nn.Conv2d(1, 8, 11, padding=5), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
     assert sample_bytes(wide, torch.rand(1, 32, 32)) == pytest.approx(small, rel=0.05)
+
+
+def test_measuring_a_model_keeps_nothing_of_it_alive():
+    """The measurement's graph is freed with the model: a pack hook that kept the saved
+    tensors made a cycle through C++ (a ReLU saves its own output), and every model a matrix
+    cell loaded stayed in memory (the smoke matrix's peak grew 1.4 -> 2.5 GiB)."""
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+    sample_bytes(net, torch.rand(1, 32, 32))
+    alive = weakref.ref(net[0].weight)
+    del net
+    gc.collect()
+    assert alive() is None
 
 
 def test_samples_per_pass_follow_the_budget(monkeypatch):

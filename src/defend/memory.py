@@ -70,19 +70,24 @@ def memory_budget(device: str | torch.device) -> int:
     return CPU_BUDGET if free is None else min(CPU_BUDGET, int(0.75 * free))
 
 
+def _no_backward(_: None) -> torch.Tensor:
+    raise RuntimeError("a pass measured by sample_bytes has no backward")
+
+
 def _pass_bytes(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
     """Bytes of the tensors autograd saves in ``forward(x)`` (each storage once), of ``x``
     and of the output with their gradients."""
     storages: dict[int, int] = {}
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+    def pack(tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        # nothing is kept: no backward runs, and a graph node holding its own output would
+        # be a cycle through C++ that Python's collector cannot free (the model with it)
 
     x = x.detach().clone().requires_grad_(True)
     devices = [x.device] if x.device.type == "cuda" else []
-    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, _no_backward)
     with torch.random.fork_rng(devices=devices), torch.enable_grad(), hooks:  # draws nothing
         out = forward(x)
     return sum(storages.values()) + 2 * x.nbytes + 2 * out.nbytes
