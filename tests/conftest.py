@@ -6,6 +6,8 @@ models are trained just enough for attacks to have something real to attack.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,18 @@ def seg_ckpt(synth_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cls_ckpt(synth_dir, tmp_path_factory) -> Path:
     return _train(synth_dir, tmp_path_factory, "cls", None, 6, 1e-3, batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The ``smoke`` matrix run once from an empty cache, progress on: ``{"out", "cache",
+    "log": its lines, "stderr": its progress bars}``."""
+    from defend.matrix import run_matrix
+
+    root = tmp_path_factory.mktemp("matrix")
+    lines: list[str] = []
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        run_matrix("smoke", root / "smoke", cache=root / "cache", log=lines.append)
+    return {"out": root / "smoke", "cache": root / "cache", "log": lines,
+            "stderr": err.getvalue()}  # fmt: skip

@@ -27,12 +27,9 @@ def _quiet(line: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def smoke(smoke_run: dict) -> tuple[Path, Path]:
     """An uninterrupted ``smoke`` matrix: ``(out, cache)``."""
-    root = tmp_path_factory.mktemp("matrix")
-    out, cache = root / "smoke", root / "cache"
-    run_matrix("smoke", out, cache=cache, progress=False, log=_quiet)
-    return out, cache
+    return smoke_run["out"], smoke_run["cache"]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

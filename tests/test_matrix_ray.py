@@ -10,8 +10,8 @@ import pytest
 
 from defend.errors import DefendError
 from defend.matrix import load_config, run_matrix
+from defend.matrix.builds import levels
 from defend.matrix.cells import plan
-from defend.matrix.ray_engine import levels
 from defend.matrix.rows import row_builds
 
 

@@ -1,8 +1,9 @@
 """``defend bench memory``: the peak host memory of each command at fastMRI's real size,
 against a budget (default 8 GiB, the target of a 2-core CPU machine).
 
-It writes a real-size fastMRI-layout set (:func:`defend.data.fastmri_files.write_real_size_set`:
-15 coils, 640 x 368 and 640 x 372 k-space, 320 x 320 targets) and runs each command in a
+It writes a real-size fastMRI-layout set (:func:`defend.data.fastmri_files.write_real_size_set`,
+:data:`ANATOMIES`: knee 15 coils, 640 x 368 and 640 x 372 k-space; brain 16 coils, 640 x 320
+and a narrower 640 x 288, as FLAIR's; 320 x 320 targets) and runs each command in a
 process of its own, with its defaults but for the sample counts (memory does not grow with
 them: every pass is sized by :mod:`defend.memory`):
 
@@ -28,8 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from defend.data.fastmri_files import write_real_size_set
+from defend.errors import DefendError
 from defend.io import write_json, write_text
 
+#: the real-size sets: coils and k-space widths (640 rows), two volumes of mixed widths
+ANATOMIES = {"knee": {"coils": 15, "widths": (368, 372)},
+             "brain": {"coils": 16, "widths": (320, 288)}}  # fmt: skip
 #: how a step's process starts: the CLI of the running interpreter
 _MAIN = "from defend.cli import main; main()"
 
@@ -75,12 +80,16 @@ def peak_of(argv: list[Any], log_file: Path) -> tuple[int, float, int]:
 
 
 def run_memory_bench(out: Path, budget_gib: float = 8.0, quick: bool = False,
-                     log: Callable[[str], None] = print) -> list[dict[str, Any]]:  # fmt: skip
-    """Measure each step (module doc) under ``out``; rows ``{step, code, seconds, peak_gib,
-    budget_gib, ratio}`` (also ``out/memory.json``). A step that fails is reported with its
-    exit code and log file, and the later steps that need its model still run (and fail)."""
+                     log: Callable[[str], None] = print,
+                     anatomy: str = "knee") -> list[dict[str, Any]]:  # fmt: skip
+    """Measure each step (module doc) on the ``anatomy`` set (:data:`ANATOMIES`) under
+    ``out``; rows ``{step, code, seconds, peak_gib, budget_gib, ratio}`` (also
+    ``out/memory.json``). A step that fails is reported with its exit code and log file, and
+    the later steps that need its model still run (and fail)."""
+    if anatomy not in ANATOMIES:
+        raise DefendError(f"--anatomy must be {' or '.join(ANATOMIES)}, got {anatomy!r}")
     out = Path(out)
-    data = write_real_size_set(out / "data")
+    data = write_real_size_set(out / "data", **ANATOMIES[anatomy])
     rows = []
     for name, argv in steps(data, out, quick).items():
         log_file = out / f"{name.replace(' ', '-')}.log"
@@ -89,7 +98,8 @@ def run_memory_bench(out: Path, budget_gib: float = 8.0, quick: bool = False,
                      "peak_gib": round(peak / 2**30, 2), "budget_gib": budget_gib,
                      "ratio": round(peak / 2**30 / budget_gib, 3)})  # fmt: skip
         log(format_row(rows[-1]) + ("" if code == 0 else f"  (failed: see {log_file})"))
-    write_json(out / "memory.json", {"quick": quick, "rows": rows})
+    write_json(out / "memory.json", {"quick": quick, "anatomy": anatomy, **ANATOMIES[anatomy],
+                                     "rows": rows})  # fmt: skip
     return rows
 
 

@@ -205,16 +205,42 @@ def bench_memory_command(
     out: Path = typer.Argument(Path("runs/bench-memory"), help="Folder for data and runs."),
     budget: float = typer.Option(8.0, help="The host-memory budget each step is held to (GiB)."),
     quick: bool = typer.Option(False, help="2 attack iterations, 1 detector epoch: a first look."),
+    anatomy: str = typer.Option(
+        "knee", help="knee (15 coils, 640 x 368 / 372) or brain (16 coils, 640 x 320 / 288)."
+    ),  # fmt: skip
 ) -> None:
     """Peak host memory of train recon, attack hallucination, certify, train detector and a
-    one-cell matrix at fastMRI's real size (15 coils, 640 x 368 / 372 k-space), each in its
-    own process, against the budget. Exit 1 when a step fails or exceeds it."""
-    from defend.bench.peak_memory import run_memory_bench
+    one-cell matrix at fastMRI's real size, each in its own process, against the budget.
+    Exit 1 when a step fails or exceeds it."""
+    from defend.bench.peak_memory import ANATOMIES, run_memory_bench
     from defend.io import check_writable
 
+    if anatomy not in ANATOMIES:
+        raise DefendError(f"--anatomy must be {' or '.join(ANATOMIES)}, got {anatomy!r}")
     if budget <= 0:
         raise DefendError(f"--budget must be > 0 GiB, got {budget:g}")
-    rows = run_memory_bench(check_writable(out, "dir"), budget, quick, log=typer.echo)
+    rows = run_memory_bench(check_writable(out, "dir"), budget, quick, typer.echo, anatomy)
     typer.echo(f"== written to {out / 'memory.json'}")
     if any(r["code"] != 0 or r["ratio"] > 1 for r in rows):
         raise typer.Exit(1)
+
+
+@bench_app.command("device")
+def bench_device_command(
+    folder: Path = typer.Argument(Path("runs/bench-device"), help="Folder for the data."),
+    quick: bool = typer.Option(False, help="Tiny sizes: checks the path on a CPU in seconds."),
+    repeats: int = REPEATS,
+    device: str | None = BENCH_DEVICE,
+    out: Path | None = JSON_OUT,
+) -> None:
+    """The GPU path's figures at fastMRI's size (15 coils, 640 x 368 k-space) and the paper
+    preset's models: VarNet slices/s, hallucination attack iterations/s, certify noisy
+    copies/s, and the peak device memory of each."""
+    from defend.bench.device_figures import format_figures, run_device_figures
+    from defend.io import check_writable
+
+    _check(device, out)
+    if repeats < 1:
+        raise DefendError(f"--repeats must be >= 1, got {repeats}")
+    result = run_device_figures(check_writable(folder, "dir"), quick, repeats, device)
+    _show(format_figures(result), result, out)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 import defend
 from defend.data import synthesize
 from defend.data.arrays import fingerprint, load_dataset
@@ -159,6 +161,23 @@ def detector_build(config: dict[str, Any], base: Build) -> Build:
     return Build("detector", settings, (data_build(config), base))
 
 
+def levels(builds: list[Build]) -> list[list[Build]]:
+    """The builds and everything they need, in levels: a build's needs lie in earlier levels."""
+    depth: dict[Build, int] = {}
+
+    def visit(build: Build) -> int:
+        if build not in depth:
+            depth[build] = 1 + max((visit(n) for n in build.needs), default=-1)
+        return depth[build]
+
+    for build in builds:
+        visit(build)
+    out: list[list[Build]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for build, level in depth.items():
+        out[level].append(build)
+    return out
+
+
 class Builder:
     """Makes builds in ``cache`` (each once; what is there is reused)."""
 
@@ -183,12 +202,21 @@ class Builder:
             self.make(need)
         if self.done(build):
             return self.path(build)
-        self.log(f"== building {build.key}: {build.kind} {_short(build.settings)}")
+        with tqdm.external_write_mode():  # above a progress bar, not through it
+            self.log(f"== building {build.key}: {build.kind} {_short(build.settings)}")
         getattr(self, f"_{build.kind}")(build)
         write_json(self.cache / build.key / "build.json",
                    {"kind": build.kind, "settings": build.settings,
                     "needs": [n.key for n in build.needs]})  # fmt: skip
         return self.path(build)
+
+    def make_all(self, builds: list[Build], progress: bool = True) -> None:
+        """Make ``builds`` (and their needs), those not done under one progress bar."""
+        missing = [b for level in levels(builds) for b in level if not self.done(b)]
+        bar = tqdm(missing, desc="builds", unit="build", disable=not progress or not missing)
+        for build in bar:
+            bar.set_postfix_str(f"{build.kind} {build.settings.get('model', '')}".strip())
+            self.make(build)
 
     def _config(self, epochs: int, **extra: Any) -> Any:
         return _train_config(epochs, self.device, **extra)

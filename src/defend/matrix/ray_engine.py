@@ -32,12 +32,12 @@ import torch
 from tqdm.auto import tqdm
 
 from defend.errors import DefendError
-from defend.matrix.builds import Build, Builder, data_build
+from defend.matrix.builds import Build, Builder, levels
 from defend.matrix.cells import Cell, new_record, run_cell
 from defend.matrix.provenance import cell_paths, provenance
 from defend.matrix.record import CellRecord
 from defend.matrix.results import write_cell
-from defend.matrix.rows import row_builds
+from defend.matrix.rows import run_builds
 
 #: the GPUs a build (training) asks for where the driver sees CUDA (else none)
 BUILD_GPUS = 1.0
@@ -49,23 +49,6 @@ def _gpus(share: float) -> float:
     """``share`` where the driver sees CUDA, else 0."""
 
     return share if torch.cuda.is_available() else 0.0
-
-
-def levels(builds: list[Build]) -> list[list[Build]]:
-    """The builds and everything they need, in levels: a build's needs lie in earlier levels."""
-    depth: dict[Build, int] = {}
-
-    def visit(build: Build) -> int:
-        if build not in depth:
-            depth[build] = 1 + max((visit(n) for n in build.needs), default=-1)
-        return depth[build]
-
-    for build in builds:
-        visit(build)
-    out: list[list[Build]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-    for build, level in depth.items():
-        out[level].append(build)
-    return out
 
 
 def _make(cache: Path, device: str | None, build: Build) -> str:
@@ -118,7 +101,7 @@ def run_ray(
 
 def _builds(ray: Any, config: dict[str, Any], todo: list[Cell], builder: Builder,
             log: Callable[[str], None]) -> None:  # fmt: skip
-    wanted = [data_build(config)] + [b for c in todo for b in row_builds(config, c.row).values()]
+    wanted = run_builds(config, [c.row for c in todo])
     make = ray.remote(num_cpus=1, num_gpus=_gpus(BUILD_GPUS))(_make)
     most = max(b.settings.get("processes", 1) for b in wanted)
     cpus = float(ray.cluster_resources().get("CPU", 0))

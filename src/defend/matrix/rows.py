@@ -77,6 +77,14 @@ def rows(config: dict[str, Any], task: str) -> list[Row]:
     return out
 
 
+def run_builds(config: dict[str, Any], rows_run: list[Row]) -> list[Build]:
+    """Everything the rows ``rows_run`` need built, the data first, each once, in order."""
+    wanted = [data_build(config)]
+    for row in rows_run:
+        wanted += row_builds(config, row).values()
+    return list(dict.fromkeys(wanted))
+
+
 def row_builds(config: dict[str, Any], row: Row) -> dict[str, Build]:
     """What ``row`` needs built: ``model``, and ``denoiser`` / ``detector`` where it has one;
     a recon smoothing row also ``data`` (its noise's k-space unit is the training split's)."""

@@ -6,8 +6,10 @@
    a folder holding another configuration's cells is refused (one line);
 2. :func:`~defend.matrix.cells.plan` lists the cells (``shard=(i, n)``: every n-th from the
    i-th, for machines without a cluster; ``defend report`` merges the shards' folders);
-3. the builds of the cells still to run are made in ``cache`` (default ``OUT/../cache``,
-   shared by every configuration beside it);
+3. the plan and its model time are said (:mod:`~defend.matrix.estimate`; a configuration
+   sized for a GPU started on a CPU warns), then the builds of the cells still to run are
+   made in ``cache`` (default ``OUT/../cache``, shared by every configuration beside it),
+   under a progress bar;
 4. each missing cell runs (a cell whose record is there is done; a failed one runs again)
    and its record is written atomically the moment it finishes, so a run killed at any point
    and started again runs only what is missing and ends with the same ``matrix.csv``
@@ -36,9 +38,11 @@ from tqdm.auto import tqdm
 
 from defend.errors import DefendError
 from defend.io import check_writable, write_json
-from defend.matrix.builds import Builder
+from defend.matrix.builds import Builder, data_build
 from defend.matrix.cells import Cell, plan, run_cell
 from defend.matrix.config import load_config
+from defend.matrix.estimate import estimate as time_model
+from defend.matrix.estimate import plan_lines
 from defend.matrix.provenance import (
     cell_paths,
     check_folder,
@@ -48,7 +52,7 @@ from defend.matrix.provenance import (
 )
 from defend.matrix.ray_engine import run_ray
 from defend.matrix.results import read_cells, write_cell, write_results
-from defend.matrix.rows import config_device
+from defend.matrix.rows import config_device, run_builds
 
 ENGINES = ("local", "ray")
 
@@ -77,6 +81,7 @@ def run_matrix(
     cache: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = True,
+    estimate: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the matrix of ``source`` (a preset name, a TOML file or a loaded configuration;
@@ -84,6 +89,8 @@ def run_matrix(
 
     Args:
         workers: ray: the CPUs of the local Ray started for the run (default all).
+        estimate: say the plan and its model time before running
+            (:mod:`defend.matrix.estimate`; the data is made first, to time the models on).
 
     Returns:
         ``{"cells": n, "ran": n, "failed": [ids], "flags": [...], "out": str}``.
@@ -106,11 +113,24 @@ def run_matrix(
     check_kept(out, config, [(c, done[c.id]) for c in cells if c.id in done.keys() - running])
     log(f"matrix: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     builder = Builder(Path(cache) if cache else out.parent / "cache", config_device(config), log)
+    if todo and estimate:
+        _say_plan(config, todo, builder, log)
     if engine == "ray":
         run_ray(config, todo, builder, out, address, progress, log, num_cpus=workers)
     else:
+        builder.make_all(run_builds(config, [c.row for c in todo]), progress)
         _run_local(config, todo, builder, out, progress)
     return report(out, cells=[c.id for c in cells], ran=len(todo))
+
+
+def _say_plan(config: dict[str, Any], todo: list[Cell], builder: Builder,
+              log: Callable[[str], None]) -> None:  # fmt: skip
+    data = builder.make(data_build(config))
+    wanted = run_builds(config, [c.row for c in todo])
+    missing = [b for b in wanted if not builder.done(b)]
+    found = time_model(config, todo, missing, data, builder.device)
+    for line in plan_lines(config, todo, missing, found):
+        log(line)
 
 
 def _run_local(config: dict[str, Any], todo: list[Cell], builder: Builder, out: Path,

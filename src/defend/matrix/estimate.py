@@ -1,0 +1,239 @@
+"""The plan of a matrix run and its time, said before the run starts.
+
+The estimate counts the model passes a run needs and multiplies them by the time of one pass
+measured now, on this device, at the data's shape (a randomly initialised model of each
+configured architecture; its weights do not change its speed):
+
+* ``forward`` (s a sample): one forward pass without gradients, in a batch of
+  :data:`FORWARD_BATCH` (noisy copies and queries go through in large passes);
+* ``step`` (s a sample): one forward and backward pass of the training loss, in a batch of a
+  cell's samples (at most :data:`STEP_BATCH`; the attacks take a cell's samples together).
+
+Passes counted per sample, from the configuration:
+
+* a cell: its attack's gradient steps (``hallucination``/``seg-pgd`` ``max_iter``,
+  ``art-pgd``/``inside-radius`` ``steps``, ``seg-fgsm`` one; each times ``smoothing.eot``
+  draws for ``+eot``) and queries (``dgde`` ``max_queries``, times ``query_draws`` for
+  ``+eot``), plus the defence's evaluation of the clean and the attacked input (smoothing:
+  ``n0 + n`` noisy copies each, recon ``recon_n``);
+* a model build: ``epochs x`` training samples steps (adversarial training: ``x (steps + 1)``);
+  a denoiser the same at ``denoiser_epochs``; a detector: recon the hallucination attacks of
+  its examples (about three a slice of every split, ``max_iter`` steps each), seg and cls a
+  10-step PGD of each training image.
+
+It leaves out data loading, data synthesis, bookkeeping and the detectors' own small networks:
+it is the run's model time, a floor. ``docs/benchmark.md`` compares it with measured runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import default_collate
+
+from defend.data.arrays import load_dataset
+from defend.device import pick_device
+from defend.errors import DefendError
+from defend.matrix.builds import Build
+from defend.matrix.cells import INSIDE, Cell
+from defend.models import build_model, default_model_config
+from defend.tasks import get_task, kind_of
+from defend.train.from_folder import describe_data, model_data_args
+from defend.train.loop import to_device
+from defend.train.methods import DEFAULT_STEPS
+
+#: samples in the timed forward passes
+FORWARD_BATCH = 32
+#: samples in the timed training steps, at most
+STEP_BATCH = 8
+#: timed repeats of each pass after one warm-up (the median is kept)
+REPEATS = 3
+#: an estimate past this on a CPU is said as a warning (seconds)
+LONG = 3600.0
+#: attack steps an image of a seg / cls detector's examples (seg FGSM + PGD-10, cls PGD-20;
+#: cls DGDE's queries are forwards, left out)
+DETECTOR_STEPS = {"seg": 11, "cls": 20}
+#: attacks a slice in a recon detector's examples (2-3 hallucinations and one PGD)
+DETECTOR_COPIES = 4
+
+
+@dataclass
+class PassTimes:
+    """Seconds a sample of one ``forward`` and one training ``step`` (module doc)."""
+
+    forward: float
+    step: float
+
+
+def time_passes(task: str, model: str, options: dict[str, Any], data: Path, split: str,
+                device: str | None, samples: int) -> PassTimes:  # fmt: skip
+    """:class:`PassTimes` of ``model`` (its ``options``) on ``task``'s ``split`` in ``data``,
+    ``samples`` a cell."""
+    runner, dataset = get_task(task), load_dataset(task, data, split)
+    config = default_model_config(task, model, **model_data_args(task, describe_data(
+        task, dataset, None)))  # fmt: skip
+    net = build_model(task, {**config, **options}).to(pick_device(device))
+    sizes = (FORWARD_BATCH, max(1, min(samples, STEP_BATCH)))
+    many, few = (to_device(default_collate([dataset[0]] * k), pick_device(device)) for k in sizes)
+
+    def forward() -> None:
+        with torch.no_grad():
+            runner.forward(net, many)
+
+    def step() -> None:
+        runner.loss(runner.forward(net, few), few).mean().backward()
+
+    return PassTimes(_median_seconds(forward) / sizes[0], _median_seconds(step) / sizes[1])
+
+
+def _median_seconds(run: Any) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def cell_passes(config: dict[str, Any], cell: Cell) -> tuple[float, float]:
+    """``(steps, forwards)`` a sample of ``cell`` needs (module doc)."""
+    smoothing, attack = config["smoothing"], config["attack"].get(cell.attack, {})
+    draws = smoothing["eot"] if cell.adaptive == "eot" else 1
+    steps = {"hallucination": attack.get("max_iter", 0), "seg-fgsm": 1,
+             "seg-pgd": attack.get("max_iter", 0), "art-pgd": attack.get("steps", 0),
+             INSIDE: attack.get("steps", 0)}.get(cell.attack, 0) * draws  # fmt: skip
+    queries = attack.get("max_queries", 0) if cell.attack == "dgde" else 0
+    if cell.adaptive == "eot" and cell.attack == "dgde":
+        queries *= smoothing["query_draws"]
+    evaluation = 1
+    if cell.row.smoothing:
+        recon = kind_of(cell.row.task) == "recon"
+        evaluation = smoothing["n0"] + (smoothing["recon_n"] if recon else smoothing["n"])
+    return float(steps), float(queries + 2 * evaluation)
+
+
+def build_passes(build: Build, task: str, sizes: dict[str, int]) -> float:
+    """Training steps of ``build`` of a ``task`` model (module doc); ``sizes``: samples a
+    split of ``task`` (``train``, ``all``: every split, val twice for recon's tune split)."""
+    s = build.settings
+    if build.kind in ("model", "denoiser"):
+        return s["epochs"] * sizes["train"]
+    if build.kind == "hardened":
+        return s["epochs"] * sizes["train"] * (DEFAULT_STEPS[s["method"]] + 1)
+    if build.kind == "detector":
+        steps = DETECTOR_STEPS.get(kind_of(task), s.get("max_iter", 0) * DETECTOR_COPIES)
+        return sizes["all"] * steps
+    return 0.0
+
+
+@dataclass
+class Estimate:
+    """Seconds of model time of each build to make and each cell to run (module doc)."""
+
+    builds: dict[str, float]
+    cells: dict[str, float]
+    device: str
+    #: samples a cell, per task
+    samples: dict[str, int]
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.builds.values()) + sum(self.cells.values())
+
+
+def estimate(config: dict[str, Any], cells: list[Cell], builds: list[Build], data: Path,
+             device: str | None) -> Estimate:  # fmt: skip
+    """The model time of making ``builds`` and running ``cells`` on the data in ``data``
+    (module doc). Each configured model's passes are timed once, now."""
+    times: dict[tuple[str, str], PassTimes] = {}
+
+    def passes(task: str, model: str) -> PassTimes:
+        if (task, model) not in times:
+            options = config[task]["model_options"].get(model, {})
+            split = config["run"]["split"]
+            times[task, model] = time_passes(task, model, options, data, split, device, n[task])
+        return times[task, model]
+
+    tasks = dict.fromkeys(c.row.task for c in cells)  # in the run's order
+    n = {t: min(config["run"]["n"], _size(t, data, config["run"]["split"])) for t in tasks}
+    cell_seconds = {}
+    for cell in cells:
+        steps, forwards = cell_passes(config, cell)
+        pace = passes(cell.row.task, cell.row.model)
+        cell_seconds[cell.id] = n[cell.row.task] * (steps * pace.step + forwards * pace.forward)
+    build_seconds = {}
+    for build in builds:
+        task, model = _trained(build)
+        if task is None:
+            continue
+        sizes = {
+            "train": _size(task, data, "train"),
+            "all": sum(_size(task, data, s) for s in ("train", "val", "val", "test")),
+        }
+        build_seconds[build.key] = build_passes(build, task, sizes) * passes(task, model).step
+    return Estimate(build_seconds, cell_seconds, str(pick_device(device)), n)
+
+
+def _trained(build: Build) -> tuple[str | None, str | None]:
+    """The task and model a build trains or attacks (None, None: data)."""
+    if build.kind in ("model", "hardened"):
+        return build.settings["task"], build.settings["model"]
+    if build.kind in ("denoiser", "detector"):
+        return _trained(build.needs[1])
+    return None, None
+
+
+def _size(task: str, data: Path, split: str) -> int:
+    try:
+        return len(load_dataset(task, data, split))
+    except DefendError:  # a split that is not there has no samples
+        return 0
+
+
+def plan_lines(config: dict[str, Any], cells: list[Cell], builds: list[Build],
+               estimate: Estimate) -> list[str]:  # fmt: skip
+    """What a run will do and how long its model time is, in a few lines (module doc)."""
+    kinds: dict[str, int] = {}
+    for build in builds:
+        kinds[build.kind] = kinds.get(build.kind, 0) + 1
+    made = ", ".join(f"{k} {v}" for k, v in kinds.items()) or "none, all cached"
+    attack, smoothing = config["attack"], config["smoothing"]
+    used = {c.attack for c in cells}
+    settings = [f"{name} {attack[name][key]} {word}" for name, key, word in _SETTINGS
+                if name in used and key in attack.get(name, {})]  # fmt: skip
+    if any(c.row.smoothing for c in cells):
+        settings.append(f"smoothing n0 {smoothing['n0']} + n {smoothing['n']} (recon "
+                        f"{smoothing['recon_n']}), eot {smoothing['eot']} draws")  # fmt: skip
+    minutes = {k: sum(v.values()) / 60 for k, v in (("builds", estimate.builds),
+                                                   ("cells", estimate.cells))}  # fmt: skip
+    samples = ", ".join(f"{task} {n}" for task, n in estimate.samples.items())
+    lines = [f"plan: builds to make: {made}; {len(cells)} cells (samples a cell: {samples})",
+             f"plan: {'; '.join(settings)}",
+             f"estimate: {_duration(estimate.seconds)} of model time on {estimate.device} "
+             f"(builds {minutes['builds']:.1f} min, cells {minutes['cells']:.1f} min; passes "
+             f"timed now, data loading and bookkeeping not counted)"]  # fmt: skip
+    if estimate.device == "cpu" and estimate.seconds > LONG:
+        lines.append(
+            f"warning: about {_duration(estimate.seconds)} on this CPU: the "
+            f"configuration is sized for a GPU (a smaller one: the quick preset)"
+        )
+    return lines
+
+
+#: the attack settings a plan names: (attack, key, word)
+_SETTINGS = (("hallucination", "max_iter", "iterations"), ("seg-pgd", "max_iter", "iterations"),
+             ("art-pgd", "steps", "steps"), ("dgde", "max_queries", "queries"),
+             (INSIDE, "steps", "steps"))  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,81 @@
+"""defend matrix says its plan and model time before it runs, warns when a configuration
+sized for a GPU starts on a CPU, and shows its builds under a progress bar."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from defend.matrix import load_config, run_matrix
+from defend.matrix.builds import Builder, data_build
+from defend.matrix.cells import plan
+from defend.matrix.estimate import LONG, cell_passes, estimate, plan_lines
+from defend.matrix.rows import run_builds
+
+
+@pytest.fixture(scope="module")
+def fresh_smoke(smoke_run: dict) -> tuple[list[str], str, Path]:
+    """The smoke matrix from an empty cache, progress on: ``(log lines, stderr, cache)``."""
+    return smoke_run["log"], smoke_run["stderr"], smoke_run["cache"]
+
+
+def test_the_plan_and_its_estimate_come_before_the_run(fresh_smoke):
+    lines, err, _ = fresh_smoke
+    said = [i for i, line in enumerate(lines) if line.startswith(("plan:", "estimate:"))]
+    built = [i for i, line in enumerate(lines) if line.startswith("== building model")]
+    assert len(said) == 3 and built and max(said) < min(built)
+    first = lines[said[0]]
+    assert "model 3" in first and "detector 2" in first and "44 cells" in first
+    assert "recon 2" in first  # smoke's n: 2 samples a cell
+    assert "hallucination 5 iterations" in lines[said[1]]
+    minutes = re.search(r"builds ([0-9.]+) min, cells ([0-9.]+) min", lines[said[2]])
+    assert minutes and float(minutes[1]) > 0 and float(minutes[2]) > 0
+    assert not any(line.startswith("warning:") for line in lines)  # smoke is a CPU job
+
+
+def test_builds_show_progress(fresh_smoke):
+    _, err, _ = fresh_smoke
+    counts = re.findall(r"builds:.*?(\d+)/(\d+)", err)
+    assert counts and counts[-1][0] == counts[-1][1] and int(counts[-1][1]) >= 6
+
+
+def test_a_run_with_nothing_to_do_says_no_plan(fresh_smoke, tmp_path):
+    _, _, cache = fresh_smoke
+    lines: list[str] = []
+    one = {"shard": (0, 44), "cache": cache, "progress": False}  # one cell
+    run_matrix("smoke", tmp_path / "out", **one, log=lines.append)
+    assert any(line.startswith("plan: builds to make: none, all cached; 1 cells") for line in lines)
+    again: list[str] = []
+    run_matrix("smoke", tmp_path / "out", **one, log=again.append)
+    assert not any(line.startswith(("plan:", "estimate:")) for line in again)
+
+
+def test_a_configuration_sized_for_a_gpu_warns_on_the_cpu(fresh_smoke):
+    """Smoke with 10^6 training epochs: the model time of its builds passes an hour."""
+    _, _, cache = fresh_smoke
+    config = load_config("smoke")
+    config["recon"]["epochs"] = 1_000_000
+    cells = plan(config)
+    builder = Builder(cache, "cpu", lambda _: None)
+    builds = [b for b in run_builds(config, [c.row for c in cells]) if not builder.done(b)]
+    found = estimate(config, cells, builds, builder.make(data_build(config)), "cpu")
+    assert found.seconds > LONG
+    warning = plan_lines(config, cells, builds, found)[-1]
+    assert warning.startswith("warning: about") and "sized for a GPU" in warning
+
+
+def test_cell_passes_follow_the_configuration():
+    config = load_config("smoke")
+    cells = {c.id: c for c in plan(config)}
+    plain = cells["recon.unet.none.hallucination.eps0.1"]
+    eot = cells["recon.unet.smoothing.hallucination+eot.eps0.1"]
+    steps, forwards = cell_passes(config, plain)
+    assert (steps, forwards) == (config["attack"]["hallucination"]["max_iter"], 2)
+    config["attack"]["hallucination"]["max_iter"] *= 2
+    assert cell_passes(config, plain)[0] == 2 * steps
+    smoothing = config["smoothing"]
+    eot_steps, eot_forwards = cell_passes(config, eot)
+    assert eot_steps == 2 * steps * smoothing["eot"]
+    assert eot_forwards == 2 * (smoothing["n0"] + smoothing["recon_n"])
