@@ -79,7 +79,8 @@ with open(out / "paper-slice" / "matrix.csv") as f:
 plan = [line for line in (out / "paper-slice.txt").read_text().splitlines()
         if line.startswith(("plan:", "estimate:"))]
 text = [f"Measured {datetime.date.today()} by `bash scripts/gpu_check.sh` on {device['device']}.",
-        "", (out / "device.txt").read_text().split("\n", 1)[1].strip(), "",
+        "", *[line for line in (out / "device.txt").read_text().splitlines()[1:]
+              if not line.startswith("wrote ")], "",
         f"Tests with CUDA paths: {(out / 'tests.txt').read_text().strip().splitlines()[-1]}"
         f" ({tests_s} s).", "",
         f"Paper-preset slice (`{out}/paper-slice.toml`: recon U-Net and VarNet at fastMRI's "

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from defend.adaptive.runner import run_attack
 from defend.data import Acquisition, ReconDataset, load_groups
 from defend.data.batching import ShapeBatchSampler, shape_loader
+from defend.detect.examples import load_detection_data, make_detection_data
 from defend.errors import CheckpointError, DataError, DefendError
 from defend.io import load_checkpoint
 from defend.train import TrainConfig, train_model
@@ -374,3 +375,31 @@ def test_matrix_cells_take_every_shape(multicoil, tmp_path):
     records = [json.loads(p.read_text()) for p in (tmp_path / "m" / "cells").glob("*.json")]
     assert records and all(r["status"] == "ok" for r in records), records
     assert all(r["n"] == 9 and r["counts"]["linf"] == 9 for r in records)
+
+
+def test_a_narrow_first_volume_does_not_set_the_reconstruction_size(tmp_path):
+    """A brain split whose first file is FLAIR-narrow (20 columns against a 24 x 24
+    reconstruction): the model reconstructs 24 x 24 and crops the narrow volume's output to
+    20 x 20; before, the first sample's crop became the model's size and training failed on
+    the wider volume."""
+    for split, seed in (("multicoil_train", 1), ("multicoil_val", 2)):
+        (tmp_path / split).mkdir()
+        for i, (name, width) in enumerate((("a_flair", 20), ("b_wide", 40))):
+            write_volume(tmp_path / split / f"file_{name}.h5", width=width, slices=2,
+                         seed=seed * 10 + i)  # fmt: skip
+    history = _train(tmp_path, tmp_path / "m.pt")
+    assert np.isfinite(history[-1]["train_loss"]) and np.isfinite(history[-1]["ssim"])
+    assert load_checkpoint(tmp_path / "m.pt")["data"]["target_shape"] == [24, 24]
+
+
+def test_detection_data_holds_a_narrow_volume_in_the_reconstruction_frame(multicoil, unet,
+                                                                          tmp_path):  # fmt: skip
+    """The val split mixes 24 x 24 outputs with a FLAIR-narrow volume's 20 x 20: one part
+    holds them all, the narrow images centre zero-padded (before, concatenating the shape
+    groups failed and `defend train detector` stopped with a traceback)."""
+    make_detection_data(unet, multicoil, tmp_path / "det", splits=("val",), max_iter=1,
+                        progress=False)  # fmt: skip
+    arrays = load_detection_data(tmp_path / "det", "val")
+    assert arrays["inputs"].shape[-2:] == (24, 24) and len(arrays["label"]) > 3 * SLICES
+    border = np.abs(arrays["inputs"][..., :, :2]).reshape(len(arrays["label"]), -1).max(1)
+    assert (border == 0).sum() >= SLICES  # the narrow slices' padding

@@ -36,7 +36,7 @@ def test_budget_reads_defend_memory_and_caps_the_cpu(monkeypatch):
     monkeypatch.setenv("DEFEND_MEMORY", "3GiB")
     assert memory_budget("cpu") == 3 * 2**30
     monkeypatch.delenv("DEFEND_MEMORY")
-    assert 0 < memory_budget("cpu") <= 6 * 2**30
+    assert 0 < memory_budget("cpu") <= 2 * 2**30
 
 
 def test_per_sample_bytes_grow_with_the_sample_not_the_weights():
@@ -60,6 +60,16 @@ def test_measuring_a_model_keeps_nothing_of_it_alive():
     del net
     gc.collect()
     assert alive() is None
+
+
+def test_every_saved_activation_counts_once_though_none_is_kept():
+    """Eight layers, each saving an activation of 8 x 128 x 128 floats (512 KiB) a sample: at
+    least 8 x 512 KiB a sample. Without holding the storages until the count, a freed
+    activation's address was reused by the next, and the count depended on the allocator
+    (an EOT test failed in the full suite only)."""
+    layers = [m for _ in range(8) for m in (nn.Conv2d(8, 8, 3, padding=1), nn.Tanh())]
+    net = nn.Sequential(*layers)
+    assert sample_bytes(net, torch.rand(8, 128, 128)) >= 8 * 8 * 128 * 128 * 4
 
 
 def test_samples_per_pass_follow_the_budget(monkeypatch):

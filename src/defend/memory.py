@@ -31,9 +31,11 @@ import torch
 from defend.device import free_memory
 from defend.errors import DefendError
 
-#: the CPU budget for a pass's tensors: with the process's own ~1.5 GiB (libraries, model,
-#: data) a real-size fastMRI slice's work stays within 8 GiB of host memory
-CPU_BUDGET = 6 * 2**30
+#: the CPU budget for a pass's tensors: a CPU pass gains no speed from holding more samples
+#: once it holds a few (docs/benchmark.md: certify at real size, 6 and 2 GiB), and with the
+#: process's own ~1.5 GiB (libraries, model, data) a real-size fastMRI slice's work stays
+#: well within 8 GiB of host memory (6 GiB took certify to 7.2 GiB)
+CPU_BUDGET = 2 * 2**30
 #: the most samples one derived pass holds: beyond this a pass's fixed costs are negligible,
 #: and memory is better left to the rest of the machine
 MAX_SAMPLES = 1000
@@ -77,20 +79,22 @@ def _no_backward(_: None) -> torch.Tensor:
 def _pass_bytes(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
     """Bytes of the tensors autograd saves in ``forward(x)`` (each storage once), of ``x``
     and of the output with their gradients."""
-    storages: dict[int, int] = {}
+    storages: dict[int, torch.UntypedStorage] = {}
 
     def pack(tensor: torch.Tensor) -> None:
+        # the storage is held until the count, so that a freed one's address is not reused
+        # by a later tensor (which would count once); the graph keeps nothing: a node
+        # holding its own output would be a cycle through C++ that Python's collector
+        # cannot free, the model with it
         storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        # nothing is kept: no backward runs, and a graph node holding its own output would
-        # be a cycle through C++ that Python's collector cannot free (the model with it)
+        storages[storage.data_ptr()] = storage
 
     x = x.detach().clone().requires_grad_(True)
     devices = [x.device] if x.device.type == "cuda" else []
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, _no_backward)
     with torch.random.fork_rng(devices=devices), torch.enable_grad(), hooks:  # draws nothing
         out = forward(x)
-    return sum(storages.values()) + 2 * x.nbytes + 2 * out.nbytes
+    return sum(s.nbytes() for s in storages.values()) + 2 * x.nbytes + 2 * out.nbytes
 
 
 def sample_bytes(forward: Callable[[torch.Tensor], torch.Tensor], sample: torch.Tensor,

@@ -39,7 +39,7 @@ CERTIFY_OPTIONS: dict[str, tuple[type, Any]] = {
         None, help="recon: input l2 radius in k-space units, as sigma (default sigma).")),
     "batch_size": (int, typer.Option(
         None, help="Noisy copies per forward pass (default: what the memory budget holds, "
-        "DEFEND_MEMORY or 80 % of free GPU memory / min(6 GiB, 75 % of free host memory); "
+        "DEFEND_MEMORY or 80 % of free GPU memory / min(2 GiB, 75 % of free host memory); "
         "results do not depend on it).")),
     "seed": (int, typer.Option(
         0, help="Random seed (the sample at position i: seed + i).")),

@@ -52,6 +52,17 @@ def target_crop(image_hw: tuple[int, int], target_hw: tuple[int, int]) -> tuple[
     return min(h, target_hw[0]), min(w, target_hw[1])
 
 
+def recon_size(dataset: Any) -> tuple[int, int] | None:
+    """The reconstruction size ``(h, w)`` of a :class:`ReconDataset`: the largest stored
+    target over its files (fastMRI's 320 x 320), which a narrower volume's samples are cropped
+    from (:func:`target_crop`); None for a dataset without file headers."""
+    infos = getattr(dataset, "file_info", None)
+    if not infos:
+        return None
+    shapes = [info.target_shape for info in infos.values()]
+    return max(h for h, _ in shapes), max(w for _, w in shapes)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

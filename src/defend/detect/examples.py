@@ -422,7 +422,8 @@ def _write_part(
 ) -> None:  # fmt: skip
     """One part file (kept if it exists, else written atomically): the :func:`chunk_samples`
     of the slices at ``positions`` of ``split``'s volumes (:data:`VOLUMES`), each k-space
-    shape group attacked through the estimator reshaped to it, the groups concatenated."""
+    shape group attacked through the estimator reshaped to it, the groups concatenated (a
+    narrow volume's images centre zero-padded to the widest group's, :func:`_concatenate`)."""
     if path.exists():
         return
     groups = load_groups(
@@ -432,7 +433,21 @@ def _write_part(
         chunk_samples(estimator.reshaped(x.shape[1:]), x, y, pos, split, seed, max_iter)
         for x, y, pos in groups
     ]
-    write_npz(path, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    write_npz(path, {k: _concatenate([p[k] for p in parts]) for k in parts[0]})
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    """The shape groups' arrays along axis 0; a narrow (FLAIR, ``W x W``) volume's images
+    centre zero-padded to the groups' largest ``(h, w)``, the reconstruction's frame."""
+    if len({a.shape[1:] for a in arrays}) == 1 or min(a.ndim for a in arrays) < 3:
+        return np.concatenate(arrays)
+    h, w = (max(a.shape[axis] for a in arrays) for axis in (-2, -1))
+    padded = []
+    for a in arrays:
+        top, left = (h - a.shape[-2]) // 2, (w - a.shape[-1]) // 2
+        rows, columns = (top, h - a.shape[-2] - top), (left, w - a.shape[-1] - left)
+        padded.append(np.pad(a, [(0, 0)] * (a.ndim - 2) + [rows, columns]))
+    return np.concatenate(padded)
 
 
 def checkpoint_identity(checkpoint: str | os.PathLike, ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ The estimate counts the model passes a run needs and multiplies them by the time
 measured now, on this device, at the data's shape (a randomly initialised model of each
 configured architecture; its weights do not change its speed):
 
-* ``forward`` (s a sample): one forward pass without gradients, in a batch of
+* ``forward`` (s a sample): one forward pass without gradients, in a batch of up to
   :data:`FORWARD_BATCH` (noisy copies and queries go through in large passes);
 * ``step`` (s a sample): one forward and backward pass of the training loss, in a batch of a
   cell's samples (at most :data:`STEP_BATCH`; the attacks take a cell's samples together).
@@ -14,12 +14,13 @@ Passes counted per sample, from the configuration:
 * a cell: its attack's gradient steps (``hallucination``/``seg-pgd`` ``max_iter``,
   ``art-pgd``/``inside-radius`` ``steps``, ``seg-fgsm`` one; each times ``smoothing.eot``
   draws for ``+eot``) and queries (``dgde`` ``max_queries``, times ``query_draws`` for
-  ``+eot``), plus the defence's evaluation of the clean and the attacked input (smoothing:
-  ``n0 + n`` noisy copies each, recon ``recon_n``);
-* a model build: ``epochs x`` training samples steps (adversarial training: ``x (steps + 1)``);
-  a denoiser the same at ``denoiser_epochs``; a detector: recon the hallucination attacks of
-  its examples (about three a slice of every split, ``max_iter`` steps each), seg and cls a
-  10-step PGD of each training image.
+  ``+eot``; all of them, though DGDE stops at its first success), plus the defence's
+  evaluation of the clean and the attacked input (smoothing: ``n0 + n`` noisy copies each,
+  recon ``n0 + recon_n``); a registered attack counts as its evaluation only;
+* a model build: ``epochs x`` training samples steps (adversarial training: ``x (steps + 1)``
+  with its method's default steps); a denoiser the same at ``denoiser_epochs``; a detector
+  the attacks that make its examples over every split: recon :data:`DETECTOR_COPIES`
+  attacks of ``max_iter`` steps a slice, seg and cls :data:`DETECTOR_STEPS` an image.
 
 It leaves out data loading, data synthesis, bookkeeping and the detectors' own small networks:
 it is the run's model time, a floor. ``docs/benchmark.md`` compares it with measured runs.
@@ -28,6 +29,7 @@ it is the run's model time, a floor. ``docs/benchmark.md`` compares it with meas
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +42,17 @@ from defend.device import pick_device
 from defend.errors import DefendError
 from defend.matrix.builds import Build
 from defend.matrix.cells import INSIDE, Cell
+from defend.memory import samples_per_pass
 from defend.models import build_model, default_model_config
-from defend.tasks import get_task, kind_of
+from defend.tasks import Batch, get_task, kind_of
 from defend.train.from_folder import describe_data, model_data_args
 from defend.train.loop import to_device
 from defend.train.methods import DEFAULT_STEPS
 
-#: samples in the timed forward passes
+#: samples in the timed forward passes, at most
 FORWARD_BATCH = 32
+#: a timed pass's length to aim for (seconds): batches are cut to it, repeats skipped past it
+TIMING_SECONDS = 1.0
 #: samples in the timed training steps, at most
 STEP_BATCH = 8
 #: timed repeats of each pass after one warm-up (the median is kept)
@@ -72,32 +77,52 @@ class PassTimes:
 def time_passes(task: str, model: str, options: dict[str, Any], data: Path, split: str,
                 device: str | None, samples: int) -> PassTimes:  # fmt: skip
     """:class:`PassTimes` of ``model`` (its ``options``) on ``task``'s ``split`` in ``data``,
-    ``samples`` a cell."""
+    ``samples`` a cell: forwards in batches of up to :data:`FORWARD_BATCH` (as many as take
+    about :data:`TIMING_SECONDS` and the memory budget holds), steps in batches of a cell's
+    samples (at most :data:`STEP_BATCH`)."""
     runner, dataset = get_task(task), load_dataset(task, data, split)
     config = default_model_config(task, model, **model_data_args(task, describe_data(
         task, dataset, None)))  # fmt: skip
-    net = build_model(task, {**config, **options}).to(pick_device(device))
-    sizes = (FORWARD_BATCH, max(1, min(samples, STEP_BATCH)))
-    many, few = (to_device(default_collate([dataset[0]] * k), pick_device(device)) for k in sizes)
+    dev = pick_device(device)
+    net = build_model(task, {**config, **options}).to(dev).eval()  # batch norm takes a batch of 1
 
-    def forward() -> None:
-        with torch.no_grad():
-            runner.forward(net, many)
+    def batch(k: int) -> Batch:
+        return to_device(default_collate([dataset[0]] * k), dev)
 
-    def step() -> None:
-        runner.loss(runner.forward(net, few), few).mean().backward()
+    def forward(k: int) -> Callable[[], Any]:
+        inputs = batch(k)
+        return lambda: _no_grad(runner.forward, net, inputs)
 
-    return PassTimes(_median_seconds(forward) / sizes[0], _median_seconds(step) / sizes[1])
+    def step(k: int) -> Callable[[], Any]:
+        inputs = batch(k)
+        return lambda: runner.loss(runner.forward(net, inputs), inputs).mean().backward()
+
+    one = _seconds(forward(1))  # also the warm-up
+    fits = samples_per_pass(lambda x: runner.forward(net, {**batch(1), "input": x}),
+                            batch(1)["input"][0], dev, owner=net)  # fmt: skip
+    many = max(1, min(FORWARD_BATCH, fits, int(TIMING_SECONDS / max(one, 1e-9))))
+    few = max(1, min(samples, STEP_BATCH))
+    return PassTimes(_median_seconds(forward(many)) / many, _median_seconds(step(few)) / few)
 
 
-def _median_seconds(run: Any) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def _no_grad(function: Callable[..., Any], *args: Any) -> Any:
+    with torch.no_grad():
+        return function(*args)
+
+
+def _seconds(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _median_seconds(run: Callable[[], Any]) -> float:
+    """The median of :data:`REPEATS` timed runs after a warm-up; one run when it takes over
+    :data:`TIMING_SECONDS` (a large model on a CPU: the estimate should not take minutes)."""
+    first = _seconds(run)
+    if first > TIMING_SECONDS:
+        return first
+    return sorted(_seconds(run) for _ in range(REPEATS))[REPEATS // 2]
 
 
 def cell_passes(config: dict[str, Any], cell: Cell) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from defend.data import Acquisition, load_dataset, task_root
 from defend.data.arrays import fingerprint
+from defend.data.recon import recon_size
 from defend.device import pick_device, seed_everything
 from defend.errors import DefendError
 from defend.io import check_writable, file_sha256, load_weights_file
@@ -50,7 +51,8 @@ def describe_data(task: str, dataset: Dataset, acquisition: Acquisition | None) 
     sample = dataset[0]
     info: dict[str, Any] = {"input_shape": list(sample["input"].shape)}
     if kind_of(task) == "recon":
-        info["target_shape"] = list(sample["target"].shape)
+        # the reconstruction size, not a narrow (FLAIR) first sample's crop of it
+        info["target_shape"] = list(recon_size(dataset) or sample["target"].shape)
         info["acquisition"] = (acquisition or Acquisition()).to_dict()
     elif kind_of(task) == "seg":
         info["classes"] = int(sample["target"].shape[0])
