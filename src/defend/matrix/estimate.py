@@ -37,7 +37,9 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate
 
+from defend.data import synthesize
 from defend.data.arrays import load_dataset
+from defend.data.synth import split_counts
 from defend.device import pick_device
 from defend.errors import DefendError
 from defend.matrix.builds import Build
@@ -53,6 +55,9 @@ from defend.train.methods import DEFAULT_STEPS
 FORWARD_BATCH = 32
 #: a timed pass's length to aim for (seconds): batches are cut to it, repeats skipped past it
 TIMING_SECONDS = 1.0
+#: a training step's time over a forward's, taken where a forward alone passes
+#: :data:`TIMING_SECONDS` (forward + backward is about three forwards)
+BACKWARD_RATIO = 3.0
 #: samples in the timed training steps, at most
 STEP_BATCH = 8
 #: timed repeats of each pass after one warm-up (the median is kept)
@@ -77,9 +82,9 @@ class PassTimes:
 def time_passes(task: str, model: str, options: dict[str, Any], data: Path, split: str,
                 device: str | None, samples: int) -> PassTimes:  # fmt: skip
     """:class:`PassTimes` of ``model`` (its ``options``) on ``task``'s ``split`` in ``data``,
-    ``samples`` a cell: forwards in batches of up to :data:`FORWARD_BATCH` (as many as take
-    about :data:`TIMING_SECONDS` and the memory budget holds), steps in batches of a cell's
-    samples (at most :data:`STEP_BATCH`)."""
+    ``samples`` a cell: forwards in batches of up to :data:`FORWARD_BATCH`, steps of up to a
+    cell's samples (at most :data:`STEP_BATCH`), each as many as take about
+    :data:`TIMING_SECONDS` and the memory budget holds (:func:`_per_sample`)."""
     runner, dataset = get_task(task), load_dataset(task, data, split)
     config = default_model_config(task, model, **model_data_args(task, describe_data(
         task, dataset, None)))  # fmt: skip
@@ -98,11 +103,22 @@ def time_passes(task: str, model: str, options: dict[str, Any], data: Path, spli
         return lambda: runner.loss(runner.forward(net, inputs), inputs).mean().backward()
 
     one = _seconds(forward(1))  # also the warm-up
+    if one > TIMING_SECONDS:  # a large model on a slow device: neither a backward nor the
+        return PassTimes(one, BACKWARD_RATIO * one)  # memory measurement is spent on it
     fits = samples_per_pass(lambda x: runner.forward(net, {**batch(1), "input": x}),
                             batch(1)["input"][0], dev, owner=net)  # fmt: skip
-    many = max(1, min(FORWARD_BATCH, fits, int(TIMING_SECONDS / max(one, 1e-9))))
-    few = max(1, min(samples, STEP_BATCH))
-    return PassTimes(_median_seconds(forward(many)) / many, _median_seconds(step(few)) / few)
+    return PassTimes(_per_sample(forward, min(FORWARD_BATCH, fits)),
+                     _per_sample(step, min(samples, STEP_BATCH, fits)))  # fmt: skip
+
+
+def _per_sample(run_at: Callable[[int], Callable[[], Any]], most: int) -> float:
+    """Seconds a sample of ``run_at(k)()``: one sample first (also the warm-up), then as
+    many samples as take about :data:`TIMING_SECONDS`, up to ``most``."""
+    one = _seconds(run_at(1))
+    batch = max(1, min(most, int(TIMING_SECONDS / max(one, 1e-9))))
+    if batch == 1 and one > TIMING_SECONDS:
+        return one  # a large model on a CPU: one pass says enough
+    return _median_seconds(run_at(batch)) / batch
 
 
 def _no_grad(function: Callable[..., Any], *args: Any) -> Any:
@@ -172,9 +188,11 @@ class Estimate:
 
 
 def estimate(config: dict[str, Any], cells: list[Cell], builds: list[Build], data: Path,
-             device: str | None) -> Estimate:  # fmt: skip
+             device: str | None, scale: dict[str, float] | None = None) -> Estimate:  # fmt: skip
     """The model time of making ``builds`` and running ``cells`` on the data in ``data``
-    (module doc). Each configured model's passes are timed once, now."""
+    (module doc; ``scale``: each split's samples are ``data``'s times ``scale[split]``, for a
+    sample of the data, :func:`sample_data`). Each configured model's passes are timed once,
+    now."""
     times: dict[tuple[str, str], PassTimes] = {}
 
     def passes(task: str, model: str) -> PassTimes:
@@ -185,7 +203,11 @@ def estimate(config: dict[str, Any], cells: list[Cell], builds: list[Build], dat
         return times[task, model]
 
     tasks = dict.fromkeys(c.row.task for c in cells)  # in the run's order
-    n = {t: min(config["run"]["n"], _size(t, data, config["run"]["split"])) for t in tasks}
+
+    def size(task: str, split: str) -> int:
+        return round(_size(task, data, split) * (scale or {}).get(split, 1.0))
+
+    n = {t: min(config["run"]["n"], size(t, config["run"]["split"])) for t in tasks}
     cell_seconds = {}
     for cell in cells:
         steps, forwards = cell_passes(config, cell)
@@ -197,11 +219,23 @@ def estimate(config: dict[str, Any], cells: list[Cell], builds: list[Build], dat
         if task is None:
             continue
         sizes = {
-            "train": _size(task, data, "train"),
-            "all": sum(_size(task, data, s) for s in ("train", "val", "val", "test")),
+            "train": size(task, "train"),
+            "all": sum(size(task, s) for s in ("train", "val", "val", "test")),
         }
         build_seconds[build.key] = build_passes(build, task, sizes) * passes(task, model).step
     return Estimate(build_seconds, cell_seconds, str(pick_device(device)), n)
+
+
+def sample_data(settings: dict[str, Any], folder: Path) -> tuple[Path, dict[str, float]]:
+    """A sample of the synthetic data of ``settings`` (a data build's: size, coils, volumes,
+    slices, seed) in ``folder``: one slice of one volume a split, at the data's size and
+    coils, and the factor from its samples to the data's per split (volumes x slices; the
+    seg and cls sets are counted as growing with the slices too). Seconds, where making the
+    data itself can take minutes (the paper preset's 320 px on a CPU)."""
+    synthesize(folder, size=settings["size"], coils=settings["coils"], volumes=3, slices=1,
+               seed=settings["seed"], progress=False)  # fmt: skip
+    counts = split_counts(settings["volumes"])
+    return folder, {split: count * settings["slices"] for split, count in counts.items()}
 
 
 def _trained(build: Build) -> tuple[str | None, str | None]:
@@ -234,13 +268,13 @@ def plan_lines(config: dict[str, Any], cells: list[Cell], builds: list[Build],
     if any(c.row.smoothing for c in cells):
         settings.append(f"smoothing n0 {smoothing['n0']} + n {smoothing['n']} (recon "
                         f"{smoothing['recon_n']}), eot {smoothing['eot']} draws")  # fmt: skip
-    minutes = {k: sum(v.values()) / 60 for k, v in (("builds", estimate.builds),
-                                                   ("cells", estimate.cells))}  # fmt: skip
+    parts = {k: _duration(sum(v.values())) for k, v in (("builds", estimate.builds),
+                                                       ("cells", estimate.cells))}  # fmt: skip
     samples = ", ".join(f"{task} {n}" for task, n in estimate.samples.items())
     lines = [f"plan: builds to make: {made}; {len(cells)} cells (samples a cell: {samples})",
              f"plan: {'; '.join(settings)}",
              f"estimate: {_duration(estimate.seconds)} of model time on {estimate.device} "
-             f"(builds {minutes['builds']:.1f} min, cells {minutes['cells']:.1f} min; passes "
+             f"(builds {parts['builds']}, cells {parts['cells']}; passes "
              f"timed now, data loading and bookkeeping not counted)"]  # fmt: skip
     if estimate.device == "cpu" and estimate.seconds > LONG:
         lines.append(

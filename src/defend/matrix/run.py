@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from defend.matrix.builds import Builder, data_build
 from defend.matrix.cells import Cell, plan, run_cell
 from defend.matrix.config import load_config
 from defend.matrix.estimate import estimate as time_model
-from defend.matrix.estimate import plan_lines
+from defend.matrix.estimate import plan_lines, sample_data
 from defend.matrix.provenance import (
     cell_paths,
     check_folder,
@@ -125,10 +126,14 @@ def run_matrix(
 
 def _say_plan(config: dict[str, Any], todo: list[Cell], builder: Builder,
               log: Callable[[str], None]) -> None:  # fmt: skip
-    data = builder.make(data_build(config))
-    wanted = run_builds(config, [c.row for c in todo])
-    missing = [b for b in wanted if not builder.done(b)]
-    found = time_model(config, todo, missing, data, builder.device)
+    """The plan and its estimate, before anything is made: synthetic data not made yet is
+    timed on a sample of it (one slice a split, :func:`sample_data`), its sizes scaled."""
+    data = data_build(config)
+    missing = [b for b in run_builds(config, [c.row for c in todo]) if not builder.done(b)]
+    with tempfile.TemporaryDirectory() as folder:
+        where, scale = (builder.path(data), None) if builder.done(data) else sample_data(
+            data.settings, Path(folder))  # fmt: skip
+        found = time_model(config, todo, missing, where, builder.device, scale)
     for line in plan_lines(config, todo, missing, found):
         log(line)
 
