@@ -17,8 +17,9 @@ initialised models of the ``paper`` preset's sizes (their weights do not change 
 
 Each figure's row carries the **peak memory** of its step: on CUDA the device's
 (``torch.cuda.max_memory_allocated``, reset before each step), on the CPU the process's peak
-resident set so far (``ru_maxrss``; it only grows). Times are medians over ``repeats`` after
-one warm-up, synchronised on CUDA. ``quick`` shrinks everything (2 coils, 320 x 320 k-space,
+resident set so far (``ru_maxrss``; it only grows). The forward and the attack are medians
+over ``repeats`` after one warm-up, certify one timed run (its copies already number
+hundreds); all synchronised on CUDA. ``quick`` shrinks everything (2 coils, 320 x 320 k-space,
 2 cascades, 2 iterations, 8 copies) to check the path on a CPU in seconds; its figures are
 not the GPU figures.
 """
