@@ -363,6 +363,15 @@ def test_data_synth_prints_one_summary_line(tmp_path):
     assert "already there" in again.output and len(again.output.strip().splitlines()) == 1
 
 
+def test_data_synth_test_volumes(tmp_path):
+    args = ["data", "synth", tmp_path / "d", "--size", "16", "--coils", "1", "--volumes", "5",
+            "--slices", "1", "--test-volumes", "3", "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, list(map(str, args)))
+    assert result.exit_code == 0 and "(train 1 / val 1 / test 3)" in result.output
+    bad = runner.invoke(app, list(map(str, [*args[:-2], "4"])))
+    assert isinstance(bad.exception, DefendError) and "leave a volume" in str(bad.exception)
+
+
 def test_synth_resumes_an_interrupted_run_byte_for_byte(tmp_path, monkeypatch):
     synth.synthesize(tmp_path / "fresh", seed=1, **SMALL)
     write_volume = synth._write_volume

@@ -29,7 +29,7 @@ from defend.data import (
     synthesize,
     task_root,
 )
-from defend.data.synth import ismrmrd_header, to_uint8
+from defend.data.synth import ismrmrd_header, split_counts, to_uint8
 from defend.errors import DataError, DefendError
 
 SIZE, COILS, VOLUMES, SLICES = 32, 2, 4, 4
@@ -209,6 +209,26 @@ def test_synth_layout_and_counts(synth):
             == (info["splits"][split]["lesion_slices"])
         )
     assert not list(synth.rglob("*.tmp"))
+
+
+def test_synth_test_volumes_sizes_the_test_split(tmp_path):
+    assert split_counts(14, 6) == {"train": 6, "val": 2, "test": 6}
+    assert split_counts(14) == {"train": 10, "val": 2, "test": 2}
+    kwargs = {"size": 16, "coils": 1, "volumes": 5, "slices": 2, "progress": False, "seed": 1}
+    info = synthesize(tmp_path / "a", test_volumes=3, **kwargs)
+    assert {s: info["splits"][s]["volumes"] for s in ("train", "val", "test")} == {
+        "train": 1,
+        "val": 1,
+        "test": 3,
+    }
+    assert info["params"]["test_volumes"] == 3
+    # the train volumes are the same files as without test_volumes (volumes in order)
+    plain = synthesize(tmp_path / "b", **{**kwargs, "volumes": 3})
+    assert "test_volumes" not in plain["params"]
+    first = "train/file_brain_AXFLAIR_synth_000.h5"
+    assert (tmp_path / "a" / first).read_bytes() == (tmp_path / "b" / first).read_bytes()
+    with pytest.raises(DefendError, match="leave a volume to train on"):
+        split_counts(5, 4)
 
 
 def test_synth_default_timing(tmp_path, capsys):

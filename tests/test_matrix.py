@@ -66,6 +66,10 @@ def test_presets_resolve(name):
         ('[cls]\nattacks = ["fgsm"]\n', "cls.attacks holds 'fgsm'"),
         ("[smoothing]\nalpha = 1.5\n", "smoothing.alpha must be in (0, 1)"),
         ("[run]\ntrain_processes = 0\n", "run.train_processes must be >= 1"),
+        ("[data]\nvolumes = 8\ntest_volumes = 7\n", "data.test_volumes must be >= 0 and leave"),
+        ("[data]\nvolumes = 2\n", "data.volumes must be >= 3"),
+        ("[smoothing]\ndenoiser_depth = 1\n", "smoothing.denoiser_depth must be >= 2"),
+        ("[smoothing]\ndenoiser_width = 0\n", "smoothing.denoiser_width must be >= 1"),
         ("[run\n", "not valid TOML"),
     ],
 )

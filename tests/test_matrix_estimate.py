@@ -11,7 +11,7 @@ import pytest
 from defend.matrix import load_config, run_matrix
 from defend.matrix.builds import Builder, data_build
 from defend.matrix.cells import plan
-from defend.matrix.estimate import LONG, cell_passes, estimate, plan_lines
+from defend.matrix.estimate import LONG, Passes, cell_passes, estimate, plan_lines
 from defend.matrix.rows import run_builds
 
 
@@ -68,14 +68,28 @@ def test_a_configuration_sized_for_a_gpu_warns_on_the_cpu(fresh_smoke):
 
 def test_cell_passes_follow_the_configuration():
     config = load_config("smoke")
-    cells = {c.id: c for c in plan(config)}
-    plain = cells["recon.unet.none.hallucination.eps0.1"]
-    eot = cells["recon.unet.smoothing.hallucination+eot.eps0.1"]
-    steps, forwards = cell_passes(config, plain)
-    assert (steps, forwards) == (config["attack"]["hallucination"]["max_iter"], 2)
+    cells = plan(config)
+    passes = cell_passes(config, cells)
+    by_id = {c.id: c for c in cells}
+    steps = config["attack"]["hallucination"]["max_iter"]
+    # the none row's first cell of the attack pays for it; its clean answer is one forward
+    assert passes["recon.unet.none.hallucination.eps0.1"] == Passes(steps, 2)
     config["attack"]["hallucination"]["max_iter"] *= 2
-    assert cell_passes(config, plain)[0] == 2 * steps
-    smoothing = config["smoothing"]
-    eot_steps, eot_forwards = cell_passes(config, eot)
-    assert eot_steps == 2 * steps * smoothing["eot"]
-    assert eot_forwards == 2 * (smoothing["n0"] + smoothing["recon_n"])
+    assert cell_passes(config, cells)["recon.unet.none.hallucination.eps0.1"].steps == 2 * steps
+    config["attack"]["hallucination"]["max_iter"] = steps
+    # the detector and smoothing rows read the none row's plain attack: no steps of their own
+    assert passes["recon.unet.detector.hallucination.eps0.1"].steps == 0
+    assert passes["recon.unet.smoothing.hallucination.eps0.1"].steps == 0
+    # the adaptive cell: its own EOT steps; its plain half's answer was the plain cell's
+    s = config["smoothing"]
+    predict = s["n0"] + 2 * s["recon_n"]
+    eot = by_id["recon.unet.smoothing.hallucination+eot.eps0.1"]
+    assert passes[eot.id] == Passes(steps * s["eot"], predict)  # smoke: no denoiser
+    # run alone, the adaptive cell pays for everything it needs
+    alone = cell_passes(config, [eot])[eot.id]
+    certify = s["n0"] + 3 * s["recon_n"]
+    assert alone == Passes(steps * s["eot"] + steps, 3 * predict + certify)
+    # behind a denoiser, the smoothed draws and the EOT steps go through it too
+    config["smoothing"]["denoiser_epochs"] = 2
+    behind = cell_passes(config, [eot])[eot.id]
+    assert (behind.denoised_steps, behind.denoised_forwards) == (steps * s["eot"], alone.forwards)

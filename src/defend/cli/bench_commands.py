@@ -75,14 +75,14 @@ def _show(text: str, result: Any, out: Path | None) -> None:
         typer.echo(f"wrote {out}")
 
 
-def _pixel_counts(pixel_th: str) -> list[int]:
-    """``"1,5,20"`` -> ``[1, 5, 20]``; one line for anything else."""
+def _positive_ints(text: str, option: str) -> list[int]:
+    """``"1,5,20"`` -> ``[1, 5, 20]``; one line naming ``option`` for anything else."""
     try:
-        counts = [int(t) for t in pixel_th.split(",") if t.strip()]
+        counts = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise DefendError(f"--pixel-th expects integers like 1,5,20, got '{pixel_th}'") from None
+        raise DefendError(f"{option} expects integers like 1,5,20, got '{text}'") from None
     if not counts or min(counts) < 1:
-        raise DefendError(f"--pixel-th expects positive integers, got '{pixel_th}'")
+        raise DefendError(f"{option} expects positive integers, got '{text}'")
     return counts
 
 
@@ -114,7 +114,7 @@ def bench_attacks_command(
     dgde = {"patience": dgde_patience, "max_queries": dgde_max_queries}
     result = bench_attacks(
         run_dir, n=n, split=split, iters=iters, repeats=repeats,
-        pixel_th=_pixel_counts(pixel_th), pixel_max_iter=pixel_max_iter,
+        pixel_th=_positive_ints(pixel_th, "--pixel-th"), pixel_max_iter=pixel_max_iter,
         dgde_params={k: v for k, v in dgde.items() if v is not None}, device=device,
         threads=threads or None, log=typer.echo,
     )  # fmt: skip
@@ -244,3 +244,51 @@ def bench_device_command(
         raise DefendError(f"--repeats must be >= 1, got {repeats}")
     result = run_device_figures(check_writable(folder, "dir"), quick, repeats, device)
     _show(format_figures(result), result, out)
+
+
+@bench_app.command("matrix")
+def bench_matrix_command(
+    config: str = typer.Argument("quick", help="A preset (smoke, quick, paper) or a TOML file."),
+    folder: Path = typer.Argument(Path("runs/bench-matrix"), help="Folder for the run."),
+    existing: bool = typer.Option(
+        False, help="Profile the run already in FOLDER (its matrix/ and cache/) without running."
+    ),  # fmt: skip
+    wall: float = typer.Option(0.0, help="--existing: the run's wall time in seconds."),
+    samples: str = typer.Option(
+        "", help="Scaling instead: the matrix at these samples a cell, e.g. 8,16,32,64."
+    ),  # fmt: skip
+    engine: str = typer.Option("local", help="--samples: local or ray."),
+    workers: int | None = typer.Option(None, help="--samples with ray: its CPUs."),
+    progress: bool = PROGRESS,
+    out: Path | None = JSON_OUT,
+) -> None:
+    """The matrix of CONFIG run from an empty cache in FOLDER: its wall time over its
+    model-time floor (the passes its attacks, Monte Carlo draws and training need, timed
+    now), per part and per row, and the share of time in builds, data, attacks, smoothing,
+    detection and bookkeeping."""
+    from defend.bench.matrix_time import (
+        bench_matrix,
+        format_profile,
+        format_scaling,
+        matrix_profile,
+        matrix_scaling,
+    )
+    from defend.io import check_writable
+
+    _check(None, out)
+    folder = check_writable(folder, "dir")
+    if samples:
+        counts = _positive_ints(samples, "--samples")
+        if engine not in ("local", "ray"):
+            raise DefendError(f"--engine must be local or ray, got {engine!r}")
+        rows = matrix_scaling(config, folder, counts, engine=engine, workers=workers,
+                              progress=progress, log=typer.echo)  # fmt: skip
+        _show(format_scaling(rows), rows, out)
+        return
+    if existing:
+        if not (folder / "matrix" / "config.json").exists():
+            raise DefendError(f"{folder}: holds no matrix run (matrix/config.json)")
+        result = matrix_profile(folder / "matrix", folder / "cache", wall)
+    else:
+        result = bench_matrix(config, folder, progress=progress, log=typer.echo)
+    _show(format_profile(result), result, out)

@@ -21,6 +21,9 @@ def data_synth(
     volumes: int = typer.Option(24, help="Number of phantom volumes (split 70/15/15)."),
     slices: int = typer.Option(8, help="Slices per volume."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same bytes."),
+    test_volumes: int = typer.Option(
+        0, help="Volumes in the test split, of --volumes (0: about 15 %)."
+    ),
     progress: bool = PROGRESS,
 ) -> None:
     """Generate MRI-like brain phantoms: fastMRI HDF5 k-space, segmentation pairs, class images.
@@ -30,7 +33,6 @@ def data_synth(
     from defend.data import synthesize
     from defend.data.synth import describe_synth
 
-    summary = synthesize(
-        out, size=size, coils=coils, volumes=volumes, slices=slices, seed=seed, progress=progress
-    )
+    summary = synthesize(out, size=size, coils=coils, volumes=volumes, slices=slices, seed=seed,
+                         progress=progress, test_volumes=test_volumes)  # fmt: skip
     typer.echo(describe_synth(out, summary))

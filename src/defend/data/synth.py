@@ -16,8 +16,9 @@ Layout under ``OUT``::
     cls/{train,val,test}/{healthy,lesion}/NAME.png
 
 ``NAME`` is ``<volume stem>_sNN`` (slice ``NN``). Volumes are split about 70/15/15 in order
-(at least one per split). The same arguments give byte-identical files; every file is written
-atomically, so an interrupted run resumes where it stopped.
+(at least one per split); or ``test_volumes`` test, about 15 % val, the rest train. The same
+arguments give byte-identical files; every file is written atomically, so an interrupted run
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -134,12 +135,19 @@ def ismrmrd_header(
     ).encode("utf-8")
 
 
-def split_counts(volumes: int) -> dict[str, int]:
-    """Volumes per split, about 70/15/15 with at least one each."""
+def split_counts(volumes: int, test_volumes: int = 0) -> dict[str, int]:
+    """Volumes per split, about 70/15/15 with at least one each; ``test_volumes`` > 0: that
+    many test volumes (a test split sized for the samples a matrix cell attacks), val still
+    about 15 % of ``volumes``, train the rest."""
     if volumes < 3:
         raise DefendError(f"need at least 3 volumes (one per split), got {volumes}")
     n_val = max(1, round(0.15 * volumes))
-    n_test = max(1, round(0.15 * volumes))
+    n_test = test_volumes or max(1, round(0.15 * volumes))
+    if test_volumes < 0 or volumes - n_val - n_test < 1:
+        raise DefendError(
+            f"test_volumes must be >= 0 and leave a volume to train on and {n_val} to "
+            f"validate on of {volumes}, got {test_volumes}"
+        )
     return {"train": volumes - n_val - n_test, "val": n_val, "test": n_test}
 
 
@@ -181,17 +189,13 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round((image - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
 
-def _params(size: int, coils: int, volumes: int, slices: int, seed: int) -> dict[str, Any]:
-    """The parameters stored in ``dataset.json`` (and in the in-progress marker)."""
-    return {
-        "size": size,
-        "coils": coils,
-        "volumes": volumes,
-        "slices": slices,
-        "seed": seed,
-        "noise": NOISE,
-        "acquisition": ACQUISITION,
-    }
+def _params(size: int, coils: int, volumes: int, slices: int, seed: int,
+            test_volumes: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The parameters stored in ``dataset.json`` (and in the in-progress marker;
+    ``test_volumes`` only where it is set, so older data sets keep their parameters)."""
+    params = {"size": size, "coils": coils, "volumes": volumes, "slices": slices, "seed": seed,
+              "noise": NOISE, "acquisition": ACQUISITION}  # fmt: skip
+    return {**params, "test_volumes": test_volumes} if test_volumes else params
 
 
 def _stored_params(path: Path) -> dict[str, Any] | None:
@@ -396,6 +400,7 @@ def synthesize(
     slices: int = 8,
     seed: int = 0,
     progress: bool = True,
+    test_volumes: int = 0,
 ) -> dict[str, Any]:
     """Generate the synthetic data set under ``out`` (see the module docstring for the layout).
 
@@ -418,6 +423,7 @@ def synthesize(
         slices: slices per volume.
         seed: random seed.
         progress: show a tqdm progress bar over volumes.
+        test_volumes: volumes in the test split (0: about 15 %; :func:`split_counts`).
 
     Returns:
         the contents of ``OUT/dataset.json`` (parameters, per-split counts and file names),
@@ -429,8 +435,8 @@ def synthesize(
     """
     out = Path(out)
     _check_params(size, coils, slices, seed)
-    counts = split_counts(volumes)
-    params = _params(size, coils, volumes, slices, seed)
+    counts = split_counts(volumes, test_volumes)
+    params = _params(size, coils, volumes, slices, seed, test_volumes)
     state = _check_out(out, params)
     if state == "done":
         return _existing(out)

@@ -290,13 +290,16 @@ def train_input_detector(
     fpr: float = 0.05,
     config: Any = None,
     resume: bool = True,
+    splits: tuple[str, ...] = ("train", "val", "test"),
     log: Callable[[str], None] = print,
 ) -> list[dict[str, float]]:
     """``defend train input-detector``: make (or reuse) the input-detection data of a seg or
     cls ``checkpoint`` on ``data_dir`` (default ``OUT.data``), then train the detector on its
     train split, validated (and the best checkpoint kept) on val, and calibrate both
     checkpoints at false-positive rate ``fpr`` on val's clean images (module doc). ``n`` and
-    ``eps``: :func:`make_input_detection_data`'s; chans: :class:`InputDetectorNet`'s.
+    ``eps``: :func:`make_input_detection_data`'s; chans: :class:`InputDetectorNet`'s;
+    ``splits``: the detection data made (train and val train the detector; test is
+    ``defend detect eval``'s, which a caller that evaluates otherwise leaves out).
 
     Returns:
         The per-epoch history (validation AUROC and accuracy).
@@ -308,9 +311,9 @@ def train_input_detector(
     out = check_writable(out, "file")
     folder = Path(detection_data) if detection_data else default_data_folder(out)
     log(f"input-detection data: {folder}")
-    manifest = make_input_detection_data(
-        checkpoint, data_dir, folder, n=n, eps=eps, seed=config.seed, device=config.device, log=log
-    )
+    manifest = make_input_detection_data(checkpoint, data_dir, folder, splits=splits, n=n,
+                                         eps=eps, seed=config.seed, device=config.device,
+                                         log=log)  # fmt: skip
     train_set = InputSet(load_input_detection_data(folder, "train"))
     val_set = InputSet(load_input_detection_data(folder, "val"))
     seed_everything(config.seed)

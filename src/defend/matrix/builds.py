@@ -10,9 +10,9 @@ Every build goes through the function under the matching command, so a cached mo
 * ``denoiser``: ``defend train denoiser`` (:func:`~defend.smooth.denoiser.train_denoiser`);
 * ``detector``: ``defend train detector`` (recon) or ``defend train input-detector``.
 
-A build lives in ``CACHE/<kind>-<hash>/`` with ``build.json`` (its settings) written last, so
-a folder without it is unfinished and is resumed (training resumes from its checkpoint). Two
-configurations that need the same build share it.
+A build lives in ``CACHE/<kind>-<hash>/`` with ``build.json`` (its settings and the seconds it
+took) written last, so a folder without it is unfinished and is resumed (training resumes
+from its checkpoint). Two configurations that need the same build share it.
 
 A build's key (:attr:`Build.key`) hashes its settings, the keys of what it needs, the cache
 format :data:`VERSION` and the package version (``defend.__version__``), so an upgrade
@@ -29,6 +29,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from defend.detect.inputs import train_input_detector
 from defend.errors import DefendError
 from defend.io import load_checkpoint, write_json
 from defend.matrix.config import TASKS, matrix_tasks
-from defend.smooth.denoiser import train_denoiser
+from defend.smooth.denoiser import DEFAULT_DEPTH, DEFAULT_WIDTH, train_denoiser
 from defend.tasks import data_folder, kind_of
 from defend.train import TrainConfig, default_schedule, make_objective, train_model
 
@@ -92,6 +93,8 @@ def data_build(config: dict[str, Any]) -> Build:
         path = Path(data["path"]).resolve()
         return Build("data", {"path": str(path), "fingerprint": data_fingerprint(path)})
     synth = {k: data[k] for k in ("size", "volumes", "slices", "coils")}
+    if data["test_volumes"]:  # only where set: the keys of older builds stay as they were
+        synth["test_volumes"] = data["test_volumes"]
     return Build("data", {**synth, "seed": config["run"]["seed"]})
 
 
@@ -147,6 +150,9 @@ def denoiser_build(config: dict[str, Any], task: str, base: Build) -> Build | No
     if epochs == 0:
         return None
     settings = {"sigma": config[task]["sigma"], "epochs": epochs, "seed": config["run"]["seed"]}
+    for key, default in (("depth", DEFAULT_DEPTH), ("width", DEFAULT_WIDTH)):
+        if config["smoothing"][f"denoiser_{key}"] != default:  # the default keeps older keys
+            settings[key] = config["smoothing"][f"denoiser_{key}"]
     return Build("denoiser", settings, (data_build(config), base))
 
 
@@ -204,10 +210,12 @@ class Builder:
             return self.path(build)
         with tqdm.external_write_mode():  # above a progress bar, not through it
             self.log(f"== building {build.key}: {build.kind} {_short(build.settings)}")
+        start = time.perf_counter()
         getattr(self, f"_{build.kind}")(build)
         write_json(self.cache / build.key / "build.json",
                    {"kind": build.kind, "settings": build.settings,
-                    "needs": [n.key for n in build.needs]})  # fmt: skip
+                    "needs": [n.key for n in build.needs],
+                    "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
         return self.path(build)
 
     def make_all(self, builds: list[Build], progress: bool = True) -> None:
@@ -263,6 +271,7 @@ class Builder:
         s = build.settings
         data, base = (self.path(b) for b in build.needs)
         train_denoiser(base, data, self.path(build), s["sigma"],
+                       depth=s.get("depth", DEFAULT_DEPTH), width=s.get("width", DEFAULT_WIDTH),
                        config=self._config(s["epochs"], lr=1e-3, seed=s["seed"]),
                        log=_quiet)  # fmt: skip
 
@@ -276,7 +285,8 @@ class Builder:
                            progress=False, log=_quiet)  # fmt: skip
         else:
             train_input_detector(base, data, self.path(build), n=s["n"] or None,
-                                 config=config, log=_quiet)  # fmt: skip
+                                 config=config, splits=("train", "val"),  # the cells test
+                                 log=_quiet)  # fmt: skip
 
 
 def train_spec(spec: dict[str, Any]) -> None:

@@ -18,8 +18,9 @@ recon rows the ``real-feature`` column (a real finding, not an attack) where the
 record (a :class:`~defend.matrix.record.CellRecord`, ``OUT/cells/<id>.json``):
 
 * ``id``, ``task``, ``model``, ``defence``, ``attack``, ``adaptive``, ``eps``, ``params``,
-  ``seed``, ``n``, ``seconds``, ``status`` (``ok`` or ``failed`` with ``error``), on
-  adaptive cells ``worst_case_of`` (the two attacks whose per-sample worst it reports);
+  ``seed``, ``n``, ``seconds`` and where they went (``phases``, :mod:`phases`), ``status``
+  (``ok`` or ``failed`` with ``error``), on adaptive cells ``worst_case_of`` (the two
+  attacks whose per-sample worst it reports);
 * ``metrics`` (the mean over the samples judged), ``intervals`` (95 %, ``[low, high]``),
   ``counts`` (samples judged) and ``per_sample`` of each outcome
   (:mod:`defend.matrix.outcomes`): ``clean_quality`` and ``attacked_quality``
@@ -39,7 +40,9 @@ record (a :class:`~defend.matrix.record.CellRecord`, ``OUT/cells/<id>.json``):
 * ``roc``: the detector's ROC curve; ``examples``: the file of a few example images.
 
 The clean outputs, detector scores and certificates of a row are computed once per row
-(``OUT/rows/<row>.npz``) and shared by its cells.
+(``OUT/rows/<row>.npz``) and shared by its cells; each plain attack once for every row of
+its model (``OUT/attacks``), and a row's outputs of an input batch once (``OUT/rows/<row>/``,
+:mod:`reuse`).
 """
 
 from __future__ import annotations
@@ -57,13 +60,15 @@ import torch
 from defend import intervals
 from defend.attacks import registered_attacks
 from defend.data import load_groups
-from defend.io import write_npz
+from defend.io import file_sha256, write_npz
 from defend.kspace import zero_filled
-from defend.matrix import inside_radius, measures, outcomes
+from defend.matrix import inside_radius, measures, outcomes, reuse
 from defend.matrix.columns import ATTACKS, EVADING, GRADIENT, column
 from defend.matrix.measures import Outputs
 from defend.matrix.outcomes import AttackSpec
+from defend.matrix.phases import phase, recording, timed, with_rest
 from defend.matrix.record import CellRecord
+from defend.matrix.reuse import CachedAttack
 from defend.matrix.rows import Row, certificates, rows, system
 from defend.memory import budget
 from defend.tasks import kind_of
@@ -160,7 +165,7 @@ def run_cell(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     try:
         params = cell_params(config, cell, paths)
         record.params = {k: v for k, v in params.items() if k != "detector"}
-        with budget(config["run"]["memory"]):  # in this process, local or a Ray worker
+        with budget(config["run"]["memory"]), recording() as seconds:  # local or a Ray worker
             measured = _measure(config, cell, paths, out, data_dir)
         for name, value in measured.items():
             setattr(record, name, value)
@@ -170,6 +175,7 @@ def run_cell(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
         record.error = f"{type(error).__name__}: {error}".splitlines()[0]
         record.traceback = traceback.format_exc(limit=6)
     record.seconds = round(time.perf_counter() - start, 3)
+    record.phases = with_rest(seconds, record.seconds) if record.ok else None
     return record
 
 
@@ -180,8 +186,9 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     against the defended system of its shape; the outcomes of all groups summarised
     together."""
     run = config["run"]
-    groups = load_groups(data_dir, cell.row.task, run["split"], run["n"],
-                         checkpoint=paths["model"])  # fmt: skip
+    with phase("data"):
+        groups = load_groups(data_dir, cell.row.task, run["split"], run["n"],
+                             checkpoint=paths["model"])  # fmt: skip
     parts = [_measure_group(config, cell, paths, out, group, len(groups) > 1)
              for group in groups]  # fmt: skip
     return _merge(cell, parts, out)
@@ -195,10 +202,12 @@ def _measure_group(config: dict[str, Any], cell: Cell, paths: dict[str, Path], o
     certificates' ``bounds``, and what the examples show (``shown``)."""
     x, y, positions = group
     task = cell.row.task
-    defended = system(config, cell.row, paths, input_shape=x.shape[1:])
+    with phase("models"):
+        defended = system(config, cell.row, paths, input_shape=x.shape[1:])
+    defended.outputs = reuse.remembered(defended.outputs, out / "rows" / row_id(cell.row))
     clean = clean_stage(config, cell.row, defended, x, y, positions, out, shaped)
     judge = outcomes.Judge(config, defended, x, y, clean_outputs(clean))
-    x_adv, adv_out, samples = _attacked(config, cell, paths, judge, clean, positions)
+    x_adv, adv_out, samples = _attacked(config, cell, paths, judge, clean, positions, out)
     samples.update(outcomes.size(x, x_adv))
     extra: dict[str, Any] = {"quality_metric": measures.QUALITY[kind_of(task)]}
     samples.update(_baseline(task, defended, x, y, extra))
@@ -248,6 +257,7 @@ def _merge(cell: Cell, parts: list[dict[str, Any]], out: Path) -> dict[str, Any]
 Attacked = tuple[np.ndarray, Outputs, dict[str, np.ndarray]]
 
 
+@timed("judging")
 def _baseline(task: str, defended: Any, x: np.ndarray, y: np.ndarray,
               extra: dict[str, Any]) -> dict[str, np.ndarray]:  # fmt: skip
     """What the model must beat to be of any use, for the quality flags: recon per sample
@@ -262,20 +272,23 @@ def _baseline(task: str, defended: Any, x: np.ndarray, y: np.ndarray,
 
 
 def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
-              judge: outcomes.Judge, clean: dict[str, np.ndarray],
-              positions: np.ndarray) -> Attacked:  # fmt: skip
+              judge: outcomes.Judge, clean: dict[str, np.ndarray], positions: np.ndarray,
+              out: Path) -> Attacked:  # fmt: skip
     """``(x_adv, outputs, samples)`` of the cell's attack: the column's attack, the
     per-sample worst case of it and its adaptive twin, the real feature's recall, or the
-    inside-radius check (:mod:`defend.matrix.inside_radius`)."""
+    inside-radius check (:mod:`defend.matrix.inside_radius`). The column's plain attack is
+    computed once for every row and cell that needs it (:mod:`reuse`)."""
     defended, x, y, seed = judge.defended, judge.x, judge.y, config["run"]["seed"]
     if cell.attack == INSIDE:
-        x_adv = inside_radius.attack(defended, clean, x, y, config)
+        with phase("attack"):
+            x_adv = inside_radius.attack(defended, clean, x, y, config)
         adv_out = defended.outputs(x_adv, positions)
         samples = judge(x_adv, adv_out)
         samples.update(inside_radius.outcomes(defended, clean, x, adv_out))
         return x_adv, adv_out, samples
     plain = AttackSpec(column(cell.attack).run, defended.estimator,
                        cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
+    plain = CachedAttack(plain, out / reuse.FOLDER, attacker(cell.row, paths), cell.attack)
     if cell.adaptive != "none":
         tries = [_adaptive(config, cell, defended, paths), plain]
         return outcomes.worst_case(judge, tries, x, y, positions, cell.eps, seed)
@@ -283,6 +296,14 @@ def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
     adv_out = defended.outputs(x_adv, positions)
     real = cell.attack == "real-feature"
     return x_adv, adv_out, judge.recall(x_adv, adv_out) if real else judge(x_adv, adv_out)
+
+
+def attacker(row: Row, paths: dict[str, Path]) -> dict[str, str]:
+    """Who a plain attack of ``row`` sees (:func:`reuse.attack_key`): its model's
+    checkpoint, shared by every built-in row of that model; a registered defence may change
+    the estimator, so its row is named too."""
+    who = {"model": file_sha256(paths["model"])}
+    return {**who, "row": row_id(row)} if row.registered else who
 
 
 def _adaptive(config: dict[str, Any], cell: Cell, defended: Any,

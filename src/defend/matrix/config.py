@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from defend.attacks import registered_attacks
+from defend.data.synth import split_counts
 from defend.errors import DefendError
 from defend.matrix.columns import check_section
 from defend.matrix.defence_registry import BUILT_IN, task_defences
@@ -96,7 +97,7 @@ DEFAULTS: dict[str, Any] = {
         "train_processes": 1,
         "memory": "",  # each pass's budget (e.g. "8GiB"; "" auto: defend.memory)
     },  # fmt: skip
-    "data": {"path": "", "size": 32, "volumes": 8, "slices": 4, "coils": 2},
+    "data": {"path": "", "size": 32, "volumes": 8, "slices": 4, "coils": 2, "test_volumes": 0},
     **{task: task_defaults(task) for task in TASKS},
     "attack": {
         "hallucination": {"max_iter": 40},
@@ -117,6 +118,8 @@ DEFAULTS: dict[str, Any] = {
         "eot": 4,
         "query_draws": 32,
         "denoiser_epochs": 4,
+        "denoiser_depth": 8,  # the DnCNN's layers and width (defend train denoiser's)
+        "denoiser_width": 32,
     },  # fmt: skip
     "detector": {"epochs": 4, "n": 0},
 }
@@ -248,11 +251,13 @@ def check_values(config: dict[str, Any], path: Path) -> None:
     for key in ("size", "volumes", "slices", "coils"):
         if config["data"][key] < 1:
             raise bad(f"data.{key}", f"must be >= 1, got {config['data'][key]}")
+    _check_splits(config["data"], bad)
     for task in matrix_tasks():
         _check_task(config[task], task, bad)
     for key, value in config["smoothing"].items():
-        if key not in ("alpha", "delta") and value < (0 if key == "denoiser_epochs" else 1):
-            raise bad(f"smoothing.{key}", f"must be >= 1, got {value}")
+        low = {"denoiser_epochs": 0, "denoiser_depth": 2}.get(key, 1)
+        if key not in ("alpha", "delta") and value < low:
+            raise bad(f"smoothing.{key}", f"must be >= {low}, got {value}")
     for key, high in (("alpha", 1), ("delta", 0.5)):
         if not 0 < config["smoothing"][key] < high:
             raise bad(f"smoothing.{key}", f"must be in (0, {high}), got {config['smoothing'][key]}")
@@ -266,6 +271,16 @@ def check_values(config: dict[str, Any], path: Path) -> None:
             check_section(name, section)
         except DefendError as error:
             raise bad(f"[attack.{name}]", str(error)) from None
+
+
+def _check_splits(data: dict[str, Any], bad: Any) -> None:
+    """The synthetic data's volumes split into train, val and test (:func:`split_counts`)."""
+    if data["volumes"] < 3:
+        raise bad("data.volumes", f"must be >= 3 (one a split), got {data['volumes']}")
+    try:
+        split_counts(data["volumes"], data["test_volumes"])
+    except DefendError as error:
+        raise bad("data.test_volumes", str(error).removeprefix("test_volumes ")) from None
 
 
 def _check_task(section: dict[str, Any], task: str, bad: Any) -> None:

@@ -9,21 +9,30 @@ configured architecture; its weights do not change its speed):
 * ``step`` (s a sample): one forward and backward pass of the training loss, in a batch of a
   cell's samples (at most :data:`STEP_BATCH`; the attacks take a cell's samples together).
 
-Passes counted per sample, from the configuration:
+Passes counted per sample, from the configuration, each piece of work once (the matrix
+computes each once, :mod:`~defend.matrix.reuse`; :func:`cell_passes` counts it at the first
+cell that needs it):
 
-* a cell: its attack's gradient steps (``hallucination``/``seg-pgd`` ``max_iter``,
+* a row's clean stage: its system's answer and certificate of each clean input
+  (:func:`evaluation_passes`: one forward; smoothing ``n`` and ``n0 + n`` noisy copies,
+  center smoothing ``n0 + 2 recon_n`` and ``n0 + 3 recon_n``);
+* an attack: its gradient steps (``hallucination``/``seg-pgd`` ``max_iter``,
   ``art-pgd``/``inside-radius`` ``steps``, ``seg-fgsm`` one; each times ``smoothing.eot``
-  draws for ``+eot``) and queries (``dgde`` ``max_queries``, times ``query_draws`` for
-  ``+eot``; all of them, though DGDE stops at its first success), plus the defence's
-  evaluation of the clean and the attacked input (smoothing: ``n0 + n`` noisy copies each,
-  recon ``n0 + recon_n``); a registered attack counts as its evaluation only;
+  draws for ``+eot`` and ``inside-radius``) and queries (``dgde`` ``max_queries``, times
+  ``query_draws`` for ``+eot``; all of them, though DGDE stops at its first success); a
+  plain attack once a model, an adaptive one in its cell; a registered attack counts as
+  nothing but its evaluation;
+* a row's answer to each attacked batch (an adaptive cell: its adaptive attack's and, once
+  a row, the plain attack's);
 * a model build: ``epochs x`` training samples steps (adversarial training: ``x (steps + 1)``
   with its method's default steps); a denoiser the same at ``denoiser_epochs``; a detector
-  the attacks that make its examples over every split: recon :data:`DETECTOR_COPIES`
+  the attacks that make its examples (train and val): recon :data:`DETECTOR_COPIES`
   attacks of ``max_iter`` steps a slice, seg and cls :data:`DETECTOR_STEPS` an image.
 
-It leaves out data loading, data synthesis, bookkeeping and the detectors' own small networks:
-it is the run's model time, a floor. ``docs/benchmark.md`` compares it with measured runs.
+A smoothing row's denoiser is timed too (a forward a sample, ``PassTimes.denoise``; a step
+through it counts as three). It leaves out data loading, data synthesis, bookkeeping and the
+detectors' own small networks: it is the run's model time, a floor
+(:mod:`defend.bench.matrix_time` sets the measured run against it; ``docs/benchmark.md``).
 """
 
 from __future__ import annotations
@@ -42,24 +51,27 @@ from defend.data.arrays import load_dataset
 from defend.data.synth import split_counts
 from defend.device import pick_device
 from defend.errors import DefendError
-from defend.matrix.builds import Build
+from defend.matrix.builds import Build, model_build
 from defend.matrix.cells import INSIDE, Cell
+from defend.matrix.rows import Row
 from defend.memory import samples_per_pass
 from defend.models import build_model, default_model_config
+from defend.models.dncnn import build_denoiser
+from defend.smooth.denoiser import denoiser_config
 from defend.tasks import Batch, get_task, kind_of
 from defend.train.from_folder import describe_data, model_data_args
 from defend.train.loop import to_device
 from defend.train.methods import DEFAULT_STEPS
 
 #: samples in the timed forward passes, at most
-FORWARD_BATCH = 32
+FORWARD_BATCH = 128
 #: a timed pass's length to aim for (seconds): batches are cut to it, repeats skipped past it
 TIMING_SECONDS = 1.0
 #: a training step's time over a forward's, taken where a forward alone passes
 #: :data:`TIMING_SECONDS` (forward + backward is about three forwards)
 BACKWARD_RATIO = 3.0
 #: samples in the timed training steps, at most
-STEP_BATCH = 8
+STEP_BATCH = 32
 #: timed repeats of each pass after one warm-up (the median is kept)
 REPEATS = 3
 #: an estimate past this on a CPU is said as a warning (seconds)
@@ -73,18 +85,38 @@ DETECTOR_COPIES = 4
 
 @dataclass
 class PassTimes:
-    """Seconds a sample of one ``forward`` and one training ``step`` (module doc)."""
+    """Seconds a sample of one ``forward`` and one training ``step`` (module doc), and of
+    one forward of the task's default denoiser (``denoise``; 0 where none is timed)."""
 
     forward: float
     step: float
+    denoise: float = 0.0
+
+
+@dataclass
+class Passes:
+    """What one sample of a cell costs: ``steps`` and ``forwards`` of the model, of which
+    ``denoised_steps`` and ``denoised_forwards`` also go through the row's denoiser."""
+
+    steps: float = 0.0
+    forwards: float = 0.0
+    denoised_steps: float = 0.0
+    denoised_forwards: float = 0.0
+
+    def seconds(self, pace: PassTimes) -> float:
+        """Seconds a sample at ``pace`` (a backward through the denoiser: two forwards)."""
+        through = (3 * self.denoised_steps + self.denoised_forwards) * pace.denoise
+        return self.steps * pace.step + self.forwards * pace.forward + through
 
 
 def time_passes(task: str, model: str, options: dict[str, Any], data: Path, split: str,
-                device: str | None, samples: int) -> PassTimes:  # fmt: skip
+                device: str | None, samples: int,
+                denoiser: tuple[int, int] | None = None) -> PassTimes:  # fmt: skip
     """:class:`PassTimes` of ``model`` (its ``options``) on ``task``'s ``split`` in ``data``,
     ``samples`` a cell: forwards in batches of up to :data:`FORWARD_BATCH`, steps of up to a
     cell's samples (at most :data:`STEP_BATCH`), each as many as take about
-    :data:`TIMING_SECONDS` and the memory budget holds (:func:`_per_sample`)."""
+    :data:`TIMING_SECONDS` and the memory budget holds (:func:`_per_sample`); ``denoiser``
+    ``(depth, width)``: also the forward of the task's denoiser of that size."""
     runner, dataset = get_task(task), load_dataset(task, data, split)
     config = default_model_config(task, model, **model_data_args(task, describe_data(
         task, dataset, None)))  # fmt: skip
@@ -107,8 +139,14 @@ def time_passes(task: str, model: str, options: dict[str, Any], data: Path, spli
         return PassTimes(one, BACKWARD_RATIO * one)  # memory measurement is spent on it
     fits = samples_per_pass(lambda x: runner.forward(net, {**batch(1), "input": x}),
                             batch(1)["input"][0], dev, owner=net)  # fmt: skip
-    return PassTimes(_per_sample(forward, min(FORWARD_BATCH, fits)),
-                     _per_sample(step, min(samples, STEP_BATCH, fits)))  # fmt: skip
+    found = PassTimes(_per_sample(forward, min(FORWARD_BATCH, fits)),
+                      _per_sample(step, min(samples, STEP_BATCH, fits)))  # fmt: skip
+    if denoiser is not None:
+        shape = tuple(batch(1)["input"].shape[1:])
+        net = build_denoiser(denoiser_config(task, shape, *denoiser)).to(dev).eval()
+        found.denoise = _per_sample(lambda k: lambda: _no_grad(net, batch(k)["input"]),
+                                    min(FORWARD_BATCH, fits))  # fmt: skip
+    return found
 
 
 def _per_sample(run_at: Callable[[int], Callable[[], Any]], most: int) -> float:
@@ -141,26 +179,71 @@ def _median_seconds(run: Callable[[], Any]) -> float:
     return sorted(_seconds(run) for _ in range(REPEATS))[REPEATS // 2]
 
 
-def cell_passes(config: dict[str, Any], cell: Cell) -> tuple[float, float]:
-    """``(steps, forwards)`` a sample of ``cell`` needs (module doc)."""
-    smoothing, attack = config["smoothing"], config["attack"].get(cell.attack, {})
-    draws = smoothing["eot"] if cell.adaptive == "eot" else 1
-    steps = {"hallucination": attack.get("max_iter", 0), "seg-fgsm": 1,
-             "seg-pgd": attack.get("max_iter", 0), "art-pgd": attack.get("steps", 0),
-             INSIDE: attack.get("steps", 0)}.get(cell.attack, 0) * draws  # fmt: skip
-    queries = attack.get("max_queries", 0) if cell.attack == "dgde" else 0
-    if cell.adaptive == "eot" and cell.attack == "dgde":
+def evaluation_passes(config: dict[str, Any], row: Row) -> tuple[float, float]:
+    """``(predict, certify)`` forwards a sample of ``row``'s system takes to answer one input
+    and to certify it: 1 and 0 without smoothing; smoothing ``n`` and ``n0 + n`` (cls, seg),
+    center smoothing ``n0 + 2 recon_n`` and ``n0 + 3 recon_n`` (its candidates, their
+    distances, the test; the bound's draws)."""
+    if not row.smoothing:
+        return 1.0, 0.0
+    s = config["smoothing"]
+    if kind_of(row.task) == "recon":
+        return float(s["n0"] + 2 * s["recon_n"]), float(s["n0"] + 3 * s["recon_n"])
+    return float(s["n"]), float(s["n0"] + s["n"])
+
+
+def attack_passes(config: dict[str, Any], attack: str, adaptive: str) -> tuple[float, float]:
+    """``(steps, queries)`` a sample of one run of ``attack`` (its ``adaptive`` variant)."""
+    smoothing, settings = config["smoothing"], config["attack"].get(attack, {})
+    draws = smoothing["eot"] if adaptive == "eot" or attack == INSIDE else 1
+    steps = {"hallucination": settings.get("max_iter", 0), "seg-fgsm": 1,
+             "seg-pgd": settings.get("max_iter", 0), "art-pgd": settings.get("steps", 0),
+             INSIDE: settings.get("steps", 0)}.get(attack, 0) * draws  # fmt: skip
+    queries = settings.get("max_queries", 0) if attack == "dgde" else 0
+    if adaptive == "eot" and attack == "dgde":
         queries *= smoothing["query_draws"]
-    evaluation = 1
-    if cell.row.smoothing:
-        recon = kind_of(cell.row.task) == "recon"
-        evaluation = smoothing["n0"] + (smoothing["recon_n"] if recon else smoothing["n"])
-    return float(steps), float(queries + 2 * evaluation)
+    return float(steps), float(queries)
+
+
+def cell_passes(config: dict[str, Any], cells: list[Cell]) -> dict[str, Passes]:
+    """``{cell id: Passes}`` a sample (module doc), in the order of ``cells``: work the
+    matrix does once (:mod:`~defend.matrix.reuse`) is counted at the first cell that needs
+    it: a row's clean outputs and certificates, a plain attack of a model, a row's outputs of
+    that attack. A smoothing row's draws and its adaptive attacks' steps go through its
+    denoiser where it has one (``smoothing.denoiser_epochs`` > 0)."""
+    seen: set[tuple] = set()
+
+    def first(key: tuple) -> bool:
+        new = key not in seen
+        seen.add(key)
+        return new
+
+    denoised = config["smoothing"]["denoiser_epochs"] > 0
+    found = {}
+    for cell in cells:
+        predict, certify = evaluation_passes(config, cell.row)
+        own, evaluated = (0.0, 0.0), predict + certify if first(("row", cell.row)) else 0.0
+        if cell.adaptive != "none" or cell.attack == INSIDE:
+            steps, queries = attack_passes(config, cell.attack, cell.adaptive)
+            own, evaluated = (steps, queries), evaluated + predict
+        plain = (0.0, 0.0)
+        if cell.attack != INSIDE:
+            row = cell.row
+            model = model_build(config, row.task, row.model, row.method).key
+            key = (model, row if row.registered else None, cell.attack, cell.eps)
+            plain = attack_passes(config, cell.attack, "none") if first(("attack", key)) else plain
+            evaluated += predict if first(("outputs", row, key)) else 0.0
+        through = denoised and cell.row.smoothing
+        found[cell.id] = Passes(own[0] + plain[0], evaluated + own[1] + plain[1],
+                                own[0] if through else 0.0,
+                                evaluated + own[1] if through else 0.0)  # fmt: skip
+    return found
 
 
 def build_passes(build: Build, task: str, sizes: dict[str, int]) -> float:
     """Training steps of ``build`` of a ``task`` model (module doc); ``sizes``: samples a
-    split of ``task`` (``train``, ``all``: every split, val twice for recon's tune split)."""
+    split of ``task`` (``train``; ``all``: the splits a detector's examples are made of,
+    train and val, recon's val twice for its tune split)."""
     s = build.settings
     if build.kind in ("model", "denoiser"):
         return s["epochs"] * sizes["train"]
@@ -199,7 +282,12 @@ def estimate(config: dict[str, Any], cells: list[Cell], builds: list[Build], dat
         if (task, model) not in times:
             options = config[task]["model_options"].get(model, {})
             split = config["run"]["split"]
-            times[task, model] = time_passes(task, model, options, data, split, device, n[task])
+            s = config["smoothing"]
+            denoised = s["denoiser_epochs"] > 0 and any(
+                c.row.smoothing and c.row.task == task for c in cells)  # fmt: skip
+            denoiser = (s["denoiser_depth"], s["denoiser_width"]) if denoised else None
+            times[task, model] = time_passes(task, model, options, data, split, device, n[task],
+                                             denoiser)  # fmt: skip
         return times[task, model]
 
     tasks = dict.fromkeys(c.row.task for c in cells)  # in the run's order
@@ -209,19 +297,18 @@ def estimate(config: dict[str, Any], cells: list[Cell], builds: list[Build], dat
 
     n = {t: min(config["run"]["n"], size(t, config["run"]["split"])) for t in tasks}
     cell_seconds = {}
+    counted = cell_passes(config, cells)
     for cell in cells:
-        steps, forwards = cell_passes(config, cell)
         pace = passes(cell.row.task, cell.row.model)
-        cell_seconds[cell.id] = n[cell.row.task] * (steps * pace.step + forwards * pace.forward)
+        cell_seconds[cell.id] = n[cell.row.task] * counted[cell.id].seconds(pace)
     build_seconds = {}
     for build in builds:
         task, model = _trained(build)
         if task is None:
             continue
-        sizes = {
-            "train": size(task, "train"),
-            "all": sum(size(task, s) for s in ("train", "val", "val", "test")),
-        }
+        tune = ("val",) if kind_of(task) == "recon" else ()  # recon's tune split: val again
+        sizes = {"train": size(task, "train"),  # a detector: its examples' splits
+                 "all": sum(size(task, s) for s in ("train", "val", *tune))}  # fmt: skip
         build_seconds[build.key] = build_passes(build, task, sizes) * passes(task, model).step
     return Estimate(build_seconds, cell_seconds, str(pick_device(device)), n)
 
@@ -234,7 +321,7 @@ def sample_data(settings: dict[str, Any], folder: Path) -> tuple[Path, dict[str,
     data itself can take minutes (the paper preset's 320 px on a CPU)."""
     synthesize(folder, size=settings["size"], coils=settings["coils"], volumes=3, slices=1,
                seed=settings["seed"], progress=False)  # fmt: skip
-    counts = split_counts(settings["volumes"])
+    counts = split_counts(settings["volumes"], settings.get("test_volumes", 0))
     return folder, {split: count * settings["slices"] for split, count in counts.items()}
 
 

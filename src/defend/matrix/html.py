@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from defend.io import write_text  # noqa: E402
 from defend.matrix.measures import SUCCESS_MEANS  # noqa: E402
@@ -74,7 +75,9 @@ MIN_EPOCHS, MIN_SAMPLES = 2, 8
 #: the arrays of a cell's examples npz
 EXAMPLE_KEYS = ("input", "attacked", "output", "attacked_output")
 #: resolution of the charts (their 8-point labels are 11 px on screen) and of the examples
-DPI, EXAMPLE_DPI = 100, 70
+DPI = 100
+#: an example image's side in the report, about (pixels)
+EXAMPLE_PIXELS = 96
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1400px; }
 h1, h2, h3 { font-weight: 600; } h2 { border-bottom: 1px solid #ccc; padding-top: .5em; }
@@ -304,26 +307,48 @@ def _examples(out: Path, cells: list[CellRecord]) -> str:
 
 
 def _example_figure(path: Path) -> tuple[str, float]:
-    """The example images of one cell (a row per sample) and the difference's amplification."""
+    """The example images of one cell as a PNG ``data:`` URI (a row per sample, the five
+    panels of :func:`_examples`' caption, nearest-neighbour enlarged to about
+    :data:`EXAMPLE_PIXELS` a side; drawn with PIL, not matplotlib: a report holds one a
+    cell) and the difference's amplification."""
     with np.load(path) as data:
         x, adv, y, y_adv = (np.nan_to_num(data[k].astype(np.float32)) for k in EXAMPLE_KEYS)
     diff = np.abs(adv - x)
     span = float(x.max() - x.min()) or 1.0
     amp = span / float(diff.max()) if diff.max() > 0 else 1.0
-    fig, axes = plt.subplots(len(x), 5, figsize=(6.5, 1.35 * len(x)), squeeze=False)
-    titles = ("input", "attacked", f"|diff| x{amp:.3g}", "output", "attacked output")
+    rows = []
     for i in range(len(x)):
         lo, hi = float(x[i].min()), float(x[i].max())
         olo, ohi = float(min(y[i].min(), y_adv[i].min())), float(max(y[i].max(), y_adv[i].max()))
         panels = ((x[i], lo, hi), (adv[i], lo, hi), (diff[i] * amp, 0, span),
                   (y[i], olo, ohi), (y_adv[i], olo, ohi))  # fmt: skip
-        for ax, (image, vmin, vmax) in zip(axes[i], panels, strict=True):
-            ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    for ax, title in zip(axes[0], titles, strict=True):
-        ax.set_title(title, fontsize=7)
-    return _png(fig, EXAMPLE_DPI), amp
+        rows.append(_strip([_gray(image, vmin, vmax) for image, vmin, vmax in panels], axis=1))
+    grid = _strip(rows, axis=0)
+    scale = max(1, EXAMPLE_PIXELS // max(x.shape[1:]))
+    grid = grid.repeat(scale, 0).repeat(scale, 1)
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), amp
+
+
+def _gray(image: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """(h, w) uint8 of ``image`` between ``vmin`` (black) and ``vmax`` (white)."""
+    scaled = (image - vmin) / (vmax - vmin if vmax > vmin else 1.0)
+    return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _strip(images: list[np.ndarray], axis: int) -> np.ndarray:
+    """``images`` side by side along ``axis``, 2 white pixels between them (smaller ones
+    padded white)."""
+    other = 1 - axis
+    size = max(im.shape[other] for im in images)
+    padded = []
+    for k, im in enumerate(images):
+        pad = [(0, 0), (0, 0)]
+        pad[other] = (0, size - im.shape[other])
+        pad[axis] = (0, 0 if k == len(images) - 1 else 2)
+        padded.append(np.pad(im, pad, constant_values=255))
+    return np.concatenate(padded, axis=axis)
 
 
 def _flags(flags: list[dict[str, str]], ok: list[CellRecord]) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from defend import intervals
 from defend.matrix import measures
 from defend.matrix.measures import Outputs
+from defend.matrix.phases import timed
 from defend.tasks import kind_of
 
 #: per-sample outcomes that are 0 or 1 on every task (rates: Wilson intervals)
@@ -57,6 +58,7 @@ class AttackSpec:
     estimator: Any
     params: dict[str, Any]
 
+    @timed("attack")
     def __call__(self, x: np.ndarray, y: np.ndarray, eps: float | None, positions: np.ndarray,
                  seed: int) -> np.ndarray:  # fmt: skip
         """The attacked inputs (the shape of ``x``)."""
@@ -98,6 +100,7 @@ class Judge:
             :class:`~defend.matrix.measures.Outputs`.
     """
 
+    @timed("judging")
     def __init__(self, config: dict[str, Any], defended: Any, x: np.ndarray, y: np.ndarray,
                  clean_out: Outputs) -> None:  # fmt: skip
         self.task, self.defended, self.x, self.y = defended.task, defended, x, y
@@ -119,6 +122,7 @@ class Judge:
             fallback = self.defended.fallback(x, tuple(self.y.shape[1:]))
         return measures.resolve(self.task, out, self.y, fallback)
 
+    @timed("judging")
     def __call__(self, x_adv: np.ndarray, adv_out: Outputs) -> dict[str, np.ndarray]:
         """Per sample (each (N,)): ``clean_quality``, ``attacked_quality``, ``success``;
         recon ``strength``, ``input_strength``, ``net_strength``; a smoothed system
@@ -136,6 +140,7 @@ class Judge:
             samples["clean_abstain"] = self.clean_abstain
         return samples
 
+    @timed("judging")
     def recall(self, x_feature: np.ndarray, out: Outputs) -> dict[str, np.ndarray]:
         """Per sample (each (N,)) of a real feature acquired in ``x_feature``
         (``real-feature``, recon): ``feature_recall`` (its strength in the outputs),

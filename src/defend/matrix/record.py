@@ -16,7 +16,7 @@ from defend.intervals import Estimate
 
 #: fields left out of the JSON file when None (``eps`` None means "no eps" and is kept)
 OPTIONAL = ("seed", "split", "worst_case_of", "params", "roc", "examples", "error", "traceback",
-            "config_hash", "builds_hash", "builds", "defend_version")  # fmt: skip
+            "config_hash", "builds_hash", "builds", "defend_version", "phases")  # fmt: skip
 #: the outcome summary, left out when empty (a failed cell has none)
 SUMMARY = ("metrics", "intervals", "counts", "per_sample")
 
@@ -29,7 +29,8 @@ class CellRecord:
     ``eot`` or ``evade``), ``eps`` (None: an attack without one), ``seed``, ``n`` (samples
     attacked), ``split``; on adaptive cells ``worst_case_of`` (the two attacks whose
     per-sample worst it reports); ``params`` (the attack's). Outcome: ``status`` (``ok`` or
-    ``failed`` with ``error`` and ``traceback``), ``seconds``; on ``ok`` cells ``metrics``
+    ``failed`` with ``error`` and ``traceback``), ``seconds``, ``phases`` (where they went,
+    :mod:`defend.matrix.phases`; ok cells); on ``ok`` cells ``metrics``
     (means over the samples judged; ``quality_metric`` names the quality unit),
     ``intervals`` (95 %, ``[low, high]``), ``counts`` (samples judged) and ``per_sample``
     (NaN where not judged), each keyed by metric; ``roc`` (a detector's curve) and
@@ -60,6 +61,7 @@ class CellRecord:
     error: str | None = None
     traceback: str | None = None
     seconds: float = 0.0
+    phases: dict[str, float] | None = None
     config_hash: str | None = None
     builds_hash: str | None = None
     builds: dict[str, str] | None = None

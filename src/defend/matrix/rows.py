@@ -28,6 +28,7 @@ from defend.estimators import load_estimator
 from defend.matrix.builds import Build, data_build, denoiser_build, detector_build, model_build
 from defend.matrix.defence_registry import BUILT_IN, defence
 from defend.matrix.measures import Outputs, zero_filled_images
+from defend.matrix.phases import timed
 from defend.metrics import predicted_masks
 from defend.smooth import smoothed, training_unit
 from defend.smooth.certify import EPS_IN
@@ -151,6 +152,9 @@ def system(config: dict[str, Any], row: Row, paths: dict[str, Path],
         _add_detector(out, paths["detector"], device)
     if row.registered:
         defence(row.defence).apply(out, config, paths)
+    out.outputs = timed("outputs" if out.smooth is None else "smoothing")(out.outputs)
+    if out.scores is not None:
+        out.scores = timed("detection")(out.scores)
     return out
 
 
@@ -220,6 +224,7 @@ def _add_detector(out: System, path: Path, device: str | None) -> None:
     out.threshold = input_threshold(path)  # calibrated at its false-positive rate
 
 
+@timed("smoothing")
 def certificates(system: System, config: dict[str, Any], x: np.ndarray, y: np.ndarray,
                  positions: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
     """The smoothed model's certificates of clean samples, per sample.

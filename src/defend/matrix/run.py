@@ -13,7 +13,9 @@
 4. each missing cell runs (a cell whose record is there is done; a failed one runs again)
    and its record is written atomically the moment it finishes, so a run killed at any point
    and started again runs only what is missing and ends with the same ``matrix.csv``
-   (``seconds`` aside); ``force`` runs every cell again;
+   (``seconds`` aside); ``force`` runs every cell again. Each plain attack runs once for all
+   the rows and cells that read it, and each output of a row once (:mod:`~defend.matrix.reuse`,
+   ``OUT/attacks``, ``OUT/rows``);
 5. ``matrix.csv``, ``matrix.md`` and ``report.html`` are written from all records.
 
 Every record carries where it came from (:func:`provenance`): ``config_hash``, the hash of
@@ -53,6 +55,7 @@ from defend.matrix.provenance import (
 )
 from defend.matrix.ray_engine import run_ray
 from defend.matrix.results import read_cells, write_cell, write_results
+from defend.matrix.reuse import FOLDER
 from defend.matrix.rows import config_device, run_builds
 
 ENGINES = ("local", "ray")
@@ -107,7 +110,8 @@ def run_matrix(
     if shard is not None:
         cells = cells[shard[0] :: shard[1]]
     if force:
-        shutil.rmtree(out / "rows", ignore_errors=True)
+        for kept in ("rows", FOLDER):  # the rows' stages and outputs, the attacks (reuse)
+            shutil.rmtree(out / kept, ignore_errors=True)
     done = read_cells([out])
     todo = [c for c in cells if force or c.id not in done or not done[c.id].ok]
     running = {c.id for c in todo}

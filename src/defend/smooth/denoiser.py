@@ -39,7 +39,7 @@ from defend.io import check_writable, file_sha256, load_checkpoint
 from defend.models.dncnn import build_denoiser
 from defend.smooth.noise import ImageNoise, KspaceNoise
 from defend.smooth.unit import training_unit
-from defend.tasks import Batch, Task, get_task
+from defend.tasks import Batch, Task, get_task, kind_of
 from defend.train import TrainConfig
 from defend.train.distributed import unwrap
 from defend.train.from_folder import _load_splits
@@ -241,10 +241,19 @@ def _base_data(
 
 def _model_config(task: Task, info: dict[str, Any], depth: int, width: int) -> dict[str, Any]:
     """The DnCNN's config: k-space (reconstruction) or images of the data's channels."""
-    recon = task.name == "recon"
+    return denoiser_config(task.name, info["input_shape"], depth, width)
+
+
+def denoiser_config(
+    task: str, input_shape: tuple[int, ...] | list[int], depth: int = DEFAULT_DEPTH,
+    width: int = DEFAULT_WIDTH,
+) -> dict[str, Any]:  # fmt: skip
+    """The config (:func:`~defend.models.dncnn.build_denoiser`'s) of ``task``'s denoiser for
+    inputs of ``input_shape``: k-space (reconstruction) or images (C, H, W) of C channels."""
+    recon = kind_of(task) == "recon"
     model_config = {"domain": "kspace" if recon else "image", "depth": depth, "width": width}
     if not recon:
-        model_config["channels"] = int(info["input_shape"][0])
+        model_config["channels"] = int(input_shape[0])
     return model_config
 
 
