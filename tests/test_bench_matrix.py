@@ -57,11 +57,11 @@ def test_bench_matrix_refuses_a_folder_without_a_run(tmp_path):
 
 def test_scaling_data_holds_the_samples_and_the_same_training_volumes():
     config = load_config("smoke")
-    grown = with_test_samples(config, 9)
-    data = grown["data"]
-    counts = split_counts(data["volumes"], data["test_volumes"])
-    assert counts["test"] * data["slices"] >= 9
-    assert counts["train"] == split_counts(config["data"]["volumes"])["train"]
+    for n in (9, 64):  # 64: 32 test volumes, where a first guess leaves none to train on
+        data = with_test_samples(config, n)["data"]
+        counts = split_counts(data["volumes"], data["test_volumes"])
+        assert counts["test"] * data["slices"] >= n
+        assert counts["train"] == split_counts(config["data"]["volumes"])["train"]
     assert config["data"]["test_volumes"] == 0  # the configuration given is left as it was
 
 

@@ -10,10 +10,12 @@ import numpy as np
 
 from defend.io import file_sha256
 from defend.matrix import load_config
-from defend.matrix.cells import plan
+from defend.matrix.builds import Builder
+from defend.matrix.cells import plan, run_cell
 from defend.matrix.measures import Outputs
 from defend.matrix.outcomes import AttackSpec
 from defend.matrix.phases import PHASES, REST, phase, recording
+from defend.matrix.provenance import cell_paths
 from defend.matrix.reuse import FOLDER, CachedAttack, remembered
 
 
@@ -104,3 +106,16 @@ def test_phases_count_their_own_time_only():
     assert seconds["smoothing"] > 0 and seconds["attack"] < seconds["smoothing"]
     with phase("attack"):  # outside a recording: nothing kept, nothing raised
         pass
+
+
+def test_a_cell_read_from_the_caches_equals_one_computed_afresh(smoke_run: dict, tmp_path):
+    """The smoothing row's EOT cell read its plain half (attack and outputs) from the caches
+    the plain cells wrote; alone in an empty folder it computes them: the same outcomes."""
+    config = load_config("smoke")
+    cell = {c.id: c for c in plan(config)}["seg.Unet_resnet18.smoothing.seg-pgd+eot.eps0.03"]
+    builder = Builder(smoke_run["cache"], "cpu", lambda _: None)
+    paths, data = cell_paths(config, cell, builder)
+    fresh = run_cell(config, cell, paths, tmp_path, data)
+    kept = json.loads((smoke_run["out"] / "cells" / f"{cell.id}.json").read_text())
+    assert fresh.ok and fresh.per_sample == kept["per_sample"]
+    assert len(list((tmp_path / FOLDER).glob("*.npz"))) == 1  # its plain half, computed here

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from defend.data.synth import split_counts
+from defend.errors import DefendError
 from defend.matrix import load_config, run_matrix
 from defend.matrix.builds import Builder, data_build
 from defend.matrix.cells import plan
@@ -43,7 +44,7 @@ from defend.matrix.results import read_cells
 from defend.matrix.rows import config_device, run_builds
 
 #: the cell groups printed, worst first
-SHOWN = 14
+SHOWN = 20
 
 
 def bench_matrix(source: str | Path, out: Path, *, progress: bool = True,
@@ -169,9 +170,17 @@ def with_test_samples(config: dict[str, Any], n: int) -> dict[str, Any]:
     test = math.ceil(n / data["slices"])
     train = split_counts(data["volumes"], data["test_volumes"])["train"]
     volumes = train + test + 1
-    while split_counts(volumes, test)["train"] < train:
+    while _train_volumes(volumes, test) < train:
         volumes += 1
     return {**config, "data": {**data, "volumes": volumes, "test_volumes": test}}
+
+
+def _train_volumes(volumes: int, test: int) -> int:
+    """The training volumes of ``volumes`` with ``test`` of them for testing (0: none left)."""
+    try:
+        return split_counts(volumes, test)["train"]
+    except DefendError:
+        return 0
 
 
 def format_scaling(rows: list[dict[str, Any]]) -> str:

@@ -6,8 +6,11 @@ configured architecture; its weights do not change its speed):
 
 * ``forward`` (s a sample): one forward pass without gradients, in a batch of up to
   :data:`FORWARD_BATCH` (noisy copies and queries go through in large passes);
-* ``step`` (s a sample): one forward and backward pass of the training loss, in a batch of a
-  cell's samples (at most :data:`STEP_BATCH`; the attacks take a cell's samples together).
+* ``step`` (s a sample): an attack's step, the training loss's gradient with respect to the
+  input (weights frozen), in a batch of a cell's samples (at most :data:`STEP_BATCH`; the
+  attacks take a cell's samples together);
+* ``train_step`` (s a sample): a training step (forward and backward with the weights'
+  gradients) in a training batch (:data:`TRAIN_BATCH`), for the builds.
 
 Passes counted per sample, from the configuration, each piece of work once (the matrix
 computes each once, :mod:`~defend.matrix.reuse`; :func:`cell_passes` counts it at the first
@@ -59,6 +62,7 @@ from defend.models import build_model, default_model_config
 from defend.models.dncnn import build_denoiser
 from defend.smooth.denoiser import denoiser_config
 from defend.tasks import Batch, get_task, kind_of
+from defend.train import TrainConfig
 from defend.train.from_folder import describe_data, model_data_args
 from defend.train.loop import to_device
 from defend.train.methods import DEFAULT_STEPS
@@ -70,8 +74,10 @@ TIMING_SECONDS = 1.0
 #: a training step's time over a forward's, taken where a forward alone passes
 #: :data:`TIMING_SECONDS` (forward + backward is about three forwards)
 BACKWARD_RATIO = 3.0
-#: samples in the timed training steps, at most
+#: samples in the timed attack steps, at most (a cell's samples go through an attack together)
 STEP_BATCH = 32
+#: samples in the timed training steps: the training batch (``TrainConfig``'s default)
+TRAIN_BATCH = TrainConfig().batch_size
 #: timed repeats of each pass after one warm-up (the median is kept)
 REPEATS = 3
 #: an estimate past this on a CPU is said as a warning (seconds)
@@ -85,12 +91,15 @@ DETECTOR_COPIES = 4
 
 @dataclass
 class PassTimes:
-    """Seconds a sample of one ``forward`` and one training ``step`` (module doc), and of
-    one forward of the task's default denoiser (``denoise``; 0 where none is timed)."""
+    """Seconds a sample of one ``forward``, one attack ``step`` (the gradient with respect to
+    the input, in a batch of a cell's samples) and one ``train_step`` (forward and backward
+    with weight gradients, in a training batch), and of one forward of the row's denoiser
+    (``denoise``; 0 where none is timed) (module doc)."""
 
     forward: float
     step: float
     denoise: float = 0.0
+    train_step: float = 0.0
 
 
 @dataclass
@@ -126,27 +135,48 @@ def time_passes(task: str, model: str, options: dict[str, Any], data: Path, spli
     def batch(k: int) -> Batch:
         return to_device(default_collate([dataset[0]] * k), dev)
 
-    def forward(k: int) -> Callable[[], Any]:
-        inputs = batch(k)
-        return lambda: _no_grad(runner.forward, net, inputs)
-
-    def step(k: int) -> Callable[[], Any]:
-        inputs = batch(k)
-        return lambda: runner.loss(runner.forward(net, inputs), inputs).mean().backward()
-
-    one = _seconds(forward(1))  # also the warm-up
+    one = _seconds(_forward_pass(runner, net, batch(1)))  # also the warm-up
     if one > TIMING_SECONDS:  # a large model on a slow device: neither a backward nor the
-        return PassTimes(one, BACKWARD_RATIO * one)  # memory measurement is spent on it
+        slow = BACKWARD_RATIO * one  # memory measurement is spent on it
+        return PassTimes(one, slow, train_step=slow)
     fits = samples_per_pass(lambda x: runner.forward(net, {**batch(1), "input": x}),
                             batch(1)["input"][0], dev, owner=net)  # fmt: skip
-    found = PassTimes(_per_sample(forward, min(FORWARD_BATCH, fits)),
-                      _per_sample(step, min(samples, STEP_BATCH, fits)))  # fmt: skip
+    at = lambda make: lambda k: make(runner, net, batch(k))  # noqa: E731
+    found = PassTimes(_per_sample(at(_forward_pass), min(FORWARD_BATCH, fits)),
+                      _per_sample(at(_attack_step), min(samples, STEP_BATCH, fits)),
+                      train_step=_per_sample(at(_train_step), min(TRAIN_BATCH, fits)))  # fmt: skip
     if denoiser is not None:
         shape = tuple(batch(1)["input"].shape[1:])
         net = build_denoiser(denoiser_config(task, shape, *denoiser)).to(dev).eval()
         found.denoise = _per_sample(lambda k: lambda: _no_grad(net, batch(k)["input"]),
                                     min(FORWARD_BATCH, fits))  # fmt: skip
     return found
+
+
+def _forward_pass(runner: Any, net: torch.nn.Module, inputs: Batch) -> Callable[[], Any]:
+    """One forward of ``inputs`` without gradients."""
+    return lambda: _no_grad(runner.forward, net, inputs)
+
+
+def _attack_step(runner: Any, net: torch.nn.Module, inputs: Batch) -> Callable[[], Any]:
+    """An attack's step: the loss's gradient with respect to the inputs, the weights frozen
+    (no weight gradients: cheaper than a training step)."""
+    x = inputs["input"].detach().clone().requires_grad_(True)
+
+    def run() -> Any:
+        net.requires_grad_(False)
+        try:
+            loss = runner.loss(runner.forward(net, {**inputs, "input": x}), inputs).mean()
+            return torch.autograd.grad(loss, x)
+        finally:
+            net.requires_grad_(True)
+
+    return run
+
+
+def _train_step(runner: Any, net: torch.nn.Module, inputs: Batch) -> Callable[[], Any]:
+    """A training step's forward and backward (weight gradients)."""
+    return lambda: runner.loss(runner.forward(net, inputs), inputs).mean().backward()
 
 
 def _per_sample(run_at: Callable[[int], Callable[[], Any]], most: int) -> float:
@@ -309,7 +339,7 @@ def estimate(config: dict[str, Any], cells: list[Cell], builds: list[Build], dat
         tune = ("val",) if kind_of(task) == "recon" else ()  # recon's tune split: val again
         sizes = {"train": size(task, "train"),  # a detector: its examples' splits
                  "all": sum(size(task, s) for s in ("train", "val", *tune))}  # fmt: skip
-        build_seconds[build.key] = build_passes(build, task, sizes) * passes(task, model).step
+        build_seconds[build.key] = build_passes(build, task, sizes) * passes(task, model).train_step
     return Estimate(build_seconds, cell_seconds, str(pick_device(device)), n)
 
 
