@@ -67,13 +67,16 @@ def test_a_rows_outputs_of_a_batch_are_evaluated_once(tmp_path: Path):
         calls.append(len(x))
         return Outputs(x.sum(1), np.zeros(len(x), bool))
 
-    kept = remembered(outputs, tmp_path)
+    kept = remembered(outputs, tmp_path, {"model": "a"})
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
     first = kept(x, np.arange(3))
     again = kept(x, np.arange(3))
     assert calls == [3] and np.array_equal(first.values, again.values)
     kept(x, np.arange(3) + 1)  # other positions: other noise draws for a smoothed row
     assert calls == [3, 3]
+    # the row rebuilt (another model file under the same row name): evaluated again
+    remembered(outputs, tmp_path, {"model": "b"})(x, np.arange(3))
+    assert calls == [3, 3, 3]
 
 
 def test_the_smoke_matrix_attacks_each_model_once_per_column(smoke_run: dict):

@@ -204,7 +204,8 @@ def _measure_group(config: dict[str, Any], cell: Cell, paths: dict[str, Path], o
     task = cell.row.task
     with phase("models"):
         defended = system(config, cell.row, paths, input_shape=x.shape[1:])
-    defended.outputs = reuse.remembered(defended.outputs, out / "rows" / row_id(cell.row))
+    builds = {name: file_sha256(p) for name, p in sorted(paths.items()) if Path(p).is_file()}
+    defended.outputs = reuse.remembered(defended.outputs, out / "rows" / row_id(cell.row), builds)
     clean = clean_stage(config, cell.row, defended, x, y, positions, out, shaped)
     judge = outcomes.Judge(config, defended, x, y, clean_outputs(clean))
     x_adv, adv_out, samples = _attacked(config, cell, paths, judge, clean, positions, out)

@@ -10,7 +10,8 @@ configured architecture; its weights do not change its speed):
   input (weights frozen), in a batch of a cell's samples (at most :data:`STEP_BATCH`; the
   attacks take a cell's samples together);
 * ``train_step`` (s a sample): a training step (forward and backward with the weights'
-  gradients) in a training batch (:data:`TRAIN_BATCH`), for the builds.
+  gradients) in a training batch (:data:`TRAIN_BATCH`), for the builds that train (a
+  detector's examples are attacks: ``step``).
 
 Passes counted per sample, from the configuration, each piece of work once (the matrix
 computes each once, :mod:`~defend.matrix.reuse`; :func:`cell_passes` counts it at the first
@@ -43,6 +44,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +150,9 @@ def time_passes(task: str, model: str, options: dict[str, Any], data: Path, spli
     if denoiser is not None:
         shape = tuple(batch(1)["input"].shape[1:])
         net = build_denoiser(denoiser_config(task, shape, *denoiser)).to(dev).eval()
-        found.denoise = _per_sample(lambda k: lambda: _no_grad(net, batch(k)["input"]),
-                                    min(FORWARD_BATCH, fits))  # fmt: skip
+        found.denoise = _per_sample(
+            lambda k: partial(_no_grad, net, batch(k)["input"]), min(FORWARD_BATCH, fits)
+        )  # the batch made untimed
     return found
 
 
@@ -339,7 +342,9 @@ def estimate(config: dict[str, Any], cells: list[Cell], builds: list[Build], dat
         tune = ("val",) if kind_of(task) == "recon" else ()  # recon's tune split: val again
         sizes = {"train": size(task, "train"),  # a detector: its examples' splits
                  "all": sum(size(task, s) for s in ("train", "val", *tune))}  # fmt: skip
-        build_seconds[build.key] = build_passes(build, task, sizes) * passes(task, model).train_step
+        pace = passes(task, model)  # a detector's examples are attacks: attack steps
+        step = pace.step if build.kind == "detector" else pace.train_step
+        build_seconds[build.key] = build_passes(build, task, sizes) * step
     return Estimate(build_seconds, cell_seconds, str(pick_device(device)), n)
 
 

@@ -15,10 +15,12 @@ it finished; a key never reads an attack made from other inputs, another model o
 settings. Attacks are seeded per sample by their position, so the cached batch equals what
 any other grouping of the same samples would compute.
 
-A row's outputs of an input batch depend only on the row and the inputs with their positions
-(smoothing's noise is seeded by position): :func:`remembered` keeps them in
-``OUT/rows/<row>/<key>.npz``, so the plain half of an adaptive cell reads what its plain
-column's cell computed, and a killed cell's evaluations are not run again.
+A row's outputs of an input batch depend only on the row's builds (its model, denoiser and
+detector files) and the inputs with their positions (smoothing's noise is seeded by
+position): :func:`remembered` keeps them in ``OUT/rows/<row>/<key>.npz``, the key hashing
+the builds' bytes and the inputs', so the plain half of an adaptive cell reads what its
+plain column's cell computed, a killed cell's evaluations are not run again, and a row
+rebuilt under the same name never reads its former models' outputs.
 """
 
 from __future__ import annotations
@@ -87,20 +89,22 @@ class CachedAttack:
         return x_adv
 
 
-def inputs_key(x: np.ndarray, positions: np.ndarray) -> str:
-    """The hex key of an input batch ``x`` (N, ...) at ``positions`` (N,)."""
-    return _key({"version": defend.__version__}, x, positions)
+def inputs_key(x: np.ndarray, positions: np.ndarray, builds: dict[str, str]) -> str:
+    """The hex key of an input batch ``x`` (N, ...) at ``positions`` (N,) for the row whose
+    build files hash to ``builds``."""
+    return _key({"builds": builds, "version": defend.__version__}, x, positions)
 
 
 Evaluate = Callable[[np.ndarray, np.ndarray], Outputs]
 
 
-def remembered(outputs: Evaluate, folder: Path) -> Evaluate:
+def remembered(outputs: Evaluate, folder: Path, builds: dict[str, str]) -> Evaluate:
     """A row's ``outputs(x, positions)`` (:class:`~defend.matrix.rows.System`'s) kept in
-    ``folder`` under :func:`inputs_key`: a batch seen before is read, not evaluated."""
+    ``folder`` under :func:`inputs_key` of the row's ``builds`` (``{name: file hash}``): a
+    batch seen before by the same builds is read, not evaluated."""
 
     def run(x: np.ndarray, positions: np.ndarray) -> Outputs:
-        path = folder / f"{inputs_key(x, positions)}.npz"
+        path = folder / f"{inputs_key(x, positions, builds)}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as found:
                 return Outputs(found["values"], found["abstained"])
