@@ -189,26 +189,30 @@ def _measure(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Pa
     with phase("data"):
         groups = load_groups(data_dir, cell.row.task, run["split"], run["n"],
                              checkpoint=paths["model"])  # fmt: skip
-    parts = [_measure_group(config, cell, paths, out, group, len(groups) > 1)
+    builds = {name: file_sha256(p) for name, p in sorted(paths.items()) if Path(p).is_file()}
+    parts = [_measure_group(config, cell, paths, builds, out, group, len(groups) > 1)
              for group in groups]  # fmt: skip
     return _merge(cell, parts, out)
 
 
-def _measure_group(config: dict[str, Any], cell: Cell, paths: dict[str, Path], out: Path,
+def _measure_group(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
+                   builds: dict[str, str], out: Path,
                    group: tuple[np.ndarray, np.ndarray, np.ndarray],
                    shaped: bool) -> dict[str, Any]:  # fmt: skip
-    """One shape group ``(x, y, positions)`` of the cell: ``samples`` (per-sample outcomes),
-    ``extra`` (cell metrics), the detector's ``clean_scores`` / ``adv_scores``, the recon
-    certificates' ``bounds``, and what the examples show (``shown``)."""
+    """One shape group ``(x, y, positions)`` of the cell (``builds``: the hashes of the row's
+    build files, what its cached attacks and outputs are keyed on): ``samples`` (per-sample
+    outcomes), ``extra`` (cell metrics), the detector's ``clean_scores`` / ``adv_scores``,
+    the recon certificates' ``bounds``, and what the examples show (``shown``)."""
     x, y, positions = group
     task = cell.row.task
     with phase("models"):
         defended = system(config, cell.row, paths, input_shape=x.shape[1:])
-    builds = {name: file_sha256(p) for name, p in sorted(paths.items()) if Path(p).is_file()}
     defended.outputs = reuse.remembered(defended.outputs, out / "rows" / row_id(cell.row), builds)
     clean = clean_stage(config, cell.row, defended, x, y, positions, out, shaped)
     judge = outcomes.Judge(config, defended, x, y, clean_outputs(clean))
-    x_adv, adv_out, samples = _attacked(config, cell, paths, judge, clean, positions, out)
+    x_adv, adv_out, samples = _attacked(
+        config, cell, paths, judge, clean, positions, out / reuse.FOLDER, attacker(cell.row, builds)
+    )
     samples.update(outcomes.size(x, x_adv))
     extra: dict[str, Any] = {"quality_metric": measures.QUALITY[kind_of(task)]}
     samples.update(_baseline(task, defended, x, y, extra))
@@ -274,11 +278,12 @@ def _baseline(task: str, defended: Any, x: np.ndarray, y: np.ndarray,
 
 def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
               judge: outcomes.Judge, clean: dict[str, np.ndarray], positions: np.ndarray,
-              out: Path) -> Attacked:  # fmt: skip
+              attacks: Path, who: dict[str, str]) -> Attacked:  # fmt: skip
     """``(x_adv, outputs, samples)`` of the cell's attack: the column's attack, the
     per-sample worst case of it and its adaptive twin, the real feature's recall, or the
     inside-radius check (:mod:`defend.matrix.inside_radius`). The column's plain attack is
-    computed once for every row and cell that needs it (:mod:`reuse`)."""
+    computed once for every row and cell that needs it (:mod:`reuse`: kept in ``attacks``,
+    keyed on the model the attacker sees, ``who``)."""
     defended, x, y, seed = judge.defended, judge.x, judge.y, config["run"]["seed"]
     if cell.attack == INSIDE:
         with phase("attack"):
@@ -289,7 +294,7 @@ def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
         return x_adv, adv_out, samples
     plain = AttackSpec(column(cell.attack).run, defended.estimator,
                        cell_params(config, replace(cell, adaptive="none"), paths))  # fmt: skip
-    plain = CachedAttack(plain, out / reuse.FOLDER, attacker(cell.row, paths), cell.attack)
+    plain = CachedAttack(plain, attacks, who, cell.attack)
     if cell.adaptive != "none":
         tries = [_adaptive(config, cell, defended, paths), plain]
         return outcomes.worst_case(judge, tries, x, y, positions, cell.eps, seed)
@@ -299,11 +304,11 @@ def _attacked(config: dict[str, Any], cell: Cell, paths: dict[str, Path],
     return x_adv, adv_out, judge.recall(x_adv, adv_out) if real else judge(x_adv, adv_out)
 
 
-def attacker(row: Row, paths: dict[str, Path]) -> dict[str, str]:
+def attacker(row: Row, builds: dict[str, str]) -> dict[str, str]:
     """Who a plain attack of ``row`` sees (:func:`reuse.attack_key`): its model's
-    checkpoint, shared by every built-in row of that model; a registered defence may change
-    the estimator, so its row is named too."""
-    who = {"model": file_sha256(paths["model"])}
+    checkpoint (its hash in ``builds``), shared by every built-in row of that model; a
+    registered defence may change the estimator, so its row is named too."""
+    who = {"model": builds["model"]}
     return {**who, "row": row_id(row)} if row.registered else who
 
 

@@ -29,6 +29,7 @@ from defend.matrix.columns import check_section
 from defend.matrix.defence_registry import BUILT_IN, task_defences
 from defend.memory import parse_bytes
 from defend.plugins import load_plugins
+from defend.smooth.denoiser import DEFAULT_DEPTH, DEFAULT_WIDTH
 from defend.tasks import TASKS as ALL_TASKS
 from defend.tasks import kind_of
 
@@ -118,8 +119,8 @@ DEFAULTS: dict[str, Any] = {
         "eot": 4,
         "query_draws": 32,
         "denoiser_epochs": 4,
-        "denoiser_depth": 8,  # the DnCNN's layers and width (defend train denoiser's)
-        "denoiser_width": 32,
+        "denoiser_depth": DEFAULT_DEPTH,  # the DnCNN's layers and width (defend train
+        "denoiser_width": DEFAULT_WIDTH,  # denoiser's defaults)
     },  # fmt: skip
     "detector": {"epochs": 4, "n": 0},
 }

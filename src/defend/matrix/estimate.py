@@ -149,9 +149,9 @@ def time_passes(task: str, model: str, options: dict[str, Any], data: Path, spli
                       train_step=_per_sample(at(_train_step), min(TRAIN_BATCH, fits)))  # fmt: skip
     if denoiser is not None:
         shape = tuple(batch(1)["input"].shape[1:])
-        net = build_denoiser(denoiser_config(task, shape, *denoiser)).to(dev).eval()
+        denoise = build_denoiser(denoiser_config(task, shape, *denoiser)).to(dev).eval()
         found.denoise = _per_sample(
-            lambda k: partial(_no_grad, net, batch(k)["input"]), min(FORWARD_BATCH, fits)
+            lambda k: partial(_no_grad, denoise, batch(k)["input"]), min(FORWARD_BATCH, fits)
         )  # the batch made untimed
     return found
 

@@ -11,7 +11,7 @@ The phases a cell records (:data:`PHASES`):
 * ``data``: its samples read from the HDF5 files;
 * ``models``: checkpoints loaded (model, denoiser, detector);
 * ``attack``: the attacks run, adaptive ones included (an attack read from the cache of
-  :mod:`defend.matrix.attack_cache` costs only its reading);
+  :mod:`defend.matrix.reuse` costs only its reading);
 * ``smoothing``: the smoothed model's Monte Carlo predictions and certificates;
 * ``outputs``: the undefended model's outputs of clean and attacked inputs;
 * ``detection``: the detector's scores;
@@ -63,8 +63,7 @@ def phase(name: str) -> Iterator[None]:
     finally:
         elapsed = time.perf_counter() - start
         inner = _inner.pop()
-        if _seconds is not None:
-            _seconds[name] = _seconds.get(name, 0.0) + elapsed - inner
+        _seconds[name] = _seconds.get(name, 0.0) + elapsed - inner
         if _inner:
             _inner[-1] += elapsed
 

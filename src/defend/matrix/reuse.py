@@ -80,13 +80,8 @@ class CachedAttack:
                  seed: int) -> np.ndarray:  # fmt: skip
         """The attacked inputs (the shape of ``x``), read from the cache or computed."""
         key = attack_key(self.attacker, self.attack, self.spec.params, eps, x, positions, seed)
-        path = self.folder / f"{key}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as found:
-                return found["x_adv"]
-        x_adv = self.spec(x, y, eps, positions, seed)
-        write_npz(path, {"x_adv": x_adv})
-        return x_adv
+        compute = lambda: {"x_adv": self.spec(x, y, eps, positions, seed)}  # noqa: E731
+        return _kept(self.folder / f"{key}.npz", compute)["x_adv"]
 
 
 def inputs_key(x: np.ndarray, positions: np.ndarray, builds: dict[str, str]) -> str:
@@ -104,12 +99,21 @@ def remembered(outputs: Evaluate, folder: Path, builds: dict[str, str]) -> Evalu
     batch seen before by the same builds is read, not evaluated."""
 
     def run(x: np.ndarray, positions: np.ndarray) -> Outputs:
-        path = folder / f"{inputs_key(x, positions, builds)}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as found:
-                return Outputs(found["values"], found["abstained"])
-        found = outputs(x, positions)
-        write_npz(path, {"values": found.values, "abstained": found.abstained})
-        return found
+        def compute() -> dict[str, np.ndarray]:
+            found = outputs(x, positions)
+            return {"values": found.values, "abstained": found.abstained}
+
+        found = _kept(folder / f"{inputs_key(x, positions, builds)}.npz", compute)
+        return Outputs(found["values"], found["abstained"])
 
     return run
+
+
+def _kept(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays in ``path`` where it exists, else ``compute()``'s, written there atomically."""
+    if path.exists():
+        with np.load(path, allow_pickle=False) as found:
+            return {k: found[k] for k in found.files}
+    arrays = compute()
+    write_npz(path, arrays)
+    return arrays
