@@ -55,6 +55,14 @@ def test_bench_matrix_refuses_a_folder_without_a_run(tmp_path):
     assert "holds no matrix run" in str(result.exception)
 
 
+def test_bench_matrix_refuses_a_run_without_its_wall_time(smoke_run: dict, tmp_path):
+    folder = tmp_path / "bench"
+    shutil.copytree(smoke_run["out"], folder / "matrix")
+    result = CliRunner().invoke(app, ["bench", "matrix", "smoke", str(folder), "--existing"])
+    assert result.exit_code != 0 and isinstance(result.exception, DefendError)
+    assert "needs --wall" in str(result.exception)
+
+
 def test_scaling_data_holds_the_samples_and_the_same_training_volumes():
     config = load_config("smoke")
     for n in (9, 64):  # 64: 32 test volumes, where a first guess leaves none to train on

@@ -253,7 +253,7 @@ def bench_matrix_command(
     existing: bool = typer.Option(
         False, help="Profile the run already in FOLDER (its matrix/ and cache/) without running."
     ),  # fmt: skip
-    wall: float = typer.Option(0.0, help="--existing: the run's wall time in seconds."),
+    wall: float = typer.Option(0.0, help="--existing: the run's wall time in seconds (needed)."),
     samples: str = typer.Option(
         "", help="Scaling instead: the matrix at these samples a cell, e.g. 8,16,32,64."
     ),  # fmt: skip
@@ -288,6 +288,8 @@ def bench_matrix_command(
     if existing:
         if not (folder / "matrix" / "config.json").exists():
             raise DefendError(f"{folder}: holds no matrix run (matrix/config.json)")
+        if wall <= 0:
+            raise DefendError("--existing needs --wall SECONDS, the run's measured wall time")
         result = matrix_profile(folder / "matrix", folder / "cache", wall)
     else:
         result = bench_matrix(config, folder, progress=progress, log=typer.echo)
