@@ -122,3 +122,12 @@ def test_a_cell_read_from_the_caches_equals_one_computed_afresh(smoke_run: dict,
     kept = json.loads((smoke_run["out"] / "cells" / f"{cell.id}.json").read_text())
     assert fresh.ok and fresh.per_sample == kept["per_sample"]
     assert len(list((tmp_path / FOLDER).glob("*.npz"))) == 1  # its plain half, computed here
+
+
+def test_the_matrixs_input_detectors_attack_no_test_split(smoke_run: dict):
+    """The cells attack the test split themselves: an input detector's build makes its
+    training (train) and calibration (val) examples only."""
+    made = [p.parent for p in smoke_run["cache"].glob("detector-*/detector.data/val.npz")]
+    assert made  # the seg input detector of the smoke preset
+    for folder in made:
+        assert (folder / "train.npz").exists() and not (folder / "test.npz").exists()
